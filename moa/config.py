@@ -1,0 +1,285 @@
+"""The ensemble config: schema (pydantic v2), loading from YAML/JSON, and error messages that name the field.
+
+A config names its backends once and refers to them from agents and the aggregator by name::
+
+    name: self-moa-smollm2
+    backends:
+      local: {type: vllm, model: "embedded:smollm2-135m-instruct"}
+    layers:
+      - agents: [{backend: local, n: 6, temperature: 0.7, max_tokens: 512}]
+    aggregator: {type: synthesize, backend: local, temperature: 0.0}
+
+String values may use ``${VAR}`` or ``${VAR:-default}`` to read the environment (for base URLs and model
+names). API keys are never written in a config: ``api_key_env`` names the variable that holds one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from moa.errors import ConfigError
+
+_CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---- backends ------------------------------------------------------------------------------------------
+
+
+class RateLimit(_Strict):
+    """Limits shared by every agent and request that uses one backend."""
+
+    rps: Annotated[float, Field(gt=0)] | None = Field(default=None, description="requests per second")
+    concurrency: Annotated[int, Field(gt=0)] | None = Field(default=None, description="requests in flight")
+    tpm: Annotated[int, Field(gt=0)] | None = Field(default=None, description="tokens per minute")
+
+
+class RetryPolicy(_Strict):
+    """Retries for 408/409/429/5xx, timeouts and dropped connections (openai-python's schedule)."""
+
+    max_retries: Annotated[int, Field(ge=0, le=20)] = 2
+    initial_backoff_s: Annotated[float, Field(ge=0)] = 0.5
+    max_backoff_s: Annotated[float, Field(ge=0)] = 8.0
+    max_retry_after_s: Annotated[float, Field(ge=0)] = 60.0
+
+
+class _BackendBase(_Strict):
+    rate_limit: RateLimit = RateLimit()
+    retry: RetryPolicy = RetryPolicy()
+    timeout_s: Annotated[float, Field(gt=0)] = Field(default=120.0, description="per-call timeout")
+
+
+class OpenAIBackendConfig(_BackendBase):
+    """Any OpenAI-compatible chat completions API (OpenAI, Together, a vLLM server, ...)."""
+
+    type: Literal["openai"]
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str | None = Field(default=None, description="environment variable holding the API key")
+    model: str | None = Field(default=None, description="default model of agents that name none")
+    supports_n: bool = Field(default=True, description="one request may ask for n samples")
+    stream_usage: bool = Field(default=True, description="send stream_options.include_usage when streaming")
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(f"must be an http(s) URL, got {url!r}")
+        return url.rstrip("/")
+
+
+class VLLMBackendConfig(_BackendBase):
+    """In-process vLLM (CUDA or CPU). ``model`` is a path, a hub name or ``embedded:<name>``."""
+
+    type: Literal["vllm"]
+    model: str
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    dtype: str = "auto"
+    max_model_len: Annotated[int, Field(gt=0)] | None = None
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = None
+    enable_prefix_caching: bool = True
+    seed: int = 0
+
+
+class TorchBackendConfig(_BackendBase):
+    """A Hugging Face causal LM run by moa's own torch decode loop (with speculative decoding)."""
+
+    type: Literal["torch"]
+    model: str
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    dtype: str = "auto"
+    speculative: dict[str, Any] | None = None
+
+
+BackendConfig = Annotated[
+    OpenAIBackendConfig | VLLMBackendConfig | TorchBackendConfig, Field(discriminator="type")
+]
+
+
+# ---- agents, layers, aggregator --------------------------------------------------------------------------
+
+
+class _Sampling(_Strict):
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    max_tokens: Annotated[int, Field(gt=0)] | None = None
+    seed: int | None = None
+
+
+class AgentConfig(_Sampling):
+    backend: str
+    model: str | None = Field(default=None, description="defaults to the backend's model")
+    name: str | None = None
+    n: Annotated[int, Field(ge=1, le=128)] = 1
+    system_prompt: str | None = None
+
+
+class LayerConfig(_Strict):
+    agents: Annotated[list[AgentConfig], Field(min_length=1)]
+    min_proposals: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="fewer survivors fail the request (default: the ensemble's)"
+    )
+
+
+class AggregatorConfig(_Sampling):
+    type: Literal["synthesize", "self-moa-seq"] = "synthesize"
+    backend: str
+    model: str | None = None
+    system_prompt: str | None = Field(default=None, description="replaces moa's synthesis instructions")
+    window: Annotated[int, Field(ge=2)] = Field(
+        default=3, description="self-moa-seq: samples seen per step, the running synthesis included"
+    )
+
+
+class DefenseConfig(_Strict):
+    type: str
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class EnsembleConfig(_Strict):
+    name: Annotated[str, Field(min_length=1)]
+    description: str | None = None
+    backends: Annotated[dict[str, BackendConfig], Field(min_length=1)]
+    layers: Annotated[list[LayerConfig], Field(min_length=1)]
+    aggregator: AggregatorConfig
+    defense: DefenseConfig | None = None
+    min_proposals: Annotated[int, Field(ge=1)] = 1
+    deadline_s: Annotated[float, Field(gt=0)] | None = Field(default=None, description="per-request deadline")
+
+    @model_validator(mode="after")
+    def _check_references(self) -> EnsembleConfig:
+        known = sorted(self.backends)
+        for li, layer in enumerate(self.layers):
+            for ai, agent in enumerate(layer.agents):
+                self._check_backend(agent.backend, agent.model, f"layers[{li}].agents[{ai}]", known)
+        self._check_backend(self.aggregator.backend, self.aggregator.model, "aggregator", known)
+        return self
+
+    def _check_backend(self, name: str, model: str | None, where: str, known: list[str]) -> None:
+        if name not in self.backends:
+            raise _PathError(f"{where}.backend", f"unknown backend {name!r} (known: {', '.join(known)})")
+        backend = self.backends[name]
+        if model is None and getattr(backend, "model", None) is None:
+            raise _PathError(f"{where}.model", f"required: backend {name!r} names no default model")
+
+
+class _PathError(ValueError):
+    """Raised inside validators to report a path other than the one being validated."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(message)
+
+
+# ---- loading -----------------------------------------------------------------------------------------------
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(value: Any, path: str = "") -> Any:
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            var, default = m.group(1), m.group(2)
+            if var in os.environ:
+                return os.environ[var]
+            if default is not None:
+                return default
+            raise ConfigError(f"environment variable {var} is not set", path or None)
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("openai", "vllm", "torch") and out.startswith("backends."):
+            continue  # the discriminated union's tag: not a field the user wrote
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _format_error(err: dict[str, Any]) -> tuple[str, str]:
+    """(dotted path, short message) of one pydantic error."""
+    kind, ctx = err["type"], err.get("ctx") or {}
+    path = _format_loc(err["loc"])
+    bound = {k: f"{v:g}" if isinstance(v, float) else v for k, v in ctx.items()}
+    messages = {
+        "less_than_equal": lambda: f"must be <= {bound['le']}",
+        "less_than": lambda: f"must be < {bound['lt']}",
+        "greater_than_equal": lambda: f"must be >= {bound['ge']}",
+        "greater_than": lambda: f"must be > {bound['gt']}",
+        "extra_forbidden": lambda: "unknown field",
+        "missing": lambda: "field required",
+        "too_short": lambda: f"must have at least {ctx.get('min_length')} item(s)",
+        "literal_error": lambda: f"must be one of {ctx.get('expected')}",
+        "union_tag_invalid": lambda: f"unknown type {ctx.get('tag')!r}, expected one of {ctx.get('expected_tags')}",
+        "union_tag_not_found": lambda: "field 'type' required",
+    }
+    if kind == "value_error":
+        exc = ctx.get("error")
+        if isinstance(exc, _PathError):
+            base = f"{path}." if path else ""
+            return base + exc.path, exc.message
+        return path, str(exc) if exc else err["msg"]
+    make = messages.get(kind)
+    return path, make() if make else err["msg"].removeprefix("Value error, ")
+
+
+def parse_config(data: dict[str, Any]) -> EnsembleConfig:
+    """Validate a config mapping; every problem is reported as ``path: message`` in one ``ConfigError``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping, got {type(data).__name__}")
+    try:
+        return EnsembleConfig.model_validate(_expand_env(data))
+    except ValidationError as e:
+        lines = [f"{p}: {m}" if p else m for p, m in (_format_error(err) for err in e.errors())]
+        first_path = _format_error(e.errors()[0])[0] or None
+        err = ConfigError("; ".join(lines))
+        err.path = first_path
+        raise err from None
+
+
+def builtin_configs() -> dict[str, Path]:
+    """The recipes shipped with moa, by name (file stem)."""
+    return {p.stem: p for p in sorted(_CONFIG_DIR.glob("*.yaml"))}
+
+
+def load_config(source: str | os.PathLike[str] | dict[str, Any] | EnsembleConfig) -> EnsembleConfig:
+    """A config from a mapping, a YAML/JSON file, or the name of a shipped recipe (``self-moa``)."""
+    if isinstance(source, EnsembleConfig):
+        return source
+    if isinstance(source, dict):
+        return parse_config(source)
+    path = Path(source)
+    if not path.exists():
+        builtin = builtin_configs().get(str(source))
+        if builtin is None:
+            names = ", ".join(builtin_configs())
+            raise ConfigError(f"no config file {str(source)!r} and no shipped recipe of that name (shipped: {names})")
+        path = builtin
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+    return parse_config(data)

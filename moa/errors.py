@@ -1,0 +1,130 @@
+"""moa's exceptions, one tree.
+
+    MoaError
+    ├── ConfigError                  a config or an argument is invalid; names the dotted field path
+    ├── BackendError                 a model call failed (carries backend name and HTTP status if any)
+    │   ├── APIStatusError           the backend answered with an error status
+    │   │   ├── BadRequestError          400, 422: the request itself is wrong (not retried)
+    │   │   ├── AuthenticationError      401 (not retried)
+    │   │   ├── PermissionDeniedError    403 (not retried)
+    │   │   ├── NotFoundError            404 (not retried)
+    │   │   ├── RateLimitError           408, 409, 429: retried, honouring Retry-After
+    │   │   └── ServerError              5xx: retried
+    │   ├── APIConnectionError       connection refused, reset or dropped: retried
+    │   ├── APITimeoutError          one call ran past its timeout: retried
+    │   ├── ContextLengthError       the prompt does not fit the model's context (not retried)
+    │   └── EngineError              a local engine failed (not retried)
+    ├── InsufficientProposalsError   fewer agents of a layer survived than ``min_proposals``
+    └── DeadlineExceededError        the request ran past its deadline
+
+Foreign exceptions (aiohttp, asyncio, vLLM) are mapped to these at the boundary of the module that meets them.
+"""
+
+from __future__ import annotations
+
+
+class MoaError(Exception):
+    """Base of every error moa raises on purpose."""
+
+
+class ConfigError(MoaError, ValueError):
+    """A config or argument is invalid; ``path`` is the dotted field path, e.g. ``layers[1].agents[0].n``."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class BackendError(MoaError):
+    retryable: bool = False
+
+    def __init__(
+        self, message: str, *, backend: str | None = None, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        self.backend = backend
+        self.status = status
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class APIStatusError(BackendError):
+    pass
+
+
+class BadRequestError(APIStatusError):
+    pass
+
+
+class AuthenticationError(APIStatusError):
+    pass
+
+
+class PermissionDeniedError(APIStatusError):
+    pass
+
+
+class NotFoundError(APIStatusError):
+    pass
+
+
+class RateLimitError(APIStatusError):
+    retryable = True
+
+
+class ServerError(APIStatusError):
+    retryable = True
+
+
+class APIConnectionError(BackendError):
+    retryable = True
+
+
+class APITimeoutError(BackendError):
+    retryable = True
+
+
+class ContextLengthError(BadRequestError):
+    pass
+
+
+class EngineError(BackendError):
+    pass
+
+
+class InsufficientProposalsError(MoaError):
+    """Raised when too few agents of a layer answered; ``failures`` maps agent name to why it failed."""
+
+    def __init__(self, layer: int, survivors: int, required: int, failures: dict[str, str]) -> None:
+        self.layer = layer
+        self.survivors = survivors
+        self.required = required
+        self.failures = failures
+        why = "; ".join(f"{agent}: {reason}" for agent, reason in failures.items())
+        super().__init__(
+            f"layer {layer}: only {survivors} of the agents answered, {required} required (failed: {why})"
+        )
+
+
+class DeadlineExceededError(MoaError, TimeoutError):
+    def __init__(self, deadline_s: float) -> None:
+        self.deadline_s = deadline_s
+        super().__init__(f"request exceeded its deadline of {deadline_s:g} s")
+
+
+_STATUS_ERRORS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    408: RateLimitError,
+    409: RateLimitError,
+    422: BadRequestError,
+    429: RateLimitError,
+}
+
+
+def error_for_status(status: int) -> type[APIStatusError]:
+    """The exception class for an HTTP error status."""
+    if status >= 500:
+        return ServerError
+    return _STATUS_ERRORS.get(status, BadRequestError)

@@ -1,0 +1,171 @@
+"""The vocabulary every layer of moa shares.
+
+Names follow the OpenAI chat API and vLLM: a ``Message`` is one chat turn, ``SamplingParams`` are the knobs
+of one model call, a ``Generation`` is one sampled output of that call and a ``Delta`` one streamed piece.
+A ``Proposal`` is a generation attributed to the agent that made it; a ``CallRecord`` is one model call in
+the trace; a ``Completion`` is what a request returns, in the ``chat.completion`` shape.
+
+Internal values are frozen dataclasses (cheap, hashable); what crosses a boundary as JSON is pydantic.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Role
+    content: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Per-call sampling; ``None`` leaves the backend's default in force."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] | None = None
+    seed: int | None = None
+
+    def merged(self, **overrides: object) -> SamplingParams:
+        """A copy with every override that is not ``None`` applied."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateResult:
+    """What a proposer returns for one call: ``n`` generations and the usage of the whole call."""
+
+    generations: list[Generation]
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """One streamed piece of the final answer.
+
+    The last delta of a stream has ``finish_reason`` set; when it comes from the engine it also carries the
+    request's summed ``usage`` and its ``trace``.
+    """
+
+    content: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    trace: list[CallRecord] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """One answer of one agent, as later layers and the aggregator see it."""
+
+    layer: int
+    agent: str
+    text: str
+
+    def with_text(self, text: str) -> Proposal:
+        return replace(self, text=text)
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """One request to an ensemble: the conversation plus overrides for the final answer's sampling."""
+
+    messages: list[Message]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    deadline_s: float | None = None
+
+
+# ---- JSON at the edges ---------------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Usage(_Model):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+        return cls(
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
+        )
+
+    @classmethod
+    def total(cls, records: list[CallRecord]) -> Usage:
+        return cls.of(sum(r.prompt_tokens for r in records), sum(r.completion_tokens for r in records))
+
+
+Outcome = Literal["ok", "error", "cancelled"]
+
+
+class CallRecord(_Model):
+    """One model call behind a request (one row of the trace)."""
+
+    layer: int = Field(description="1-based proposer layer; the final aggregator is layers + 1")
+    role: Literal["proposer", "aggregator", "defense"]
+    agent: str
+    backend: str
+    model: str
+    n: int = 1
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    retries: int = 0
+    outcome: Outcome = "ok"
+    error: str | None = None
+    step: str | None = Field(default=None, description="what the call was for, when an aggregator makes several")
+
+
+class ProposalRecord(_Model):
+    layer: int
+    agent: str
+    text: str
+
+
+class ChatMessage(_Model):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(_Model):
+    index: int = 0
+    message: ChatMessage
+    finish_reason: str | None = "stop"
+
+
+class Completion(_Model):
+    """A ``chat.completion`` object plus moa's trace and the proposals behind the answer."""
+
+    id: str = Field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    trace: list[CallRecord] = Field(default_factory=list)
+    proposals: list[ProposalRecord] = Field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return self.choices[0].message.content
