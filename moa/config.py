@@ -40,6 +40,7 @@ class RateLimit(_Strict):
     """Limits shared by every agent and request that uses one backend."""
 
     rps: Annotated[float, Field(gt=0)] | None = Field(default=None, description="requests per second")
+    burst: Annotated[int, Field(ge=1)] = Field(default=1, description="requests that may go back to back before rps spacing")
     concurrency: Annotated[int, Field(gt=0)] | None = Field(default=None, description="requests in flight")
     tpm: Annotated[int, Field(gt=0)] | None = Field(default=None, description="tokens per minute")
 
@@ -86,7 +87,10 @@ class VLLMBackendConfig(_BackendBase):
     device: Literal["auto", "cuda", "cpu"] = "auto"
     dtype: str = "auto"
     max_model_len: Annotated[int, Field(gt=0)] | None = None
-    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = None
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        default=None, description="share of device memory for weights and KV cache (default: 0.3 on CPU, vLLM's on CUDA)"
+    )
+    enforce_eager: bool | None = Field(default=None, description="skip graph capture (default: on for CPU only)")
     enable_prefix_caching: bool = True
     seed: int = 0
 
@@ -218,7 +222,7 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _format_error(err: dict[str, Any]) -> tuple[str, str]:
+def describe_error(err: dict[str, Any]) -> tuple[str, str]:
     """(dotted path, short message) of one pydantic error."""
     kind, ctx = err["type"], err.get("ctx") or {}
     path = _format_loc(err["loc"])
@@ -252,8 +256,8 @@ def parse_config(data: dict[str, Any]) -> EnsembleConfig:
     try:
         return EnsembleConfig.model_validate(_expand_env(data))
     except ValidationError as e:
-        lines = [f"{p}: {m}" if p else m for p, m in (_format_error(err) for err in e.errors())]
-        first_path = _format_error(e.errors()[0])[0] or None
+        lines = [f"{p}: {m}" if p else m for p, m in (describe_error(err) for err in e.errors())]
+        first_path = describe_error(e.errors()[0])[0] or None
         err = ConfigError("; ".join(lines))
         err.path = first_path
         raise err from None

@@ -1,0 +1,66 @@
+"""Self-MoA-Seq: aggregate many samples through a sliding window, so the prompt stays bounded.
+
+The first step synthesises the first ``window`` samples; every later step sees the running synthesis plus the
+next ``window - 1`` samples. For N samples that is ``ceil((N - 1) / (window - 1))`` steps (one when N <= window),
+and each sample is read by exactly one step. Only the last step may stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from moa.backend import ModelCaller
+from moa.config import AggregatorConfig
+from moa.prompts import SEQUENTIAL_INSTRUCTIONS, SYNTHESIZE_INSTRUCTIONS, with_references
+from moa.types import ChatRequest, Delta, Generation, Message, Proposal
+
+
+def plan_windows(n_samples: int, window: int) -> list[list[int]]:
+    """Indices of the samples each step reads, in order."""
+    if window < 2:
+        raise ValueError("window must be >= 2")
+    first = list(range(min(n_samples, window)))
+    steps = [first]
+    for start in range(len(first), n_samples, window - 1):
+        steps.append(list(range(start, min(start + window - 1, n_samples))))
+    return steps
+
+
+class SequentialAggregator:
+    def __init__(self, config: AggregatorConfig) -> None:
+        self.window = config.window
+        self.first_instructions = config.system_prompt or SYNTHESIZE_INSTRUCTIONS
+        self.next_instructions = SEQUENTIAL_INSTRUCTIONS
+
+    def step_messages(self, request: ChatRequest, running: str | None, samples: list[str]) -> list[Message]:
+        if running is None:
+            return with_references(request.messages, samples, self.first_instructions)
+        return with_references(request.messages, [running, *samples], self.next_instructions)
+
+    async def _until_last(
+        self, request: ChatRequest, references: list[Proposal], caller: ModelCaller
+    ) -> tuple[str | None, list[str], str]:
+        """Run every step but the last; return the running synthesis, the last step's samples and its label."""
+        steps = plan_windows(len(references), self.window)
+        running: str | None = None
+        for i, indices in enumerate(steps[:-1]):
+            samples = [references[j].text for j in indices]
+            result = await caller.generate(self.step_messages(request, running, samples), step=_label(i, steps))
+            running = result.generations[0].text
+        return running, [references[j].text for j in steps[-1]], _label(len(steps) - 1, steps)
+
+    async def aggregate(self, request: ChatRequest, references: list[Proposal], caller: ModelCaller) -> Generation:
+        running, samples, label = await self._until_last(request, references, caller)
+        result = await caller.generate(self.step_messages(request, running, samples), step=label)
+        return result.generations[0]
+
+    async def stream(
+        self, request: ChatRequest, references: list[Proposal], caller: ModelCaller
+    ) -> AsyncIterator[Delta]:
+        running, samples, label = await self._until_last(request, references, caller)
+        async for delta in caller.stream(self.step_messages(request, running, samples), step=label):
+            yield delta
+
+
+def _label(i: int, steps: list[list[int]]) -> str:
+    return f"window {i + 1}/{len(steps)}: samples {steps[i][0] + 1}-{steps[i][-1] + 1}"

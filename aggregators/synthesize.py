@@ -1,0 +1,25 @@
+"""MoA synthesis: one call that reads every reference and writes one refined answer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from moa.backend import ModelCaller
+from moa.config import AggregatorConfig
+from moa.prompts import SYNTHESIZE_INSTRUCTIONS, with_references
+from moa.types import ChatRequest, Delta, Generation, Message, Proposal
+
+
+class SynthesizeAggregator:
+    def __init__(self, config: AggregatorConfig) -> None:
+        self.instructions = config.system_prompt or SYNTHESIZE_INSTRUCTIONS
+
+    def messages(self, request: ChatRequest, references: list[Proposal]) -> list[Message]:
+        return with_references(request.messages, [r.text for r in references], self.instructions)
+
+    async def aggregate(self, request: ChatRequest, references: list[Proposal], caller: ModelCaller) -> Generation:
+        result = await caller.generate(self.messages(request, references))
+        return result.generations[0]
+
+    def stream(self, request: ChatRequest, references: list[Proposal], caller: ModelCaller) -> AsyncIterator[Delta]:
+        return caller.stream(self.messages(request, references))

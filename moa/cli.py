@@ -1,0 +1,123 @@
+"""The ``moa`` command line: ``moa run``, ``moa validate`` and the commands of ``moa.commands``.
+
+Errors moa raises on purpose print as one ``error:`` line (exit 2 for bad input, 1 for failures at run time),
+never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+from collections.abc import Sequence
+
+from moa.config import builtin_configs, load_config
+from moa.errors import ConfigError, MoaError
+from moa.types import Completion
+
+DEFAULT_CONFIG = "default"
+#: modules under moa.commands that add subcommands (each has ``register(subparsers)``)
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _print_trace(result: Completion, out) -> None:
+    for p in result.proposals:
+        print(f"--- proposal (layer {p.layer}, {p.agent}) ---\n{p.text}\n", file=out)
+    header = f"{'layer':>5} {'role':<10} {'agent':<24} {'model':<28} {'in':>6} {'out':>6} {'sec':>7} {'retry':>5}  outcome"
+    print(header, file=out)
+    for r in result.trace:
+        outcome = r.outcome if r.error is None else f"{r.outcome}: {r.error}"
+        agent = r.agent if r.step is None else f"{r.agent} [{r.step}]"
+        print(
+            f"{r.layer:>5} {r.role:<10} {agent[:24]:<24} {r.model[-28:]:<28} {r.prompt_tokens:>6} "
+            f"{r.completion_tokens:>6} {r.latency_s:>7.2f} {r.retries:>5}  {outcome}",
+            file=out,
+        )
+    u = result.usage
+    print(f"usage: {u.prompt_tokens} prompt + {u.completion_tokens} completion = {u.total_tokens} tokens", file=out)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from moa.ensemble import Ensemble
+
+    overrides = {k: v for k, v in (("temperature", args.temperature), ("max_tokens", args.max_tokens)) if v is not None}
+    messages = [{"role": "user", "content": args.prompt}]
+    async with Ensemble.from_config(args.config) as ens:
+        if args.stream and not (args.json or args.trace):
+            async for delta in ens.astream(messages, **overrides):
+                print(delta.content, end="", flush=True)
+            print()
+            return 0
+        result = await ens.acomplete(messages, **overrides)
+    if args.json:
+        print(result.model_dump_json(indent=2))
+        return 0
+    if args.trace:
+        _print_trace(result, sys.stderr)
+    print(result.choices[0].message.content)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return asyncio.run(_run(args))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    for source in args.configs:
+        cfg = load_config(source)
+        calls = sum(a.n for layer in cfg.layers for a in layer.agents)
+        print(f"{source}: ok ({cfg.name}: {len(cfg.layers)} layer(s), {calls} proposals, aggregator {cfg.aggregator.type})")
+    return 0
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    for name, path in builtin_configs().items():
+        cfg = load_config(path)
+        print(f"{name:<16} {cfg.description or ''}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moa", description="Mixture-of-Agents ensembles over LLMs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="answer one prompt with an ensemble")
+    run.add_argument("prompt", help="the user message")
+    run.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                     help="config file or shipped recipe name (default: the embedded Self-MoA)")  # fmt: skip
+    run.add_argument("--trace", action="store_true", help="print each proposal and a per-call table to stderr")
+    run.add_argument("--json", action="store_true", help="print the whole result object as JSON")
+    run.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    run.add_argument("--temperature", type=float, help="the final answer's temperature")
+    run.add_argument("--max-tokens", type=int, help="the final answer's token cap")
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check config files")
+    validate.add_argument("configs", nargs="+", metavar="CONFIG")
+    validate.set_defaults(func=cmd_validate)
+
+    configs = sub.add_parser("configs", help="list the shipped recipes")
+    configs.set_defaults(func=cmd_configs)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(f"moa.commands.{module}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except MoaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

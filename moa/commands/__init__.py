@@ -1,0 +1,1 @@
+"""Subcommands of ``moa`` beyond run/validate; each module exposes ``register(subparsers)``."""

@@ -1,0 +1,182 @@
+"""The layered executor: proposer layers in order, every call of a layer at once, then the aggregator.
+
+Layer 1 agents answer the conversation; agents of later layers answer it with the surviving proposals of the
+layer before as references; an optional defense filters the last layer's proposals; the aggregator writes the
+answer. The trace gets one record per model call, whatever its outcome. Everything runs under the request's
+deadline, and cancelling the request cancels every call under it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from moa.backend import Backend, CallSite, ModelCaller
+from moa.config import AgentConfig, EnsembleConfig
+from moa.errors import BackendError, DeadlineExceededError, InsufficientProposalsError
+from moa.prompts import SYNTHESIZE_INSTRUCTIONS, with_references, with_system_prompt
+from moa.types import CallRecord, ChatRequest, Completion, Delta, Proposal, SamplingParams, Usage
+from moa.types import ChatMessage, Choice, ProposalRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    name: str
+    backend: Backend
+    model: str
+    params: SamplingParams
+    n: int
+    system_prompt: str | None
+
+    @classmethod
+    def from_config(cls, config: AgentConfig, name: str, backend: Backend, default_model: str) -> Agent:
+        params = SamplingParams(
+            temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens, seed=config.seed
+        )
+        return cls(name, backend, config.model or default_model, params, config.n, config.system_prompt)
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    index: int  # 1-based
+    agents: list[Agent]
+    min_proposals: int
+
+
+@dataclass(slots=True)
+class RequestState:
+    """What one request accumulates while it runs."""
+
+    request: ChatRequest
+    trace: list[CallRecord]
+    proposals: list[Proposal]
+
+
+class LayeredEngine:
+    def __init__(self, config: EnsembleConfig, backends: dict[str, Backend], layers: list[Layer], aggregator, defense):
+        self.config = config
+        self.backends = backends
+        self.layers = layers
+        self.aggregator = aggregator
+        self.defense = defense
+        agg = config.aggregator
+        self._agg_backend = backends[agg.backend]
+        self._agg_model = agg.model or _default_model(config, agg.backend)
+        self._agg_params = SamplingParams(
+            temperature=agg.temperature, top_p=agg.top_p, max_tokens=agg.max_tokens, seed=agg.seed
+        )
+
+    # ---- proposer layers ---------------------------------------------------------------------------------
+
+    async def _propose(self, agent: Agent, layer: Layer, state: RequestState, references: list[str]) -> list[Proposal]:
+        messages = with_system_prompt(state.request.messages, agent.system_prompt)
+        if references:
+            messages = with_references(messages, references, SYNTHESIZE_INSTRUCTIONS)
+        site = CallSite(layer.index, "proposer", agent.name)
+        if agent.n == 1 or agent.backend.supports_n:
+            result = await agent.backend.generate(messages, agent.params, agent.n, agent.model, site, state.trace)
+            texts = [g.text for g in result.generations]
+        else:  # the backend takes one sample a call: n calls at once, keeping the samples that arrive
+            calls = [
+                agent.backend.generate(
+                    messages, agent.params, 1, agent.model, CallSite(layer.index, "proposer", f"{agent.name}#{i + 1}"),
+                    state.trace,
+                )
+                for i in range(agent.n)
+            ]  # fmt: skip
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            texts = [r.generations[0].text for r in results if not isinstance(r, BaseException)]
+            if not texts:
+                raise results[0]
+        if agent.n == 1:
+            return [Proposal(layer.index, agent.name, texts[0])]
+        return [Proposal(layer.index, f"{agent.name}#{i + 1}", t) for i, t in enumerate(texts)]
+
+    async def _run_layer(self, layer: Layer, state: RequestState, references: list[Proposal]) -> list[Proposal]:
+        texts = [p.text for p in references]
+        outcomes = await asyncio.gather(
+            *(self._propose(a, layer, state, texts) for a in layer.agents), return_exceptions=True
+        )
+        survivors: list[Proposal] = []
+        failures: dict[str, str] = {}
+        for agent, outcome in zip(layer.agents, outcomes, strict=True):
+            if isinstance(outcome, BackendError):
+                failures[agent.name] = str(outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                survivors.extend(p for p in outcome if p.text.strip())
+        if len(survivors) < layer.min_proposals:
+            failures.update({p.agent: "empty answer" for p in _empties(outcomes)})
+            raise InsufficientProposalsError(layer.index, len(survivors), layer.min_proposals, failures)
+        state.proposals.extend(survivors)
+        return survivors
+
+    async def _references(self, state: RequestState) -> list[Proposal]:
+        references: list[Proposal] = []
+        for layer in self.layers:
+            references = await self._run_layer(layer, state, references)
+        if self.defense is not None:
+            references = await self.defense.filter(state.request, references, self._caller(state, "defense"))
+        return references
+
+    def _caller(self, state: RequestState, role: str = "aggregator") -> ModelCaller:
+        params = self._agg_params.merged(**_fields(state.request.params))
+        site = CallSite(len(self.layers) + 1, role, "aggregator")
+        return ModelCaller(self._agg_backend, self._agg_model, params, site, state.trace)
+
+    # ---- whole requests ------------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _deadline(self, request: ChatRequest):
+        deadline = request.deadline_s or self.config.deadline_s
+        timer = asyncio.timeout(deadline)
+        try:
+            async with timer:
+                yield
+        except TimeoutError:
+            if deadline is not None and timer.expired():
+                raise DeadlineExceededError(deadline) from None
+            raise
+
+    async def complete(self, request: ChatRequest) -> Completion:
+        state = RequestState(request, [], [])
+        async with self._deadline(request):
+            references = await self._references(state)
+            answer = await self.aggregator.aggregate(request, references, self._caller(state))
+        return Completion(
+            model=self.config.name,
+            choices=[Choice(message=ChatMessage(content=answer.text), finish_reason=answer.finish_reason or "stop")],
+            usage=Usage.total(state.trace),
+            trace=state.trace,
+            proposals=[ProposalRecord(layer=p.layer, agent=p.agent, text=p.text) for p in state.proposals],
+        )
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+        """The aggregator's tokens as they come; the last delta carries finish_reason, usage and the trace."""
+        state = RequestState(request, [], [])
+        async with self._deadline(request):
+            references = await self._references(state)
+            finish_reason = "stop"
+            async for delta in self.aggregator.stream(request, references, self._caller(state)):
+                if delta.finish_reason is not None:
+                    finish_reason = delta.finish_reason
+                if delta.content:
+                    yield Delta(content=delta.content)
+        yield Delta(finish_reason=finish_reason, usage=Usage.total(state.trace), trace=state.trace)
+
+
+def _default_model(config: EnsembleConfig, backend: str) -> str:
+    model = getattr(config.backends[backend], "model", None)
+    assert model is not None, "config validation guarantees a model"
+    return model
+
+
+def _fields(params: SamplingParams) -> dict[str, object]:
+    return {k: getattr(params, k) for k in SamplingParams.__slots__}
+
+
+def _empties(outcomes: list) -> list[Proposal]:
+    return [p for o in outcomes if isinstance(o, list) for p in o if not p.text.strip()]

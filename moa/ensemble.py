@@ -1,0 +1,162 @@
+"""The public SDK: ``Ensemble.from_config(...)``, then ``acomplete``, ``complete`` or ``astream``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from moa import registry
+from moa.backend import Backend
+from moa.config import EnsembleConfig, describe_error, load_config
+from moa.engine import Agent, Layer, LayeredEngine
+from moa.errors import ConfigError, MoaError
+from moa.limits import BackendLimits
+from moa.types import ChatRequest, Completion, Delta, Message, SamplingParams
+
+
+class _MessageIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: str = Field(pattern="^(system|user|assistant)$")
+    content: str
+
+
+class _Overrides(BaseModel):
+    """What a caller may override per request: the final answer's sampling and the deadline."""
+
+    model_config = ConfigDict(extra="forbid")
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, gt=0)
+    stop: list[str] | str | None = None
+    seed: int | None = None
+    deadline_s: float | None = Field(default=None, gt=0)
+
+
+def build_request(messages: Sequence[Message | dict[str, Any]], overrides: dict[str, Any]) -> ChatRequest:
+    """Validate a caller's messages and overrides; errors name the field (``messages[1].role: ...``)."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
+        raise ConfigError("must be a non-empty list of {role, content} messages", "messages")
+    parsed: list[Message] = []
+    for i, m in enumerate(messages):
+        if isinstance(m, Message):
+            parsed.append(m)
+            continue
+        try:
+            mi = _MessageIn.model_validate(m)
+        except ValidationError as e:
+            path, msg = describe_error(e.errors()[0])
+            raise ConfigError(msg, f"messages[{i}].{path}" if path else f"messages[{i}]") from None
+        parsed.append(Message(mi.role, mi.content))  # type: ignore[arg-type]
+    if parsed[-1].role != "user":
+        raise ConfigError("the last message must come from the user", f"messages[{len(parsed) - 1}].role")
+    try:
+        o = _Overrides.model_validate(overrides)
+    except ValidationError as e:
+        path, msg = describe_error(e.errors()[0])
+        raise ConfigError(msg, path) from None
+    stop = (o.stop,) if isinstance(o.stop, str) else tuple(o.stop) if o.stop else None
+    params = SamplingParams(temperature=o.temperature, top_p=o.top_p, max_tokens=o.max_tokens, stop=stop, seed=o.seed)
+    return ChatRequest(messages=parsed, params=params, deadline_s=o.deadline_s)
+
+
+def _build_engine(config: EnsembleConfig) -> LayeredEngine:
+    backends: dict[str, Backend] = {}
+    for name, bc in config.backends.items():
+        proposer = registry.resolve("backend", bc.type)(name, bc)
+        backends[name] = Backend(name, proposer, BackendLimits(bc.rate_limit), bc.retry, bc.timeout_s)
+    layers = []
+    for li, lc in enumerate(config.layers, 1):
+        agents = []
+        for ai, ac in enumerate(lc.agents, 1):
+            default_model = getattr(config.backends[ac.backend], "model", None) or ""
+            model = ac.model or default_model
+            name = ac.name or f"L{li}.{ai}:{model.rsplit('/', 1)[-1]}"
+            agents.append(Agent.from_config(ac, name, backends[ac.backend], default_model))
+        layers.append(Layer(li, agents, lc.min_proposals or config.min_proposals))
+    aggregator = registry.resolve("aggregator", config.aggregator.type)(config.aggregator)
+    defense = None
+    if config.defense is not None:
+        defense = registry.resolve("defense", config.defense.type)(config.defense)
+    return LayeredEngine(config, backends, layers, aggregator, defense)
+
+
+class Ensemble:
+    """An ensemble built once from a config; safe to share across many concurrent requests.
+
+    Use it from one event loop: the async methods from yours, or the sync ``complete`` from plain code
+    (it keeps a private loop). ``async with`` (or ``aclose``) releases HTTP sessions and local engines.
+    """
+
+    def __init__(self, config: EnsembleConfig) -> None:
+        self.config = config
+        self._engine = _build_engine(config)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sync_loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def from_config(cls, source: str | os.PathLike[str] | dict[str, Any] | EnsembleConfig) -> Ensemble:
+        """From a YAML/JSON path, a mapping, a validated config, or a shipped recipe's name."""
+        return cls(load_config(source))
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def _bind_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise MoaError("this Ensemble is bound to another event loop; make one Ensemble per loop")
+
+    async def acomplete(self, messages: Sequence[Message | dict[str, Any]], **overrides: Any) -> Completion:
+        """Run the ensemble on a conversation; ``overrides`` set the final answer's sampling and deadline."""
+        request = build_request(messages, overrides)
+        self._bind_loop()
+        return await self._engine.complete(request)
+
+    async def astream(self, messages: Sequence[Message | dict[str, Any]], **overrides: Any) -> AsyncIterator[Delta]:
+        """The aggregator's tokens as they arrive. Leaving the loop early cancels every call under it."""
+        request = build_request(messages, overrides)
+        self._bind_loop()
+        async for delta in self._engine.stream(request):
+            yield delta
+
+    def complete(self, messages: Sequence[Message | dict[str, Any]], **overrides: Any) -> Completion:
+        """``acomplete`` for synchronous callers (not from inside a running event loop)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise MoaError("complete() was called inside a running event loop; use `await acomplete(...)`")
+        if self._sync_loop is None:
+            self._sync_loop = asyncio.new_event_loop()
+        return self._sync_loop.run_until_complete(self.acomplete(messages, **overrides))
+
+    async def aclose(self) -> None:
+        for backend in self._engine.backends.values():
+            await backend.aclose()
+
+    def close(self) -> None:
+        """Release resources from synchronous code (after ``complete``)."""
+        if self._sync_loop is not None:
+            self._sync_loop.run_until_complete(self.aclose())
+            self._sync_loop.close()
+            self._sync_loop = None
+
+    async def __aenter__(self) -> Ensemble:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> Ensemble:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

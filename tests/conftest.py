@@ -1,0 +1,52 @@
+"""Shared fixtures: one scripted OpenAI-compatible server per test session, reset before each test."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from tests.scripted_server import ScriptedServer
+
+
+@pytest.fixture(scope="session")
+async def _server_session() -> AsyncIterator[ScriptedServer]:
+    server = ScriptedServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def upstream(_server_session: ScriptedServer) -> ScriptedServer:
+    _server_session.reset()
+    return _server_session
+
+
+def moa_config(base_url: str, layers: list[list[str]], aggregator: str = "agg", **extra: Any) -> dict[str, Any]:
+    """A config whose agents and aggregator are models of one scripted backend ``up``."""
+    backend = {"type": "openai", "base_url": base_url, **extra.pop("backend", {})}
+    return {
+        "name": "test",
+        "backends": {"up": backend},
+        "layers": [{"agents": [{"backend": "up", "model": m, "name": m} for m in layer]} for layer in layers],
+        "aggregator": {"backend": "up", "model": aggregator, **extra.pop("aggregator_extra", {})},
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+def upstream_sync_url() -> Iterator[str]:
+    """A scripted server on its own thread and loop, for tests of synchronous callers."""
+    loop = asyncio.new_event_loop()
+    server = ScriptedServer()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(timeout=10)
+    yield server.base_url
+    asyncio.run_coroutine_threadsafe(server.stop(), loop).result(timeout=10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
