@@ -32,8 +32,9 @@ def three_layer_config(base_url: str, rate_limit: dict[str, Any] | None = None) 
     agents = [{"backend": "sim", "model": f"proposer-{i}", "max_tokens": 100} for i in range(6)]
     return {
         "name": "bench-3-layer",
-        "backends": {"sim": {"type": "openai", "base_url": base_url, "rate_limit": rate_limit or {},
-                             "retry": {"max_retries": 8}}},  # fmt: skip
+        "backends": {
+            "sim": {"type": "openai", "base_url": base_url, "rate_limit": rate_limit or {}, "retry": {"max_retries": 8}}
+        },  # fmt: skip
         "layers": [{"agents": agents}, {"agents": agents}],
         "aggregator": {"backend": "sim", "model": "aggregator", "max_tokens": 100},
     }
@@ -92,8 +93,12 @@ async def rate_limited_batch(rps: float, count: int, concurrency: int) -> None:
             await asyncio.gather(*(one(t) for t in instructions))
             wall = time.monotonic() - started
     calls = count * 13
-    print(f"{count} instructions x 13 calls = {calls} calls at R = {rps:g} req/s: wall {wall:.1f} s, bound {calls / rps:.1f} s")
-    print(f"achieved rate: {calls / wall:.1f} req/s = {calls / wall / rps:.3f} R (goal >= 0.95); retries after 429: {retries}")
+    print(
+        f"{count} instructions x 13 calls = {calls} calls at R = {rps:g} req/s: wall {wall:.1f} s, bound {calls / rps:.1f} s"
+    )
+    print(
+        f"achieved rate: {calls / wall:.1f} req/s = {calls / wall / rps:.3f} R (goal >= 0.95); retries after 429: {retries}"
+    )
 
 
 def main() -> None:

@@ -28,7 +28,9 @@ def main() -> None:
     args = parser.parse_args()
     ours = RequestRateLimiter(args.rps)
     wall, cpu = asyncio.run(_drain(ours.acquire, args.waiters))
-    print(f"moa RequestRateLimiter: {args.waiters} grants in {wall:.2f} s ({args.waiters / wall:.0f}/s), CPU {cpu:.2f} s")
+    print(
+        f"moa RequestRateLimiter: {args.waiters} grants in {wall:.2f} s ({args.waiters / wall:.0f}/s), CPU {cpu:.2f} s"
+    )
     try:
         from asyncio_throttle import Throttler
     except ImportError:
@@ -36,7 +38,9 @@ def main() -> None:
         return
     theirs = Throttler(rate_limit=int(args.rps), period=1.0)
     wall, cpu = asyncio.run(_drain(theirs.acquire, args.waiters))
-    print(f"asyncio-throttle:       {args.waiters} grants in {wall:.2f} s ({args.waiters / wall:.0f}/s), CPU {cpu:.2f} s")
+    print(
+        f"asyncio-throttle:       {args.waiters} grants in {wall:.2f} s ({args.waiters / wall:.0f}/s), CPU {cpu:.2f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -85,8 +85,12 @@ def build_app(settings: SimSettings) -> web.Application:
             return resp
         await asyncio.sleep(settings.tpot_s * count)
         text = " ".join(words)
-        choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"} for i in range(n)]
-        return web.json_response({"object": "chat.completion", "model": body.get("model"), "choices": choices, "usage": usage})
+        choices = [
+            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"} for i in range(n)
+        ]
+        return web.json_response(
+            {"object": "chat.completion", "model": body.get("model"), "choices": choices, "usage": usage}
+        )
 
     async def get_stats(request: web.Request) -> web.Response:
         return web.json_response(stats)

@@ -1,9 +1,9 @@
 """moa: inference-time ensembles (Mixture-of-Agents, Self-MoA) over local and remote LLMs.
 
-    from moa import Ensemble
-    async with Ensemble.from_config("self-moa") as ens:
-        result = await ens.acomplete(messages=[{"role": "user", "content": "Why is the sky blue?"}])
-        print(result.choices[0].message.content)
+from moa import Ensemble
+async with Ensemble.from_config("self-moa") as ens:
+    result = await ens.acomplete(messages=[{"role": "user", "content": "Why is the sky blue?"}])
+    print(result.choices[0].message.content)
 """
 
 from __future__ import annotations

@@ -153,7 +153,9 @@ class Backend:
                 except StopAsyncIteration:
                     return
                 except TimeoutError:
-                    raise APITimeoutError(f"{self.name}: stream stalled for {self.timeout_s:g} s", backend=self.name) from None
+                    raise APITimeoutError(
+                        f"{self.name}: stream stalled for {self.timeout_s:g} s", backend=self.name
+                    ) from None
                 yield delta
         finally:
             await stream.aclose()

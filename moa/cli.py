@@ -24,7 +24,9 @@ COMMAND_MODULES: tuple[str, ...] = ()
 def _print_trace(result: Completion, out) -> None:
     for p in result.proposals:
         print(f"--- proposal (layer {p.layer}, {p.agent}) ---\n{p.text}\n", file=out)
-    header = f"{'layer':>5} {'role':<10} {'agent':<24} {'model':<28} {'in':>6} {'out':>6} {'sec':>7} {'retry':>5}  outcome"
+    header = (
+        f"{'layer':>5} {'role':<10} {'agent':<24} {'model':<28} {'in':>6} {'out':>6} {'sec':>7} {'retry':>5}  outcome"
+    )
     print(header, file=out)
     for r in result.trace:
         outcome = r.outcome if r.error is None else f"{r.outcome}: {r.error}"
@@ -67,7 +69,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for source in args.configs:
         cfg = load_config(source)
         calls = sum(a.n for layer in cfg.layers for a in layer.agents)
-        print(f"{source}: ok ({cfg.name}: {len(cfg.layers)} layer(s), {calls} proposals, aggregator {cfg.aggregator.type})")
+        print(
+            f"{source}: ok ({cfg.name}: {len(cfg.layers)} layer(s), {calls} proposals, aggregator {cfg.aggregator.type})"
+        )
     return 0
 
 

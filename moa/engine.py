@@ -17,8 +17,18 @@ from moa.backend import Backend, CallSite, ModelCaller
 from moa.config import AgentConfig, EnsembleConfig
 from moa.errors import BackendError, DeadlineExceededError, InsufficientProposalsError
 from moa.prompts import SYNTHESIZE_INSTRUCTIONS, with_references, with_system_prompt
-from moa.types import CallRecord, ChatRequest, Completion, Delta, Proposal, SamplingParams, Usage
-from moa.types import ChatMessage, Choice, ProposalRecord
+from moa.types import (
+    CallRecord,
+    ChatMessage,
+    ChatRequest,
+    Choice,
+    Completion,
+    Delta,
+    Proposal,
+    ProposalRecord,
+    SamplingParams,
+    Usage,
+)
 
 
 @dataclass(frozen=True, slots=True)

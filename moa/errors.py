@@ -100,9 +100,7 @@ class InsufficientProposalsError(MoaError):
         self.required = required
         self.failures = failures
         why = "; ".join(f"{agent}: {reason}" for agent, reason in failures.items())
-        super().__init__(
-            f"layer {layer}: only {survivors} of the agents answered, {required} required (failed: {why})"
-        )
+        super().__init__(f"layer {layer}: only {survivors} of the agents answered, {required} required (failed: {why})")
 
 
 class DeadlineExceededError(MoaError, TimeoutError):

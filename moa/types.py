@@ -108,7 +108,9 @@ class Usage(_Model):
     @classmethod
     def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
         return cls(
-            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
         )
 
     @classmethod

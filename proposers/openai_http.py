@@ -47,9 +47,7 @@ class OpenAIProposer:
             return None
         key = os.environ.get(config.api_key_env)
         if not key:
-            raise ConfigError(
-                f"environment variable {config.api_key_env} is not set", f"backends.{name}.api_key_env"
-            )
+            raise ConfigError(f"environment variable {config.api_key_env} is not set", f"backends.{name}.api_key_env")
         return key
 
     def _get_session(self) -> aiohttp.ClientSession:
@@ -99,9 +97,7 @@ class OpenAIProposer:
                 self._redact(f"{self.name}: connection failed: {type(e).__name__}: {e}"), backend=self.name
             ) from None
         except (json.JSONDecodeError, KeyError, TypeError, IndexError, UnicodeDecodeError) as e:
-            raise ServerError(
-                f"{self.name}: malformed response: {type(e).__name__}: {e}", backend=self.name
-            ) from None
+            raise ServerError(f"{self.name}: malformed response: {type(e).__name__}: {e}", backend=self.name) from None
 
     async def _raise_for_status(self, resp: aiohttp.ClientResponse) -> None:
         if resp.status < 400:

@@ -150,7 +150,14 @@ class ScriptedServer:
             for i, t in enumerate(texts)
         ]
         return web.json_response(
-            {"id": "x", "object": "chat.completion", "created": 0, "model": rec.model, "choices": choices, "usage": usage}
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": rec.model,
+                "choices": choices,
+                "usage": usage,
+            }
         )
 
     async def _stream(self, request, model: str, text: str, usage: dict[str, int], body: dict[str, Any]):

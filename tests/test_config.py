@@ -31,13 +31,20 @@ def _with(path_setter) -> dict:
         (lambda d: d["layers"][0]["agents"][0].update(n=0), "layers[0].agents[0].n: must be >= 1"),
         (lambda d: d["layers"][1]["agents"][1].update(top_p=0), "layers[1].agents[1].top_p: must be > 0"),
         (lambda d: d["layers"][0]["agents"][0].update(tempurature=1), "layers[0].agents[0].tempurature: unknown field"),
-        (lambda d: d["layers"][0]["agents"][0].update(backend="nope"), "layers[0].agents[0].backend: unknown backend 'nope'"),
+        (
+            lambda d: d["layers"][0]["agents"][0].update(backend="nope"),
+            "layers[0].agents[0].backend: unknown backend 'nope'",
+        ),
         (lambda d: d["aggregator"].update(window=1), "aggregator.window: must be >= 2"),
         (lambda d: d["aggregator"].update(type="vote"), "aggregator.type: must be one of"),
         (lambda d: d["backends"]["up"].update(type="grpc"), "backends.up: unknown type 'grpc'"),
         (lambda d: d["backends"]["up"].update(base_url="localhost:80"), "backends.up.base_url: must be an http(s) URL"),
-        (lambda d: d["backends"]["up"]["rate_limit"] if False else d["backends"]["up"].update(rate_limit={"rps": -1}),
-         "backends.up.rate_limit.rps: must be > 0"),
+        (
+            lambda d: (
+                d["backends"]["up"]["rate_limit"] if False else d["backends"]["up"].update(rate_limit={"rps": -1})
+            ),
+            "backends.up.rate_limit.rps: must be > 0",
+        ),
         (lambda d: d["backends"]["up"].pop("model"), "layers[0].agents[0].model: required"),
         (lambda d: d.update(layers=[]), "layers: must have at least 1 item"),
         (lambda d: d.pop("aggregator"), "aggregator: field required"),

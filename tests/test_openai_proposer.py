@@ -9,7 +9,13 @@ from aiohttp import web
 
 from moa import Ensemble
 from moa.config import OpenAIBackendConfig
-from moa.errors import APIConnectionError, AuthenticationError, ConfigError, ContextLengthError, InsufficientProposalsError
+from moa.errors import (
+    APIConnectionError,
+    AuthenticationError,
+    ConfigError,
+    ContextLengthError,
+    InsufficientProposalsError,
+)
 from moa.types import Message, SamplingParams
 from proposers.openai_http import OpenAIProposer
 from proposers.sse import iter_sse_data
@@ -69,7 +75,9 @@ async def test_authentication_error_is_typed_and_not_retried(upstream: ScriptedS
 def test_missing_key_variable_names_the_field(monkeypatch) -> None:
     monkeypatch.delenv("MOA_TEST_ABSENT", raising=False)
     cfg = moa_config("http://127.0.0.1:9/v1", [["a"]], backend={"api_key_env": "MOA_TEST_ABSENT"})
-    with pytest.raises(ConfigError, match=r"backends\.up\.api_key_env: environment variable MOA_TEST_ABSENT is not set"):
+    with pytest.raises(
+        ConfigError, match=r"backends\.up\.api_key_env: environment variable MOA_TEST_ABSENT is not set"
+    ):
         Ensemble.from_config(cfg)
 
 

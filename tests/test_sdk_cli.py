@@ -68,13 +68,19 @@ def test_cli_stream(config_file) -> None:
 
 def test_cli_errors_are_one_line_not_tracebacks(tmp_path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({**moa_config("http://127.0.0.1:9/v1", [["a"]]), "layers": [{"agents": [{"backend": "up", "n": 0}]}]}))
+    bad.write_text(
+        yaml.safe_dump(
+            {**moa_config("http://127.0.0.1:9/v1", [["a"]]), "layers": [{"agents": [{"backend": "up", "n": 0}]}]}
+        )
+    )
     done = _moa("validate", str(bad))
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error:") and "layers[0].agents[0].n: must be >= 1" in done.stderr
     assert "Traceback" not in done.stderr
     unreachable = tmp_path / "down.yaml"
-    unreachable.write_text(yaml.safe_dump(moa_config("http://127.0.0.1:9/v1", [["a"]], backend={"retry": {"max_retries": 0}})))
+    unreachable.write_text(
+        yaml.safe_dump(moa_config("http://127.0.0.1:9/v1", [["a"]], backend={"retry": {"max_retries": 0}}))
+    )
     done = _moa("run", "-c", str(unreachable), "hi")
     assert done.returncode == 1 and "connection failed" in done.stderr and "Traceback" not in done.stderr
 
