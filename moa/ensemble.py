@@ -119,9 +119,15 @@ class Ensemble:
         self._bind_loop()
         return await self._engine.complete(request)
 
-    async def astream(self, messages: Sequence[Message | dict[str, Any]], **overrides: Any) -> AsyncIterator[Delta]:
-        """The aggregator's tokens as they arrive. Leaving the loop early cancels every call under it."""
-        request = build_request(messages, overrides)
+    def astream(self, messages: Sequence[Message | dict[str, Any]], **overrides: Any) -> AsyncIterator[Delta]:
+        """The aggregator's tokens as they arrive; bad input raises here, before anything is sent.
+
+        Closing the stream early (``aclose()``, or ``contextlib.aclosing`` around the loop) cancels every
+        call under it and closes their connections.
+        """
+        return self._stream(build_request(messages, overrides))
+
+    async def _stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
         self._bind_loop()
         async for delta in self._engine.stream(request):
             yield delta

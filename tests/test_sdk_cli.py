@@ -89,3 +89,9 @@ def test_cli_validate_shipped_recipes() -> None:
     done = _moa("validate", "together-moa", "self-moa-seq")
     assert done.returncode == 0
     assert "together-moa: ok (together-moa: 2 layer(s), 12 proposals" in done.stdout
+
+
+async def test_astream_rejects_bad_input_before_iterating() -> None:
+    async with Ensemble.from_config(moa_config("http://127.0.0.1:9/v1", [["a"]])) as ens:
+        with pytest.raises(ConfigError, match="messages"):
+            ens.astream([])
