@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from moa.backend import Backend, CallSite, ModelCaller
 from moa.config import AgentConfig, EnsembleConfig
-from moa.errors import BackendError, DeadlineExceededError, InsufficientProposalsError
+from moa.errors import BackendError, DeadlineExceededError, InsufficientProposalsError, MoaError
 from moa.prompts import SYNTHESIZE_INSTRUCTIONS, with_references, with_system_prompt
 from moa.types import (
     CallRecord,
@@ -140,20 +140,25 @@ class LayeredEngine:
     # ---- whole requests ------------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _deadline(self, request: ChatRequest):
-        deadline = request.deadline_s or self.config.deadline_s
+    async def _deadline(self, state: RequestState):
+        """The request's deadline; a failure leaves the calls made so far on the error's ``trace``."""
+        deadline = state.request.deadline_s or self.config.deadline_s
         timer = asyncio.timeout(deadline)
         try:
-            async with timer:
-                yield
-        except TimeoutError:
-            if deadline is not None and timer.expired():
-                raise DeadlineExceededError(deadline) from None
+            try:
+                async with timer:
+                    yield
+            except TimeoutError:
+                if deadline is not None and timer.expired():
+                    raise DeadlineExceededError(deadline) from None
+                raise
+        except MoaError as e:
+            e.trace = list(state.trace)
             raise
 
     async def complete(self, request: ChatRequest) -> Completion:
         state = RequestState(request, [], [])
-        async with self._deadline(request):
+        async with self._deadline(state):
             references = await self._references(state)
             answer = await self.aggregator.aggregate(request, references, self._caller(state))
         return Completion(
@@ -167,7 +172,7 @@ class LayeredEngine:
     async def stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
         """The aggregator's tokens as they come; the last delta carries finish_reason, usage and the trace."""
         state = RequestState(request, [], [])
-        async with self._deadline(request):
+        async with self._deadline(state):
             references = await self._references(state)
             finish_reason = "stop"
             async for delta in self.aggregator.stream(request, references, self._caller(state)):

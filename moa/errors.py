@@ -26,6 +26,9 @@ from __future__ import annotations
 class MoaError(Exception):
     """Base of every error moa raises on purpose."""
 
+    #: set when a request fails: its trace so far (``CallRecord``s of the calls made before the failure)
+    trace: list | None = None
+
 
 class ConfigError(MoaError, ValueError):
     """A config or argument is invalid; ``path`` is the dotted field path, e.g. ``layers[1].agents[0].n``."""

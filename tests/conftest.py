@@ -39,14 +39,29 @@ def moa_config(base_url: str, layers: list[list[str]], aggregator: str = "agg", 
 
 
 @pytest.fixture(scope="session")
-def upstream_sync_url() -> Iterator[str]:
-    """A scripted server on its own thread and loop, for tests of synchronous callers."""
+def _upstream_thread_session() -> Iterator[ScriptedServer]:
+    """A scripted server on its own thread and loop: it keeps answering while a test blocks (sync clients,
+    subprocesses)."""
     loop = asyncio.new_event_loop()
     server = ScriptedServer()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     asyncio.run_coroutine_threadsafe(server.start(), loop).result(timeout=10)
-    yield server.base_url
+    yield server
     asyncio.run_coroutine_threadsafe(server.stop(), loop).result(timeout=10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def upstream_sync_url(_upstream_thread_session: ScriptedServer) -> str:
+    """The base URL of the threaded scripted server, for tests of synchronous callers and subprocesses."""
+    return _upstream_thread_session.base_url
+
+
+@pytest.fixture
+def upstream_thread(_upstream_thread_session: ScriptedServer) -> Iterator[ScriptedServer]:
+    """The threaded scripted server (at ``upstream_sync_url``), reset before and after the test."""
+    _upstream_thread_session.reset()
+    yield _upstream_thread_session
+    _upstream_thread_session.reset()

@@ -1,0 +1,45 @@
+"""``moa serve``: the OpenAI-compatible server over one or more ensembles."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from moa.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="serve ensembles over an OpenAI-compatible HTTP API")
+    p.add_argument("-c", "--config", action="append", required=True, metavar="CONFIG", dest="configs",
+                   help="config file or shipped recipe name; repeat to serve several (model = ensemble name)")  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)")
+    keys = p.add_mutually_exclusive_group()
+    keys.add_argument("--api-key-env", metavar="VAR", help="require one of the keys in VAR (comma-separated)")
+    keys.add_argument("--api-key-file", metavar="FILE", help="require one of the keys in FILE (one a line)")
+    p.add_argument("--max-queue", type=int, default=512, metavar="N",
+                   help="requests held at once, running or waiting; more get 429 (default: 512)")  # fmt: skip
+    p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, metavar="N",
+                   help="larger request bodies get 413 (default: 4 MiB)")  # fmt: skip
+    p.add_argument("--drain-timeout", type=float, default=60.0, metavar="S",
+                   help="on SIGTERM, wait this long for running requests (default: 60)")  # fmt: skip
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from moa.ensemble import Ensemble
+    from moa.server.auth import load_keys
+    from moa.server.run import serve
+    from moa.server.state import ServerSettings
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError("must be between 0 and 65535", "--port")
+    settings = ServerSettings(args.max_queue, args.max_body_bytes, load_keys(args.api_key_env, args.api_key_file))
+    ensembles: dict[str, Ensemble] = {}
+    for source in args.configs:
+        ensemble = Ensemble.from_config(source)
+        if ensemble.name in ensembles:
+            raise ConfigError(f"two configs are named {ensemble.name!r}; model names must be unique", "--config")
+        ensembles[ensemble.name] = ensemble
+    asyncio.run(serve(ensembles, settings, args.host, args.port, args.drain_timeout))
+    return 0

@@ -1,0 +1,83 @@
+"""The aiohttp application: shared state, routes and the two middlewares (errors outermost, then API keys)."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from moa.ensemble import Ensemble
+from moa.errors import ConfigError
+from moa.server import routes
+from moa.server.errors import (
+    BodyTooLarge,
+    MethodNotAllowed,
+    QueueFull,
+    RouteNotFound,
+    ShuttingDown,
+    Unauthorized,
+    error_for,
+)
+from moa.server.state import STATE, ServerSettings, ServerState
+
+log = logging.getLogger("moa.server")
+
+#: paths that need no API key (load balancers probe them)
+OPEN_PATHS = frozenset({"/health"})
+
+
+def error_response(exc: BaseException) -> web.Response:
+    status, body = error_for(exc)
+    if status == 500:
+        log.error("unexpected error while serving a request", exc_info=exc)
+    headers = {"Retry-After": "1"} if isinstance(exc, (QueueFull, ShuttingDown)) else None
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _from_aiohttp(e: web.HTTPException, request: web.Request) -> Exception:
+    """aiohttp's own refusals (no route, wrong method, body over the limit) in moa's terms."""
+    if e.status == 404:
+        return RouteNotFound(f"no route {request.path}; see /v1/chat/completions, /v1/models, /health, /metrics")
+    if e.status == 405:
+        return MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+    if e.status == 413:
+        return BodyTooLarge(f"the request body is larger than {request.app[STATE].settings.max_body_bytes} bytes")
+    return ConfigError(e.reason)
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler) -> web.StreamResponse:
+    """Every failure becomes an OpenAI error body with its status; nothing else reaches the client."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return error_response(_from_aiohttp(e, request))
+    except Exception as e:
+        return error_response(e)
+
+
+@web.middleware
+async def api_key(request: web.Request, handler) -> web.StreamResponse:
+    keys = request.app[STATE].settings.api_keys
+    if keys is not None and request.path not in OPEN_PATHS and not keys.check(request.headers.get("Authorization")):
+        raise Unauthorized("missing or invalid API key; send 'Authorization: Bearer <key>'")
+    return await handler(request)
+
+
+async def _close_ensembles(app: web.Application) -> None:
+    for ensemble in app[STATE].ensembles.values():
+        await ensemble.aclose()
+
+
+def create_app(ensembles: dict[str, Ensemble], settings: ServerSettings) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[openai_errors, api_key])
+    app[STATE] = ServerState(ensembles, settings)
+    app.router.add_post("/v1/chat/completions", routes.chat_completions)
+    app.router.add_get("/v1/models", routes.list_models)
+    app.router.add_get("/v1/models/{model}", routes.retrieve_model)
+    app.router.add_get("/health", routes.health)
+    app.router.add_get("/metrics", routes.metrics)
+    app.on_cleanup.append(_close_ensembles)
+    return app

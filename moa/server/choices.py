@@ -1,0 +1,86 @@
+"""Running the ``n`` choices of one chat request: each choice is one whole ensemble run, all at once.
+
+Choice ``i`` samples its final answer with ``seed + i`` when a seed is given, so the choices differ yet the
+request stays reproducible. If one choice fails, the others are cancelled and the failure is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from moa.ensemble import Ensemble
+from moa.server.schema import ParsedChat, seed_for_choice
+from moa.types import Completion, Delta
+
+T = TypeVar("T")
+
+
+def overrides_for(parsed: ParsedChat, index: int) -> dict[str, Any]:
+    """The SDK overrides that reproduce choice ``index`` of a parsed request."""
+    p = parsed.request.params
+    return {
+        "temperature": p.temperature, "top_p": p.top_p, "max_tokens": p.max_tokens,
+        "stop": list(p.stop) if p.stop else None, "seed": seed_for_choice(p.seed, index),
+        "deadline_s": parsed.request.deadline_s,
+    }  # fmt: skip
+
+
+async def all_or_none(calls: list[Awaitable[T]]) -> list[T]:
+    """Every result in order, or the first failure with the other calls cancelled."""
+    if len(calls) == 1:
+        return [await calls[0]]
+    tasks = [asyncio.ensure_future(c) for c in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def complete_choices(ensemble: Ensemble, parsed: ParsedChat) -> list[Completion]:
+    messages = parsed.request.messages
+    return await all_or_none([ensemble.acomplete(messages, **overrides_for(parsed, i)) for i in range(parsed.n)])
+
+
+async def stream_choices(ensemble: Ensemble, parsed: ParsedChat) -> AsyncIterator[tuple[int, Delta]]:
+    """``(choice index, delta)`` as each choice's tokens arrive; closing this cancels every choice."""
+    messages = parsed.request.messages
+    streams = [ensemble.astream(messages, **overrides_for(parsed, i)) for i in range(parsed.n)]
+    if len(streams) == 1:
+        try:
+            async for delta in streams[0]:
+                yield 0, delta
+        finally:
+            await streams[0].aclose()
+        return
+    queue: asyncio.Queue[tuple[int, Delta | None, Exception | None]] = asyncio.Queue()
+
+    async def pump(index: int) -> None:
+        try:
+            async for delta in streams[index]:
+                queue.put_nowait((index, delta, None))
+        except Exception as e:  # handed to the consumer, which raises it
+            queue.put_nowait((index, None, e))
+        else:
+            queue.put_nowait((index, None, None))
+
+    tasks = [asyncio.ensure_future(pump(i)) for i in range(len(streams))]
+    try:
+        running = len(tasks)
+        while running:
+            index, delta, error = await queue.get()
+            if error is not None:
+                raise error
+            if delta is None:
+                running -= 1
+            else:
+                yield index, delta
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for s in streams:
+            await s.aclose()

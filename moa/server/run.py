@@ -1,0 +1,62 @@
+"""Running the server: listen, print where, and on SIGTERM or SIGINT drain in-flight requests, then exit."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from typing import TextIO
+
+from aiohttp import web
+
+from moa.ensemble import Ensemble
+from moa.server.app import create_app
+from moa.server.state import STATE, ServerSettings
+
+#: pending connections the kernel may hold; many clients connecting at once must not wait for a SYN retry
+BACKLOG = 4096
+
+
+def describe(ensemble: Ensemble) -> str:
+    cfg = ensemble.config
+    calls = sum(a.n for layer in cfg.layers for a in layer.agents)
+    return f"{cfg.name}: {len(cfg.layers)} layer(s), {calls} proposal(s), aggregator {cfg.aggregator.type}"
+
+
+async def serve(
+    ensembles: dict[str, Ensemble],
+    settings: ServerSettings,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    drain_timeout_s: float = 60.0,
+    out: TextIO = sys.stdout,
+) -> None:
+    """Serve until SIGTERM/SIGINT; then stop listening, let running requests finish (up to the timeout), exit."""
+    app = create_app(ensembles, settings)
+    runner = web.AppRunner(
+        app, handle_signals=False, handler_cancellation=True, access_log=None, shutdown_timeout=drain_timeout_s
+    )
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, host, port, backlog=BACKLOG)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()[1] if site._server else port  # type: ignore[union-attr]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"moa serve: listening on http://{shown}:{bound}/v1", file=out)
+        for ensemble in ensembles.values():
+            print(f"moa serve: serving {describe(ensemble)}", file=out)
+        out.flush()
+        await stop.wait()
+        state = app[STATE]
+        state.draining = True  # requests on open keep-alive connections now get 503
+        await site.stop()  # no new connections
+        print(f"moa serve: draining {state.admitted} in-flight request(s)", file=out, flush=True)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()  # stops listening, waits for running handlers, then closes the ensembles
+    print("moa serve: stopped", file=out, flush=True)

@@ -1,0 +1,175 @@
+"""The ``/v1/chat/completions`` request: which OpenAI fields moa honours, ignores or refuses.
+
+Honoured: ``model`` (an ensemble's name), ``messages``, ``stream``, ``stream_options.include_usage``, ``n``,
+``temperature``, ``top_p``, ``max_tokens`` / ``max_completion_tokens``, ``stop``, ``seed``; they set the
+final answer's sampling (the proposers keep their configured sampling). Extensions: ``moa_trace`` (return the
+calls behind the answer) and ``moa_deadline_s`` (this request's deadline).
+
+Ignored, because they cannot change the answer: ``user``, ``metadata``, ``store``, ``service_tier``,
+``parallel_tool_calls``, ``safety_identifier``, ``prompt_cache_key``.
+
+Refused unless left at their neutral value (``_NEUTRAL``): tools, logprobs, penalties, structured output,
+audio and the like, which an ensemble cannot honour. Any other field is refused as unknown. Every refusal is a
+``ConfigError`` whose path names the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from moa.config import describe_error
+from moa.ensemble import build_request
+from moa.errors import ConfigError
+from moa.types import ChatRequest
+
+#: ``n`` above this is refused: each choice is a whole ensemble run
+MAX_N = 16
+_INT64 = 2**63
+
+#: OpenAI fields moa cannot honour, with the values that ask for nothing (``None`` always does)
+_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "frequency_penalty": (0,),
+    "presence_penalty": (0,),
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "logit_bias": ({},),
+    "tools": ([],),
+    "tool_choice": ("none", "auto"),
+    "functions": ([],),
+    "function_call": ("none", "auto"),
+    "response_format": ({"type": "text"},),
+    "modalities": (["text"],),
+    "audio": (),
+    "prediction": (),
+    "reasoning_effort": (),
+    "verbosity": (),
+    "web_search_options": (),
+}
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """The body as sent; sampling bounds and messages are checked by ``moa.ensemble.build_request``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    model: str
+    messages: list[dict[str, Any]]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
+    temperature: float | None = None
+    top_p: float | None = None
+    # bounds checked here too, so that the error names the field the client sent
+    max_tokens: Annotated[int, Field(gt=0)] | None = None
+    max_completion_tokens: Annotated[int, Field(gt=0)] | None = None
+    stop: Annotated[list[str], Field(max_length=16)] | None = None
+    seed: Annotated[int, Field(ge=-_INT64, lt=_INT64)] | None = None
+    moa_trace: bool = False
+    moa_deadline_s: Annotated[float, Field(gt=0)] | None = None
+    # accepted and ignored: they do not change the answer
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    parallel_tool_calls: bool | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedChat:
+    """A request the server can run: which ensemble, the validated request, and how to answer."""
+
+    model: str
+    request: ChatRequest
+    n: int
+    stream: bool
+    include_usage: bool
+    trace: bool
+
+
+def parse_chat_request(body: Any) -> ParsedChat:
+    """Validate a decoded JSON body; every problem is a ``ConfigError`` naming the field."""
+    if not isinstance(body, dict):
+        raise ConfigError(f"the request body must be a JSON object, got {_json_type(body)}")
+    try:
+        req = ChatCompletionRequest.model_validate(_without_neutral(body))
+    except ValidationError as e:
+        path, message = describe_error(e.errors()[0])
+        raise ConfigError(message, path or None) from None
+    if req.stream_options is not None and not req.stream:
+        raise ConfigError("only allowed when stream is true", "stream_options")
+    max_tokens = _max_tokens(req)
+    messages = [_normalize_message(m, i) for i, m in enumerate(req.messages)]
+    overrides = {
+        "temperature": req.temperature, "top_p": req.top_p, "max_tokens": max_tokens, "stop": req.stop,
+        "seed": req.seed, "deadline_s": req.moa_deadline_s,
+    }  # fmt: skip
+    request = build_request(messages, overrides)
+    include_usage = req.stream_options.include_usage if req.stream_options else False
+    return ParsedChat(req.model, request, req.n, req.stream, include_usage, req.moa_trace)
+
+
+def seed_for_choice(seed: int | None, index: int) -> int | None:
+    """Choice ``index`` of an ``n > 1`` request samples with ``seed + index`` (kept in int64), so choices differ."""
+    if seed is None or index == 0:
+        return seed
+    return (seed + index + _INT64) % (2 * _INT64) - _INT64
+
+
+def _without_neutral(body: dict[str, Any]) -> dict[str, Any]:
+    """The body less the fields moa cannot honour, which must ask for nothing."""
+    for name, neutral in _NEUTRAL.items():
+        value = body.get(name)
+        if value is not None and value not in neutral:
+            allowed = " or ".join(repr(v) for v in neutral)
+            hint = f" (only {allowed} is accepted)" if allowed else ""
+            raise ConfigError(f"not supported by moa ensembles{hint}", name)
+    return {k: v for k, v in body.items() if k not in _NEUTRAL}
+
+
+def _max_tokens(req: ChatCompletionRequest) -> int | None:
+    a, b = req.max_tokens, req.max_completion_tokens
+    if a is not None and b is not None and a != b:
+        raise ConfigError("conflicts with max_tokens; send one of them", "max_completion_tokens")
+    return b if b is not None else a
+
+
+def _normalize_message(message: dict[str, Any], index: int) -> dict[str, Any]:
+    """OpenAI's newer spellings in the shape ``build_request`` checks: text parts joined, developer as system."""
+    content = message.get("content")
+    if isinstance(content, list):
+        message = {**message, "content": _join_text_parts(content, index)}
+    if message.get("role") == "developer":
+        message = {**message, "role": "system"}
+    return message
+
+
+def _join_text_parts(parts: list[Any], index: int) -> str:
+    texts = []
+    for j, part in enumerate(parts):
+        where = f"messages[{index}].content[{j}]"
+        if not isinstance(part, dict) or part.get("type") != "text":
+            raise ConfigError("only text content parts are supported", f"{where}.type")
+        if not isinstance(part.get("text"), str):
+            raise ConfigError("must be a string", f"{where}.text")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)

@@ -1,0 +1,118 @@
+"""Server-sent events for a streamed chat completion, in the ``chat.completion.chunk`` shape.
+
+The response starts when the first token (or the end) of any choice arrives, so a request that fails before
+that still gets a proper HTTP status. The first chunk of each choice carries the role; then come its tokens,
+one chunk each; then one chunk with its ``finish_reason``. A last chunk with no choices carries ``usage`` when
+``stream_options.include_usage`` asked and ``moa_trace`` when the request asked. A failure after the response
+began is sent as an ``{"error": ...}`` event. The stream always ends with ``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from moa.server.errors import error_for
+from moa.types import CallRecord, Delta, Usage
+
+DONE = b"data: [DONE]\n\n"
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class ChunkFormat:
+    """Chunks of one response. Token chunks are the hot path: a prebuilt frame around one ``json.dumps``."""
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self.base: dict[str, Any] = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": model,
+        }  # fmt: skip
+        if include_usage:
+            self.base["usage"] = None  # OpenAI's shape: null on every chunk but the last
+        # the frame of a token chunk, split around the two values that vary (quotes make the markers unique)
+        frame = self.event_text(self.chunk_dict(-1, {"content": "\x00"}))
+        head, rest = frame.split('"index": -1', 1)
+        middle, tail = rest.split('"\\u0000"', 1)
+        self._frame = (head + '"index": ', middle, tail)
+
+    def chunk_dict(self, index: int, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        return {
+            **self.base,
+            "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
+
+    @staticmethod
+    def event_text(obj: dict[str, Any]) -> str:
+        return f"data: {json.dumps(obj)}\n\n"
+
+    def event(self, obj: dict[str, Any]) -> bytes:
+        return self.event_text(obj).encode()
+
+    def chunk(self, index: int, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        return self.event(self.chunk_dict(index, delta, finish_reason))
+
+    def token(self, index: int, content: str) -> bytes:
+        head, middle, tail = self._frame
+        return f"{head}{index}{middle}{json.dumps(content)}{tail}".encode()
+
+    def last(self, usage: Usage | None, trace: list[dict[str, Any]] | None) -> bytes:
+        extra: dict[str, Any] = {} if usage is None else {"usage": usage.model_dump()}
+        if trace is not None:
+            extra["moa_trace"] = trace
+        return self.event({**self.base, "choices": [], **extra})
+
+
+class StreamResult:
+    """What a finished (or failed) stream leaves behind, for the metrics."""
+
+    def __init__(self) -> None:
+        self.first_token_s: float | None = None
+        self.calls: list[CallRecord] = []
+        self.usage: Usage | None = None
+
+
+async def write_stream(
+    request: web.Request,
+    deltas: AsyncIterator[tuple[int, Delta]],
+    fmt: ChunkFormat,
+    n: int,
+    want_usage: bool,
+    want_trace: bool,
+    result: StreamResult,
+) -> web.StreamResponse:
+    """Relay ``deltas`` as SSE. Raises (for an ordinary error response) only if nothing was sent yet."""
+    started = time.monotonic()
+    response: web.StreamResponse | None = None
+    traces: dict[int, list[CallRecord]] = {}
+    try:
+        async for index, delta in deltas:
+            if response is None:
+                result.first_token_s = time.monotonic() - started
+                response = web.StreamResponse(headers=SSE_HEADERS)
+                await response.prepare(request)
+                await response.write(b"".join(fmt.chunk(i, {"role": "assistant", "content": ""}) for i in range(n)))
+            if delta.content:
+                await response.write(fmt.token(index, delta.content))
+            if delta.finish_reason is not None:
+                traces[index] = delta.trace or []
+                result.calls.extend(traces[index])
+                await response.write(fmt.chunk(index, {}, delta.finish_reason))
+    except Exception as e:
+        if response is None:
+            raise
+        await response.write(fmt.event(error_for(e)[1]) + DONE)
+        return response
+    if response is None:  # no choice produced anything: cannot happen with a working engine, but stay valid
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        await response.prepare(request)
+    result.usage = Usage.total(result.calls)
+    if want_usage or want_trace:
+        trace = [{"index": i, "calls": [r.model_dump() for r in traces[i]]} for i in sorted(traces)]
+        await response.write(fmt.last(result.usage if want_usage else None, trace if want_trace else None))
+    await response.write(DONE)
+    return response
