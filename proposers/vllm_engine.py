@@ -1,0 +1,243 @@
+"""In-process vLLM behind the proposer protocol, on CUDA or CPU.
+
+One ``AsyncLLM`` engine per backend, shared by every agent and request that names the backend. The engine
+starts on first use in a worker thread (the event loop keeps serving meanwhile; concurrent first callers
+share one start). Each call:
+
+    messages -> chat template (as vLLM's chat API applies it) -> prompt ids, length checked
+             -> vLLM SamplingParams(n, ...) -> AsyncLLM.generate -> GenerateResult | Delta stream
+
+``n`` samples are one vLLM request: its children share the prompt's KV blocks (prefix caching) instead of
+prefilling ``n`` times. Cancelling the awaiting task closes vLLM's generator, which aborts the request.
+An engine that died fails its requests with ``EngineError`` and is restarted by the next request, once:
+if the restarted engine dies before it has served a request, it stays down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, contextmanager
+
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its INFO and per-weight WARNING lines drown the answer
+
+from vllm import SamplingParams as VLLMSamplingParams  # noqa: E402
+from vllm.exceptions import VLLMValidationError  # noqa: E402
+from vllm.inputs.engine import tokens_input  # noqa: E402
+from vllm.sampling_params import RequestOutputKind  # noqa: E402
+from vllm.v1.engine.async_llm import AsyncLLM  # noqa: E402
+from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError  # noqa: E402
+
+from moa.config import VLLMBackendConfig  # noqa: E402
+from moa.errors import (  # noqa: E402
+    BadRequestError,
+    ContextLengthError,
+    EngineError,
+    MoaError,
+    NotFoundError,
+)
+from moa.types import Delta, GenerateResult, Generation, Message, SamplingParams, Usage  # noqa: E402
+from proposers.embedded import resolve_model  # noqa: E402
+from proposers.progress import say  # noqa: E402
+from proposers.vllm_args import engine_args, vllm_device  # noqa: E402
+
+_CONTEXT_HINTS = ("maximum model length", "max_model_len", "context length")
+_SHUTDOWN_GRACE_S = 30.0
+
+
+class VLLMProposer:
+    """A vLLM engine in this process (its workers in child processes), made on first use."""
+
+    supports_n = True
+
+    def __init__(self, name: str, config: VLLMBackendConfig) -> None:
+        self.name = name
+        self.config = config
+        self._engine: AsyncLLM | None = None
+        self._starting: asyncio.Task[AsyncLLM] | None = None
+        self._restarted = False  # the engine was restarted and the new one has not served a request yet
+
+    def __repr__(self) -> str:
+        return f"VLLMProposer(name={self.name!r}, model={self.config.model!r})"
+
+    @property
+    def running_requests(self) -> int:
+        """Requests the engine holds now (0 before it starts)."""
+        return self._engine.get_num_unfinished_requests() if self._engine is not None else 0
+
+    async def start(self) -> None:
+        """Start the engine now instead of on the first call."""
+        await self._ready()
+
+    # ---- calls ---------------------------------------------------------------------------------------------
+
+    async def generate(
+        self, messages: list[Message], params: SamplingParams, n: int = 1, *, model: str | None = None
+    ) -> GenerateResult:
+        engine = await self._ready(model)
+        prompt = self._prompt_ids(engine, messages)  # prompt: [P]
+        sampling = self._sampling(engine, params, n, len(prompt), RequestOutputKind.FINAL_ONLY)
+        final = None
+        with self._mapped_errors():
+            async with aclosing(engine.generate(tokens_input(prompt), sampling, self._request_id())) as outputs:
+                async for out in outputs:  # FINAL_ONLY: one output, all n samples done
+                    final = out
+        if final is None:
+            raise EngineError(f"{self.name}: vLLM ended the request without an output", backend=self.name)
+        self._restarted = False
+        samples = sorted(final.outputs, key=lambda o: o.index)  # samples: [n]
+        return GenerateResult(
+            generations=[Generation(text=s.text, finish_reason=s.finish_reason) for s in samples],
+            usage=Usage.of(len(prompt), sum(len(s.token_ids) for s in samples)),
+        )
+
+    async def stream(
+        self, messages: list[Message], params: SamplingParams, *, model: str | None = None
+    ) -> AsyncIterator[Delta]:
+        engine = await self._ready(model)
+        prompt = self._prompt_ids(engine, messages)
+        sampling = self._sampling(engine, params, 1, len(prompt), RequestOutputKind.DELTA)
+        completion_tokens, finish_reason = 0, None
+        with self._mapped_errors():
+            async with aclosing(engine.generate(tokens_input(prompt), sampling, self._request_id())) as outputs:
+                async for out in outputs:
+                    piece = out.outputs[0]  # the tokens decoded since the previous output
+                    completion_tokens += len(piece.token_ids)
+                    finish_reason = piece.finish_reason or finish_reason
+                    if piece.text:
+                        yield Delta(content=piece.text)
+        self._restarted = False
+        yield Delta(finish_reason=finish_reason or "stop", usage=Usage.of(len(prompt), completion_tokens))
+
+    # ---- one phase each ------------------------------------------------------------------------------------
+
+    def _prompt_ids(self, engine: AsyncLLM, messages: list[Message]) -> list[int]:
+        """Token ids of the conversation plus the assistant's opening, the way vLLM's chat API renders it."""
+        try:
+            ids = engine.tokenizer.apply_chat_template(
+                [m.to_dict() for m in messages], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        except Exception as e:  # a template may raise anything on a conversation it rejects
+            raise BadRequestError(
+                f"{self.name}: the chat template rejected the messages: {e}", backend=self.name
+            ) from None
+        limit = engine.model_config.max_model_len
+        if len(ids) >= limit:
+            raise ContextLengthError(
+                f"{self.name}: the prompt is {len(ids)} tokens but the model's context (max_model_len) is {limit} "
+                f"tokens, which must also hold at least one answer token; shorten the messages or raise "
+                f"backends.{self.name}.max_model_len",
+                backend=self.name,
+            )
+        return list(ids)
+
+    def _sampling(
+        self, engine: AsyncLLM, params: SamplingParams, n: int, prompt_len: int, kind: RequestOutputKind
+    ) -> VLLMSamplingParams:
+        """vLLM's sampling params; ``max_tokens`` is capped to the context left after the prompt."""
+        room = engine.model_config.max_model_len - prompt_len
+        chosen = {k: getattr(params, k) for k in ("temperature", "top_p", "seed") if getattr(params, k) is not None}
+        if params.stop:
+            chosen["stop"] = list(params.stop)
+        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+        try:
+            return VLLMSamplingParams(n=n, max_tokens=max_tokens, output_kind=kind, **chosen)
+        except (VLLMValidationError, ValueError, TypeError) as e:
+            raise BadRequestError(f"{self.name}: invalid sampling parameters: {e}", backend=self.name) from None
+
+    def _request_id(self) -> str:
+        return f"{self.name}-{uuid.uuid4().hex}"
+
+    @contextmanager
+    def _mapped_errors(self) -> Iterator[None]:
+        """vLLM's failures -> moa's tree, in one place."""
+        try:
+            yield
+        except MoaError:
+            raise
+        except EngineDeadError:
+            raise EngineError(
+                f"{self.name}: the vLLM engine died (its log is above); the next request restarts it",
+                backend=self.name,
+            ) from None
+        except (VLLMValidationError, ValueError) as e:
+            cls = ContextLengthError if any(h in str(e).lower() for h in _CONTEXT_HINTS) else BadRequestError
+            raise cls(f"{self.name}: vLLM rejected the request: {e}", backend=self.name) from None
+        except EngineGenerateError as e:
+            cause = e.__cause__ or e
+            raise EngineError(
+                f"{self.name}: vLLM failed the request: {type(cause).__name__}: {cause}", backend=self.name
+            ) from None
+
+    # ---- engine lifecycle ----------------------------------------------------------------------------------
+
+    async def _ready(self, model: str | None = None) -> AsyncLLM:
+        """The running engine, starting (or restarting, once) it first when needed."""
+        if model is not None and model != self.config.model:
+            raise NotFoundError(
+                f"{self.name}: this vLLM backend serves {self.config.model!r}, not {model!r}", backend=self.name
+            )
+        engine = self._engine
+        if engine is not None and not engine.errored:
+            return engine
+        if self._starting is None:
+            if engine is not None:  # it died
+                if self._restarted:
+                    raise EngineError(
+                        f"{self.name}: the vLLM engine died again before serving a request after its restart; "
+                        "not restarting it (close the ensemble to try again)",
+                        backend=self.name,
+                    )
+                self._restarted = True
+                self._engine = None
+                say(f"the vLLM engine for backend {self.name!r} died; restarting it")
+            self._starting = asyncio.get_running_loop().create_task(self._start(dead=engine))
+        # shielded: a caller cancelled mid-start leaves the start running, for the next caller or aclose
+        return await asyncio.shield(self._starting)
+
+    async def _start(self, dead: AsyncLLM | None) -> AsyncLLM:
+        try:
+            if dead is not None:
+                await asyncio.to_thread(dead.shutdown, _SHUTDOWN_GRACE_S)
+            self._engine = await asyncio.to_thread(self._build_engine)
+            return self._engine
+        finally:
+            self._starting = None
+
+    def _build_engine(self) -> AsyncLLM:
+        """Runs in a worker thread: resolves the model (converting an embedded one) and starts vLLM."""
+        path = resolve_model(self.config.model, field=f"backends.{self.name}.model")
+        args = engine_args(self.name, self.config, path)
+        say(f"starting vLLM engine for backend {self.name!r} ({self.config.model}) on {vllm_device()} (~30 s)")
+        started = time.perf_counter()
+        try:
+            engine = AsyncLLM.from_engine_args(args)
+        except Exception as e:
+            raise EngineError(
+                f"{self.name}: vLLM could not start {self.config.model}: {type(e).__name__}: {e}", backend=self.name
+            ) from e
+        say(f"vLLM engine for backend {self.name!r} ready in {time.perf_counter() - started:.0f} s")
+        return engine
+
+    async def aclose(self) -> None:
+        """Shut the engine and its processes down (waiting for a start in progress first). Safe to call twice."""
+        if self._starting is not None:
+            await asyncio.wait([self._starting])
+        engine, self._engine, self._restarted = self._engine, None, False
+        if engine is None:
+            return
+        handler = engine.output_handler
+        if handler is not None and engine.get_num_unfinished_requests() == 0:
+            # idle: stop reading outputs first, else it reports the engine's exit below as a crash. (With
+            # requests in flight it stays, so that they fail with EngineError instead of waiting forever.)
+            handler.cancel()
+            await asyncio.wait([handler])
+        # waits for the engine processes to exit; vLLM's default grace (5 s) is too short on a busy CPU, after
+        # which it kills the engine core and leaves it unreaped
+        await asyncio.to_thread(engine.shutdown, _SHUTDOWN_GRACE_S)
+
+
+__all__ = ["VLLMProposer"]
