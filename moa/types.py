@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Role = Literal["system", "user", "assistant"]
+TopLogprobs = tuple[tuple[str, float], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class SamplingParams:
     max_tokens: int | None = None
     stop: tuple[str, ...] | None = None
     seed: int | None = None
+    logprobs: int | None = None  # return this many most likely tokens, with log-probabilities, per position
 
     def merged(self, **overrides: object) -> SamplingParams:
         """A copy with every override that is not ``None`` applied."""
@@ -48,6 +50,9 @@ class SamplingParams:
 class Generation:
     text: str
     finish_reason: str | None = None
+    #: when ``SamplingParams.logprobs`` asked and the backend answers: per generated position, the most likely
+    #: tokens there as (token, logprob), most likely first
+    logprobs: tuple[TopLogprobs, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

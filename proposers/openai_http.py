@@ -21,7 +21,7 @@ from moa.errors import (
     ServerError,
     error_for_status,
 )
-from moa.types import Delta, GenerateResult, Generation, Message, SamplingParams, Usage
+from moa.types import Delta, GenerateResult, Generation, Message, SamplingParams, TopLogprobs, Usage
 from proposers.sse import iter_sse_data
 
 _CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too long", "max_model_len")
@@ -76,6 +76,9 @@ class OpenAIProposer:
                 body[key] = value
         if params.stop:
             body["stop"] = list(params.stop)
+        if params.logprobs is not None:
+            body["logprobs"] = True
+            body["top_logprobs"] = params.logprobs
         if stream:
             body["stream"] = True
             if self.config.stream_usage:
@@ -124,7 +127,11 @@ class OpenAIProposer:
                 data = json.loads(await resp.read())
             choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
             generations = [
-                Generation(text=(c["message"].get("content") or ""), finish_reason=c.get("finish_reason"))
+                Generation(
+                    text=(c["message"].get("content") or ""),
+                    finish_reason=c.get("finish_reason"),
+                    logprobs=_top_logprobs(c.get("logprobs")),
+                )
                 for c in choices
             ]
             usage = data.get("usage") or {}
@@ -171,6 +178,19 @@ class OpenAIProposer:
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
+
+
+def _top_logprobs(logprobs: dict[str, Any] | None) -> tuple[TopLogprobs, ...] | None:
+    """A choice's ``logprobs.content`` as (token, logprob) pairs per position; ``None`` when the server sent none."""
+    if not logprobs or not logprobs.get("content"):
+        return None
+    positions = []
+    for position in logprobs["content"]:
+        top = [(t["token"], float(t["logprob"])) for t in position.get("top_logprobs") or []]
+        if all(token != position["token"] for token, _ in top):
+            top.append((position["token"], float(position["logprob"])))
+        positions.append(tuple(sorted(top, key=lambda t: -t[1])))
+    return tuple(positions)
 
 
 def _parse_retry_after(value: str | None) -> float | None:

@@ -2,9 +2,10 @@
 
 Per model it scripts the answer, the latency and a queue of faults (``"429"``, ``"429:2"`` with Retry-After 2,
 ``"500"``, ``"400"``, ``"401-echo"`` echoes the caller's Authorization header in its error, like servers that
-quote the key they refused, ``"reset"`` drops the connection, ``"hang"`` never answers). It records every request it
-got (body, start and end time, outcome, including ``cancelled`` when the client went away) and the peak number
-of requests in flight.
+quote the key they refused, ``"reset"`` drops the connection, ``"hang"`` never answers), and optionally the most
+likely first tokens with their log-probabilities, sent when a request asks for ``logprobs``. It records every
+request it got (body, start and end time, outcome, including ``cancelled`` when the client went away) and the
+peak number of requests in flight.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 Answer = Callable[[str, list[dict[str, str]], int], str]
+TopLogprobs = Callable[[list[dict[str, str]]], list[tuple[str, float]]]
 
 
 def default_answer(model: str, messages: list[dict[str, str]], index: int) -> str:
@@ -32,6 +34,7 @@ class ModelScript:
     latency_s: float = 0.0
     faults: deque[str] = field(default_factory=deque)
     usage_prompt: int = 10
+    top_logprobs: TopLogprobs | None = None
 
 
 @dataclass
@@ -64,9 +67,9 @@ class ScriptedServer:
     # ---- scripting -----------------------------------------------------------------------------------
 
     def script(self, model: str, *, answer: Answer | str | None = None, latency_s: float = 0.0,
-               faults: list[str] | None = None) -> ModelScript:  # fmt: skip
+               faults: list[str] | None = None, top_logprobs: TopLogprobs | None = None) -> ModelScript:  # fmt: skip
         fn = (lambda m, msgs, i, s=answer: s) if isinstance(answer, str) else (answer or default_answer)
-        self.scripts[model] = ModelScript(fn, latency_s, deque(faults or []))
+        self.scripts[model] = ModelScript(fn, latency_s, deque(faults or []), top_logprobs=top_logprobs)
         return self.scripts[model]
 
     def reset(self) -> None:
@@ -149,6 +152,12 @@ class ScriptedServer:
             {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
             for i, t in enumerate(texts)
         ]
+        if body.get("logprobs") and script.top_logprobs is not None:
+            top = script.top_logprobs(body["messages"])  # the sampled token first
+            alternatives = [{"token": t, "logprob": lp} for t, lp in top[: body.get("top_logprobs") or 0]]
+            first = {"token": top[0][0], "logprob": top[0][1], "top_logprobs": alternatives}
+            for choice in choices:
+                choice["logprobs"] = {"content": [first]}
         return web.json_response(
             {
                 "id": "x",
