@@ -1,0 +1,173 @@
+"""Durable files: an append-only JSONL checkpoint, and JSON written whole or not at all.
+
+A checkpoint is a header line that says what run it belongs to, then one line per done item. Every record is written with one unbuffered write, then fsynced, before the item counts as done; so a process
+killed at any moment (SIGKILL included) leaves at worst one torn last line, which the next open cuts off. A
+checkpoint whose header names another run (a different config or instruction set) is refused, never mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from moa.errors import ConfigError
+
+FORMAT = "moa-checkpoint/1"
+
+
+class Checkpoint:
+    """Done items by index, and the file to append more to. ``records`` holds the first record of each index."""
+
+    def __init__(self, path: Path, header: dict[str, Any], records: dict[int, dict[str, Any]]) -> None:
+        self.path = path
+        self.header = header
+        self.records = records
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: str | Path, kind: str, identity: dict[str, str], about: dict[str, Any]) -> Checkpoint:
+        """Resume ``path`` if it belongs to this run (same ``kind`` and ``identity``), else start it afresh.
+
+        ``identity`` holds the fingerprints that must match to resume; ``about`` is shown when they don't.
+        """
+        path = Path(path)
+        lines = _complete_lines(path)
+        if not lines:
+            header = {"format": FORMAT, "kind": kind, "identity": identity, "about": about}
+            _write_fresh(path, header)
+            return cls(path, header, {})
+        header = _parse_header(path, lines[0], kind)
+        _check_identity(path, header, identity, about)
+        return cls(path, header, _parse_records(path, lines[1:]))
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one record (it must carry ``index``) and make it durable. Safe from several threads."""
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        with self._lock:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fsync(self._fd)
+            self.records.setdefault(int(record["index"]), record)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _complete_lines(path: Path) -> list[bytes]:
+    """The file's newline-terminated lines; a torn last line (killed mid-write) is cut off the file."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    end = raw.rfind(b"\n") + 1
+    lines = raw[:end].splitlines()
+    if lines and not _parses(lines[-1]):  # written in full but not durable before a crash: drop it too
+        end -= len(lines.pop()) + 1
+    if end < len(raw):
+        os.truncate(path, end)
+    return lines
+
+
+def _parses(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
+def _write_fresh(path: Path, header: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write((json.dumps(header, ensure_ascii=False) + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a new or renamed directory entry durable (a no-op where directories can't be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _parse_header(path: Path, line: bytes, kind: str) -> dict[str, Any]:
+    try:
+        header = json.loads(line)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ConfigError(f"{path} exists but is not a moa checkpoint; move it away or choose another output path")
+    if header.get("kind") != kind:
+        raise ConfigError(f"{path} is a checkpoint of `{header.get('kind')}`, not of `{kind}`; choose another path")
+    return header
+
+
+def _check_identity(path: Path, header: dict[str, Any], identity: dict[str, str], about: dict[str, Any]) -> None:
+    theirs = header.get("identity") or {}
+    differ = [k for k in identity if theirs.get(k) != identity[k]]
+    if not differ:
+        return
+    was = header.get("about") or {}
+    detail = "; ".join(f"{k}: checkpoint has {was.get(k, theirs.get(k))!r}, this run {about.get(k, identity[k])!r}"
+                       for k in differ)  # fmt: skip
+    raise ConfigError(
+        f"{path} was written by a run with a different {' and '.join(differ)} ({detail}). Resuming would mix two "
+        "runs: rerun with the original arguments, or delete the checkpoint (or pick another output) to start over"
+    )
+
+
+def _parse_records(path: Path, lines: list[bytes]) -> dict[int, dict[str, Any]]:
+    records: dict[int, dict[str, Any]] = {}
+    for number, line in enumerate(lines, start=2):
+        try:
+            record = json.loads(line)
+            index = int(record["index"])
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(
+                f"{path}:{number}: unreadable checkpoint record; the file was edited or damaged"
+            ) from None
+        records.setdefault(index, record)
+    return records
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON to a temporary file beside ``path``, make it durable, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, ensure_ascii=False, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+__all__ = ["Checkpoint", "write_json_atomic"]

@@ -1,0 +1,169 @@
+"""``moa alpaca-eval evaluate``: a submission against a reference, judged pairwise, with the LC win rate.
+
+Each submission row is paired with the reference row of the same instruction and judged once; the judgements
+go to a checkpoint beside the annotations file as they arrive (a rerun judges only what is missing), and the
+annotations, in AlpacaEval's format (``output_1`` the reference, ``output_2`` the model, ``preference`` in
+[1, 2] where 2 means the model won), are written atomically at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from moa.alpaca_eval.batch import Failure, run_batch
+from moa.alpaca_eval.checkpoint import Checkpoint, write_json_atomic
+from moa.alpaca_eval.data import ModelOutput, digest, instruction_difficulty, load_outputs
+from moa.alpaca_eval.judge import PairwiseJudge, model_goes_first
+from moa.alpaca_eval.lc import LCResult, length_controlled_win_rate
+from moa.alpaca_eval.progress import Progress
+from moa.config import load_config
+from moa.errors import ConfigError
+
+CHECKPOINT_KIND = "alpaca-eval evaluate"
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluateOptions:
+    submission: Path
+    config: str | Path | dict[str, Any]
+    judge_backend: str | None = None
+    judge_model: str | None = None
+    reference: Path | None = None
+    annotations: Path | None = None
+    seed: int = 0
+    limit: int | None = None
+    concurrency: int = 16
+    logprobs: int | None = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    model: ModelOutput
+    reference: ModelOutput
+
+
+@dataclass(slots=True)
+class EvaluationReport:
+    judge: str
+    annotations: Path
+    total: int
+    judged: int
+    win_rate: float  # percent; nan when nothing was judged
+    standard_error: float
+    discrete_win_rate: float
+    lc: LCResult | None
+    from_logprobs: int
+    avg_length: int
+    wall_s: float
+    failures: list[Failure] = field(default_factory=list)
+    pairs: list[Pair] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        lc = self.lc
+        return {
+            "judge": self.judge, "annotations": str(self.annotations), "total": self.total, "judged": self.judged,
+            "failed": len(self.failures), "win_rate": self.win_rate, "standard_error": self.standard_error,
+            "discrete_win_rate": self.discrete_win_rate,
+            "length_controlled_winrate": lc.win_rate if lc else None,
+            "lc_weights": None if lc is None else {"length": lc.weights.length, "difficulty": lc.weights.difficulty,
+                                                   "baseline": lc.weights.baseline},
+            "lc_uses_difficulty": lc.uses_difficulty if lc else None,
+            "judged_from_logprobs": self.from_logprobs, "avg_length": self.avg_length, "wall_s": self.wall_s,
+        }  # fmt: skip
+
+
+def annotations_path(options: EvaluateOptions) -> Path:
+    return options.annotations or options.submission.with_name(options.submission.stem + ".annotations.json")
+
+
+def pair_up(submission: list[ModelOutput], reference: list[ModelOutput], where: str) -> list[Pair]:
+    """Each submission row with the reference row of the same instruction (in the submission's order)."""
+    by_instruction = {r.instruction: r for r in reference}
+    pairs = []
+    for i, row in enumerate(submission):
+        ref = by_instruction.get(row.instruction)
+        if ref is None:
+            raise ConfigError("this instruction is not in the reference", f"{where}[{i}].instruction")
+        pairs.append(Pair(row, ref))
+    return pairs
+
+
+def _annotation(index: int, pair: Pair, judge: str, model_first: bool, verdict) -> dict[str, Any]:
+    return {
+        "index": index, "instruction": pair.model.instruction, "dataset": pair.model.dataset or pair.reference.dataset,
+        "output_1": pair.reference.output, "generator_1": pair.reference.generator,
+        "output_2": pair.model.output, "generator_2": pair.model.generator,
+        "annotator": judge, "preference": 1.0 + verdict.p_model, "p_model": verdict.p_model,
+        "model_position": "A" if model_first else "B", "judge_source": verdict.source, "judge_output": verdict.text,
+    }  # fmt: skip
+
+
+def _scores(pairs: list[Pair], records: list[dict[str, Any]]) -> dict[str, Any]:
+    p = np.array([r["p_model"] for r in records], float)  # [N]
+    if p.size == 0:
+        return {"win_rate": math.nan, "standard_error": math.nan, "discrete_win_rate": math.nan, "lc": None}
+    se = 100 * p.std(ddof=1) / math.sqrt(p.size) if p.size > 1 else math.nan
+    discrete = 100 * float(np.mean(np.where(p > 0.5, 1.0, np.where(p < 0.5, 0.0, 0.5))))
+    judged = [pairs[r["index"]] for r in records]
+    difficulty = instruction_difficulty()
+    gamma = None
+    if all(pair.model.instruction in difficulty for pair in judged):
+        gamma = np.array([difficulty[pair.model.instruction] for pair in judged])
+    lc = None
+    if p.size > 1:
+        model_len = np.array([len(pair.model.output) for pair in judged])
+        ref_len = np.array([len(pair.reference.output) for pair in judged])
+        lc = length_controlled_win_rate(p, model_len, ref_len, gamma)
+    return {"win_rate": 100 * float(p.mean()), "standard_error": se, "discrete_win_rate": discrete, "lc": lc}
+
+
+async def evaluate(options: EvaluateOptions, progress_stream: TextIO) -> EvaluationReport:
+    every = pair_up(load_outputs(options.submission), load_outputs(options.reference), str(options.submission))
+    pairs = every[: options.limit] if options.limit else every
+    judge = PairwiseJudge.from_config(load_config(options.config), options.judge_backend, options.judge_model,
+                                      options.logprobs)  # fmt: skip
+    out = annotations_path(options)
+    identity = {
+        "judge": judge.fingerprint,
+        "submission": digest([[p.model.instruction, p.model.output, p.reference.output] for p in every]),
+        "seed": str(options.seed),
+    }
+    about = {
+        "judge": f"{judge.name} ({identity['judge']})",
+        "submission": f"{len(every)} rows of {options.submission} ({identity['submission']})",
+        "seed": options.seed,
+    }
+    started = time.monotonic()
+    try:
+        with Checkpoint.open(out.with_name(out.name + ".checkpoint.jsonl"), CHECKPOINT_KIND, identity, about) as ckpt:
+            pending = [i for i in range(len(pairs)) if i not in ckpt.records]
+            progress = Progress("evaluate", len(pairs), progress_stream, done=len(pairs) - len(pending))
+
+            async def judge_one(index: int) -> tuple[dict[str, Any], int]:
+                pair = pairs[index]
+                first = model_goes_first(options.seed, pair.model.instruction)
+                verdict = await judge.judge(pair.model.instruction, pair.model.output, pair.reference.output, first)
+                return _annotation(index, pair, judge.name, first, verdict), verdict.tokens
+
+            failures = await run_batch(pending, judge_one, ckpt, progress, options.concurrency)
+            records = [ckpt.records[i] for i in sorted(ckpt.records) if i < len(pairs)]
+    finally:
+        await judge.aclose()
+    write_json_atomic(out, records)
+    scores = _scores(pairs, records)
+    return EvaluationReport(
+        judge=judge.name, annotations=out, total=len(pairs), judged=len(records), win_rate=scores["win_rate"],
+        standard_error=scores["standard_error"], discrete_win_rate=scores["discrete_win_rate"], lc=scores["lc"],
+        from_logprobs=sum(r["judge_source"] == "logprobs" for r in records),
+        avg_length=round(sum(len(p.model.output) for p in pairs) / len(pairs)), wall_s=time.monotonic() - started,
+        failures=failures, pairs=pairs,
+    )  # fmt: skip
+
+
+__all__ = ["EvaluateOptions", "EvaluationReport", "annotations_path", "evaluate", "pair_up"]

@@ -1,0 +1,84 @@
+"""Progress of a batch: a redrawn bar on a terminal, a plain line every so often otherwise (logs, CI).
+
+Both show done / total, failed, the rate of this run, the ETA and the tokens spent. ``heartbeat`` redraws on a
+clock, so a stalled run still shows that it is alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TextIO
+
+BAR_WIDTH = 24
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _count(n: int) -> str:
+    for unit, size in (("M", 1_000_000), ("k", 1_000)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+class Progress:
+    def __init__(self, label: str, total: int, stream: TextIO, *, done: int = 0, interval_s: float = 10.0,
+                 tty: bool | None = None) -> None:  # fmt: skip
+        self.label = label
+        self.total = total
+        self.stream = stream
+        self.done = done
+        self.failed = 0
+        self.tokens = 0
+        self._resumed = done
+        self._started = time.monotonic()
+        self.tty = stream.isatty() if tty is None else tty
+        self.interval_s = 0.2 if self.tty else interval_s
+
+    def advance(self, *, done: int = 0, failed: int = 0, tokens: int = 0) -> None:
+        self.done += done
+        self.failed += failed
+        self.tokens += tokens
+
+    def line(self) -> str:
+        """The current state in one line."""
+        elapsed = time.monotonic() - self._started
+        fresh = self.done - self._resumed
+        rate = fresh / elapsed if elapsed > 0 else 0.0
+        left = self.total - self.done - self.failed
+        eta = _duration(left / rate) if rate > 0 and left > 0 else "-"
+        parts = [
+            f"{self.done}/{self.total} done",
+            f"{self.failed} failed",
+            f"{rate:.2f}/s",
+            f"ETA {eta}",
+            f"{_count(self.tokens)} tokens",
+            f"elapsed {_duration(elapsed)}",
+        ]
+        if self.tty:
+            filled = round(BAR_WIDTH * self.done / self.total) if self.total else BAR_WIDTH
+            return f"{self.label} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] " + " | ".join(parts)
+        return f"{self.label}: " + ", ".join(parts)
+
+    def show(self, *, final: bool = False) -> None:
+        if self.tty:
+            end = "\n" if final else ""
+            self.stream.write(f"\r\x1b[2K{self.line()}{end}")
+        else:
+            self.stream.write(self.line() + "\n")
+        self.stream.flush()
+
+    async def heartbeat(self) -> None:
+        """Show the state every ``interval_s`` until cancelled."""
+        while True:
+            await asyncio.sleep(self.interval_s)
+            self.show()
+
+
+__all__ = ["Progress"]

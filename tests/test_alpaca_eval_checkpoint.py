@@ -1,0 +1,99 @@
+"""The checkpoint file: resume, torn last lines, refusal of another run's checkpoint; atomic JSON writes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from moa.alpaca_eval.checkpoint import Checkpoint, write_json_atomic
+from moa.errors import ConfigError
+
+IDENTITY = {"config": "aaaa", "instructions": "bbbb"}
+ABOUT = {"config": "cfg-a (aaaa)", "instructions": "805 from AlpacaEval 2.0 (bbbb)"}
+
+
+def _open(path, identity=IDENTITY, about=ABOUT, kind="alpaca-eval generate") -> Checkpoint:
+    return Checkpoint.open(path, kind, identity, about)
+
+
+def test_records_survive_reopening_and_first_record_wins(tmp_path) -> None:
+    path = tmp_path / "c.jsonl"
+    with _open(path) as ckpt:
+        assert ckpt.records == {}
+        ckpt.append({"index": 3, "output": "three"})
+        ckpt.append({"index": 0, "output": "zero"})
+        ckpt.append({"index": 3, "output": "again"})
+    with _open(path) as ckpt:
+        assert ckpt.records == {3: {"index": 3, "output": "three"}, 0: {"index": 0, "output": "zero"}}
+    assert len(path.read_text().splitlines()) == 4  # header + three appends: append-only
+
+
+@pytest.mark.parametrize("tail", [b'{"index": 5, "out', b'{"index": 5, "output": "cut\n'])
+def test_a_torn_last_line_is_cut_off_and_appends_continue(tmp_path, tail: bytes) -> None:
+    path = tmp_path / "c.jsonl"
+    with _open(path) as ckpt:
+        ckpt.append({"index": 1, "output": "one"})
+    with open(path, "ab") as f:
+        f.write(tail)  # what a process killed in the middle of a write leaves
+    with _open(path) as ckpt:
+        assert set(ckpt.records) == {1}
+        ckpt.append({"index": 2, "output": "two"})
+    lines = path.read_text().splitlines()
+    assert [json.loads(line).get("index") for line in lines] == [None, 1, 2]
+
+
+def test_a_torn_header_starts_over(tmp_path) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b'{"format": "moa-chec')
+    with _open(path) as ckpt:
+        assert ckpt.records == {}
+    assert json.loads(path.read_text().splitlines()[0])["identity"] == IDENTITY
+
+
+def test_another_runs_checkpoint_is_refused_and_left_alone(tmp_path) -> None:
+    path = tmp_path / "c.jsonl"
+    with _open(path) as ckpt:
+        ckpt.append({"index": 0, "output": "zero"})
+    before = path.read_bytes()
+    other = {"config": "cccc", "instructions": "bbbb"}
+    with pytest.raises(ConfigError) as info:
+        _open(path, other, {"config": "cfg-b (cccc)", "instructions": ABOUT["instructions"]})
+    message = str(info.value)
+    assert "different config" in message and "'cfg-a (aaaa)'" in message and "'cfg-b (cccc)'" in message
+    assert "instructions" not in message.split("(")[0]  # only what differs is named
+    assert "delete the checkpoint" in message
+    with pytest.raises(ConfigError, match="different config and instructions"):
+        _open(path, {"config": "cccc", "instructions": "dddd"})
+    with pytest.raises(ConfigError, match="checkpoint of `alpaca-eval generate`"):
+        _open(path, kind="alpaca-eval evaluate")
+    assert path.read_bytes() == before
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path) -> None:
+    path = tmp_path / "model_outputs.json.checkpoint.jsonl"
+    path.write_text('[{"instruction": "x"}]\n')
+    with pytest.raises(ConfigError, match="not a moa checkpoint"):
+        _open(path)
+    assert path.read_text() == '[{"instruction": "x"}]\n'
+
+
+def test_a_damaged_middle_line_is_reported_with_its_line_number(tmp_path) -> None:
+    path = tmp_path / "c.jsonl"
+    with _open(path) as ckpt:
+        ckpt.append({"index": 0})
+        ckpt.append({"index": 1})
+    lines = path.read_text().splitlines()
+    lines[1] = "garbage"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=r"c.jsonl:2: unreadable checkpoint record"):
+        _open(path)
+
+
+def test_write_json_atomic_replaces_whole_and_leaves_no_temporary(tmp_path) -> None:
+    path = tmp_path / "out" / "model_outputs.json"
+    write_json_atomic(path, [{"a": 1}])
+    write_json_atomic(path, [{"a": 2}, {"b": "é"}])
+    assert json.loads(path.read_text(encoding="utf-8")) == [{"a": 2}, {"b": "é"}]
+    assert os.listdir(path.parent) == ["model_outputs.json"]

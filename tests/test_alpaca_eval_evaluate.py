@@ -1,0 +1,162 @@
+"""``moa alpaca-eval evaluate`` against a scripted judge whose preferences the test decides: the win rate, the
+LC win rate, the recorded order of the two outputs, failures, and the annotations read by alpaca_eval."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from moa.alpaca_eval.data import instruction_difficulty, load_outputs
+from moa.alpaca_eval.evaluate import EvaluateOptions, evaluate
+from moa.alpaca_eval.lc import GLMWeights, length_features, predict_win_rate
+from moa.errors import ConfigError
+from tests.conftest import moa_config
+from tests.scripted_server import ScriptedServer
+
+N = 40
+_ANSWER = re.compile(r"<answer_([ab])>\n(.*?)\n</answer_\1>", re.S)
+_MODEL = re.compile(r"MODEL-(\d+)")
+
+
+def _submission(tmp_path: Path, lengths: list[int] | None = None) -> Path:
+    reference = load_outputs()[:N]
+    lengths = lengths or [40] * N
+    rows = [{"instruction": r.instruction, "output": f"MODEL-{k} " + "x" * lengths[k], "generator": "sub",
+             "dataset": r.dataset} for k, r in enumerate(reference)]  # fmt: skip
+    path = tmp_path / "model_outputs.json"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def _read_prompt(messages: list[dict[str, str]]) -> tuple[int, str]:
+    """(k of the model's output, the letter the model's output is shown under)."""
+    answers = dict(_ANSWER.findall(messages[-1]["content"]))
+    letter = "A" if "MODEL-" in answers["a"] else "B"
+    return int(_MODEL.search(answers[letter.lower()]).group(1)), letter
+
+
+def every_fourth_wins(model: str, messages: list[dict[str, str]], index: int) -> str:
+    k, letter = _read_prompt(messages)
+    return letter if k % 4 == 0 else {"A": "B", "B": "A"}[letter]
+
+
+def _judge_config(base_url: str) -> dict:
+    return moa_config(base_url, [["judge"]], aggregator="judge")
+
+
+async def test_verdicts_give_the_scripted_win_rate(upstream: ScriptedServer, tmp_path) -> None:
+    upstream.script("judge", answer=every_fourth_wins)
+    submission = _submission(tmp_path)
+    report = await evaluate(EvaluateOptions(submission, _judge_config(upstream.base_url), seed=1), io.StringIO())
+    assert report.judged == report.total == N and not report.failures and report.from_logprobs == 0
+    assert report.win_rate == pytest.approx(25.0) and report.discrete_win_rate == pytest.approx(25.0)
+    assert report.lc is not None and report.lc.uses_difficulty
+
+    annotations = json.loads(report.annotations.read_text())
+    assert report.annotations == tmp_path / "model_outputs.annotations.json"
+    requests = {r.messages[-1]["content"]: r for r in upstream.for_model("judge")}
+    for row in annotations:  # the order each pair was shown in is recorded, and is the order the judge saw
+        shown = next(text for text in requests if row["instruction"] in text and row["output_2"] in text)
+        assert dict(_ANSWER.findall(shown))[row["model_position"].lower()] == row["output_2"]
+        assert requests[shown].body["logprobs"] is True and requests[shown].body["temperature"] == 0.0
+    positions = [row["model_position"] for row in annotations]
+    assert 10 < positions.count("A") < 30  # drawn per instruction, not fixed
+
+    winrate = pytest.importorskip("alpaca_eval.metrics").get_winrate(annotations)  # alpaca_eval reads them alike
+    assert winrate["win_rate"] == pytest.approx(report.win_rate)
+    assert winrate["standard_error"] == pytest.approx(report.standard_error)
+
+    again = await evaluate(EvaluateOptions(submission, _judge_config(upstream.base_url), seed=1), io.StringIO())
+    assert again.win_rate == report.win_rate and len(upstream.for_model("judge")) == N  # resumed, nothing re-asked
+    with pytest.raises(ConfigError, match="different seed"):
+        await evaluate(EvaluateOptions(submission, _judge_config(upstream.base_url), seed=2), io.StringIO())
+    other = await evaluate(
+        EvaluateOptions(submission, _judge_config(upstream.base_url), seed=2, annotations=tmp_path / "s2.json"),
+        io.StringIO(),
+    )
+    seed2 = [r["model_position"] for r in json.loads((tmp_path / "s2.json").read_text())]
+    flipped = [a != b for a, b in zip(positions, seed2, strict=True)]
+    assert other.win_rate == pytest.approx(25.0) and 5 < sum(flipped) < 35
+
+
+async def test_logprobs_give_the_glm_the_script_implies(upstream: ScriptedServer, tmp_path) -> None:
+    rng = np.random.default_rng(5)
+    lengths = [int(x) for x in rng.integers(20, 3000, N)]
+    submission = _submission(tmp_path, lengths)
+    reference = load_outputs()[:N]
+    difficulty = np.array([instruction_difficulty()[r.instruction] for r in reference])
+    model_len = [len(f"MODEL-{k} ") + lengths[k] for k in range(N)]
+    truth = GLMWeights(length=-1.1, difficulty=0.9, baseline=0.4)
+    x = length_features(model_len, [len(r.output) for r in reference])
+    p_model = 1 / (1 + np.exp(-(truth.length * x + truth.difficulty * difficulty + truth.baseline)))
+
+    def top_logprobs(messages: list[dict[str, str]]) -> list[tuple[str, float]]:
+        k, letter = _read_prompt(messages)
+        other = {"A": "B", "B": "A"}[letter]
+        top = [(letter, math.log(p_model[k])), (other, math.log(1 - p_model[k])), ("**", math.log(1e-4))]
+        return sorted(top, key=lambda t: -t[1])
+
+    upstream.script("judge", answer="A", top_logprobs=top_logprobs)
+    report = await evaluate(EvaluateOptions(submission, _judge_config(upstream.base_url)), io.StringIO())
+    assert report.from_logprobs == N and not report.failures
+    assert report.win_rate == pytest.approx(100 * p_model.mean(), abs=1e-6)
+    assert report.lc is not None
+    assert report.lc.weights.length == pytest.approx(truth.length, abs=1e-3)
+    assert report.lc.win_rate == pytest.approx(predict_win_rate(truth, difficulty), abs=1e-3)
+    assert abs(report.lc.win_rate - report.win_rate) > 1  # length control moved the figure
+
+
+async def test_unreadable_verdicts_are_listed_and_judged_again_next_run(upstream: ScriptedServer, tmp_path) -> None:
+    def stubborn(model: str, messages: list[dict[str, str]], index: int) -> str:
+        k, _ = _read_prompt(messages)
+        return "Both are fine." if k in (3, 17) else every_fourth_wins(model, messages, index)
+
+    upstream.script("judge", answer=stubborn)
+    options = EvaluateOptions(_submission(tmp_path), _judge_config(upstream.base_url), concurrency=4)
+    first = await evaluate(options, io.StringIO())
+    assert [f.index for f in first.failures] == [3, 17] and "names neither A nor B" in first.failures[0].error
+    assert first.judged == N - 2
+    upstream.script("judge", answer=every_fourth_wins)
+    asked = len(upstream.for_model("judge"))
+    second = await evaluate(options, io.StringIO())
+    assert not second.failures and second.judged == N and second.win_rate == pytest.approx(25.0)
+    assert len(upstream.for_model("judge")) - asked == 2  # only the two failed ones were asked again
+
+
+async def test_rows_outside_the_reference_are_named(upstream: ScriptedServer, tmp_path) -> None:
+    path = tmp_path / "model_outputs.json"
+    path.write_text(json.dumps([{"instruction": "not an AlpacaEval instruction", "output": "x", "generator": "g"}]))
+    with pytest.raises(
+        ConfigError, match=r"model_outputs.json\[0\].instruction: this instruction is not in the reference"
+    ):
+        await evaluate(EvaluateOptions(path, _judge_config(upstream.base_url)), io.StringIO())
+    path.write_text(json.dumps([{"instruction": "x", "generator": "g"}]))
+    with pytest.raises(ConfigError, match=r"model_outputs.json\[0\].output: field required"):
+        await evaluate(EvaluateOptions(path, _judge_config(upstream.base_url)), io.StringIO())
+
+
+def test_cli_evaluate_prints_the_figures(upstream_thread: ScriptedServer, tmp_path) -> None:
+    upstream_thread.script("judge", answer=every_fourth_wins)
+    config = tmp_path / "judge.yaml"
+    config.write_text(yaml.safe_dump(_judge_config(upstream_thread.base_url)))
+    submission = _submission(tmp_path)
+    args = [sys.executable, "-m", "moa.cli", "alpaca-eval", "evaluate", str(submission), "-c", str(config)]
+    done = subprocess.run([*args, "--json", "--limit", "20"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert figures["judged"] == 20 and figures["win_rate"] == pytest.approx(25.0)
+    assert figures["judge"] == "up:judge" and figures["length_controlled_winrate"] is not None
+    text = subprocess.run([*args, "--limit", "20"], capture_output=True, text=True, timeout=120)
+    assert text.returncode == 0 and "win rate: 25.00 ± " in text.stdout
+    assert "length-controlled win rate: " in text.stdout
+    bad = subprocess.run([*args, "--judge-backend", "nope"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--judge-backend: unknown backend 'nope' (known: up)" in bad.stderr
