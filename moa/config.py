@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +25,14 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from moa.defense_config import (
+    DEFENSE_TYPES,
+    EMBEDDING_TYPES,
+    DeceptionConfig,
+    DefenseConfig,
+    RandomPlacement,
+    RedTeamConfig,
+)
 from moa.errors import ConfigError
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
@@ -126,6 +135,14 @@ class AgentConfig(_Sampling):
     name: str | None = None
     n: Annotated[int, Field(ge=1, le=128)] = 1
     system_prompt: str | None = None
+    deceptive: DeceptionConfig | None = Field(
+        default=None, description="red-teaming: true, or {target: B} to argue for an option of a multiple-choice"
+    )
+
+    @field_validator("deceptive", mode="before")
+    @classmethod
+    def _flag(cls, value: Any) -> Any:
+        return ({} if value else None) if isinstance(value, bool) else value
 
 
 class LayerConfig(_Strict):
@@ -144,10 +161,12 @@ class AggregatorConfig(_Sampling):
         default=3, description="self-moa-seq: samples seen per step, the running synthesis included"
     )
 
-
-class DefenseConfig(_Strict):
-    type: str
-    model_config = ConfigDict(extra="allow", frozen=True)
+    @model_validator(mode="before")
+    @classmethod
+    def _trusted(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("deceptive"):
+            raise _PathError("deceptive", "the final aggregator is always trusted; make proposer agents deceptive")
+        return data
 
 
 class EnsembleConfig(_Strict):
@@ -156,6 +175,7 @@ class EnsembleConfig(_Strict):
     backends: Annotated[dict[str, BackendConfig], Field(min_length=1)]
     layers: Annotated[list[LayerConfig], Field(min_length=1)]
     aggregator: AggregatorConfig
+    red_team: RedTeamConfig | None = Field(default=None, description="deceptive agents placed by position or at random")
     defense: DefenseConfig | None = None
     min_proposals: Annotated[int, Field(ge=1)] = 1
     deadline_s: Annotated[float, Field(gt=0)] | None = Field(default=None, description="per-request deadline")
@@ -167,7 +187,44 @@ class EnsembleConfig(_Strict):
             for ai, agent in enumerate(layer.agents):
                 self._check_backend(agent.backend, agent.model, f"layers[{li}].agents[{ai}]", known)
         self._check_backend(self.aggregator.backend, self.aggregator.model, "aggregator", known)
+        if self.red_team is not None:
+            self._check_placement(self.red_team.placement)
         return self
+
+    def _check_placement(self, placement: list[tuple[int, int]] | RandomPlacement) -> None:
+        if isinstance(placement, RandomPlacement):
+            total = sum(len(layer.agents) for layer in self.layers)
+            if placement.random > total:
+                raise _PathError("red_team.placement.random", f"must be <= {total}, the number of proposer agents")
+            return
+        for i, (layer, agent) in enumerate(placement):
+            where = f"red_team.placement[{i}]"
+            if layer == len(self.layers) + 1:
+                raise _PathError(where, f"layer {layer} is the final aggregator, which is always trusted")
+            if layer > len(self.layers):
+                raise _PathError(where, f"no layer {layer}: the ensemble has {len(self.layers)} proposer layer(s)")
+            agents = len(self.layers[layer - 1].agents)
+            if agent > agents:
+                raise _PathError(where, f"no agent {agent} in layer {layer}: it has {agents}")
+            if (layer, agent) in placement[:i]:
+                raise _PathError(where, f"[{layer}, {agent}] is placed twice")
+
+    def deceptive_agents(self) -> dict[tuple[int, int], DeceptionConfig]:
+        """Every deceptive proposer by (layer, agent), 1-based: agents marked ``deceptive`` and ``red_team``'s."""
+        marked = {
+            (li, ai): agent.deceptive
+            for li, layer in enumerate(self.layers, 1)
+            for ai, agent in enumerate(layer.agents, 1)
+            if agent.deceptive is not None
+        }
+        if self.red_team is None:
+            return marked
+        placement = self.red_team.placement
+        if isinstance(placement, RandomPlacement):
+            slots = [(li, ai) for li, layer in enumerate(self.layers, 1) for ai in range(1, len(layer.agents) + 1)]
+            placement = random.Random(placement.seed).sample(slots, placement.random)
+        placed = {tuple(p): DeceptionConfig(target=self.red_team.target) for p in placement}
+        return {**placed, **marked}
 
     def _check_backend(self, name: str, model: str | None, where: str, known: list[str]) -> None:
         if name not in self.backends:
@@ -210,13 +267,22 @@ def _expand_env(value: Any, path: str = "") -> Any:
     return value
 
 
+# Where a discriminated union sits (the path so far) and its tags, which pydantic puts in an error's path.
+_UNION_TAGS = (
+    (re.compile(r"backends\.[^.]+"), ("openai", "vllm", "torch")),
+    (re.compile(r"defense"), DEFENSE_TYPES),
+    (re.compile(r"defense\.embeddings"), EMBEDDING_TYPES),
+    (re.compile(r"red_team\.placement"), ("positions", "random")),
+)
+
+
 def _format_loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
+    out, tag_at = "", None
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("openai", "vllm", "torch") and out.startswith("backends."):
-            continue  # the discriminated union's tag: not a field the user wrote
+        elif out != tag_at and any(where.fullmatch(out) and part in tags for where, tags in _UNION_TAGS):
+            tag_at = out  # a discriminated union's tag: not a field the user wrote
         else:
             out += f".{part}" if out else str(part)
     return out

@@ -1,9 +1,11 @@
 """The layered executor: proposer layers in order, every call of a layer at once, then the aggregator.
 
 Layer 1 agents answer the conversation; agents of later layers answer it with the surviving proposals of the
-layer before as references; an optional defense filters the last layer's proposals; the aggregator writes the
-answer. The trace gets one record per model call, whatever its outcome. Everything runs under the request's
-deadline, and cancelling the request cancels every call under it.
+layer before as references; an optional defense screens the last layer's proposals (with ``between_layers``,
+every layer's) and may answer itself from aggregations of subsets; else the aggregator writes the answer.
+Agents the config marks deceptive (red-teaming) get misleading instructions; the aggregator is always trusted.
+The trace gets one record per model call, whatever its outcome. Everything runs under the request's deadline,
+and cancelling the request cancels every call under it.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from defenses.deceptive import deceptive_messages
 from moa.backend import Backend, CallSite, ModelCaller
 from moa.config import AgentConfig, EnsembleConfig
+from moa.defense_config import DeceptionConfig
 from moa.errors import BackendError, DeadlineExceededError, InsufficientProposalsError, MoaError
 from moa.prompts import SYNTHESIZE_INSTRUCTIONS, with_references, with_system_prompt
 from moa.types import (
@@ -23,12 +28,18 @@ from moa.types import (
     ChatRequest,
     Choice,
     Completion,
+    DefenseRecord,
     Delta,
+    Generation,
+    Message,
     Proposal,
     ProposalRecord,
     SamplingParams,
     Usage,
 )
+
+if TYPE_CHECKING:
+    from defenses.base import Aggregate  # imports numpy: only configs with a defense load it
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +50,24 @@ class Agent:
     params: SamplingParams
     n: int
     system_prompt: str | None
+    deception: DeceptionConfig | None = None  # red-teaming: this agent misleads
 
     @classmethod
-    def from_config(cls, config: AgentConfig, name: str, backend: Backend, default_model: str) -> Agent:
+    def from_config(
+        cls, config: AgentConfig, name: str, backend: Backend, default_model: str,
+        deception: DeceptionConfig | None = None,
+    ) -> Agent:  # fmt: skip
         params = SamplingParams(
             temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens, seed=config.seed
         )
-        return cls(name, backend, config.model or default_model, params, config.n, config.system_prompt)
+        return cls(name, backend, config.model or default_model, params, config.n, config.system_prompt, deception)
+
+    def messages(self, request: ChatRequest, references: list[str]) -> list[Message]:
+        """This agent's prompt: the conversation, and the previous layer's proposals after layer 1."""
+        if self.deception is not None:
+            return deceptive_messages(request, references, self.deception, self.system_prompt)
+        messages = with_system_prompt(request.messages, self.system_prompt)
+        return with_references(messages, references, SYNTHESIZE_INSTRUCTIONS) if references else messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +84,7 @@ class RequestState:
     request: ChatRequest
     trace: list[CallRecord]
     proposals: list[Proposal]
+    defense: list[DefenseRecord] = field(default_factory=list)
 
 
 class LayeredEngine:
@@ -81,9 +104,7 @@ class LayeredEngine:
     # ---- proposer layers ---------------------------------------------------------------------------------
 
     async def _propose(self, agent: Agent, layer: Layer, state: RequestState, references: list[str]) -> list[Proposal]:
-        messages = with_system_prompt(state.request.messages, agent.system_prompt)
-        if references:
-            messages = with_references(messages, references, SYNTHESIZE_INSTRUCTIONS)
+        messages = agent.messages(state.request, references)
         site = CallSite(layer.index, "proposer", agent.name)
         if agent.n == 1 or agent.backend.supports_n:
             result = await agent.backend.generate(messages, agent.params, agent.n, agent.model, site, state.trace)
@@ -100,9 +121,10 @@ class LayeredEngine:
             texts = [r.generations[0].text for r in results if not isinstance(r, BaseException)]
             if not texts:
                 raise results[0]
+        deceptive = agent.deception is not None
         if agent.n == 1:
-            return [Proposal(layer.index, agent.name, texts[0])]
-        return [Proposal(layer.index, f"{agent.name}#{i + 1}", t) for i, t in enumerate(texts)]
+            return [Proposal(layer.index, agent.name, texts[0], deceptive)]
+        return [Proposal(layer.index, f"{agent.name}#{i + 1}", t, deceptive) for i, t in enumerate(texts)]
 
     async def _run_layer(self, layer: Layer, state: RequestState, references: list[Proposal]) -> list[Proposal]:
         texts = [p.text for p in references]
@@ -124,17 +146,32 @@ class LayeredEngine:
         state.proposals.extend(survivors)
         return survivors
 
-    async def _references(self, state: RequestState) -> list[Proposal]:
+    async def _references(self, state: RequestState) -> tuple[list[Proposal], Generation | None]:
+        """The final aggregator's references, and the answer when the defense already made one."""
         references: list[Proposal] = []
+        answer = None
         for layer in self.layers:
             references = await self._run_layer(layer, state, references)
-        if self.defense is not None:
-            references = await self.defense.filter(state.request, references, self._caller(state, "defense"))
-        return references
+            final = layer is self.layers[-1]
+            if self.defense is not None and (final or self.defense.between_layers):
+                aggregate = self._aggregate_for_defense(state, layer.index)
+                verdict = await self.defense.apply(state.request, references, aggregate, final)
+                state.defense.append(verdict.record)
+                references, answer = verdict.references, verdict.answer
+        return references, answer
 
-    def _caller(self, state: RequestState, role: str = "aggregator") -> ModelCaller:
+    def _aggregate_for_defense(self, state: RequestState, layer: int) -> Aggregate:
+        """The trusted aggregator over proposals a defense picks; its calls are traced as ``defense`` at ``layer``."""
+
+        async def aggregate(references: list[Proposal], step: str) -> Generation:
+            caller = self._caller(state, CallSite(layer, "defense", "aggregator", step))
+            return await self.aggregator.aggregate(state.request, references, caller)
+
+        return aggregate
+
+    def _caller(self, state: RequestState, site: CallSite | None = None) -> ModelCaller:
         params = self._agg_params.merged(**_fields(state.request.params))
-        site = CallSite(len(self.layers) + 1, role, "aggregator")
+        site = site or CallSite(len(self.layers) + 1, "aggregator", "aggregator")
         return ModelCaller(self._agg_backend, self._agg_model, params, site, state.trace)
 
     # ---- whole requests ------------------------------------------------------------------------------------
@@ -159,28 +196,39 @@ class LayeredEngine:
     async def complete(self, request: ChatRequest) -> Completion:
         state = RequestState(request, [], [])
         async with self._deadline(state):
-            references = await self._references(state)
-            answer = await self.aggregator.aggregate(request, references, self._caller(state))
+            references, answer = await self._references(state)
+            if answer is None:
+                answer = await self.aggregator.aggregate(request, references, self._caller(state))
         return Completion(
             model=self.config.name,
             choices=[Choice(message=ChatMessage(content=answer.text), finish_reason=answer.finish_reason or "stop")],
             usage=Usage.total(state.trace),
             trace=state.trace,
-            proposals=[ProposalRecord(layer=p.layer, agent=p.agent, text=p.text) for p in state.proposals],
+            proposals=[
+                ProposalRecord(layer=p.layer, agent=p.agent, text=p.text, deceptive=p.deceptive)
+                for p in state.proposals
+            ],
+            defense=state.defense,
         )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
-        """The aggregator's tokens as they come; the last delta carries finish_reason, usage and the trace."""
+        """The aggregator's tokens as they come (a defense's finished answer in one piece); the last delta carries
+        finish_reason, usage, the trace and the defense's records."""
         state = RequestState(request, [], [])
         async with self._deadline(state):
-            references = await self._references(state)
+            references, answer = await self._references(state)
             finish_reason = "stop"
-            async for delta in self.aggregator.stream(request, references, self._caller(state)):
+            if answer is None:
+                pieces = self.aggregator.stream(request, references, self._caller(state))
+            else:
+                pieces = _whole(answer)
+            async for delta in pieces:
                 if delta.finish_reason is not None:
                     finish_reason = delta.finish_reason
                 if delta.content:
                     yield Delta(content=delta.content)
-        yield Delta(finish_reason=finish_reason, usage=Usage.total(state.trace), trace=state.trace)
+        usage, trace = Usage.total(state.trace), state.trace
+        yield Delta(finish_reason=finish_reason, usage=usage, trace=trace, defense=state.defense)
 
 
 def _default_model(config: EnsembleConfig, backend: str) -> str:
@@ -191,6 +239,10 @@ def _default_model(config: EnsembleConfig, backend: str) -> str:
 
 def _fields(params: SamplingParams) -> dict[str, object]:
     return {k: getattr(params, k) for k in SamplingParams.__slots__}
+
+
+async def _whole(answer: Generation) -> AsyncIterator[Delta]:
+    yield Delta(content=answer.text, finish_reason=answer.finish_reason or "stop")
 
 
 def _empties(outcomes: list) -> list[Proposal]:

@@ -34,6 +34,7 @@ class _Overrides(BaseModel):
     stop: list[str] | str | None = None
     seed: int | None = None
     deadline_s: float | None = Field(default=None, gt=0)
+    deception_target: str | None = Field(default=None, min_length=1, description="red-teaming: the option to argue for")
 
 
 def build_request(messages: Sequence[Message | dict[str, Any]], overrides: dict[str, Any]) -> ChatRequest:
@@ -60,7 +61,7 @@ def build_request(messages: Sequence[Message | dict[str, Any]], overrides: dict[
         raise ConfigError(msg, path) from None
     stop = (o.stop,) if isinstance(o.stop, str) else tuple(o.stop) if o.stop else None
     params = SamplingParams(temperature=o.temperature, top_p=o.top_p, max_tokens=o.max_tokens, stop=stop, seed=o.seed)
-    return ChatRequest(messages=parsed, params=params, deadline_s=o.deadline_s)
+    return ChatRequest(messages=parsed, params=params, deadline_s=o.deadline_s, deception_target=o.deception_target)
 
 
 def _build_engine(config: EnsembleConfig) -> LayeredEngine:
@@ -69,13 +70,14 @@ def _build_engine(config: EnsembleConfig) -> LayeredEngine:
         proposer = registry.resolve("backend", bc.type)(name, bc)
         backends[name] = Backend(name, proposer, BackendLimits(bc.rate_limit), bc.retry, bc.timeout_s)
     layers = []
+    deceptive = config.deceptive_agents()
     for li, lc in enumerate(config.layers, 1):
         agents = []
         for ai, ac in enumerate(lc.agents, 1):
             default_model = getattr(config.backends[ac.backend], "model", None) or ""
             model = ac.model or default_model
             name = ac.name or f"L{li}.{ai}:{model.rsplit('/', 1)[-1]}"
-            agents.append(Agent.from_config(ac, name, backends[ac.backend], default_model))
+            agents.append(Agent.from_config(ac, name, backends[ac.backend], default_model, deceptive.get((li, ai))))
         layers.append(Layer(li, agents, lc.min_proposals or config.min_proposals))
     aggregator = registry.resolve("aggregator", config.aggregator.type)(config.aggregator)
     defense = None

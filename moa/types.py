@@ -68,13 +68,14 @@ class Delta:
     """One streamed piece of the final answer.
 
     The last delta of a stream has ``finish_reason`` set; when it comes from the engine it also carries the
-    request's summed ``usage`` and its ``trace``.
+    request's summed ``usage``, its ``trace`` and what its defense did.
     """
 
     content: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
     trace: list[CallRecord] | None = None
+    defense: list[DefenseRecord] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,7 @@ class Proposal:
     layer: int
     agent: str
     text: str
+    deceptive: bool = False  # red-team ground truth, for the record only: defenses never read it
 
     def with_text(self, text: str) -> Proposal:
         return replace(self, text=text)
@@ -96,6 +98,7 @@ class ChatRequest:
     messages: list[Message]
     params: SamplingParams = field(default_factory=SamplingParams)
     deadline_s: float | None = None
+    deception_target: str | None = None  # red-teaming: the option deceptive agents argue for (multiple choice)
 
 
 # ---- JSON at the edges ---------------------------------------------------------------------------------
@@ -148,6 +151,32 @@ class ProposalRecord(_Model):
     layer: int
     agent: str
     text: str
+    deceptive: bool = Field(default=False, description="made by an agent the config marked deceptive (red-teaming)")
+
+
+class CandidateRecord(_Model):
+    """One aggregation of a subset of the proposals, made by a dropout defense."""
+
+    subset: list[str] = Field(description="the agents whose proposals it read")
+    text: str | None = Field(default=None, description="the candidate answer; None when the call failed")
+    option: str | None = Field(default=None, description="the option it names, for a multiple-choice vote")
+    cluster: int | None = None
+    error: str | None = None
+
+
+class DefenseRecord(_Model):
+    """What a defense did with one layer's proposals: what went on, what it dropped or chose, and why."""
+
+    defense: str
+    layer: int = Field(description="the proposer layer whose proposals it screened")
+    kept: list[str] = Field(description="what went on: agents, or candidates when it re-aggregates")
+    dropped: list[str] = Field(default_factory=list)
+    clusters: list[list[str]] = Field(default_factory=list, description="the members of each cluster it found")
+    candidates: list[CandidateRecord] = Field(default_factory=list)
+    chosen: str | None = Field(default=None, description="the answer it picked, when it picks one")
+    reason: str
+    calls: int = Field(default=0, description="model calls it made")
+    extra_calls: int = Field(default=0, description="model calls beyond those of the same ensemble undefended")
 
 
 class ChatMessage(_Model):
@@ -172,7 +201,13 @@ class Completion(_Model):
     usage: Usage
     trace: list[CallRecord] = Field(default_factory=list)
     proposals: list[ProposalRecord] = Field(default_factory=list)
+    defense: list[DefenseRecord] = Field(default_factory=list)
 
     @property
     def text(self) -> str:
         return self.choices[0].message.content
+
+    @property
+    def extra_calls(self) -> int:
+        """Model calls the defense added to this request."""
+        return sum(r.extra_calls for r in self.defense)
