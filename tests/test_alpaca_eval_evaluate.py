@@ -17,6 +17,7 @@ import yaml
 
 from moa.alpaca_eval.data import instruction_difficulty, load_outputs
 from moa.alpaca_eval.evaluate import EvaluateOptions, evaluate
+from moa.alpaca_eval.judge import second_preferred_from_logprobs, second_preferred_from_text
 from moa.alpaca_eval.lc import GLMWeights, length_features, predict_win_rate
 from moa.errors import ConfigError
 from tests.conftest import moa_config
@@ -51,6 +52,24 @@ def every_fourth_wins(model: str, messages: list[dict[str, str]], index: int) ->
 
 def _judge_config(base_url: str) -> dict:
     return moa_config(base_url, [["judge"]], aggregator="judge")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("A", 0.0), ("B.", 1.0), ("**B**", 1.0), ("<answer_a>", 0.0), ("Answer B is better", 1.0),
+     ("Both are fine.", None), ("a good question", None)],
+)  # fmt: skip
+def test_verdict_from_text(text: str, expected: float | None) -> None:
+    assert second_preferred_from_text(text) == expected
+
+
+def test_preference_from_logprobs_uses_the_first_position_led_by_a_letter() -> None:
+    positions = ((("**", -0.05), (" A", -4.0)), (("B", math.log(0.6)), (" A", math.log(0.3)), ("C", math.log(0.1))))
+    assert second_preferred_from_logprobs(positions) == pytest.approx(0.6 / 0.9)
+    assert second_preferred_from_logprobs(((("**", -0.05), ("A", math.log(0.01)), ("B", math.log(0.03))),)) == (
+        pytest.approx(0.75)
+    )
+    assert second_preferred_from_logprobs(((("The", -0.1), ("Both", -2.0)),)) is None
 
 
 async def test_verdicts_give_the_scripted_win_rate(upstream: ScriptedServer, tmp_path) -> None:

@@ -50,6 +50,7 @@ Which answer is better? Reply with the single letter A or B, and nothing else.""
 
 _MARKUP = " \t\n*_`'\"()[]:."
 _VERDICT = re.compile(r"\b([AB])\b")
+_NAMED = re.compile(r"\banswer[\s_-]*([ab])\b", re.IGNORECASE)  # "Answer A", "<answer_b>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,14 +91,15 @@ def second_preferred_from_logprobs(positions: tuple[TopLogprobs, ...]) -> float 
 
 
 def second_preferred_from_text(text: str) -> float | None:
-    match = _VERDICT.search(text)
-    return None if match is None else float(match.group(1) == "B")
+    """1.0 for B, 0.0 for A: the first standalone capital letter, else the first "answer X" it names."""
+    match = _VERDICT.search(text) or _NAMED.search(text)
+    return None if match is None else float(match.group(1).upper() == "B")
 
 
 class PairwiseJudge:
     """One judge model; ``judge`` returns a ``Verdict`` or raises a ``MoaError`` (after the backend's retries)."""
 
-    def __init__(self, backend: Backend, model: str, *, logprobs: int | None = 5, max_tokens: int = 8,
+    def __init__(self, backend: Backend, model: str, *, logprobs: int | None = 5, max_tokens: int = 16,
                  backend_settings: str = "") -> None:  # fmt: skip
         self.backend = backend
         self.model = model
