@@ -12,7 +12,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from moa.config import RetryPolicy
+from moa import registry
+from moa.config import BackendConfig, RetryPolicy
 from moa.errors import APITimeoutError, BackendError
 from moa.limits import BackendLimits, estimate_tokens
 from moa.types import CallRecord, Delta, GenerateResult, Message, SamplingParams
@@ -44,6 +45,12 @@ class Backend:
         self.limits = limits
         self.retry = retry
         self.timeout_s = timeout_s
+
+    @classmethod
+    def from_config(cls, name: str, config: BackendConfig) -> Backend:
+        """The registry's proposer for ``config.type`` behind the backend's configured limits and retries."""
+        proposer = registry.resolve("backend", config.type)(name, config)
+        return cls(name, proposer, BackendLimits(config.rate_limit), config.retry, config.timeout_s)
 
     @property
     def supports_n(self) -> bool:

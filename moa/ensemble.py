@@ -14,7 +14,6 @@ from moa.backend import Backend
 from moa.config import EnsembleConfig, describe_error, load_config
 from moa.engine import Agent, Layer, LayeredEngine
 from moa.errors import ConfigError, MoaError
-from moa.limits import BackendLimits
 from moa.types import ChatRequest, Completion, Delta, Message, SamplingParams
 
 
@@ -67,8 +66,7 @@ def build_request(messages: Sequence[Message | dict[str, Any]], overrides: dict[
 def _build_engine(config: EnsembleConfig) -> LayeredEngine:
     backends: dict[str, Backend] = {}
     for name, bc in config.backends.items():
-        proposer = registry.resolve("backend", bc.type)(name, bc)
-        backends[name] = Backend(name, proposer, BackendLimits(bc.rate_limit), bc.retry, bc.timeout_s)
+        backends[name] = Backend.from_config(name, bc)
     layers = []
     deceptive = config.deceptive_agents()
     for li, lc in enumerate(config.layers, 1):

@@ -15,12 +15,10 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from moa import registry
 from moa.alpaca_eval.data import OPERATIONAL_FIELDS, digest
 from moa.backend import Backend, CallSite
 from moa.config import EnsembleConfig
 from moa.errors import ConfigError, MoaError
-from moa.limits import BackendLimits
 from moa.types import CallRecord, Message, SamplingParams, TopLogprobs
 
 JUDGE_SYSTEM = (
@@ -122,8 +120,7 @@ class PairwiseJudge:
         chosen = model or own or getattr(bc, "model", None)
         if not chosen:
             raise ConfigError(f"backend {name!r} names no default model; pass one", "--judge-model")
-        proposer = registry.resolve("backend", bc.type)(name, bc)
-        backend = Backend(name, proposer, BackendLimits(bc.rate_limit), bc.retry, bc.timeout_s)
+        backend = Backend.from_config(name, bc)
         settings = digest(bc.model_dump(mode="json", exclude=set(OPERATIONAL_FIELDS)))
         return cls(backend, chosen, logprobs=logprobs, backend_settings=settings)
 
