@@ -64,6 +64,11 @@ class VLLMProposer:
         return f"VLLMProposer(name={self.name!r}, model={self.config.model!r})"
 
     @property
+    def engine(self) -> AsyncLLM | None:
+        """The running vLLM engine (``None`` before the first call), for vLLM's own API."""
+        return self._engine
+
+    @property
     def running_requests(self) -> int:
         """Requests the engine holds now (0 before it starts)."""
         return self._engine.get_num_unfinished_requests() if self._engine is not None else 0

@@ -1,0 +1,164 @@
+"""The vLLM backend on the embedded SmolLM2-135M-Instruct, on this machine. Prints one figure a line.
+
+1. Self-MoA's 6 samples as one request (n=6: one prefill shared by the samples) against six concurrent requests
+   (n=1 each), in completion tokens per second, side by side: for a short prompt, and for a long one like the
+   prompt of a layer that reads earlier answers.
+2. VLLMProposer's overhead over calling vLLM's AsyncLLM directly, on the same engine with the same prompts and
+   seeded sampling (goal: <= 5% slower), in tokens/s under load and in the latency of one-token calls.
+   Rounds alternate which side goes first so that drift on a shared machine hits both alike.
+
+    python -m benchmarks.bench_local [--rounds 4] [--requests 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+from moa.config import VLLMBackendConfig
+from moa.types import Message, SamplingParams
+from proposers.vllm_engine import VLLMProposer
+
+MODEL = "embedded:smollm2-135m-instruct"
+SHORT = [Message("user", "Why is the sky blue?")]
+_PASSAGE = (
+    "The keeper climbed the spiral stairs at dusk, trimmed the wick, polished the great lens and wrote the "
+    "weather in the log: wind from the north-east, a falling glass, three ships sighted before noon. "
+)
+LONG = [Message("user", "".join(f"Entry {i}. {_PASSAGE}" for i in range(30)) + "\nSummarise the log in three lines.")]
+
+
+async def timed(call: Callable[[], Awaitable[int]]) -> tuple[int, float]:
+    """(completion tokens, seconds) of one call."""
+    started = time.perf_counter()
+    tokens = await call()
+    return tokens, time.perf_counter() - started
+
+
+def tokens_per_s(runs: list[tuple[int, float]]) -> float:
+    return sum(t for t, _ in runs) / sum(s for _, s in runs)
+
+
+# ---- 1. n=6 in one request vs six requests -------------------------------------------------------------------
+
+
+async def one_request(proposer: VLLMProposer, messages: list[Message], params: SamplingParams) -> int:
+    return (await proposer.generate(messages, params, n=6)).usage.completion_tokens
+
+
+async def six_requests(proposer: VLLMProposer, messages: list[Message], params: SamplingParams) -> int:
+    results = await asyncio.gather(*(proposer.generate(messages, params) for _ in range(6)))
+    return sum(r.usage.completion_tokens for r in results)
+
+
+def fresh(messages: list[Message]) -> list[Message]:
+    """``messages`` behind a unique first line, so no earlier round's cached prefix helps."""
+    return [Message(messages[0].role, f"[{uuid.uuid4().hex[:8]}]\n{messages[0].content}"), *messages[1:]]
+
+
+async def self_moa_figures(proposer: VLLMProposer, rounds: int) -> None:
+    for label, messages, max_tokens in (("short", SHORT, 256), ("long", LONG, 64)):
+        params = SamplingParams(temperature=0.7, max_tokens=max_tokens)
+        prompt_tokens = (await proposer.generate(messages, SamplingParams(max_tokens=1))).usage.prompt_tokens
+        one: list[tuple[int, float]] = []
+        six: list[tuple[int, float]] = []
+        for r in range(rounds):  # alternate which side goes first
+            sides = [(one, one_request), (six, six_requests)]
+            for runs, call in sides if r % 2 == 0 else sides[::-1]:
+                runs.append(await timed(partial(call, proposer, fresh(messages), params)))
+        a, b = tokens_per_s(one), tokens_per_s(six)
+        print(
+            f"self-moa x6, {label} prompt ({prompt_tokens} tok, max_tokens {max_tokens}), n=6 in one request: {a:.0f} tok/s"
+        )
+        print(f"self-moa x6, {label} prompt, six concurrent requests: {b:.0f} tok/s (one request = {a / b:.2f}x)")
+
+
+# ---- 2. the proposer's overhead over AsyncLLM ----------------------------------------------------------------
+
+
+async def direct(proposer: VLLMProposer, messages: list[Message], params: SamplingParams, n: int) -> int:
+    """The same call written against vLLM alone: chat template, token prompt, one generate."""
+    from vllm import SamplingParams as VLLMSamplingParams
+    from vllm.inputs.engine import tokens_input
+    from vllm.sampling_params import RequestOutputKind
+
+    engine = proposer.engine
+    assert engine is not None
+    ids = engine.tokenizer.apply_chat_template(
+        [m.to_dict() for m in messages], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    sampling = VLLMSamplingParams(
+        n=n,
+        temperature=params.temperature,
+        max_tokens=params.max_tokens,
+        seed=params.seed,
+        output_kind=RequestOutputKind.FINAL_ONLY,
+    )
+    final = None
+    async for out in engine.generate(tokens_input(ids), sampling, uuid.uuid4().hex):
+        final = out
+    assert final is not None
+    return sum(len(o.token_ids) for o in final.outputs)
+
+
+async def through_proposer(proposer: VLLMProposer, messages: list[Message], params: SamplingParams, n: int) -> int:
+    return (await proposer.generate(messages, params, n=n)).usage.completion_tokens
+
+
+async def overhead_figures(proposer: VLLMProposer, rounds: int, requests: int) -> None:
+    seeded = [SamplingParams(temperature=0.7, max_tokens=96, seed=i) for i in range(requests)]
+
+    async def batch(call: Callable[..., Awaitable[int]]) -> int:
+        return sum(await asyncio.gather(*(call(proposer, SHORT, p, 6) for p in seeded)))
+
+    ours: list[tuple[int, float]] = []
+    theirs: list[tuple[int, float]] = []
+    for r in range(rounds):  # alternate which side goes first
+        sides = [(theirs, direct), (ours, through_proposer)]
+        for runs, call in sides if r % 2 == 0 else sides[::-1]:
+            runs.append(await timed(partial(batch, call)))
+    a, b = tokens_per_s(theirs), tokens_per_s(ours)
+    per_round = [tokens_per_s([t]) / tokens_per_s([o]) - 1 for o, t in zip(ours, theirs, strict=True)]
+    print(f"vLLM AsyncLLM directly, {requests} requests x n=6 x 96 tok at once: {a:.0f} tok/s")
+    print(f"VLLMProposer, same prompts and seeded sampling: {b:.0f} tok/s")
+    print(f"VLLMProposer overhead: {100 * (a / b - 1):+.1f}% (goal <= 5%)")
+    print(f"VLLMProposer overhead, median of {len(per_round)} rounds: {100 * statistics.median(per_round):+.1f}%")
+
+
+async def latency_figures(proposer: VLLMProposer, calls: int = 40) -> None:
+    """One-token calls, one at a time, the two sides taking turns: where per-call work shows most."""
+    one_token = SamplingParams(temperature=0.0, max_tokens=1)
+    theirs: list[float] = []
+    ours: list[float] = []
+    for _ in range(calls):
+        theirs.append((await timed(partial(direct, proposer, SHORT, one_token, 1)))[1])
+        ours.append((await timed(partial(through_proposer, proposer, SHORT, one_token, 1)))[1])
+    a, b = statistics.median(theirs), statistics.median(ours)
+    print(f"one-token call latency, median of {calls}: AsyncLLM {1000 * a:.1f} ms, VLLMProposer {1000 * b:.1f} ms")
+
+
+async def main(rounds: int, requests: int) -> None:
+    proposer = VLLMProposer("local", VLLMBackendConfig(type="vllm", model=MODEL))
+    try:
+        started = time.perf_counter()
+        await proposer.start()
+        print(f"engine start (and the one-time conversion on a first run): {time.perf_counter() - started:.1f} s")
+        await proposer.generate(SHORT, SamplingParams(max_tokens=16), n=6)  # warm-up
+        await self_moa_figures(proposer, rounds)
+        await overhead_figures(proposer, rounds, requests)
+        await latency_figures(proposer)
+    finally:
+        await proposer.aclose()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per comparison")
+    parser.add_argument("--requests", type=int, default=4, help="concurrent requests in the overhead comparison")
+    args = parser.parse_args()
+    asyncio.run(main(args.rounds, args.requests))
