@@ -27,6 +27,7 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its INFO and per-weight 
 from vllm import SamplingParams as VLLMSamplingParams  # noqa: E402
 from vllm.exceptions import VLLMValidationError  # noqa: E402
 from vllm.inputs.engine import tokens_input  # noqa: E402
+from vllm.logprobs import SampleLogprobs  # noqa: E402
 from vllm.sampling_params import RequestOutputKind  # noqa: E402
 from vllm.v1.engine.async_llm import AsyncLLM  # noqa: E402
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError  # noqa: E402
@@ -39,7 +40,7 @@ from moa.errors import (  # noqa: E402
     MoaError,
     NotFoundError,
 )
-from moa.types import Delta, GenerateResult, Generation, Message, SamplingParams, Usage  # noqa: E402
+from moa.types import Delta, GenerateResult, Generation, Message, SamplingParams, TopLogprobs, Usage  # noqa: E402
 from proposers.embedded import resolve_model  # noqa: E402
 from proposers.progress import say  # noqa: E402
 from proposers.vllm_args import engine_args, vllm_device  # noqa: E402
@@ -95,7 +96,10 @@ class VLLMProposer:
         self._restarted = False
         samples = sorted(final.outputs, key=lambda o: o.index)  # samples: [n]
         return GenerateResult(
-            generations=[Generation(text=s.text, finish_reason=s.finish_reason) for s in samples],
+            generations=[
+                Generation(text=s.text, finish_reason=s.finish_reason, logprobs=_top_logprobs(s.logprobs))
+                for s in samples
+            ],
             usage=Usage.of(len(prompt), sum(len(s.token_ids) for s in samples)),
         )
 
@@ -144,7 +148,8 @@ class VLLMProposer:
     ) -> VLLMSamplingParams:
         """vLLM's sampling params; ``max_tokens`` is capped to the context left after the prompt."""
         room = engine.model_config.max_model_len - prompt_len
-        chosen = {k: getattr(params, k) for k in ("temperature", "top_p", "seed") if getattr(params, k) is not None}
+        names = ("temperature", "top_p", "seed", "logprobs")
+        chosen = {k: getattr(params, k) for k in names if getattr(params, k) is not None}
         if params.stop:
             chosen["stop"] = list(params.stop)
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
@@ -243,6 +248,17 @@ class VLLMProposer:
         # waits for the engine processes to exit; vLLM's default grace (5 s) is too short on a busy CPU, after
         # which it kills the engine core and leaves it unreaped
         await asyncio.to_thread(engine.shutdown, _SHUTDOWN_GRACE_S)
+
+
+def _top_logprobs(positions: SampleLogprobs | None) -> tuple[TopLogprobs, ...] | None:
+    """vLLM's {token id: Logprob} per generated position as (token, logprob), most likely first; like OpenAI's
+    API it holds the top ``logprobs`` tokens plus the sampled one where that ranks lower."""
+    if positions is None:
+        return None
+    return tuple(
+        tuple(sorted(((lp.decoded_token or "", lp.logprob) for lp in (top or {}).values()), key=lambda t: -t[1]))
+        for top in positions
+    )
 
 
 __all__ = ["VLLMProposer"]

@@ -91,6 +91,18 @@ async def test_max_tokens_is_honoured(local_proposer: VLLMProposer) -> None:
     assert streamed[-1].usage is not None and streamed[-1].usage.completion_tokens <= 5
 
 
+async def test_top_logprobs_per_generated_token(local_proposer: VLLMProposer) -> None:
+    result = await local_proposer.generate(SKY, SamplingParams(temperature=0.0, max_tokens=6, logprobs=3))
+    (gen,) = result.generations
+    assert gen.logprobs is not None and len(gen.logprobs) == result.usage.completion_tokens
+    for top in gen.logprobs:
+        assert 3 <= len(top) <= 4  # the top 3, plus the sampled token where it ranks lower
+        assert [lp for _, lp in top] == sorted((lp for _, lp in top), reverse=True)
+        assert all(lp <= 0 for _, lp in top)
+    assert "".join(top[0][0] for top in gen.logprobs) == gen.text  # greedy: the most likely token every time
+    assert (await local_proposer.generate(SKY, GREEDY)).generations[0].logprobs is None  # only when asked
+
+
 async def test_stop_strings_end_the_answer(local_proposer: VLLMProposer) -> None:
     full = (await local_proposer.generate(SKY, GREEDY)).generations[0].text
     words = full.split()
