@@ -52,6 +52,12 @@ class Backend:
         proposer = registry.resolve("backend", config.type)(name, config)
         return cls(name, proposer, BackendLimits(config.rate_limit), config.retry, config.timeout_s)
 
+    async def _start(self) -> None:
+        """Let a proposer with a slow start (a local engine) finish it outside the per-call timeout."""
+        start = getattr(self.proposer, "start", None)
+        if start is not None:
+            await start()
+
     @property
     def supports_n(self) -> bool:
         return self.proposer.supports_n
@@ -75,6 +81,7 @@ class Backend:
         estimate = estimate_tokens(sum(len(m.content) for m in messages), params.max_tokens, n)
         started, retries = time.monotonic(), 0
         try:
+            await self._start()
             while True:
                 try:
                     async with self.limits.slot(estimate):
@@ -119,6 +126,7 @@ class Backend:
         started, retries, emitted = time.monotonic(), 0, False
         outcome, error, last = "cancelled", None, None
         try:
+            await self._start()
             while True:
                 try:
                     async with self.limits.slot(estimate):

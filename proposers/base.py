@@ -30,6 +30,9 @@ class Proposer(Protocol):
         """One call, streamed. The last delta has ``finish_reason`` set; ``usage`` on it when known."""
         ...
 
+    # Optional: ``async def start(self) -> None`` for a backend with a slow start (a local engine). The engine
+    # awaits it before each call's timeout begins; it must return at once when already started.
+
     async def aclose(self) -> None:
         """Release sessions, engines and processes. Safe to call twice."""
         ...

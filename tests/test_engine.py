@@ -9,6 +9,7 @@ import pytest
 
 from moa import Ensemble
 from moa.errors import DeadlineExceededError, InsufficientProposalsError
+from proposers.openai_http import OpenAIProposer
 from tests.conftest import moa_config
 from tests.scripted_server import ScriptedServer
 
@@ -221,3 +222,26 @@ def test_sync_complete(upstream_sync_url: str) -> None:
         second = ens.complete(USER, temperature=0.1)
     assert first.choices[0].message.content == "agg answer 0"
     assert second.object == "chat.completion" and len(second.trace) == 3
+
+
+class _SlowStartProposer(OpenAIProposer):
+    """The HTTP proposer with a local engine's slow start in front of it."""
+
+    started = 0
+
+    async def start(self) -> None:
+        if not self.started:
+            await asyncio.sleep(0.5)
+        self.started += 1
+
+
+async def test_a_slow_start_does_not_count_against_the_call_timeout(upstream: ScriptedServer) -> None:
+    upstream.script("a", answer="made it")
+    cfg = moa_config(upstream.base_url, [["a"]], backend={"timeout_s": 0.3, "retry": {"max_retries": 0}})
+    ens = Ensemble.from_config(cfg)
+    proposer = _SlowStartProposer("up", ens.config.backends["up"])
+    ens._engine.backends["up"].proposer = proposer
+    async with ens:
+        result = await ens.acomplete(USER)
+    assert result.choices[0].message.content == "agg answer 0"
+    assert proposer.started == 2  # awaited before each call, slow only the first time
