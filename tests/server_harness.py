@@ -113,23 +113,24 @@ class ServeProcess:
         )
 
 
-def write_configs(directory: Path, configs: list[dict[str, Any]]) -> list[Path]:
-    paths = []
+def config_args(directory: Path, configs: list[dict[str, Any] | str]) -> list[str]:
+    """``-c`` arguments: mappings are written to YAML files in ``directory``; strings (recipe names) pass as is."""
+    args = []
     for cfg in configs:
-        path = directory / f"{cfg['name']}.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        paths.append(path)
-    return paths
+        if isinstance(cfg, dict):
+            path = directory / f"{cfg['name']}.yaml"
+            path.write_text(yaml.safe_dump(cfg))
+            cfg = str(path)
+        args += ["-c", cfg]
+    return args
 
 
 @contextmanager
 def moa_serve(
-    directory: Path, configs: list[dict[str, Any]], *args: str, env: dict[str, str] | None = None
+    directory: Path, configs: list[dict[str, Any] | str], *args: str, env: dict[str, str] | None = None
 ) -> Iterator[ServeProcess]:
     """Start ``moa serve`` on a free port with these configs; stop it (SIGTERM) when the block ends."""
-    command = [sys.executable, "-m", "moa.cli", "serve", "--port", "0", *args]
-    for path in write_configs(directory, configs):
-        command += ["-c", str(path)]
+    command = [sys.executable, "-m", "moa.cli", "serve", "--port", "0", *args, *config_args(directory, configs)]
     stderr_path = directory / f"serve-{time.monotonic_ns()}.stderr"
     with open(stderr_path, "w") as stderr:
         proc = subprocess.Popen(

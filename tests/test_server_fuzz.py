@@ -61,7 +61,10 @@ near_valid = st.builds(lambda body, m: body if m is None else {**body, m[0]: m[1
 @pytest.fixture(scope="module")
 def serve(upstream_sync_url: str, tmp_path_factory) -> Iterator[ServeProcess]:
     configs = [ensemble(upstream_sync_url, "fuzz", [["z1", "z2"]], "zagg")]
-    with moa_serve(tmp_path_factory.mktemp("serve-fuzz"), configs, "--max-body-bytes", "65536") as server:
+    # asyncio's own loop here (the other modules get uvloop, the default when installed)
+    with moa_serve(
+        tmp_path_factory.mktemp("serve-fuzz"), configs, "--max-body-bytes", "65536", "--loop", "asyncio"
+    ) as server:
         yield server
 
 

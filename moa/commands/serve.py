@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable
 
 from moa.errors import ConfigError
 
@@ -23,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="larger request bodies get 413 (default: 4 MiB)")  # fmt: skip
     p.add_argument("--drain-timeout", type=float, default=60.0, metavar="S",
                    help="on SIGTERM, wait this long for running requests (default: 60)")  # fmt: skip
+    p.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
+                   help="event loop: uvloop (faster) or asyncio's own; auto: uvloop when installed")  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
 
@@ -41,5 +44,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if ensemble.name in ensembles:
             raise ConfigError(f"two configs are named {ensemble.name!r}; model names must be unique", "--config")
         ensembles[ensemble.name] = ensemble
-    asyncio.run(serve(ensembles, settings, args.host, args.port, args.drain_timeout))
+    with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
+        runner.run(serve(ensembles, settings, args.host, args.port, args.drain_timeout))
     return 0
+
+
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when asked or, for ``auto``, when installed (it comes with vLLM); else asyncio's."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("uvloop is not installed (pip install uvloop)", "--loop") from None
+        return None
+    return uvloop.new_event_loop

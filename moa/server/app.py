@@ -76,7 +76,7 @@ def create_app(ensembles: dict[str, Ensemble], settings: ServerSettings) -> web.
     app[STATE] = ServerState(ensembles, settings)
     app.router.add_post("/v1/chat/completions", routes.chat_completions)
     app.router.add_get("/v1/models", routes.list_models)
-    app.router.add_get("/v1/models/{model}", routes.retrieve_model)
+    app.router.add_get("/v1/models/{model:.+}", routes.retrieve_model)
     app.router.add_get("/health", routes.health)
     app.router.add_get("/metrics", routes.metrics)
     app.on_cleanup.append(_close_ensembles)

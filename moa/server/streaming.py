@@ -85,9 +85,14 @@ async def write_stream(
     want_trace: bool,
     result: StreamResult,
 ) -> web.StreamResponse:
-    """Relay ``deltas`` as SSE. Raises (for an ordinary error response) only if nothing was sent yet."""
+    """Relay ``deltas`` as SSE. Raises (for an ordinary error response) only if nothing was sent yet.
+
+    Chunks that need not go out alone (the roles, a finish) wait in ``pending`` and leave with the next
+    token or the end, so a request costs one write a token plus one at the end.
+    """
     started = time.monotonic()
     response: web.StreamResponse | None = None
+    pending = b""
     traces: dict[int, list[CallRecord]] = {}
     try:
         async for index, delta in deltas:
@@ -95,24 +100,23 @@ async def write_stream(
                 result.first_token_s = time.monotonic() - started
                 response = web.StreamResponse(headers=SSE_HEADERS)
                 await response.prepare(request)
-                await response.write(b"".join(fmt.chunk(i, {"role": "assistant", "content": ""}) for i in range(n)))
+                pending = b"".join(fmt.chunk(i, {"role": "assistant", "content": ""}) for i in range(n))
             if delta.content:
-                await response.write(fmt.token(index, delta.content))
+                await response.write(pending + fmt.token(index, delta.content))
+                pending = b""
             if delta.finish_reason is not None:
                 traces[index] = delta.trace or []
                 result.calls.extend(traces[index])
-                await response.write(fmt.chunk(index, {}, delta.finish_reason))
+                pending += fmt.chunk(index, {}, delta.finish_reason)
     except Exception as e:
         if response is None:
             raise
-        await response.write(fmt.event(error_for(e)[1]) + DONE)
+        await response.write(pending + fmt.event(error_for(e)[1]) + DONE)
         return response
-    if response is None:  # no choice produced anything: cannot happen with a working engine, but stay valid
-        response = web.StreamResponse(headers=SSE_HEADERS)
-        await response.prepare(request)
+    assert response is not None, "an ensemble's stream always ends with a finish delta"
     result.usage = Usage.total(result.calls)
     if want_usage or want_trace:
         trace = [{"index": i, "calls": [r.model_dump() for r in traces[i]]} for i in sorted(traces)]
-        await response.write(fmt.last(result.usage if want_usage else None, trace if want_trace else None))
-    await response.write(DONE)
+        pending += fmt.last(result.usage if want_usage else None, trace if want_trace else None)
+    await response.write(pending + DONE)
     return response
