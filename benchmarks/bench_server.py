@@ -69,6 +69,13 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU ticks of the whole machine so far, over all cores (Linux /proc/stat)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
 def _is_token(line: bytes) -> bool:
     return b'"content": "' in line and b'"content": ""' not in line
 
@@ -108,25 +115,27 @@ async def served_once(session: aiohttp.ClientSession, moa_url: str) -> tuple[flo
 
 
 async def run_clients(
-    clients: int, requests: int, once, stagger_s: float
+    session: aiohttp.ClientSession, clients: int, requests: int, once, stagger_s: float
 ) -> tuple[list[tuple[float, float]], list[str]]:
     """``clients`` at once, each making ``requests`` back to back after a random wait of up to ``stagger_s``
     (so that arrivals spread as in a steady state); (ttft, total) of each success, and the errors."""
     samples: list[tuple[float, float]] = []
     errors: list[str] = []
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
 
-        async def client() -> None:
-            await asyncio.sleep(random.uniform(0, stagger_s))
-            for _ in range(requests):
-                try:
-                    samples.append(await once(session))
-                except Exception as e:  # counted and reported, never hidden
-                    errors.append(f"{type(e).__name__}: {e}")
+    async def client() -> None:
+        await asyncio.sleep(random.uniform(0, stagger_s))
+        for _ in range(requests):
+            try:
+                samples.append(await once(session))
+            except Exception as e:  # counted and reported, never hidden
+                errors.append(f"{type(e).__name__}: {e}")
 
-        await asyncio.gather(*(client() for _ in range(clients)))
+    await asyncio.gather(*(client() for _ in range(clients)))
     return samples, errors
+
+
+def new_session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=600))
 
 
 def pct(values: list[float], q: float) -> float:
@@ -142,14 +151,23 @@ async def bench(args: argparse.Namespace) -> None:
             "direct": lambda s: direct_once(s, sim_url, args.proposer_tokens),
             "served": lambda s: served_once(s, moa_url),
         }
-        for once in paths.values():  # warm both paths (imports, connection pools)
-            await run_clients(4, 1, once, 0.0)
-        cpu_before = cpu_seconds(pid)
-        # both populations at the same time, so both see the same machine
-        runs = [run_clients(args.clients, args.requests, once, args.stagger) for once in paths.values()]
-        results = dict(zip(paths, await asyncio.gather(*runs), strict=True))
-        cpu = tuple(after - before for after, before in zip(cpu_seconds(pid), cpu_before, strict=True))
+        sessions = {name: new_session() for name in paths}
+        try:
+            # one untimed request per client and path: connections open, as for clients that stay connected
+            await asyncio.gather(*(run_clients(sessions[n], args.clients, 1, once, 0.0) for n, once in paths.items()))
+            cpu_before, busy_before = cpu_seconds(pid), machine_busy()
+            # both populations at the same time, so both see the same machine
+            runs = [
+                run_clients(sessions[n], args.clients, args.requests, once, args.stagger) for n, once in paths.items()
+            ]
+            results = dict(zip(paths, await asyncio.gather(*runs), strict=True))
+            cpu = tuple(after - before for after, before in zip(cpu_seconds(pid), cpu_before, strict=True))
+            busy = tuple(after - before for after, before in zip(machine_busy(), busy_before, strict=True))
+        finally:
+            for session in sessions.values():
+                await session.close()
     report(args, results, cpu)
+    print(f"machine: {os.cpu_count()} cores, {busy[0] / busy[1]:.0%} busy during the timed run (all processes)")
 
 
 def report(args: argparse.Namespace, results: dict[str, tuple[list, list]], cpu: tuple[float, float]) -> None:
