@@ -184,7 +184,7 @@ class LayeredEngine:
         try:
             try:
                 async with timer:
-                    yield
+                    yield timer
             except TimeoutError:
                 if deadline is not None and timer.expired():
                     raise DeadlineExceededError(deadline) from None
@@ -215,7 +215,7 @@ class LayeredEngine:
         """The aggregator's tokens as they come (a defense's finished answer in one piece); the last delta carries
         finish_reason, usage, the trace and the defense's records."""
         state = RequestState(request, [], [])
-        async with self._deadline(state):
+        async with self._deadline(state) as timer:
             references, answer = await self._references(state)
             finish_reason = "stop"
             if answer is None:
@@ -226,7 +226,14 @@ class LayeredEngine:
                 if delta.finish_reason is not None:
                     finish_reason = delta.finish_reason
                 if delta.content:
+                    # no timer runs while the consumer holds a piece (it would cancel the consumer's own work);
+                    # a deadline that passed meanwhile is raised here when the consumer asks for more
+                    when = timer.when()
+                    timer.reschedule(None)
                     yield Delta(content=delta.content)
+                    if when is not None and asyncio.get_running_loop().time() >= when:
+                        raise DeadlineExceededError(state.request.deadline_s or self.config.deadline_s)
+                    timer.reschedule(when)
         usage, trace = Usage.total(state.trace), state.trace
         yield Delta(finish_reason=finish_reason, usage=usage, trace=trace, defense=state.defense)
 

@@ -245,3 +245,28 @@ async def test_a_slow_start_does_not_count_against_the_call_timeout(upstream: Sc
         result = await ens.acomplete(USER)
     assert result.choices[0].message.content == "agg answer 0"
     assert proposer.started == 2  # awaited before each call, slow only the first time
+
+
+async def test_a_slow_consumer_gets_deadline_exceeded_not_a_stray_cancellation(upstream: ScriptedServer) -> None:
+    upstream.script("a", answer="p")
+    upstream.script("agg", answer=" ".join(f"w{i}" for i in range(100)), latency_s=0.5)  # 50 ms a word
+    async with Ensemble.from_config(moa_config(upstream.base_url, [["a"]])) as ens:
+        stream = ens.astream(USER, deadline_s=0.6)
+        pieces = 0
+        with pytest.raises(DeadlineExceededError):
+            async for delta in stream:
+                pieces += 1
+                await asyncio.sleep(0.7)  # the deadline passes while we hold the first piece
+        assert pieces == 1
+
+
+async def test_time_the_consumer_holds_a_piece_is_not_a_stalled_stream(upstream: ScriptedServer) -> None:
+    upstream.script("a", answer="p")
+    upstream.script("agg", answer="one two three")
+    cfg = moa_config(upstream.base_url, [["a"]], backend={"timeout_s": 0.3, "retry": {"max_retries": 0}})
+    async with Ensemble.from_config(cfg) as ens:
+        text = ""
+        async for delta in ens.astream(USER):
+            text += delta.content
+            await asyncio.sleep(0.4)  # longer than the per-call timeout, between pieces
+    assert text == "one two three"
