@@ -52,8 +52,8 @@ class Backend:
         proposer = registry.resolve("backend", config.type)(name, config)
         return cls(name, proposer, BackendLimits(config.rate_limit), config.retry, config.timeout_s)
 
-    async def _start(self) -> None:
-        """Let a proposer with a slow start (a local engine) finish it outside the per-call timeout."""
+    async def start(self) -> None:
+        """Finish a proposer's slow start (a local engine) now; calls also await it outside their timeout."""
         start = getattr(self.proposer, "start", None)
         if start is not None:
             await start()
@@ -81,7 +81,7 @@ class Backend:
         estimate = estimate_tokens(sum(len(m.content) for m in messages), params.max_tokens, n)
         started, retries = time.monotonic(), 0
         try:
-            await self._start()
+            await self.start()
             while True:
                 try:
                     async with self.limits.slot(estimate):
@@ -126,7 +126,7 @@ class Backend:
         started, retries, emitted = time.monotonic(), 0, False
         outcome, error, last = "cancelled", None, None
         try:
-            await self._start()
+            await self.start()
             while True:
                 try:
                     async with self.limits.slot(estimate):
@@ -158,20 +158,25 @@ class Backend:
             )  # fmt: skip
 
     async def _stream_once(self, messages: list[Message], params: SamplingParams, model: str) -> AsyncIterator[Delta]:
-        """The proposer's stream with the per-call timeout applied to the wait for each piece."""
+        """The proposer's stream with the per-call timeout applied to the wait for each piece (one timer, re-armed
+        per piece and paused while the consumer holds a piece)."""
         stream = aiter(self.proposer.stream(messages, params, model=model))
+        loop = asyncio.get_running_loop()
+        timer = asyncio.timeout(None)
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(self.timeout_s):
+            async with timer:
+                while True:
+                    timer.reschedule(loop.time() + self.timeout_s)
+                    try:
                         delta = await anext(stream)
-                except StopAsyncIteration:
-                    return
-                except TimeoutError:
-                    raise APITimeoutError(
-                        f"{self.name}: stream stalled for {self.timeout_s:g} s", backend=self.name
-                    ) from None
-                yield delta
+                    except StopAsyncIteration:
+                        return
+                    timer.reschedule(None)
+                    yield delta
+        except TimeoutError:
+            if timer.expired():
+                raise APITimeoutError(f"{self.name}: stream stalled for {self.timeout_s:g} s", backend=self.name) from None
+            raise
         finally:
             await stream.aclose()
 

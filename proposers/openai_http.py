@@ -150,7 +150,7 @@ class OpenAIProposer:
         with self._mapped_errors():
             async with self._get_session().post(self._url, json=body) as resp:
                 await self._raise_for_status(resp)
-                async for data in iter_sse_data(resp.content):
+                async for data in iter_sse_data(resp.content.iter_any()):
                     if data == "[DONE]":
                         break
                     chunk = json.loads(data)

@@ -142,6 +142,17 @@ async def test_sse_parser_handles_comments_multiline_and_crlf() -> None:
     assert [d async for d in iter_sse_data(lines())] == ["one\ntwo", "three"]
 
 
+async def test_sse_parser_handles_events_cut_anywhere() -> None:
+    stream = b'data: {"a": 1}\n\ndata: {"b": 2}\r\n\r\n: ping\n\ndata: [DONE]\n\n'
+    for size in (1, 3, 7, len(stream)):
+
+        async def chunks(size: int = size):
+            for i in range(0, len(stream), size):
+                yield stream[i : i + size]
+
+        assert [d async for d in iter_sse_data(chunks())] == ['{"a": 1}', '{"b": 2}', "[DONE]"]
+
+
 async def test_all_agents_failing_names_them(upstream: ScriptedServer) -> None:
     upstream.script("a", faults=["403"])
     async with Ensemble.from_config(moa_config(upstream.base_url, [["a"]])) as ens:
