@@ -144,6 +144,11 @@ class Ensemble:
             self._sync_loop = asyncio.new_event_loop()
         return self._sync_loop.run_until_complete(self.acomplete(messages, **overrides))
 
+    async def astart(self) -> None:
+        """Start every backend with a slow start (local engines) now, at once, instead of on first use."""
+        self._bind_loop()
+        await asyncio.gather(*(b.start() for b in self._engine.backends.values()))
+
     async def aclose(self) -> None:
         for backend in self._engine.backends.values():
             await backend.aclose()

@@ -32,6 +32,8 @@ async def serve(
     out: TextIO = sys.stdout,
 ) -> None:
     """Serve until SIGTERM/SIGINT; then stop listening, let running requests finish (up to the timeout), exit."""
+    for ensemble in ensembles.values():  # local engines start before the server says it is listening
+        await ensemble.astart()
     app = create_app(ensembles, settings)
     runner = web.AppRunner(
         app, handle_signals=False, handler_cancellation=True, access_log=None, shutdown_timeout=drain_timeout_s
