@@ -26,13 +26,13 @@ from tests.conftest import moa_config
 class ServeProcess:
     """A running ``moa serve``: its base URL and everything it printed so far."""
 
-    def __init__(self, proc: subprocess.Popen[str], stderr_path: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[str], stderr_path: Path, start_timeout: float = 30) -> None:
         self.proc = proc
         self.lines: list[str] = []
         self._stderr_path = stderr_path
         self._queue: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
-        listening = self.wait_for("moa serve: listening on ", timeout=30)
+        listening = self.wait_for("moa serve: listening on ", timeout=start_timeout)
         self.base_url = listening.removeprefix("moa serve: listening on ").strip()
         split = urlsplit(self.base_url)
         self.host, self.port = split.hostname or "127.0.0.1", split.port or 80
@@ -127,9 +127,15 @@ def config_args(directory: Path, configs: list[dict[str, Any] | str]) -> list[st
 
 @contextmanager
 def moa_serve(
-    directory: Path, configs: list[dict[str, Any] | str], *args: str, env: dict[str, str] | None = None
+    directory: Path,
+    configs: list[dict[str, Any] | str],
+    *args: str,
+    env: dict[str, str] | None = None,
+    start_timeout: float = 30,
 ) -> Iterator[ServeProcess]:
-    """Start ``moa serve`` on a free port with these configs; stop it (SIGTERM) when the block ends."""
+    """Start ``moa serve`` on a free port with these configs; stop it (SIGTERM) when the block ends.
+
+    ``start_timeout`` bounds the wait for it to listen (local engines start before it does)."""
     command = [sys.executable, "-m", "moa.cli", "serve", "--port", "0", *args, *config_args(directory, configs)]
     stderr_path = directory / f"serve-{time.monotonic_ns()}.stderr"
     with open(stderr_path, "w") as stderr:
@@ -139,7 +145,7 @@ def moa_serve(
         )  # fmt: skip
     server = None
     try:
-        server = ServeProcess(proc, stderr_path)
+        server = ServeProcess(proc, stderr_path, start_timeout)
         yield server
     finally:
         if proc.poll() is None:

@@ -13,13 +13,12 @@ QUESTION = [{"role": "user", "content": "Name one primary colour."}]
 
 
 def test_default_ensemble_answers_the_openai_client_and_shuts_down_clean(tmp_path) -> None:
-    with moa_serve(tmp_path, ["default"]) as server:
+    with moa_serve(tmp_path, ["default"], start_timeout=600) as server:  # converts the model once, starts vLLM
         assert server.wait_for("moa serve: serving default") == (
             "moa serve: serving default: 1 layer(s), 6 proposal(s), aggregator synthesize"
         )
         with server.client(timeout=600) as client:
             assert [m.id for m in client.models.list()] == ["default"]
-            # the first call also starts the engine (and converts the model once)
             whole = client.chat.completions.create(
                 model="default", messages=QUESTION, max_tokens=24, extra_body={"moa_trace": True}
             )
