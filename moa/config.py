@@ -104,6 +104,39 @@ class VLLMBackendConfig(_BackendBase):
     seed: int = 0
 
 
+class SpeculativeConfig(_Strict):
+    """Speculative decoding for a torch backend. Lossless: outputs are distributed as the target's own."""
+
+    policy: Literal["fixed", "heuristic", "confidence", "specdec++", "reference"] = "fixed"
+    draft: str | None = Field(
+        default=None,
+        description="a smaller model with the target's tokenizer (path or embedded:name), or a self-draft "
+        ".safetensors from `moa specdec train-draft`; not used by policy reference",
+    )
+    head: str | None = Field(default=None, description="specdec++: an acceptance head from `moa specdec train-head`")
+    k: Annotated[int, Field(ge=1, le=64)] = Field(default=4, description="fixed: draft length; heuristic: first one")
+    threshold: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        default=None,
+        description="confidence: stop once the draft's probability product falls below it (default 0.3); "
+        "specdec++: stop once 1 - prod(P_accept) exceeds it (default: the head's own h)",
+    )
+    min_k: Annotated[int, Field(ge=1, le=64)] = Field(default=2, description="shortest draft (not fixed)")
+    max_k: Annotated[int, Field(ge=1, le=64)] = Field(default=20, description="longest draft (not fixed)")
+    min_match: Annotated[int, Field(ge=1)] = Field(default=2, description="reference: shortest match that proposes")
+
+    @model_validator(mode="after")
+    def _check(self) -> SpeculativeConfig:
+        if self.min_k > self.max_k:
+            raise _PathError("min_k", f"must be <= max_k ({self.max_k})")
+        if self.policy == "reference" and self.draft is not None:
+            raise _PathError("draft", "policy reference drafts from the prompt and uses no draft model")
+        if self.policy != "reference" and self.draft is None:
+            raise _PathError("draft", f"required by policy {self.policy!r}")
+        if self.policy == "specdec++" and self.head is None:
+            raise _PathError("head", "required by policy 'specdec++'")
+        return self
+
+
 class TorchBackendConfig(_BackendBase):
     """A Hugging Face causal LM run by moa's own torch decode loop (with speculative decoding)."""
 
@@ -111,7 +144,7 @@ class TorchBackendConfig(_BackendBase):
     model: str
     device: Literal["auto", "cuda", "cpu"] = "auto"
     dtype: str = "auto"
-    speculative: dict[str, Any] | None = None
+    speculative: SpeculativeConfig | None = None
 
 
 BackendConfig = Annotated[

@@ -1,0 +1,129 @@
+"""``moa specdec train-draft`` and ``moa specdec train-head``: the small trained files of speculative decoding.
+
+Both print a report (JSON) on stdout and progress on stderr, and return an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from moa.errors import ConfigError
+
+
+def register(subparsers: Any) -> None:
+    specdec = subparsers.add_parser("specdec", help="train drafts and acceptance heads for speculative decoding")
+    sub = specdec.add_subparsers(dest="specdec_command", required=True, metavar="COMMAND")
+
+    draft = sub.add_parser("train-draft", help="distil a self-speculative draft block on the target's outputs")
+    _common(draft)
+    draft.add_argument("--layers", type=int, default=6, help="target layers the draft keeps (default 6)")
+    draft.add_argument("--block-layers", type=int, default=1, help="trained decoder layers on top (default 1)")
+    draft.add_argument("--draft-vocab", type=int, default=8192,
+                       help="rows of the draft's head: the tokens the target uses most (0: all; default 8192)")  # fmt: skip
+    draft.add_argument("--lr", type=float, default=5e-4)
+    draft.add_argument("--epochs", type=int, default=3)
+    draft.set_defaults(func=cmd_train_draft)
+
+    head = sub.add_parser("train-head", help="train SpecDec++'s acceptance head for a target and a draft")
+    _common(head)
+    head.add_argument("--draft", required=True, help="a self-draft .safetensors or a smaller model (path or embedded:)")
+    head.add_argument("--mix-rate", type=float, default=0.15, help="share of target tokens in the drafts (0.15)")
+    head.add_argument("--reject-weight", type=float, default=6.0, help="loss weight of rejections (6)")
+    head.add_argument("--threshold", type=float, default=0.7, help="h stored with the head: stop drafting once "
+                      "P(some draft token is rejected) exceeds it (0.7)")  # fmt: skip
+    head.add_argument("--blocks", type=int, default=3, help="residual SiLU blocks (3)")
+    head.add_argument("--draft-temperature", type=float, default=1.0, help="temperature the labels assume (1.0)")
+    head.add_argument("--lr", type=float, default=1e-3)
+    head.add_argument("--epochs", type=int, default=40)
+    head.set_defaults(func=cmd_train_head)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", required=True, help="the target model: a Hugging Face folder or embedded:<name>")
+    p.add_argument("--prompts", required=True, help="prompts: .txt (one a line), .json or .jsonl")
+    p.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
+    p.add_argument("--samples", type=int, default=2, help="target responses per prompt (2)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens per response (128)")
+    p.add_argument("--temperature", type=float, default=0.7, help="the target's sampling temperature (0.7)")
+    p.add_argument("--holdout", type=float, default=0.1, help="share held out for the report (0.1)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _check(args: argparse.Namespace) -> None:
+    if not args.output.endswith(".safetensors"):
+        raise ConfigError("must end in .safetensors", "--output")
+    if not Path(args.output).parent.exists():
+        raise ConfigError(f"no folder {Path(args.output).parent}", "--output")
+    for name in ("samples", "max_new_tokens", "epochs"):
+        if getattr(args, name) < (0 if name == "epochs" else 1):
+            raise ConfigError("must be positive", f"--{name.replace('_', '-')}")
+    if not 0 < args.holdout < 1:
+        raise ConfigError("must be between 0 and 1", "--holdout")
+
+
+def _responses(args: argparse.Namespace):
+    """(target, tokenizer, target hash, the target's sampled responses)."""
+    import torch
+
+    from proposers.progress import say
+    from proposers.specdec.data import read_prompts, stop_ids, target_responses
+    from proposers.specdec.loading import load_target, pick_device
+
+    prompts = read_prompts(args.prompts)
+    model, tokenizer, target_hash = load_target(args.target, pick_device(args.device), torch.float32, "--target")
+    say(f"sampling {args.samples} response(s) to each of {len(prompts)} prompts")
+    samples = target_responses(
+        model, tokenizer, prompts, samples=args.samples, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, seed=args.seed, stop_ids=stop_ids(model, tokenizer),
+    )  # fmt: skip
+    return model, tokenizer, target_hash, samples
+
+
+def cmd_train_draft(args: argparse.Namespace) -> int:
+    _check(args)
+    from proposers.progress import say
+    from proposers.specdec import self_draft
+    from proposers.specdec.data import stop_ids
+    from proposers.specdec.self_draft import SelfDraftSpec
+    from proposers.specdec.train_draft import DraftTraining, train
+
+    if args.layers < 1 or args.block_layers < 1:
+        raise ConfigError("must be at least 1", "--layers" if args.layers < 1 else "--block-layers")
+    model, tokenizer, target_hash, samples = _responses(args)
+    cfg = DraftTraining(SelfDraftSpec(args.layers, args.block_layers), args.draft_vocab, args.epochs, args.lr,
+                        args.holdout, args.seed)  # fmt: skip
+    blocks, vocab, report = train(model, samples, stop_ids(model, tokenizer), cfg, progress=say)
+    self_draft.save(args.output, cfg.spec, blocks, vocab, target_hash, report)
+    print(json.dumps({"output": args.output, "target_hash": target_hash, **report}, indent=2))
+    return 0
+
+
+def cmd_train_head(args: argparse.Namespace) -> int:
+    _check(args)
+    if not 0 <= args.mix_rate < 1:
+        raise ConfigError("must be in [0, 1)", "--mix-rate")
+    if not 0 < args.threshold < 1:
+        raise ConfigError("must be between 0 and 1", "--threshold")
+    from proposers.progress import say
+    from proposers.specdec import head as head_file
+    from proposers.specdec.loading import load_draft
+    from proposers.specdec.train_head import HeadTraining, examples, train
+
+    model, tokenizer, target_hash, samples = _responses(args)
+    draft, vocab, draft_hash = load_draft(args.draft, model, tokenizer, target_hash, "--draft")
+    cfg = HeadTraining(args.mix_rate, args.reject_weight, args.threshold, args.blocks, args.draft_temperature,
+                       args.epochs, args.lr, args.holdout, args.seed)  # fmt: skip
+    say("scoring draft tokens against the target")
+    feats, labels = examples(model, draft, vocab, samples, cfg)
+    head, report = train(feats, labels, cfg, progress=say)
+    head_file.save(args.output, head, target_hash=target_hash, draft_hash=draft_hash, threshold=args.threshold,
+                   report=report)  # fmt: skip
+    print(json.dumps({"output": args.output, "target_hash": target_hash, "draft_hash": draft_hash, **report}, indent=2))
+    return 0
+
+
+__all__ = ["register"]
