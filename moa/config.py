@@ -122,7 +122,7 @@ class SpeculativeConfig(_Strict):
     )
     min_k: Annotated[int, Field(ge=1, le=64)] = Field(default=2, description="shortest draft (not fixed)")
     max_k: Annotated[int, Field(ge=1, le=64)] = Field(default=20, description="longest draft (not fixed)")
-    min_match: Annotated[int, Field(ge=1)] = Field(default=2, description="reference: shortest match that proposes")
+    min_match: Annotated[int, Field(ge=1)] = Field(default=3, description="reference: shortest match that proposes")
 
     @model_validator(mode="after")
     def _check(self) -> SpeculativeConfig:

@@ -85,6 +85,7 @@ def test_head_training_lowers_held_out_loss_and_refuses_other_models(target, sam
     assert 0 < float(labels.mean()) < 1
     head, report = train_head(feats, labels, cfg)
     assert report["after_loss"] < report["before_loss"] - 0.05
+    assert report["after_loss"] < report["constant_loss"]  # it learned more than the mean acceptance
     assert report["after_ece"] < report["before_ece"]
     path = tmp_path / "head.safetensors"
     head_file.save(path, head, target_hash="t", draft_hash="d", threshold=0.6, report=report)

@@ -36,8 +36,8 @@ def register(subparsers: Any) -> None:
                       "P(some draft token is rejected) exceeds it (0.7)")  # fmt: skip
     head.add_argument("--blocks", type=int, default=3, help="residual SiLU blocks (3)")
     head.add_argument("--draft-temperature", type=float, default=1.0, help="temperature the labels assume (1.0)")
-    head.add_argument("--lr", type=float, default=1e-3)
-    head.add_argument("--epochs", type=int, default=40)
+    head.add_argument("--lr", type=float, default=3e-4)
+    head.add_argument("--epochs", type=int, default=40, help="at most; the best epoch on a validation split is kept")
     head.set_defaults(func=cmd_train_head)
 
 
@@ -49,7 +49,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens per response (128)")
     p.add_argument("--temperature", type=float, default=0.7, help="the target's sampling temperature (0.7)")
     p.add_argument("--holdout", type=float, default=0.1, help="share held out for the report (0.1)")
+    p.add_argument("--skip", type=int, default=0, help="prompts to skip from the file's start (e.g. a test split)")
+    p.add_argument("--limit", type=int, help="prompts to use at most")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, help="torch CPU threads (on a busy shared machine 1 is often fastest)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -58,8 +61,9 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError("must end in .safetensors", "--output")
     if not Path(args.output).parent.exists():
         raise ConfigError(f"no folder {Path(args.output).parent}", "--output")
-    for name in ("samples", "max_new_tokens", "epochs"):
-        if getattr(args, name) < (0 if name == "epochs" else 1):
+    for name in ("samples", "max_new_tokens", "epochs", "skip", "limit", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name in ("epochs", "skip") else 1):
             raise ConfigError("must be positive", f"--{name.replace('_', '-')}")
     if not 0 < args.holdout < 1:
         raise ConfigError("must be between 0 and 1", "--holdout")
@@ -73,7 +77,11 @@ def _responses(args: argparse.Namespace):
     from proposers.specdec.data import read_prompts, stop_ids, target_responses
     from proposers.specdec.loading import load_target, pick_device
 
-    prompts = read_prompts(args.prompts)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    prompts = read_prompts(args.prompts)[args.skip :][: args.limit]
+    if not prompts:
+        raise ConfigError(f"no prompts left after skipping {args.skip}", "--skip")
     model, tokenizer, target_hash = load_target(args.target, pick_device(args.device), torch.float32, "--target")
     say(f"sampling {args.samples} response(s) to each of {len(prompts)} prompts")
     samples = target_responses(
@@ -116,7 +124,7 @@ def cmd_train_head(args: argparse.Namespace) -> int:
     model, tokenizer, target_hash, samples = _responses(args)
     draft, vocab, draft_hash = load_draft(args.draft, model, tokenizer, target_hash, "--draft")
     cfg = HeadTraining(args.mix_rate, args.reject_weight, args.threshold, args.blocks, args.draft_temperature,
-                       args.epochs, args.lr, args.holdout, args.seed)  # fmt: skip
+                       args.epochs, lr=args.lr, holdout=args.holdout, seed=args.seed)  # fmt: skip
     say("scoring draft tokens against the target")
     feats, labels = examples(model, draft, vocab, samples, cfg)
     head, report = train(feats, labels, cfg, progress=say)

@@ -11,7 +11,7 @@ times as much as acceptance: stopping one token late costs a whole wasted verifi
 
 from __future__ import annotations
 
-import random
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +30,8 @@ class HeadTraining:
     blocks: int = 3
     temperature: float = 1.0  # the drafting temperature the labels are computed at
     epochs: int = 40
-    lr: float = 1e-3
+    patience: int = 5
+    lr: float = 3e-4
     holdout: float = 0.2
     seed: int = 0
 
@@ -78,6 +79,14 @@ def expected_calibration_error(pred: Tensor, labels: Tensor, bins: int = 10) -> 
     )
 
 
+def constant_loss(fit: Tensor, test: Tensor, cfg: HeadTraining) -> float:
+    """The held-out loss of the best constant prediction (from the training labels): the bar a head must pass."""
+    a = float(fit.mean())
+    p = min(max(a / (a + cfg.reject_weight * (1 - a)), 1e-6), 1 - 1e-6)
+    logits = torch.tensor([1 - p, p]).log().expand(len(test), 2)
+    return float(weighted_loss(logits, test, cfg.reject_weight))
+
+
 @torch.no_grad()
 def calibration(head: AcceptanceHead, feats: Tensor, labels: Tensor, reject_weight: float) -> dict[str, float]:
     """Held-out loss, mean predicted vs mean true acceptance, and expected calibration errors.
@@ -101,28 +110,38 @@ def calibration(head: AcceptanceHead, feats: Tensor, labels: Tensor, reject_weig
 def train(
     feats: Tensor, labels: Tensor, cfg: HeadTraining, progress=lambda msg: None
 ) -> tuple[AcceptanceHead, dict[str, float]]:
-    """A head fitted on all but a held-out share of the examples, and its held-out report."""
+    """A head fitted on the examples but a held-out share, and its report on that share.
+
+    A tenth of the training examples picks the epoch to keep (early stopping after ``patience`` epochs without
+    a better validation loss): the head is small, the data few thousand examples, and it overfits fast.
+    """
     torch.manual_seed(cfg.seed)
-    order = list(range(len(labels)))
-    random.Random(cfg.seed).shuffle(order)
+    order = torch.randperm(len(labels))
     held = max(1, int(len(order) * cfg.holdout))
-    test, fit = torch.tensor(order[:held]), torch.tensor(order[held:])
+    test, rest = order[:held], order[held:]
+    val, fit = rest[: max(1, len(rest) // 10)], rest[max(1, len(rest) // 10) :]
     head = AcceptanceHead(feats.shape[-1], cfg.blocks)
     report = {f"before_{k}": v for k, v in calibration(head, feats[test], labels[test], cfg.reject_weight).items()}
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    batch = 256
-    for epoch in range(cfg.epochs):
-        shuffled = fit[torch.randperm(len(fit))]
-        for i in range(0, len(shuffled), batch):
-            rows = shuffled[i : i + batch]
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=1e-2)
+    best, best_loss, best_epoch = copy.deepcopy(head.state_dict()), float("inf"), 0
+    for epoch in range(1, cfg.epochs + 1):
+        for rows in fit[torch.randperm(len(fit))].split(256):
             loss = weighted_loss(head(feats[rows]), labels[rows], cfg.reject_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        if (epoch + 1) % 10 == 0 or epoch + 1 == cfg.epochs:
-            held_out = calibration(head, feats[test], labels[test], cfg.reject_weight)
-            progress(f"epoch {epoch + 1}/{cfg.epochs}: held-out loss {held_out['loss']:.4f}")
+        with torch.no_grad():
+            val_loss = float(weighted_loss(head(feats[val]), labels[val], cfg.reject_weight))
+        if val_loss < best_loss:
+            best, best_loss, best_epoch = copy.deepcopy(head.state_dict()), val_loss, epoch
+        elif epoch - best_epoch >= cfg.patience:
+            break
+    head.load_state_dict(best)
+    progress(f"kept epoch {best_epoch} (validation loss {best_loss:.4f})")
     report.update({f"after_{k}": v for k, v in calibration(head, feats[test], labels[test], cfg.reject_weight).items()})
+    report.update(
+        epochs_kept=best_epoch, train_examples=len(fit), constant_loss=constant_loss(labels[fit], labels[test], cfg)
+    )
     return head.eval(), report
 
 
