@@ -176,6 +176,7 @@ def main() -> None:
         policies[f"confidence {t}"] = drafter(lambda t=t: Confidence(t, 2, 20))
     for hh in sorted({h, 0.3, 0.5}):
         policies[f"specdec++ h={hh:g}"] = drafter(lambda hh=hh: AcceptanceStop(head, hh, 2, 20))
+    policies[f"specdec++ h={h:g} (1..20)"] = drafter(lambda: AcceptanceStop(head, h, 1, 20))
     new = args.draft_max_new_tokens
     table(f"(2) trained self-draft: {len(plain_prompts)} AlpacaEval instructions, greedy, {new} new tokens",
           compare(model, plain_prompts, policies, new, stop))  # fmt: skip

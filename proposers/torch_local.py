@@ -167,6 +167,10 @@ class TorchProposer:
         stopped = detok.stopped or row[-1] in runner.stop_ids
         return Generation(text, "stop" if stopped else "length")
 
+    async def start(self) -> None:
+        """Load the model (and its draft) now instead of on the first call."""
+        await self._call(lambda cancelled: self._load())
+
     async def generate(
         self, messages: list[Message], params: SamplingParams, n: int = 1, *, model: str | None = None
     ) -> GenerateResult:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from moa import Ensemble
 from moa.config import SpeculativeConfig, TorchBackendConfig
 from moa.errors import ConfigError, ContextLengthError
 from moa.prompts import SYNTHESIZE_INSTRUCTIONS, with_references
@@ -136,3 +137,19 @@ async def test_bad_input_is_reported(reference_proposer, tmp_path) -> None:
     with pytest.raises(ConfigError) as err:
         TorchProposer("x", TorchBackendConfig(type="torch", model=EMBEDDED, speculative=missing))
     assert err.value.path == "backends.x.speculative.draft"
+
+
+async def test_self_moa_with_a_speculative_torch_aggregator() -> None:
+    local = {"type": "torch", "model": EMBEDDED, "device": "cpu", "speculative": {"policy": "reference"}}
+    config = {
+        "name": "torch-self-moa",
+        "backends": {"local": local},
+        "layers": [{"agents": [{"backend": "local", "n": 2, "temperature": 0.7, "max_tokens": 24}]}],
+        "aggregator": {"backend": "local", "temperature": 0.0, "max_tokens": 24},
+    }
+    async with Ensemble.from_config(config) as ensemble:
+        await ensemble.astart()
+        result = await ensemble.acomplete([{"role": "user", "content": "Why is the sky blue?"}])
+    assert [(c.role, c.n, c.outcome) for c in result.trace] == [("proposer", 2, "ok"), ("aggregator", 1, "ok")]
+    assert result.text.strip() and len(result.proposals) == 2
+    assert result.usage.completion_tokens == sum(c.completion_tokens for c in result.trace)
