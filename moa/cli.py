@@ -18,7 +18,7 @@ from moa.types import Completion
 
 DEFAULT_CONFIG = "default"
 #: modules under moa.commands that add subcommands (each has ``register(subparsers)``)
-COMMAND_MODULES: tuple[str, ...] = ("serve", "alpaca_eval")
+COMMAND_MODULES: tuple[str, ...] = ("serve", "alpaca_eval", "specdec")
 
 
 def _print_trace(result: Completion, out) -> None:

@@ -49,7 +49,9 @@ class RateLimit(_Strict):
     """Limits shared by every agent and request that uses one backend."""
 
     rps: Annotated[float, Field(gt=0)] | None = Field(default=None, description="requests per second")
-    burst: Annotated[int, Field(ge=1)] = Field(default=1, description="requests that may go back to back before rps spacing")
+    burst: Annotated[int, Field(ge=1)] = Field(
+        default=1, description="requests that may go back to back before rps spacing"
+    )
     concurrency: Annotated[int, Field(gt=0)] | None = Field(default=None, description="requests in flight")
     tpm: Annotated[int, Field(gt=0)] | None = Field(default=None, description="tokens per minute")
 
@@ -97,7 +99,8 @@ class VLLMBackendConfig(_BackendBase):
     dtype: str = "auto"
     max_model_len: Annotated[int, Field(gt=0)] | None = None
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = Field(
-        default=None, description="share of device memory for weights and KV cache (default: 0.3 on CPU, vLLM's on CUDA)"
+        default=None,
+        description="share of device memory for weights and KV cache (default: 0.3 on CPU, vLLM's on CUDA)",
     )
     enforce_eager: bool | None = Field(default=None, description="skip graph capture (default: on for CPU only)")
     enable_prefix_caching: bool = True
@@ -147,9 +150,7 @@ class TorchBackendConfig(_BackendBase):
     speculative: SpeculativeConfig | None = None
 
 
-BackendConfig = Annotated[
-    OpenAIBackendConfig | VLLMBackendConfig | TorchBackendConfig, Field(discriminator="type")
-]
+BackendConfig = Annotated[OpenAIBackendConfig | VLLMBackendConfig | TorchBackendConfig, Field(discriminator="type")]
 
 
 # ---- agents, layers, aggregator --------------------------------------------------------------------------
