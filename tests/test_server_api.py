@@ -19,6 +19,13 @@ def serve(upstream_sync_url: str, tmp_path_factory) -> Iterator[ServeProcess]:
     configs = [
         ensemble(upstream_sync_url, "fast", [["p1", "p2"]], "agg"),
         ensemble(upstream_sync_url, "deep", [["d1"], ["d2"]], "dagg", description="two layers"),
+        ensemble(
+            upstream_sync_url,
+            "guarded",
+            [["g1", "g2", "g3"]],
+            "gagg",
+            defense={"type": "dropout-vote", "vote": "option", "max_subsets": 3, "max_size": 1},
+        ),  # fmt: skip
     ]
     with moa_serve(tmp_path_factory.mktemp("serve-api"), configs) as server:
         yield server
@@ -173,7 +180,7 @@ def test_text_parts_and_developer_role_are_read_as_text(client: openai.OpenAI, u
 
 
 def test_models_lists_and_retrieves_the_ensembles(client: openai.OpenAI) -> None:
-    assert [m.id for m in client.models.list()] == ["fast", "deep"]
+    assert [m.id for m in client.models.list()] == ["fast", "deep", "guarded"]
     assert client.models.retrieve("deep").owned_by == "moa"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("nope")
@@ -181,4 +188,23 @@ def test_models_lists_and_retrieves_the_ensembles(client: openai.OpenAI) -> None
 
 def test_health(serve: ServeProcess) -> None:
     status, _, body = serve.request("GET", "/health")
-    assert status == 200 and json.loads(body) == {"status": "ok", "ensembles": ["fast", "deep"]}
+    assert status == 200 and json.loads(body) == {"status": "ok", "ensembles": ["fast", "deep", "guarded"]}
+
+
+def test_trace_records_what_the_defense_did(client: openai.OpenAI, upstream_thread: ScriptedServer) -> None:
+    for agent in ("g1", "g2", "g3"):
+        upstream_thread.script(agent, answer=f"{agent} says B")
+    upstream_thread.script("gagg", answer="Answer: (B)")
+    result = client.chat.completions.create(model="guarded", messages=USER, extra_body={"moa_trace": True})
+    assert result.choices[0].message.content == "Answer: (B)"
+    (trace,) = result.model_extra["moa_trace"]
+    (record,) = trace["defense"]
+    assert record["defense"] == "dropout-vote" and record["calls"] == 3
+    assert sorted(tuple(c["subset"]) for c in record["candidates"]) == [("g1",), ("g2",), ("g3",)]
+    assert [c["role"] for c in trace["calls"]].count("defense") == 3
+
+    chunks = list(
+        client.chat.completions.create(model="guarded", messages=USER, stream=True, extra_body={"moa_trace": True})
+    )
+    (streamed,) = chunks[-1].model_extra["moa_trace"]
+    assert [d["defense"] for d in streamed["defense"]] == ["dropout-vote"]

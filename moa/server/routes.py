@@ -101,7 +101,12 @@ def completion_body(parsed: ParsedChat, completions: list[Completion]) -> dict[s
     }  # fmt: skip
     if parsed.trace:
         body["moa_trace"] = [
-            {"index": i, "calls": [r.model_dump() for r in c.trace], "proposals": [p.model_dump() for p in c.proposals]}
+            {
+                "index": i,
+                "calls": [r.model_dump() for r in c.trace],
+                "proposals": [p.model_dump() for p in c.proposals],
+                "defense": [d.model_dump() for d in c.defense],
+            }
             for i, c in enumerate(completions)
         ]
     return body

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from moa.server.errors import error_for
-from moa.types import CallRecord, Delta, Usage
+from moa.types import CallRecord, DefenseRecord, Delta, Usage
 
 DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -94,6 +94,7 @@ async def write_stream(
     response: web.StreamResponse | None = None
     pending = b""
     traces: dict[int, list[CallRecord]] = {}
+    defenses: dict[int, list[DefenseRecord]] = {}
     try:
         async for index, delta in deltas:
             if response is None:
@@ -106,6 +107,7 @@ async def write_stream(
                 pending = b""
             if delta.finish_reason is not None:
                 traces[index] = delta.trace or []
+                defenses[index] = delta.defense or []
                 result.calls.extend(traces[index])
                 pending += fmt.chunk(index, {}, delta.finish_reason)
     except Exception as e:
@@ -116,7 +118,10 @@ async def write_stream(
     assert response is not None, "an ensemble's stream always ends with a finish delta"
     result.usage = Usage.total(result.calls)
     if want_usage or want_trace:
-        trace = [{"index": i, "calls": [r.model_dump() for r in traces[i]]} for i in sorted(traces)]
+        trace = [
+            {"index": i, "calls": [r.model_dump() for r in traces[i]], "defense": [d.model_dump() for d in defenses[i]]}
+            for i in sorted(traces)
+        ]
         pending += fmt.last(result.usage if want_usage else None, trace if want_trace else None)
     await response.write(pending + DONE)
     return response
