@@ -71,10 +71,14 @@ async def test_failed_instructions_are_listed_then_retried(upstream: ScriptedSer
     upstream.script("agg", answer=echo)
     config = moa_config(upstream.base_url, [["p1"]], backend={"retry": {"max_retries": 0}})
     out = tmp_path / "model_outputs.json"
-    options = GenerateOptions(config, out, instructions=instructions, concurrency=3)
+    traces = tmp_path / "traces.jsonl"
+    options = GenerateOptions(config, out, instructions=instructions, concurrency=3, traces=traces)
 
     first = await generate(options, io.StringIO())
     assert [f.index for f in first.failures] == [1, 4] and "empty answer" in first.failures[0].error
+    failed = [r for r in map(json.loads, traces.read_text().splitlines()) if "error" in r]
+    assert sorted(r["index"] for r in failed) == [1, 4] and all("empty answer" in r["error"] for r in failed)
+    assert [c["agent"] for c in failed[0]["trace"]] == ["p1"]  # its call came back empty; no aggregator call
     assert not first.written and not out.exists() and first.done == 4
 
     partial = await generate(dataclasses.replace(options, allow_partial=True), io.StringIO())

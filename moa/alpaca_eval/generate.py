@@ -22,6 +22,7 @@ from moa.alpaca_eval.data import OPERATIONAL_FIELDS, Instruction, digest, load_i
 from moa.alpaca_eval.progress import Progress
 from moa.config import EnsembleConfig, load_config
 from moa.ensemble import Ensemble
+from moa.errors import MoaError
 from moa.types import Completion
 
 CHECKPOINT_KIND = "alpaca-eval generate"
@@ -88,6 +89,12 @@ def _trace_line(index: int, instruction: str, result: Completion) -> str:
     return json.dumps({"index": index, "instruction": instruction, "output": result.text, **recorded}) + "\n"
 
 
+def _failure_line(index: int, instruction: str, error: MoaError) -> str:
+    """One failed instruction: the error and the calls made before it (retried on the next run)."""
+    calls = [c.model_dump(mode="json") for c in error.trace or []]
+    return json.dumps({"index": index, "instruction": instruction, "error": str(error), "trace": calls}) + "\n"
+
+
 async def generate(options: GenerateOptions, progress_stream: TextIO) -> GenerateReport:
     config = load_config(options.config)
     every = load_instructions(options.instructions)
@@ -109,7 +116,13 @@ async def generate(options: GenerateOptions, progress_stream: TextIO) -> Generat
 
                 async def answer(index: int) -> tuple[dict[str, Any], int]:
                     instruction = chosen[index].instruction
-                    result = await ensemble.acomplete([{"role": "user", "content": instruction}])
+                    try:
+                        result = await ensemble.acomplete([{"role": "user", "content": instruction}])
+                    except MoaError as e:
+                        if traces is not None:
+                            traces.write(_failure_line(index, instruction, e))
+                            traces.flush()
+                        raise
                     if traces is not None:
                         traces.write(_trace_line(index, instruction, result))
                         traces.flush()
