@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 
 import pytest
 import torch
@@ -15,12 +16,12 @@ from moa.errors import ConfigError
 from proposers.embedded import resolve_model
 from proposers.specdec import head as head_file
 from proposers.specdec import self_draft
-from proposers.specdec.data import Sample
+from proposers.specdec.data import Sample, read_responses, write_responses
 from proposers.specdec.decode import generate_batch
 from proposers.specdec.identity import model_hash
 from proposers.specdec.sampling import Sampler, make_generator
 from proposers.specdec.self_draft import SelfDraftSpec
-from proposers.specdec.train_draft import DraftTraining, Student, choose_vocab, features
+from proposers.specdec.train_draft import DraftTraining, Student, choose_vocab, features, split_by_prompt
 from proposers.specdec.train_draft import train as train_draft
 from proposers.specdec.train_head import HeadTraining, examples
 from proposers.specdec.train_head import train as train_head
@@ -68,6 +69,33 @@ def test_saved_draft_is_the_trained_student_and_refuses_other_targets(target, sa
     assert torch.allclose(ours, student, atol=1e-4)
     with pytest.raises(ConfigError, match="not for this target"):
         self_draft.load(path, target, "another-target")
+
+
+def test_held_out_split_keeps_each_prompts_responses_on_one_side() -> None:
+    samples = [Sample([p, p, 9, r], 2) for p in range(10) for r in range(3)]  # 10 prompts x 3 responses
+    ordered, held = split_by_prompt(samples, 0.25, random.Random(0))
+    assert sorted(map(tuple, (s.tokens for s in ordered))) == sorted(map(tuple, (s.tokens for s in samples)))
+    assert held == 9  # 25% of 30 is 7.5: whole prompts, so three of them
+    test_prompts = {s.tokens[0] for s in ordered[:held]}
+    assert len(test_prompts) == 3 and not test_prompts & {s.tokens[0] for s in ordered[held:]}
+
+
+def test_responses_file_round_trips_and_names_bad_lines(tmp_path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("embedded:smollm2-135m-instruct"))
+    samples = [Sample([1, 2, 3, 40, 50], 3), Sample([7, 8, 9], 1)]
+    path = tmp_path / "r.jsonl"
+    write_responses(path, samples, tokenizer)
+    assert read_responses([path, path], len(tokenizer)) == samples * 2
+    assert json.loads(path.read_text().splitlines()[0])["response"] == tokenizer.decode([40, 50])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(path.read_text() + json.dumps({"prompt_ids": [1], "response_ids": [len(tokenizer)]}) + "\n")
+    with pytest.raises(ConfigError, match="bad.jsonl:3: needs a prompt and a response"):
+        read_responses([bad], len(tokenizer))
+    bad.write_text('{"prompt_ids": [1]}\n')
+    with pytest.raises(ConfigError, match="bad.jsonl:1: not a response line"):
+        read_responses([bad], len(tokenizer))
+    with pytest.raises(ConfigError, match="no such file"):
+        read_responses([tmp_path / "none.jsonl"], len(tokenizer))
 
 
 def test_choose_vocab_keeps_stop_ids_and_frequent_tokens() -> None:
@@ -141,6 +169,29 @@ def test_train_draft_and_train_head_commands(tiny_folder, tmp_path, capsys) -> N
     assert head_file.load(head, target_hash=model_hash(tiny_folder), draft_hash=model_hash(draft))[1] == 0.6
 
 
+def test_sampled_responses_file_feeds_both_trainings(tiny_folder, tmp_path, capsys) -> None:
+    """``moa specdec sample`` (torch engine here; vLLM in test_specdec_vllm.py) writes the target's responses
+    once; ``--responses`` trains on exactly those instead of sampling again."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"Tell me about topic {i}.\n" for i in range(5)))
+    responses = tmp_path / "responses.jsonl"
+    assert specdec("sample", "--target", str(tiny_folder), "--prompts", str(prompts), "--engine", "torch",
+                   "--samples", "2", "--max-new-tokens", "10", "--skip", "1", "-o", str(responses)) == 0  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    lines = [json.loads(line) for line in responses.read_text().splitlines()]
+    assert report["responses"] == len(lines) == 8  # 4 prompts after --skip 1, 2 samples each
+    assert report["response_tokens"] == sum(len(x["response_ids"]) for x in lines)
+    draft = str(tmp_path / "draft.safetensors")
+    common = ["--target", str(tiny_folder), "--responses", str(responses), "--holdout", "0.3"]
+    assert specdec("train-draft", *common, "--layers", "1", "--draft-vocab", "512", "--epochs", "1", "-o", draft) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["train_sequences"] + report["heldout_sequences"] == 8
+    assert report["heldout_sequences"] == 2  # 30% of 8 is 2.4: one whole prompt, both its responses
+    head = str(tmp_path / "head.safetensors")
+    assert specdec("train-head", *common, "--draft", draft, "--epochs", "2", "-o", head) == 0
+    assert "after_ece" in json.loads(capsys.readouterr().out)
+
+
 def test_commands_name_the_bad_argument(tiny_folder, tmp_path) -> None:
     with pytest.raises(ConfigError, match="--output"):
         specdec("train-draft", "--target", str(tiny_folder), "--prompts", "x.txt", "-o", str(tmp_path / "d.bin"))
@@ -150,4 +201,12 @@ def test_commands_name_the_bad_argument(tiny_folder, tmp_path) -> None:
     with pytest.raises(ConfigError, match="--target"):
         (tmp_path / "p.txt").write_text("hello\n")
         specdec("train-draft", "--target", str(tmp_path), "--prompts", str(tmp_path / "p.txt"),
+                "-o", str(tmp_path / "d.safetensors"))  # fmt: skip
+    with pytest.raises(ConfigError, match="--output"):
+        specdec("sample", "--target", str(tiny_folder), "--prompts", "x.txt", "-o", str(tmp_path / "r.json"))
+    with pytest.raises(ConfigError, match="--responses"):
+        specdec("train-draft", "--target", str(tiny_folder), "--responses", str(tmp_path / "none.jsonl"),
+                "-o", str(tmp_path / "d.safetensors"))  # fmt: skip
+    with pytest.raises(SystemExit):  # --prompts and --responses are exclusive
+        specdec("train-draft", "--target", str(tiny_folder), "--prompts", "p.txt", "--responses", "r.jsonl",
                 "-o", str(tmp_path / "d.safetensors"))  # fmt: skip

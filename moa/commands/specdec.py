@@ -17,6 +17,18 @@ def register(subparsers: Any) -> None:
     specdec = subparsers.add_parser("specdec", help="train drafts and acceptance heads for speculative decoding")
     sub = specdec.add_subparsers(dest="specdec_command", required=True, metavar="COMMAND")
 
+    sample = sub.add_parser("sample", help="sample the target's responses to prompts once, for training (JSONL)")
+    sample.add_argument("--target", required=True, help="the target model: a Hugging Face folder or embedded:<name>")
+    sample.add_argument("--prompts", required=True, help="prompts: .txt (one a line), .json or .jsonl")
+    sample.add_argument("-o", "--output", required=True, help="the .jsonl file to write")
+    sample.add_argument("--engine", choices=["vllm", "torch"], default="vllm",
+                        help="vllm: batched, much faster on CPU too (default); torch: no vLLM needed")  # fmt: skip
+    sample.add_argument("--max-model-len", type=int, default=2048, help="vllm: longer prompts are dropped (2048)")
+    _sampling(sample)
+    sample.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch engine only")
+    sample.add_argument("--threads", type=int, help="torch CPU threads (torch engine)")
+    sample.set_defaults(func=cmd_sample)
+
     draft = sub.add_parser("train-draft", help="distil a self-speculative draft block on the target's outputs")
     _common(draft)
     draft.add_argument("--layers", type=int, default=6, help="target layers the draft keeps (default 6)")
@@ -41,48 +53,110 @@ def register(subparsers: Any) -> None:
     head.set_defaults(func=cmd_train_head)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", required=True, help="the target model: a Hugging Face folder or embedded:<name>")
-    p.add_argument("--prompts", required=True, help="prompts: .txt (one a line), .json or .jsonl")
-    p.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
-    p.add_argument("--samples", type=int, default=2, help="target responses per prompt (2)")
+def _sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--samples", type=int, default=2, help="target responses per prompt (2; 1 when greedy)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens per response (128)")
-    p.add_argument("--temperature", type=float, default=0.7, help="the target's sampling temperature (0.7)")
-    p.add_argument("--holdout", type=float, default=0.1, help="share held out for the report (0.1)")
+    p.add_argument("--temperature", type=float, default=0.7, help="the target's sampling temperature (0.7; 0: greedy)")
     p.add_argument("--skip", type=int, default=0, help="prompts to skip from the file's start (e.g. a test split)")
     p.add_argument("--limit", type=int, help="prompts to use at most")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, help="torch CPU threads (on a busy shared machine 1 is often fastest)")
     p.add_argument("--seed", type=int, default=0)
 
 
-def _check(args: argparse.Namespace) -> None:
-    if not args.output.endswith(".safetensors"):
-        raise ConfigError("must end in .safetensors", "--output")
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", required=True, help="the target model: a Hugging Face folder or embedded:<name>")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--prompts", help="prompts: .txt (one a line), .json or .jsonl; the target answers them here")
+    data.add_argument("--responses", nargs="+", metavar="JSONL",
+                      help="the target's responses from `moa specdec sample` instead of --prompts")  # fmt: skip
+    p.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
+    _sampling(p)
+    p.add_argument("--holdout", type=float, default=0.1, help="share held out for the report (0.1)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, help="torch CPU threads (on a busy shared machine 1 is often fastest)")
+
+
+def _check(args: argparse.Namespace, suffix: str = ".safetensors") -> None:
+    if not args.output.endswith(suffix):
+        raise ConfigError(f"must end in {suffix}", "--output")
     if not Path(args.output).parent.exists():
         raise ConfigError(f"no folder {Path(args.output).parent}", "--output")
-    for name in ("samples", "max_new_tokens", "epochs", "skip", "limit", "threads"):
-        value = getattr(args, name)
+    for name in ("samples", "max_new_tokens", "epochs", "skip", "limit", "threads", "max_model_len"):
+        value = getattr(args, name, None)
         if value is not None and value < (0 if name in ("epochs", "skip") else 1):
             raise ConfigError("must be positive", f"--{name.replace('_', '-')}")
-    if not 0 < args.holdout < 1:
+    if args.temperature < 0:
+        raise ConfigError("must be 0 (greedy) or more", "--temperature")
+    if not 0 < getattr(args, "holdout", 0.5) < 1:
         raise ConfigError("must be between 0 and 1", "--holdout")
 
 
+def _prompts(args: argparse.Namespace) -> list[str]:
+    from proposers.specdec.data import read_prompts
+
+    prompts = read_prompts(args.prompts)[args.skip :][: args.limit]
+    if not prompts:
+        raise ConfigError(f"no prompts left after skipping {args.skip}", "--skip")
+    return prompts
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    _check(args, ".jsonl")
+    import time
+
+    from proposers.progress import say
+    from proposers.specdec.data import stop_ids, target_responses, write_responses
+    from proposers.specdec.loading import load_target, model_folder, pick_device
+
+    prompts = _prompts(args)
+    started = time.perf_counter()
+    if args.engine == "vllm":
+        from transformers import AutoTokenizer
+
+        from proposers.specdec.vllm_responses import vllm_responses
+
+        folder = model_folder(args.target, "--target")
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        stop = stop_ids(None, tokenizer, folder)
+        say(f"sampling with vLLM: {args.samples if args.temperature else 1} response(s) to {len(prompts)} prompts")
+        samples = vllm_responses(
+            str(folder), tokenizer, prompts, samples=args.samples, max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature, seed=args.seed, stop_ids=stop, max_model_len=args.max_model_len,
+        )  # fmt: skip
+    else:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        model, tokenizer, _ = load_target(args.target, pick_device(args.device), torch.float32, "--target")
+        say(f"sampling with torch: {args.samples} response(s) to each of {len(prompts)} prompts")
+        samples = target_responses(
+            model, tokenizer, prompts, samples=args.samples, max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature, seed=args.seed, stop_ids=stop_ids(model, tokenizer),
+        )  # fmt: skip
+    write_responses(args.output, samples, tokenizer)
+    tokens = sum(len(s.tokens) - s.start for s in samples)
+    seconds = time.perf_counter() - started
+    print(json.dumps({"output": args.output, "responses": len(samples), "response_tokens": tokens,
+                      "seconds": round(seconds, 1), "tokens_per_s": round(tokens / seconds, 1)}, indent=2))  # fmt: skip
+    return 0
+
+
 def _responses(args: argparse.Namespace):
-    """(target, tokenizer, target hash, the target's sampled responses)."""
+    """(target, tokenizer, target hash, the target's responses: read from --responses or sampled here)."""
     import torch
 
     from proposers.progress import say
-    from proposers.specdec.data import read_prompts, stop_ids, target_responses
+    from proposers.specdec.data import read_responses, stop_ids, target_responses
     from proposers.specdec.loading import load_target, pick_device
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    prompts = read_prompts(args.prompts)[args.skip :][: args.limit]
-    if not prompts:
-        raise ConfigError(f"no prompts left after skipping {args.skip}", "--skip")
     model, tokenizer, target_hash = load_target(args.target, pick_device(args.device), torch.float32, "--target")
+    if args.responses:
+        samples = read_responses(args.responses, model.get_output_embeddings().out_features)
+        say(f"read {len(samples)} responses from {', '.join(args.responses)}")
+        return model, tokenizer, target_hash, samples
+    prompts = _prompts(args)
     say(f"sampling {args.samples} response(s) to each of {len(prompts)} prompts")
     samples = target_responses(
         model, tokenizer, prompts, samples=args.samples, max_new_tokens=args.max_new_tokens,

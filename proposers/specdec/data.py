@@ -49,9 +49,16 @@ def _text_of(item: Any) -> str | None:
     return None
 
 
-def stop_ids(model: nn.Module, tokenizer: Any) -> frozenset[int]:
-    """Token ids that end a response: the generation config's EOS ids and the tokenizer's."""
-    ids = model.generation_config.eos_token_id
+def stop_ids(model: nn.Module | None, tokenizer: Any, folder: str | Path | None = None) -> frozenset[int]:
+    """Token ids that end a response: the generation config's EOS ids (the model's, or else the one in the
+    model's ``folder``) and the tokenizer's."""
+    if model is not None:
+        ids = model.generation_config.eos_token_id
+    else:
+        from transformers import GenerationConfig
+
+        has_config = folder is not None and (Path(folder) / "generation_config.json").is_file()
+        ids = GenerationConfig.from_pretrained(folder).eos_token_id if has_config else None
     found = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
     if tokenizer.eos_token_id is not None:
         found.add(tokenizer.eos_token_id)
@@ -95,4 +102,38 @@ def target_responses(
     return out
 
 
-__all__ = ["Sample", "encode_chat", "read_prompts", "stop_ids", "target_responses"]
+def write_responses(path: str | Path, samples: Sequence[Sample], tokenizer: Any) -> None:
+    """Samples as JSONL, one a line: the token ids (``prompt_ids``, ``response_ids``) and, for reading, the
+    response's text."""
+    with Path(path).open("w", encoding="utf-8") as f:
+        for s in samples:
+            response = s.tokens[s.start :]
+            text = tokenizer.decode(response, skip_special_tokens=True)
+            f.write(json.dumps({"prompt_ids": s.tokens[: s.start], "response_ids": response, "response": text}))
+            f.write("\n")
+
+
+def read_responses(paths: Sequence[str | Path], vocab_size: int, field: str = "--responses") -> list[Sample]:
+    """Samples from JSONL files written by ``write_responses`` (``moa specdec sample``), in order."""
+    out = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise ConfigError(f"no such file: {path}", field)
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                prompt, response = item["prompt_ids"], item["response_ids"]
+            except (json.JSONDecodeError, TypeError, KeyError) as e:
+                raise ConfigError(f"{path}:{n}: not a response line ({e!r})", field) from None
+            tokens = [*prompt, *response]
+            if not prompt or not response or not all(isinstance(t, int) and 0 <= t < vocab_size for t in tokens):
+                raise ConfigError(f"{path}:{n}: needs a prompt and a response of token ids below {vocab_size}", field)
+            out.append(Sample(tokens, len(prompt)))
+    if not out:
+        raise ConfigError(f"no responses in {', '.join(map(str, paths))}", field)
+    return out
+
+
+__all__ = ["Sample", "encode_chat", "read_prompts", "read_responses", "stop_ids", "target_responses", "write_responses"]

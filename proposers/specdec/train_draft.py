@@ -52,6 +52,23 @@ def choose_vocab(samples: list[Sample], size: int, stop: frozenset[int], vocab_s
     return torch.tensor(sorted(chosen), dtype=torch.long)
 
 
+def split_by_prompt(samples: list[Sample], holdout: float, rng: random.Random) -> tuple[list[Sample], int]:
+    """The samples shuffled by prompt, and how many lead: the held-out share, whole prompts only (several
+    responses to one prompt all go to one side, so the held-out figures are on unseen prompts)."""
+    groups: dict[tuple[int, ...], list[Sample]] = {}
+    for s in samples:
+        groups.setdefault(tuple(s.tokens[: s.start]), []).append(s)
+    order = list(groups.values())
+    rng.shuffle(order)
+    out = [s for group in order for s in group]
+    want, held = max(1, int(len(samples) * holdout)), 0
+    for group in order:
+        if held >= want:
+            break
+        held += len(group)
+    return out, min(held, len(samples) - 1)
+
+
 @torch.no_grad()
 def features(target: nn.Module, samples: list[Sample], layers: int) -> list[Features]:
     out = []
@@ -90,16 +107,20 @@ def teacher_probs(target: nn.Module, teacher: Tensor) -> Tensor:
     return torch.softmax(teacher @ target.lm_head.weight.detach().float().T, dim=-1)
 
 
-def step_loss(student: Student, target: nn.Module, f: Features, vocab: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-    """(loss, draft probabilities over all tokens [R, V], target probabilities [R, V]) for one sequence."""
+def step_loss(student: Student, f: Features) -> Tensor:
+    """The distillation loss of one sequence: cross-entropy against the target's distribution renormalised
+    to the draft's vocabulary, i.e. the softmax of the target's logits on those rows (only they are computed)."""
     logits = student(f.inputs)[f.start : f.start + len(f.teacher)]  # [R, V']
     with torch.no_grad():
-        p = teacher_probs(target, f.teacher)  # [R, V]
-        p_sub = p if vocab is None else p[:, vocab]
-        p_sub = p_sub / p_sub.sum(-1, keepdim=True)
-    loss = -(p_sub * torch.log_softmax(logits, -1)).sum(-1).mean()
-    q = torch.softmax(logits.detach(), -1)
-    return loss, expand_vocab(q, vocab, p.shape[-1]), p
+        p_sub = torch.softmax(f.teacher @ student.head.T, dim=-1)  # [R, V']
+    return -(p_sub * torch.log_softmax(logits, -1)).sum(-1).mean()
+
+
+def step_probs(student: Student, target: nn.Module, f: Features, vocab: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(draft probabilities over all tokens [R, V], target probabilities [R, V]) for one sequence."""
+    logits = student(f.inputs)[f.start : f.start + len(f.teacher)]  # [R, V']
+    p = teacher_probs(target, f.teacher)  # [R, V]
+    return expand_vocab(torch.softmax(logits, -1), vocab, p.shape[-1]), p
 
 
 @torch.no_grad()
@@ -107,7 +128,8 @@ def evaluate(student: Student, target: nn.Module, feats: list[Features], vocab: 
     agree = accept = loss = 0.0
     n = 0
     for f in feats:
-        step, q, p = step_loss(student, target, f, vocab)
+        step = step_loss(student, f)
+        q, p = step_probs(student, target, f, vocab)
         agree += float((q.argmax(-1) == p.argmax(-1)).sum())
         accept += float(torch.minimum(p, q).sum())
         loss += float(step) * len(p)
@@ -120,12 +142,11 @@ def train(target: nn.Module, samples: list[Sample], stop: frozenset[int], cfg: D
     """The trained blocks, the draft's token ids, and a report (held-out before and after training)."""
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
-    samples = samples[:]
-    rng.shuffle(samples)
-    held = max(1, int(len(samples) * cfg.holdout))
+    samples, held = split_by_prompt(samples, cfg.holdout, rng)
     vocab = choose_vocab(samples[held:], cfg.draft_vocab, stop, target.lm_head.out_features)
     started = time.perf_counter()
     feats = features(target, samples, cfg.spec.layers)
+    progress(f"target features of {len(samples)} sequences: {time.perf_counter() - started:.0f} s")
     test, fit = feats[:held], feats[held:]
     blocks = new_blocks(target, cfg.spec).to(target.device)
     student = Student(target, blocks, vocab)
@@ -136,7 +157,7 @@ def train(target: nn.Module, samples: list[Sample], stop: frozenset[int], cfg: D
     for epoch in range(cfg.epochs):
         rng.shuffle(fit)
         for f in fit:
-            loss, _, _ = step_loss(student, target, f, vocab)
+            loss = step_loss(student, f)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(blocks.parameters(), 1.0)
@@ -150,4 +171,4 @@ def train(target: nn.Module, samples: list[Sample], stop: frozenset[int], cfg: D
     return blocks.requires_grad_(False), vocab, report
 
 
-__all__ = ["DraftTraining", "choose_vocab", "train"]
+__all__ = ["DraftTraining", "choose_vocab", "split_by_prompt", "train"]
