@@ -11,6 +11,7 @@ Greedy outputs are checked token for token against plain decoding.
    from ``moa specdec train-head``): fixed K (a sweep), the +2/-1 heuristic, draft confidence, SpecDec++.
 
     python -m benchmarks.bench_specdec [--prompts 6] [--draft D.safetensors --head H.safetensors] [--threads 1]
+        [--part 1|2|all] [--h 0.3 0.5 0.7]   (--h: SpecDec++ thresholds, each with bounds (2, 20) and (1, 20))
 """
 
 from __future__ import annotations
@@ -113,18 +114,27 @@ def main() -> None:
     ap.add_argument("--head", help="acceptance head from `moa specdec train-head` (part 2)")
     ap.add_argument("--draft-prompts", type=int, default=4, help="instructions for part 2")
     ap.add_argument("--draft-max-new-tokens", type=int, default=128, help="new tokens in part 2")
+    ap.add_argument("--part", choices=["1", "2", "all"], default="all", help="run part 1, part 2 or both")
+    ap.add_argument("--h", type=float, nargs="+", help="SpecDec++ thresholds (default: the head's h, 0.3, 0.5)")
     ap.add_argument("--cache", help="JSON file keeping the sampled references between runs")
     ap.add_argument("--threads", type=int, help="torch CPU threads")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="the target's (and draft's)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer, target_hash = load_target(MODEL, torch.device("cpu"), torch.float32)
+    model, tokenizer, target_hash = load_target(MODEL, torch.device("cpu"), getattr(torch, args.dtype))
     stop = stop_ids(model, tokenizer)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-          f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}; target {MODEL} fp32")  # fmt: skip
+          f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}; target {MODEL} {args.dtype}")  # fmt: skip
     instructions = [d["instruction"] for d in json.loads(INSTRUCTIONS.read_text())][: args.prompts]
+    if args.part != "2":
+        reference_part(model, tokenizer, instructions, stop, args)
+    if args.part != "1":
+        draft_part(model, tokenizer, target_hash, instructions, stop, args)
 
+
+def reference_part(model, tokenizer, instructions: list[str], stop: frozenset[int], args: argparse.Namespace) -> None:
     cache = Path(args.cache) if args.cache else None
     if cache is not None and cache.is_file():
         refs = json.loads(cache.read_text())[: args.prompts]
@@ -151,11 +161,15 @@ def main() -> None:
     table(f"(1) reference drafting: {len(prompts)} aggregation prompts (mean {mean_prompt:.0f} tokens), greedy, "
           f"{args.max_new_tokens} new tokens", totals)  # fmt: skip
 
+
+def draft_part(model, tokenizer, target_hash: str, instructions: list[str], stop: frozenset[int],
+               args: argparse.Namespace) -> None:  # fmt: skip
     if not (args.draft and args.head):
         print("\n(2) skipped: pass --draft and --head (see docs/specdec.md)")
         return
     draft, vocab, draft_hash = load_draft(args.draft, model, tokenizer, target_hash, "--draft")
     head, h = head_file.load(args.head, target_hash=target_hash, draft_hash=draft_hash, field="--head")
+    head = head.to(dtype=model.dtype)  # as the torch backend does
     size = model.get_output_embeddings().out_features
     plain_prompts = [
         encode_chat(tokenizer, [{"role": "user", "content": q}]) for q in instructions[: args.draft_prompts]
@@ -174,9 +188,11 @@ def main() -> None:
     policies["heuristic (+2/-1)"] = drafter(lambda: Heuristic(2, 20))
     for t in (0.2, 0.5):
         policies[f"confidence {t}"] = drafter(lambda t=t: Confidence(t, 2, 20))
-    for hh in sorted({h, 0.3, 0.5}):
+    thresholds = sorted(set(args.h or {h, 0.3, 0.5}))
+    for hh in thresholds:
         policies[f"specdec++ h={hh:g}"] = drafter(lambda hh=hh: AcceptanceStop(head, hh, 2, 20))
-    policies[f"specdec++ h={h:g} (1..20)"] = drafter(lambda: AcceptanceStop(head, h, 1, 20))
+    for hh in thresholds if args.h else [h]:
+        policies[f"specdec++ h={hh:g} (1..20)"] = drafter(lambda hh=hh: AcceptanceStop(head, hh, 1, 20))
     new = args.draft_max_new_tokens
     table(f"(2) trained self-draft: {len(plain_prompts)} AlpacaEval instructions, greedy, {new} new tokens",
           compare(model, plain_prompts, policies, new, stop))  # fmt: skip
