@@ -165,7 +165,7 @@ def reference_part(model, tokenizer, instructions: list[str], stop: frozenset[in
 def draft_part(model, tokenizer, target_hash: str, instructions: list[str], stop: frozenset[int],
                args: argparse.Namespace) -> None:  # fmt: skip
     if not (args.draft and args.head):
-        print("\n(2) skipped: pass --draft and --head (see docs/specdec.md)")
+        print("\n(2) skipped: pass --draft and --head (see README.md, Speculative decoding)")
         return
     draft, vocab, draft_hash = load_draft(args.draft, model, tokenizer, target_hash, "--draft")
     head, h = head_file.load(args.head, target_hash=target_hash, draft_hash=draft_hash, field="--head")
