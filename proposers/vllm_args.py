@@ -58,6 +58,11 @@ def engine_args(name: str, config: VLLMBackendConfig, model_path: str) -> AsyncE
     if eager is not None:
         optional["enforce_eager"] = eager
     dtype = config.dtype if config.dtype != "auto" or not on_cpu else cpu_dtype()
+    if on_cpu:
+        # vLLM 0.32 on CPU: a seeded request whose prompt is prefilled in chunks kills the engine (rewinding its
+        # torch.Generator raises "CPU Generator does not use offset"). Whole prefills avoid that; vLLM then sizes
+        # the step budget to max_model_len.
+        optional["enable_chunked_prefill"] = False
     return AsyncEngineArgs(
         model=model_path,
         dtype=dtype,

@@ -18,8 +18,8 @@ from moa.config import VLLMBackendConfig
 if TYPE_CHECKING:  # importing vLLM takes seconds: only the tests that use it pay for it
     from proposers.vllm_engine import VLLMProposer
 
-#: a short context, so that the context-length test needs only a modest prompt
-LOCAL = VLLMBackendConfig(type="vllm", model="embedded:smollm2-135m-instruct", max_model_len=1024)
+#: a context longer than vLLM's default step budget (2048 tokens), so that a prompt can need a chunked prefill
+LOCAL = VLLMBackendConfig(type="vllm", model="embedded:smollm2-135m-instruct", max_model_len=3072)
 
 
 @pytest.fixture(scope="module")

@@ -205,7 +205,7 @@ async def test_leaving_astream_early_closes_the_upstream_stream(upstream: Script
     upstream.script("agg", answer=" ".join(f"w{i}" for i in range(200)), latency_s=1.0)  # 0.1 s a word
     async with Ensemble.from_config(moa_config(upstream.base_url, [["a"]])) as ens:
         stream = ens.astream(USER)
-        async for delta in stream:
+        async for _delta in stream:
             if delta.content:
                 break
         await stream.aclose()
@@ -254,7 +254,7 @@ async def test_a_slow_consumer_gets_deadline_exceeded_not_a_stray_cancellation(u
         stream = ens.astream(USER, deadline_s=0.6)
         pieces = 0
         with pytest.raises(DeadlineExceededError):
-            async for delta in stream:
+            async for _delta in stream:
                 pieces += 1
                 await asyncio.sleep(0.7)  # the deadline passes while we hold the first piece
         assert pieces == 1

@@ -15,7 +15,7 @@ import pytest
 from moa.errors import BadRequestError, ContextLengthError, EngineError, NotFoundError
 from moa.types import Message, SamplingParams
 from proposers.base import Proposer
-from tests.conftest_vllm import engine_processes
+from tests.conftest_vllm import LOCAL, engine_processes
 
 if TYPE_CHECKING:
     from proposers.vllm_engine import VLLMProposer
@@ -71,6 +71,17 @@ async def test_seed_makes_sampling_repeatable(local_proposer: VLLMProposer) -> N
     assert runs[0] == runs[1]
 
 
+async def test_seeded_sampling_of_a_long_prompt_keeps_the_engine(local_proposer: VLLMProposer) -> None:
+    # ~2500 prompt tokens: more than vLLM's default step budget of 2048, which would prefill it in two chunks;
+    # on CPU a seeded request prefilled in chunks killed vLLM 0.32's engine
+    long = user("Summarise this log line by line. " + "The lighthouse keeper lit the lamp at dusk. " * 250)
+    params = SamplingParams(temperature=1.0, max_tokens=16, seed=99)
+    runs = [await local_proposer.generate(long, params, n=2) for _ in range(2)]
+    assert runs[0].usage.prompt_tokens > 2048
+    assert [g.text for g in runs[0].generations] == [g.text for g in runs[1].generations]
+    assert (await local_proposer.generate(SKY, GREEDY)).generations[0].text.strip()
+
+
 async def test_stream_joins_to_the_full_text(local_proposer: VLLMProposer) -> None:
     whole = await local_proposer.generate(SKY, GREEDY)
     deltas = [d async for d in local_proposer.stream(SKY, GREEDY)]
@@ -114,7 +125,7 @@ async def test_stop_strings_end_the_answer(local_proposer: VLLMProposer) -> None
 
 
 async def test_prompt_longer_than_context_is_a_clear_error(local_proposer: VLLMProposer) -> None:
-    too_long = user("lighthouse " * 1500)  # ~1500 tokens; the fixture's max_model_len is 1024
+    too_long = user("lighthouse " * 3500)  # ~3500 tokens; the fixture's max_model_len is 3072
     with pytest.raises(ContextLengthError, match="max_model_len") as caught:
         await local_proposer.generate(too_long, GREEDY)
     assert caught.value.backend == "local"
@@ -127,9 +138,11 @@ async def test_prompt_longer_than_context_is_a_clear_error(local_proposer: VLLMP
 async def test_answer_is_capped_by_the_context_left(local_proposer: VLLMProposer) -> None:
     probe = await local_proposer.generate(user("lighthouse " * 10), SamplingParams(max_tokens=1))
     overhead = probe.usage.prompt_tokens - 10  # chat template tokens around one token per repetition
-    long = user("lighthouse " * (1024 - overhead - 2))  # leaves 2 of the 1024 tokens for the answer
+    context = LOCAL.max_model_len
+    assert context is not None
+    long = user("lighthouse " * (context - overhead - 2))  # leaves 2 tokens of the context for the answer
     result = await local_proposer.generate(long, SamplingParams(temperature=0.0, max_tokens=200))
-    assert result.usage.prompt_tokens == 1022
+    assert result.usage.prompt_tokens == context - 2
     assert result.usage.completion_tokens <= 2
     assert result.generations[0].finish_reason == "length" or result.usage.completion_tokens < 2
 
