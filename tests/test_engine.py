@@ -205,7 +205,7 @@ async def test_leaving_astream_early_closes_the_upstream_stream(upstream: Script
     upstream.script("agg", answer=" ".join(f"w{i}" for i in range(200)), latency_s=1.0)  # 0.1 s a word
     async with Ensemble.from_config(moa_config(upstream.base_url, [["a"]])) as ens:
         stream = ens.astream(USER)
-        async for _delta in stream:
+        async for delta in stream:
             if delta.content:
                 break
         await stream.aclose()
