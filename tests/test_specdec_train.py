@@ -207,6 +207,9 @@ def test_commands_name_the_bad_argument(tiny_folder, tmp_path) -> None:
     with pytest.raises(ConfigError, match="--responses"):
         specdec("train-draft", "--target", str(tiny_folder), "--responses", str(tmp_path / "none.jsonl"),
                 "-o", str(tmp_path / "d.safetensors"))  # fmt: skip
+    with pytest.raises(ConfigError, match="--responses"):  # checked before any model loads
+        specdec("train-head", "--target", str(tmp_path / "no-model"), "--draft", str(tiny_folder),
+                "--responses", str(tmp_path / "none.jsonl"), "-o", str(tmp_path / "h.safetensors"))  # fmt: skip
     with pytest.raises(SystemExit):  # --prompts and --responses are exclusive
         specdec("train-draft", "--target", str(tiny_folder), "--prompts", "p.txt", "--responses", "r.jsonl",
                 "-o", str(tmp_path / "d.safetensors"))  # fmt: skip

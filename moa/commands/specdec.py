@@ -88,6 +88,11 @@ def _check(args: argparse.Namespace, suffix: str = ".safetensors") -> None:
         raise ConfigError("must be 0 (greedy) or more", "--temperature")
     if not 0 < getattr(args, "holdout", 0.5) < 1:
         raise ConfigError("must be between 0 and 1", "--holdout")
+    for name in ("prompts", "responses"):  # before any model loads
+        given = getattr(args, name, None) or []
+        for path in [given] if isinstance(given, str) else given:
+            if not Path(path).is_file():
+                raise ConfigError(f"no such file: {path}", f"--{name}")
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:
