@@ -114,18 +114,19 @@ async def generate(options: GenerateOptions, progress_stream: TextIO) -> Generat
         async with Ensemble(config) as ensemble:
             with _traces_file(options.traces) as traces:
 
+                def keep(line: str) -> None:
+                    if traces is not None:
+                        traces.write(line)
+                        traces.flush()
+
                 async def answer(index: int) -> tuple[dict[str, Any], int]:
                     instruction = chosen[index].instruction
                     try:
                         result = await ensemble.acomplete([{"role": "user", "content": instruction}])
                     except MoaError as e:
-                        if traces is not None:
-                            traces.write(_failure_line(index, instruction, e))
-                            traces.flush()
+                        keep(_failure_line(index, instruction, e))
                         raise
-                    if traces is not None:
-                        traces.write(_trace_line(index, instruction, result))
-                        traces.flush()
+                    keep(_trace_line(index, instruction, result))
                     record = {"index": index, "instruction": instruction, "output": result.text}
                     return record, result.usage.total_tokens
 

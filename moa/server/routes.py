@@ -16,7 +16,7 @@ from moa.server.errors import BodyTooLarge, ModelNotFound, QueueFull, ShuttingDo
 from moa.server.metrics import CONTENT_TYPE
 from moa.server.schema import ParsedChat, parse_chat_request
 from moa.server.state import STATE, ServerState
-from moa.server.streaming import ChunkFormat, StreamResult, write_stream
+from moa.server.streaming import ChunkFormat, StreamResult, trace_entry, write_stream
 from moa.types import Completion, Usage
 
 #: status recorded for a request whose client went away before the answer (nginx's convention)
@@ -101,12 +101,7 @@ def completion_body(parsed: ParsedChat, completions: list[Completion]) -> dict[s
     }  # fmt: skip
     if parsed.trace:
         body["moa_trace"] = [
-            {
-                "index": i,
-                "calls": [r.model_dump() for r in c.trace],
-                "proposals": [p.model_dump() for p in c.proposals],
-                "defense": [d.model_dump() for d in c.defense],
-            }
+            {**trace_entry(i, c.trace, c.defense), "proposals": [p.model_dump() for p in c.proposals]}
             for i, c in enumerate(completions)
         ]
     return body

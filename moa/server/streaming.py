@@ -67,6 +67,11 @@ class ChunkFormat:
         return self.event({**self.base, "choices": [], **extra})
 
 
+def trace_entry(index: int, calls: list[CallRecord], defense: list[DefenseRecord]) -> dict[str, Any]:
+    """One choice's part of the ``moa_trace`` extension: its model calls and what its defense did."""
+    return {"index": index, "calls": [c.model_dump() for c in calls], "defense": [d.model_dump() for d in defense]}
+
+
 class StreamResult:
     """What a finished (or failed) stream leaves behind, for the metrics."""
 
@@ -93,8 +98,7 @@ async def write_stream(
     started = time.monotonic()
     response: web.StreamResponse | None = None
     pending = b""
-    traces: dict[int, list[CallRecord]] = {}
-    defenses: dict[int, list[DefenseRecord]] = {}
+    finished: dict[int, Delta] = {}  # each choice's last delta: its trace and what its defense did
     try:
         async for index, delta in deltas:
             if response is None:
@@ -106,9 +110,8 @@ async def write_stream(
                 await response.write(pending + fmt.token(index, delta.content))
                 pending = b""
             if delta.finish_reason is not None:
-                traces[index] = delta.trace or []
-                defenses[index] = delta.defense or []
-                result.calls.extend(traces[index])
+                finished[index] = delta
+                result.calls.extend(delta.trace or [])
                 pending += fmt.chunk(index, {}, delta.finish_reason)
     except Exception as e:
         if response is None:
@@ -118,10 +121,9 @@ async def write_stream(
     assert response is not None, "an ensemble's stream always ends with a finish delta"
     result.usage = Usage.total(result.calls)
     if want_usage or want_trace:
-        trace = [
-            {"index": i, "calls": [r.model_dump() for r in traces[i]], "defense": [d.model_dump() for d in defenses[i]]}
-            for i in sorted(traces)
-        ]
-        pending += fmt.last(result.usage if want_usage else None, trace if want_trace else None)
+        trace = None
+        if want_trace:
+            trace = [trace_entry(i, d.trace or [], d.defense or []) for i, d in sorted(finished.items())]
+        pending += fmt.last(result.usage if want_usage else None, trace)
     await response.write(pending + DONE)
     return response

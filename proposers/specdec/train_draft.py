@@ -107,20 +107,17 @@ def teacher_probs(target: nn.Module, teacher: Tensor) -> Tensor:
     return torch.softmax(teacher @ target.lm_head.weight.detach().float().T, dim=-1)
 
 
-def step_loss(student: Student, f: Features) -> Tensor:
+def response_logits(student: Student, f: Features) -> Tensor:
+    """The draft's logits [R, V'] at the positions that predict the response."""
+    return student(f.inputs)[f.start : f.start + len(f.teacher)]
+
+
+def step_loss(student: Student, f: Features, logits: Tensor) -> Tensor:
     """The distillation loss of one sequence: cross-entropy against the target's distribution renormalised
     to the draft's vocabulary, i.e. the softmax of the target's logits on those rows (only they are computed)."""
-    logits = student(f.inputs)[f.start : f.start + len(f.teacher)]  # [R, V']
     with torch.no_grad():
         p_sub = torch.softmax(f.teacher @ student.head.T, dim=-1)  # [R, V']
     return -(p_sub * torch.log_softmax(logits, -1)).sum(-1).mean()
-
-
-def step_probs(student: Student, target: nn.Module, f: Features, vocab: Tensor | None) -> tuple[Tensor, Tensor]:
-    """(draft probabilities over all tokens [R, V], target probabilities [R, V]) for one sequence."""
-    logits = student(f.inputs)[f.start : f.start + len(f.teacher)]  # [R, V']
-    p = teacher_probs(target, f.teacher)  # [R, V]
-    return expand_vocab(torch.softmax(logits, -1), vocab, p.shape[-1]), p
 
 
 @torch.no_grad()
@@ -128,8 +125,10 @@ def evaluate(student: Student, target: nn.Module, feats: list[Features], vocab: 
     agree = accept = loss = 0.0
     n = 0
     for f in feats:
-        step = step_loss(student, f)
-        q, p = step_probs(student, target, f, vocab)
+        logits = response_logits(student, f)  # [R, V']
+        step = step_loss(student, f, logits)
+        p = teacher_probs(target, f.teacher)  # [R, V]
+        q = expand_vocab(torch.softmax(logits, -1), vocab, p.shape[-1])  # [R, V]
         agree += float((q.argmax(-1) == p.argmax(-1)).sum())
         accept += float(torch.minimum(p, q).sum())
         loss += float(step) * len(p)
@@ -157,7 +156,7 @@ def train(target: nn.Module, samples: list[Sample], stop: frozenset[int], cfg: D
     for epoch in range(cfg.epochs):
         rng.shuffle(fit)
         for f in fit:
-            loss = step_loss(student, f)
+            loss = step_loss(student, f, response_logits(student, f))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(blocks.parameters(), 1.0)
