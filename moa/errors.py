@@ -8,8 +8,11 @@
     │   │   ├── AuthenticationError      401 (not retried)
     │   │   ├── PermissionDeniedError    403 (not retried)
     │   │   ├── NotFoundError            404 (not retried)
-    │   │   ├── RateLimitError           408, 409, 429: retried, honouring Retry-After
+    │   │   ├── RequestTimeoutError      408: retried
+    │   │   ├── ConflictError            409: retried (openai-python does)
+    │   │   ├── RateLimitError           429: retried, honouring Retry-After
     │   │   └── ServerError              5xx: retried
+    │   ├── MalformedResponseError   the body is not what the protocol says (wrong shape, bad JSON): retried
     │   ├── APIConnectionError       connection refused, reset or dropped: retried
     │   ├── APITimeoutError          one call ran past its timeout: retried
     │   ├── ContextLengthError       the prompt does not fit the model's context (not retried)
@@ -42,11 +45,20 @@ class BackendError(MoaError):
     retryable: bool = False
 
     def __init__(
-        self, message: str, *, backend: str | None = None, status: int | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        backend: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+        should_retry: bool | None = None,
     ) -> None:
         self.backend = backend
         self.status = status
+        #: seconds the upstream asked us to wait (Retry-After / retry-after-ms), as sent: may be <= 0
         self.retry_after = retry_after
+        #: the upstream's own verdict (``x-should-retry: true|false``); ``None`` when it gave none
+        self.should_retry = should_retry
         super().__init__(message)
 
 
@@ -70,11 +82,25 @@ class NotFoundError(APIStatusError):
     pass
 
 
+class RequestTimeoutError(APIStatusError):
+    retryable = True
+
+
+class ConflictError(APIStatusError):
+    retryable = True
+
+
 class RateLimitError(APIStatusError):
     retryable = True
 
 
 class ServerError(APIStatusError):
+    retryable = True
+
+
+class MalformedResponseError(BackendError):
+    """The upstream answered, but its body is not the shape the protocol promises; retried like a 5xx."""
+
     retryable = True
 
 
@@ -117,8 +143,8 @@ _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     401: AuthenticationError,
     403: PermissionDeniedError,
     404: NotFoundError,
-    408: RateLimitError,
-    409: RateLimitError,
+    408: RequestTimeoutError,
+    409: ConflictError,
     422: BadRequestError,
     429: RateLimitError,
 }
