@@ -2,7 +2,8 @@
 
 Per model it scripts the answer, the latency and a queue of faults (``"429"``, ``"429:2"`` with Retry-After 2,
 ``"500"``, ``"400"``, ``"401-echo"`` echoes the caller's Authorization header in its error, like servers that
-quote the key they refused, ``"reset"`` drops the connection, ``"hang"`` never answers), and optionally the most
+quote the key they refused, ``"reset"`` drops the connection, ``"hang"`` never answers, or a ``Raw`` response:
+any status, headers and body bytes, for upstreams that send the wrong shape), and optionally the most
 likely first tokens with their log-probabilities, sent when a request asks for ``logprobs``. It records every
 request it got (body, start and end time, outcome, including ``cancelled`` when the client went away) and the
 peak number of requests in flight.
@@ -28,11 +29,24 @@ def default_answer(model: str, messages: list[dict[str, str]], index: int) -> st
     return f"{model} answer {index}"
 
 
+@dataclass(frozen=True)
+class Raw:
+    """A scripted response sent exactly as given (a wrong-shape JSON body, a broken event stream, odd headers)."""
+
+    body: bytes | str = b""
+    status: int = 200
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Fault = str | Raw
+
+
 @dataclass
 class ModelScript:
     answer: Answer = default_answer
     latency_s: float = 0.0
-    faults: deque[str] = field(default_factory=deque)
+    faults: deque[Fault] = field(default_factory=deque)
     usage_prompt: int = 10
     top_logprobs: TopLogprobs | None = None
 
@@ -67,7 +81,7 @@ class ScriptedServer:
     # ---- scripting -----------------------------------------------------------------------------------
 
     def script(self, model: str, *, answer: Answer | str | None = None, latency_s: float = 0.0,
-               faults: list[str] | None = None, top_logprobs: TopLogprobs | None = None) -> ModelScript:  # fmt: skip
+               faults: list[Fault] | None = None, top_logprobs: TopLogprobs | None = None) -> ModelScript:  # fmt: skip
         fn = (lambda m, msgs, i, s=answer: s) if isinstance(answer, str) else (answer or default_answer)
         self.scripts[model] = ModelScript(fn, latency_s, deque(faults or []), top_logprobs=top_logprobs)
         return self.scripts[model]
@@ -122,6 +136,11 @@ class ScriptedServer:
 
     async def _respond(self, request: web.Request, body: dict[str, Any], script: ModelScript, rec: Recorded):
         fault = script.faults.popleft() if script.faults else None
+        if isinstance(fault, Raw):
+            rec.outcome = f"raw {fault.status}"
+            body_bytes = fault.body.encode("utf-8", "surrogatepass") if isinstance(fault.body, str) else fault.body
+            headers = {"Content-Type": fault.content_type, **fault.headers}
+            return web.Response(status=fault.status, body=body_bytes, headers=headers)
         if fault == "hang":
             await asyncio.sleep(3600)
         if fault == "reset":
