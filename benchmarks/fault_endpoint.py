@@ -1,0 +1,162 @@
+"""An OpenAI-compatible endpoint that misbehaves on purpose, for ``benchmarks/bench_faults.py``.
+
+A seeded share of calls (``--fault-rate``) gets one fault, drawn evenly from ``FAULTS``: error statuses (500,
+429 with odd Retry-After values), a dropped connection, a hang, every wrong-shape body the hardening issue lists
+(whole and streamed), a stream cut off midway, and errors that quote the caller's secret header back. The rest
+answer normally after ``--ttft`` seconds.
+
+Each call is filed under the request tag found in its prompt (``[req N]``), with its model and whether it was
+good, so the benchmark can tell which requests had enough good proposals to succeed. Run in its own process:
+
+    python -m benchmarks.fault_endpoint --fault-rate 0.2 --seed 1 [--port 0]
+
+prints ``listening on http://127.0.0.1:PORT/v1``; ``GET /stats`` returns the calls by tag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import re
+import subprocess
+import sys
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from aiohttp import web
+
+_TAG = re.compile(r"\[req (\d+)\]")
+
+#: wrong-shape bodies of a whole answer (status 200)
+WRONG_BODIES = [
+    '{"choices":[{"message":null}]}',
+    '{"choices":[{"message":"a string"}]}',
+    '{"choices":[]}',
+    '{"choices":[null]}',
+    '{"choices":["x"]}',
+    '{"choices":[{"message":{"role":"assistant","content":"hi"}}],"usage":"n/a"}',
+    '{"choices":[{"message":{"role":"assistant","content":"hi"}}],"usage":{"prompt_tokens":1.5,"completion_tokens":2}}',
+    '{"choices":[{"message":{"role":"assistant","content":42}}]}',
+    "not json at all",
+]
+#: wrong-shape event streams (status 200, text/event-stream)
+WRONG_STREAMS = [
+    'data: ["x"]\n\n',
+    'data: "hello"\n\n',
+    'data: {"choices":[{"delta":"x"}]}\n\n',
+    'data: {"choices":[{"delta":{"content":"a"}}],"usage":"x"}\n\n',
+    'data: {"choices":[{"delta":{"content":7}}]}\n\n',
+]
+FAULTS = ["500", "429", "429-zero", "429-negative", "reset", "hang", "wrong-shape", "midstream-drop", "echo-secret"]
+
+
+def build_app(fault_rate: float, seed: int, ttft_s: float, secret_header: str) -> web.Application:
+    rng = random.Random(seed)
+    calls: dict[str, list[dict[str, Any]]] = defaultdict(list)
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        prompt = "\n".join(str(m.get("content")) for m in body.get("messages", []))
+        found = _TAG.search(prompt)
+        tag = found.group(1) if found else "?"
+        stream = bool(body.get("stream"))
+        fault = rng.choice(FAULTS) if rng.random() < fault_rate else None
+        # a cut-off stream is a fault of streamed answers only; a whole answer with that draw is served whole
+        good = fault is None or (fault == "midstream-drop" and not stream)
+        call = {"model": body.get("model"), "fault": fault, "good": good}
+        calls[tag].append(call)
+        if fault == "hang":
+            await asyncio.sleep(3600)
+        if fault == "reset":
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=500)
+        if fault in ("500", "429", "429-zero", "429-negative"):
+            status = 500 if fault == "500" else 429
+            retry_after = {"429": "0.05", "429-zero": "0", "429-negative": "-3"}.get(fault)
+            headers = {"Retry-After": retry_after} if retry_after else {}
+            return web.json_response({"error": {"message": f"scripted {status}"}}, status=status, headers=headers)
+        if fault == "echo-secret":
+            secret = request.headers.get(secret_header, "")
+            message = f"invalid {secret_header}: {secret}; authorization: {request.headers.get('Authorization', '')}"
+            return web.json_response({"error": {"message": message}}, status=rng.choice([401, 500]))
+        if fault == "wrong-shape":
+            if stream:
+                text = rng.choice(WRONG_STREAMS) + "data: [DONE]\n\n"
+                return web.Response(body=text.encode(), headers={"Content-Type": "text/event-stream"})
+            return web.Response(body=rng.choice(WRONG_BODIES).encode(), headers={"Content-Type": "application/json"})
+        await asyncio.sleep(ttft_s)
+        text = f"answer of {body.get('model')} for request {tag}"
+        usage = {"prompt_tokens": len(prompt) // 4, "completion_tokens": 6, "total_tokens": len(prompt) // 4 + 6}
+        if not stream:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            n = int(body.get("n", 1))
+            return web.json_response({"choices": [{**choice, "index": i} for i in range(n)], "usage": usage})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i, word in enumerate(text.split(" ")):
+            chunk = {"choices": [{"index": 0, "delta": {"content": word if i == 0 else " " + word}}]}
+            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if fault == "midstream-drop" and i == 2:
+                assert request.transport is not None
+                request.transport.close()
+                return resp
+        end = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage}
+        await resp.write(f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode())
+        return resp
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(calls)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/stats", stats)
+    return app
+
+
+async def _serve(app: web.Application, port: int) -> None:
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    print(f"listening on http://127.0.0.1:{port}/v1", flush=True)
+    await asyncio.Event().wait()
+
+
+@contextmanager
+def launch(fault_rate: float, seed: int, ttft_s: float, secret_header: str) -> Iterator[str]:
+    """Run the endpoint in a child process; yields its base URL."""
+    args = [sys.executable, "-m", "benchmarks.fault_endpoint", "--fault-rate", str(fault_rate), "--seed", str(seed),
+            "--ttft", str(ttft_s), "--secret-header", secret_header]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line.startswith("listening on "):
+            raise RuntimeError(f"fault endpoint did not start: {line!r}")
+        yield line.removeprefix("listening on ").strip()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fault-rate", type=float, default=0.2, help="share of calls that get a fault")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--ttft", type=float, default=0.02, help="seconds before a good answer")
+    parser.add_argument("--secret-header", default="api-key", help="the header whose value echo faults quote")
+    parser.add_argument("--port", type=int, default=0)
+    a = parser.parse_args()
+    try:
+        asyncio.run(_serve(build_app(a.fault_rate, a.seed, a.ttft, a.secret_header), a.port))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
