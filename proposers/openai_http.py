@@ -1,4 +1,10 @@
-"""A proposer for any OpenAI-compatible ``/chat/completions`` API, over one pooled aiohttp session."""
+"""A proposer for any OpenAI-compatible ``/chat/completions`` (and ``/embeddings``) API, over one pooled aiohttp
+session.
+
+Upstream bodies are validated with the models of ``proposers.openai_schema``: a wrong shape is a
+``MalformedResponseError`` naming the field. Upstream text in an error is masked (``moa.redact``: the API key and
+every configured header value) after the error is classified.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ from proposers.openai_schema import (
 )
 from proposers.sse import iter_sse_data
 
+_MAX_ERROR_CHARS = 500
 _CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too long", "max_model_len")
 
 
@@ -125,14 +132,16 @@ class OpenAIProposer:
             return
         raw = await resp.read()
         try:
-            message = ErrorBody.model_validate_json(raw).error.message or ""
+            error = ErrorBody.model_validate_json(raw).error
+            message = error if isinstance(error, str) else error.message or ""
         except ValidationError:
-            message = raw[:500].decode("utf-8", "replace") or resp.reason or ""
+            message = raw.decode("utf-8", "replace").strip() or resp.reason or ""
         cls = error_for_status(resp.status)
         if resp.status == 400 and any(h in message.lower() for h in _CONTEXT_HINTS):
             cls = ContextLengthError  # decided on the upstream's own words, before masking changes them
+        message = self._redact(message)[:_MAX_ERROR_CHARS]  # masked whole, then cut: no half secret is shown
         raise cls(
-            self._redact(f"{self.name}: HTTP {resp.status}: {message}"),
+            f"{self.name}: HTTP {resp.status}: {message}",
             backend=self.name,
             status=resp.status,
             retry_after=retry_after_of(resp.headers),

@@ -93,7 +93,7 @@ class ChatCompletionChunk(_Body):
 class ErrorBody(_Body):
     """An error status's body: ``{"error": {"message": ...}}``."""
 
-    error: ErrorObject
+    error: ErrorObject | StrictStr
 
 
 class EmbeddingItem(_Body):

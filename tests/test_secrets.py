@@ -119,3 +119,16 @@ async def test_context_length_is_recognised_before_the_key_is_masked(upstream: S
     finally:
         await proposer.aclose()
     assert "context" not in str(info.value) and "maximum *** length" in str(info.value)
+
+
+async def test_a_secret_across_the_cut_of_a_long_error_body_is_not_half_shown(upstream: ScriptedServer) -> None:
+    body = "x" * 490 + f" {AZURE} " + "y" * 100  # not JSON: the text itself, cut to 500 characters
+    upstream.script("m", faults=[Raw(body, status=502, content_type="text/plain")])
+    config = OpenAIBackendConfig(type="openai", base_url=upstream.base_url, model="m", headers={"api-key": AZURE})
+    proposer = OpenAIProposer("up", config)
+    try:
+        with pytest.raises(ServerError) as info:
+            await proposer.generate([Message("user", "hi")], SamplingParams())
+    finally:
+        await proposer.aclose()
+    assert "sk-azure" not in str(info.value) and str(info.value).endswith(" *** " + "y" * 5)
