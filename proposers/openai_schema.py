@@ -2,7 +2,8 @@
 
 Validated at the edge, so a body of the wrong shape is one ``MalformedResponseError`` naming the field
 (``choices[0].message: ...``) instead of an AttributeError deep in the code that reads it. Unknown fields are
-ignored; token counts are strict non-negative integers (``null`` reads as 0); text is strictly a string.
+ignored; token counts are strict non-negative integers and indices strict integers (``null`` reads as 0 for
+both); text is strictly a string.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ def _none_is_zero(value: object) -> object:
 
 
 TokenCount = Annotated[StrictInt, Field(ge=0), BeforeValidator(_none_is_zero)]
+Index = Annotated[StrictInt, BeforeValidator(_none_is_zero)]
 Number = StrictFloat | StrictInt
 
 
@@ -55,7 +57,7 @@ class ChatCompletionMessage(_Body):
 
 
 class ChatCompletionChoice(_Body):
-    index: StrictInt = 0
+    index: Index = 0
     message: ChatCompletionMessage
     finish_reason: StrictStr | None = None
     logprobs: ChoiceLogprobs | None = None
@@ -73,7 +75,7 @@ class ChoiceDelta(_Body):
 
 
 class ChunkChoice(_Body):
-    index: StrictInt = 0
+    index: Index = 0
     delta: ChoiceDelta | None = None
     finish_reason: StrictStr | None = None
 
@@ -97,7 +99,7 @@ class ErrorBody(_Body):
 
 
 class EmbeddingItem(_Body):
-    index: StrictInt = 0
+    index: Index = 0
     embedding: list[Number]
 
 

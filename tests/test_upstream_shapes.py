@@ -96,8 +96,8 @@ async def test_a_streamed_chunk_of_the_wrong_shape_is_a_malformed_response(
     assert f"up: malformed response: {names}" in str(err)
 
 
-async def test_a_good_body_with_null_usage_fields_still_reads(upstream: ScriptedServer) -> None:
-    body = '{"choices": [{"index": 0, "message": {"content": "fine"}}], "usage": {"prompt_tokens": null}}'
+async def test_a_good_body_with_null_index_and_usage_fields_still_reads(upstream: ScriptedServer) -> None:
+    body = '{"choices": [{"index": null, "message": {"content": "fine"}}], "usage": {"prompt_tokens": null}}'
     upstream.script("m", faults=[Raw(body)])
     proposer = _proposer(upstream.base_url)
     try:
