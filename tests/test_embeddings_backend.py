@@ -4,6 +4,7 @@ retries and trace, and a record in the request's trace when a defense makes them
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ SECRET = "sk-embed-SECRET-456"
 SITE = CallSite(1, "defense", "embedder", "embed")
 
 
-def _proposer(base_url: str, **fields) -> OpenAIProposer:
+def _proposer(base_url: str, **fields: Any) -> OpenAIProposer:
     return OpenAIProposer("emb", OpenAIBackendConfig(type="openai", base_url=base_url, model="e", **fields))
 
 
@@ -56,7 +57,7 @@ async def test_the_proposer_embeds_in_input_order(upstream: ScriptedServer) -> N
         ('{"data": [], "usage": {"prompt_tokens": 0.5}}', "usage.prompt_tokens"),
     ],
 )
-async def test_a_wrong_shape_embedding_is_a_malformed_response(upstream: ScriptedServer, body: str, names: str):
+async def test_a_wrong_shape_embedding_is_a_malformed_response(upstream: ScriptedServer, body: str, names: str) -> None:
     upstream.script("e", faults=[Raw(body)])
     proposer = _proposer(upstream.base_url)
     try:
@@ -103,7 +104,9 @@ async def test_a_failed_embedding_call_is_recorded_with_the_secret_masked(upstre
     assert len(upstream.for_model("e")) == 1  # 401 is not retried
 
 
-async def test_the_embedder_masks_its_key_and_closes_its_session(upstream: ScriptedServer, monkeypatch) -> None:
+async def test_the_embedder_masks_its_key_and_closes_its_session(
+    upstream: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MOA_EMBED_KEY", SECRET)
     upstream.script("e", faults=[Raw(json.dumps({"error": {"message": f"key {SECRET} is revoked"}}), status=403)])
     embedder = OpenAIEmbedder(
@@ -115,10 +118,11 @@ async def test_the_embedder_masks_its_key_and_closes_its_session(upstream: Scrip
     assert upstream.for_model("e")[0].headers["Authorization"] == f"Bearer {SECRET}"
     x = await embedder.embed(["a b", "a b", "c"])
     assert x.shape == (3, 16) and np.allclose(x[0], x[1]) and np.allclose(np.linalg.norm(x, axis=1), 1)
-    assert embedder.backend.proposer._session is None  # nothing left open between calls
+    proposer = embedder.backend.proposer
+    assert isinstance(proposer, OpenAIProposer) and proposer._session is None  # nothing left open between calls
 
 
-def test_a_missing_embedder_key_names_the_defense_field(monkeypatch) -> None:
+def test_a_missing_embedder_key_names_the_defense_field(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MOA_ABSENT_KEY", raising=False)
     with pytest.raises(ConfigError, match=r"^defense\.embeddings\.api_key_env: environment variable MOA_ABSENT"):
         OpenAIEmbedder(OpenAIEmbeddings(type="openai", base_url="http://127.0.0.1:9", model="e",

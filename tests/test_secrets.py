@@ -38,7 +38,7 @@ def test_the_longer_of_overlapping_secrets_wins() -> None:
 
 
 async def test_a_header_secret_echoed_by_the_upstream_is_masked_everywhere(
-    upstream: ScriptedServer, monkeypatch
+    upstream: ScriptedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AZURE_KEY", AZURE)
     upstream.script("a", faults=[_error(f"invalid api-key {AZURE}", 401)])
@@ -54,7 +54,7 @@ async def test_a_header_secret_echoed_by_the_upstream_is_masked_everywhere(
 
 
 async def test_a_header_secret_in_an_error_that_fails_the_request_is_masked(
-    upstream: ScriptedServer, monkeypatch
+    upstream: ScriptedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AZURE_KEY", AZURE)
     upstream.script("a", faults=[_error(f"invalid api-key {AZURE}", 401)])
@@ -95,7 +95,9 @@ async def test_a_secret_in_an_error_sent_mid_stream_is_masked(upstream: Scripted
     assert str(info.value) == "up: error in stream: key *** revoked"
 
 
-async def test_a_short_key_does_not_mangle_the_message(upstream: ScriptedServer, monkeypatch) -> None:
+async def test_a_short_key_does_not_mangle_the_message(
+    upstream: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MOA_SHORT_KEY", "1")
     upstream.script("m", faults=[_error("key 1 refused by 127.0.0.1:8000", 401)])
     config = OpenAIBackendConfig(type="openai", base_url=upstream.base_url, model="m", api_key_env="MOA_SHORT_KEY")
@@ -108,7 +110,9 @@ async def test_a_short_key_does_not_mangle_the_message(upstream: ScriptedServer,
     assert str(info.value) == "up: HTTP 401: key *** refused by 127.0.0.1:8000"
 
 
-async def test_context_length_is_recognised_before_the_key_is_masked(upstream: ScriptedServer, monkeypatch) -> None:
+async def test_context_length_is_recognised_before_the_key_is_masked(
+    upstream: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MOA_WORD_KEY", "context")
     upstream.script("m", faults=[_error("This model's maximum context length is 2048 tokens.", 400)])
     config = OpenAIBackendConfig(type="openai", base_url=upstream.base_url, model="m", api_key_env="MOA_WORD_KEY")

@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.scripted_server import Raw, ScriptedServer
 from tests.server_harness import ServeProcess, ensemble, moa_serve
 
-USER = [{"role": "user", "content": "Hello?"}]
+USER: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello?"}]
 AZURE = "sk-azure-SECRET-123"
 
 
 @pytest.fixture(scope="module")
-def serve(upstream_sync_url: str, tmp_path_factory) -> Iterator[ServeProcess]:
+def serve(upstream_sync_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     backend = {"retry": {"max_retries": 0}, "headers": {"api-key": "${AZURE_KEY}"}}
-    configs = [ensemble(upstream_sync_url, "hostile", [["h1", "h2"]], "hagg", backend=backend)]
+    configs: list[dict[str, Any] | str] = [
+        ensemble(upstream_sync_url, "hostile", [["h1", "h2"]], "hagg", backend=backend)
+    ]
     with moa_serve(tmp_path_factory.mktemp("serve-upstream"), configs, env={"AZURE_KEY": AZURE}) as server:
         yield server
 
@@ -34,7 +38,9 @@ def _fail(serve: ServeProcess, stream: bool) -> openai.APIStatusError:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_an_aggregator_with_no_choices_is_a_502(serve: ServeProcess, upstream_thread: ScriptedServer, stream) -> None:
+def test_an_aggregator_with_no_choices_is_a_502(
+    serve: ServeProcess, upstream_thread: ScriptedServer, stream: bool
+) -> None:
     body = '{"choices": []}' if not stream else 'data: {"choices": [{"delta": "x"}]}\n\n'
     upstream_thread.script(
         "hagg", faults=[Raw(body, content_type="text/event-stream" if stream else "application/json")]

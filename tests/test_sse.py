@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 from hypothesis import given, settings
@@ -50,7 +51,7 @@ def reference(stream: bytes) -> list[str]:
 
 
 def parse(pieces: list[bytes]) -> list[str]:
-    async def chunks():
+    async def chunks() -> AsyncIterator[bytes]:
         for piece in pieces:
             yield piece
 

@@ -68,7 +68,9 @@ OK_MESSAGE = '{"message": {"content": "fine"}}'
         ("not json", "body is not valid JSON"),
     ],
 )  # fmt: skip
-async def test_a_body_of_the_wrong_shape_is_a_malformed_response(upstream: ScriptedServer, body: str, names: str):
+async def test_a_body_of_the_wrong_shape_is_a_malformed_response(
+    upstream: ScriptedServer, body: str, names: str
+) -> None:
     err = await _generate(upstream, Raw(body))
     assert type(err) is MalformedResponseError and err.retryable
     assert err.backend == "up"
@@ -162,7 +164,9 @@ def _busy(headers: dict[str, str], status: int = 429) -> Raw:
         ({"retry-after-ms": "x", "Retry-After": "9"}, 9.0),
     ],
 )
-async def test_retry_after_is_read_as_sent(upstream: ScriptedServer, headers: dict[str, str], expected) -> None:
+async def test_retry_after_is_read_as_sent(
+    upstream: ScriptedServer, headers: dict[str, str], expected: float | None
+) -> None:
     err = await _generate(upstream, _busy(headers))
     assert isinstance(err, RateLimitError)
     assert err.retry_after == (pytest.approx(expected) if expected is not None else None)
@@ -178,6 +182,8 @@ async def test_retry_after_as_an_http_date(upstream: ScriptedServer) -> None:
 @pytest.mark.parametrize(
     ("value", "expected"), [("true", True), ("false", False), ("TRUE", True), ("maybe", None), (None, None)]
 )
-async def test_x_should_retry_is_the_upstreams_verdict(upstream: ScriptedServer, value, expected) -> None:
+async def test_x_should_retry_is_the_upstreams_verdict(
+    upstream: ScriptedServer, value: str | None, expected: bool | None
+) -> None:
     err = await _generate(upstream, _busy({} if value is None else {"x-should-retry": value}, status=503))
     assert isinstance(err, ServerError) and err.should_retry is expected
