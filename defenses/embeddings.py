@@ -3,24 +3,31 @@
 ``LocalEmbedder`` runs the embedded all-MiniLM-L6-v2 with transformers (mean pooling over the real tokens, then
 L2 normalisation, as sentence-transformers does for this model), offline, in a worker thread so the event loop
 never waits on it; the weights load on first use, once per process (``moa.registry.shared``).
-``OpenAIEmbedder`` asks any OpenAI-compatible ``/embeddings`` endpoint.
+``OpenAIEmbedder`` asks any OpenAI-compatible ``/embeddings`` endpoint, as a backend call of the request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
-import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import aiohttp
 import numpy as np
 
 from moa import registry
+from moa.backend import Backend, CallSite
+from moa.config import OpenAIBackendConfig, RateLimit, RetryPolicy
 from moa.defense_config import EmbeddingsConfig, LocalEmbeddings, OpenAIEmbeddings
-from moa.errors import APIConnectionError, APITimeoutError, ConfigError, ServerError, error_for_status
+from moa.errors import ConfigError
+from moa.limits import BackendLimits
+from moa.types import CallRecord
+from proposers.openai_http import OpenAIProposer
 
 EMBEDDED_MINILM = "embedded:all-minilm-l6-v2"
 
@@ -95,44 +102,57 @@ class LocalEmbedder:
         return unit_rows(pooled.numpy())
 
 
+@dataclass(frozen=True, slots=True)
+class EmbeddingCalls:
+    """Where a request's embedding calls go in its trace: set by the engine around a defense (``traced_at``)."""
+
+    site: CallSite
+    trace: list[CallRecord]
+
+
+_calls: ContextVar[EmbeddingCalls | None] = ContextVar("moa_embedding_calls", default=None)
+
+
+@contextmanager
+def traced_at(site: CallSite, trace: list[CallRecord]) -> Iterator[None]:
+    """Embedding calls made inside (also in tasks started inside) get a record in ``trace`` at ``site``."""
+    token = _calls.set(EmbeddingCalls(site, trace))
+    try:
+        yield
+    finally:
+        _calls.reset(token)
+
+
 class OpenAIEmbedder:
-    """One POST to ``{base_url}/embeddings`` per call, on a session of its own (nothing left open)."""
+    """``{base_url}/embeddings`` through a ``Backend``: the chat calls' limits, retries, timeout, key and header
+    handling, error mapping and masking; each call gets a record (role ``defense``, step ``embed``) in the
+    request's trace. The session closes when no call is in flight (nothing is left open between requests)."""
 
     def __init__(self, config: OpenAIEmbeddings) -> None:
-        self.url = config.base_url.rstrip("/") + "/embeddings"
         self.model = config.model
-        self.timeout = aiohttp.ClientTimeout(total=config.timeout_s)
-        self.headers: dict[str, str] = {}
-        if config.api_key_env is not None:
-            key = os.environ.get(config.api_key_env)
-            if not key:
-                raise ConfigError(f"environment variable {config.api_key_env} is not set",
-                                  "defense.embeddings.api_key_env")  # fmt: skip
-            self.headers["Authorization"] = f"Bearer {key}"
+        backend_config = OpenAIBackendConfig(
+            type="openai", base_url=config.base_url, api_key_env=config.api_key_env, model=config.model,
+            headers=config.headers, timeout_s=config.timeout_s, retry=RetryPolicy(max_retries=config.max_retries),
+            rate_limit=RateLimit(concurrency=config.concurrency),
+        )  # fmt: skip
+        proposer = OpenAIProposer("embeddings", backend_config, config_path="defense.embeddings")
+        self.backend = Backend(
+            "embeddings", proposer, BackendLimits(backend_config.rate_limit), backend_config.retry, config.timeout_s
+        )
+        self._in_flight = 0
 
     async def embed(self, texts: list[str]) -> np.ndarray:
-        body = {"model": self.model, "input": texts}
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        calls = _calls.get()
+        site = calls.site if calls is not None else CallSite(0, "defense", "embedder", "embed")
+        trace = calls.trace if calls is not None else []
+        self._in_flight += 1
         try:
-            async with aiohttp.ClientSession(timeout=self.timeout, headers=self.headers) as session:
-                async with session.post(self.url, json=body) as resp:
-                    if resp.status >= 400:
-                        detail = (await resp.text(errors="replace"))[:300]
-                        raise error_for_status(resp.status)(
-                            f"embeddings: HTTP {resp.status}: {detail}", backend="embeddings", status=resp.status
-                        )
-                    data = await resp.json(content_type=None)
-            rows = sorted(data["data"], key=lambda d: d.get("index", 0))
-            vectors = np.asarray([row["embedding"] for row in rows], dtype=np.float32)  # [N, D]
-        except aiohttp.ClientError as e:
-            raise APIConnectionError(f"embeddings: {type(e).__name__}: {e}", backend="embeddings") from None
-        except TimeoutError:
-            raise APITimeoutError(
-                f"embeddings: no answer within {self.timeout.total:g} s", backend="embeddings"
-            ) from None
-        except (KeyError, TypeError, ValueError) as e:
-            raise ServerError(
-                f"embeddings: malformed response: {type(e).__name__}: {e}", backend="embeddings"
-            ) from None
-        if vectors.shape[0] != len(texts):
-            raise ServerError(f"embeddings: {vectors.shape[0]} vectors for {len(texts)} texts", backend="embeddings")
+            result = await self.backend.embed(texts, self.model, site, trace)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                await self.backend.aclose()
+        vectors = np.asarray(result.vectors, dtype=np.float32).reshape(len(texts), -1)  # [N, D]
         return unit_rows(vectors)

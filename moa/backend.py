@@ -18,6 +18,7 @@ from moa.errors import APITimeoutError, BackendError
 from moa.limits import BackendLimits, estimate_tokens
 from moa.types import CallRecord, Delta, GenerateResult, Message, SamplingParams
 from proposers.base import Proposer
+from proposers.openai_schema import EmbeddingResult
 
 
 def backoff_delay(policy: RetryPolicy, retries_so_far: int, retry_after: float | None) -> float:
@@ -182,6 +183,40 @@ class Backend:
 
     async def aclose(self) -> None:
         await self.proposer.aclose()
+
+    async def embed(self, texts: list[str], model: str, site: CallSite, trace: list[CallRecord]) -> EmbeddingResult:
+        """One embeddings call behind the backend's limits, retries and timeout; appends one record to ``trace``."""
+        embed = getattr(self.proposer, "embed", None)
+        if embed is None:
+            raise BackendError(f"{self.name}: this backend cannot make embeddings", backend=self.name)
+        estimate = estimate_tokens(sum(len(t) for t in texts), None, 0)  # prompt tokens only
+        started, retries, n = time.monotonic(), 0, 1
+        try:
+            while True:
+                try:
+                    async with self.limits.slot(estimate):
+                        async with asyncio.timeout(self.timeout_s):
+                            result: EmbeddingResult = await embed(texts, model=model)
+                    self.limits.settle(estimate, result.usage.total_tokens)
+                    break
+                except TimeoutError:
+                    err: BackendError = APITimeoutError(
+                        f"{self.name}: no answer within {self.timeout_s:g} s", backend=self.name
+                    )
+                except BackendError as e:
+                    err = e
+                if not err.retryable or err.should_retry is False or retries >= self.retry.max_retries:
+                    raise err
+                await asyncio.sleep(backoff_delay(self.retry, retries, err.retry_after))
+                retries += 1
+        except asyncio.CancelledError:
+            trace.append(self._record(site, model, n, started, retries, outcome="cancelled"))
+            raise
+        except BackendError as e:
+            trace.append(self._record(site, model, n, started, retries, outcome="error", error=str(e)))
+            raise
+        trace.append(self._record(site, model, n, started, retries, prompt_tokens=result.usage.prompt_tokens))
+        return result
 
 
 @dataclass(slots=True)

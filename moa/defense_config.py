@@ -67,13 +67,16 @@ class LocalEmbeddings(_Options):
 
 
 class OpenAIEmbeddings(_Options):
-    """Any OpenAI-compatible ``/embeddings`` endpoint."""
+    """Any OpenAI-compatible ``/embeddings`` endpoint, called like a chat backend (limits, retries, trace)."""
 
     type: Literal["openai"]
     base_url: Annotated[str, Field(pattern=r"^https?://[^/\s]+")]
     model: str
     api_key_env: str | None = Field(default=None, description="environment variable holding the API key")
+    headers: dict[str, str] = Field(default_factory=dict, description="sent with every call; masked in errors")
     timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    max_retries: Annotated[int, Field(ge=0, le=20)] = Field(default=2, description="retries of 408/409/429/5xx")
+    concurrency: Annotated[int, Field(gt=0)] | None = Field(default=None, description="calls in flight")
 
 
 EmbeddingsConfig = Annotated[LocalEmbeddings | OpenAIEmbeddings, Field(discriminator="type")]

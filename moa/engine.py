@@ -154,8 +154,11 @@ class LayeredEngine:
             references = await self._run_layer(layer, state, references)
             final = layer is self.layers[-1]
             if self.defense is not None and (final or self.defense.between_layers):
+                from defenses.embeddings import traced_at  # numpy: only configs with a defense load it
+
                 aggregate = self._aggregate_for_defense(state, layer.index)
-                verdict = await self.defense.apply(state.request, references, aggregate, final)
+                with traced_at(CallSite(layer.index, "defense", "embedder", "embed"), state.trace):
+                    verdict = await self.defense.apply(state.request, references, aggregate, final)
                 state.defense.append(verdict.record)
                 references, answer = verdict.references, verdict.answer
         return references, answer

@@ -1,16 +1,24 @@
-"""A proposer for any OpenAI-compatible ``/chat/completions`` API, over one pooled aiohttp session."""
+"""A proposer for any OpenAI-compatible ``/chat/completions`` (and ``/embeddings``) API, over one pooled aiohttp
+session.
+
+Upstream bodies are validated with the models of ``proposers.openai_schema``: a wrong shape is a
+``MalformedResponseError`` naming the field. Upstream text in an error is masked (``moa.redact``: the API key and
+every configured header value) after the error is classified.
+"""
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
+from pydantic import ValidationError
 
 from moa.config import OpenAIBackendConfig
 from moa.errors import (
@@ -18,36 +26,50 @@ from moa.errors import (
     BackendError,
     ConfigError,
     ContextLengthError,
+    MalformedResponseError,
     ServerError,
     error_for_status,
 )
+from moa.redact import MIN_FREE_LENGTH, Redactor
 from moa.types import Delta, GenerateResult, Generation, Message, SamplingParams, TopLogprobs, Usage
+from proposers.openai_schema import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChoiceLogprobs,
+    CreateEmbeddingResponse,
+    EmbeddingResult,
+    ErrorBody,
+    describe,
+)
 from proposers.sse import iter_sse_data
 
+_MAX_ERROR_CHARS = 500
 _CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too long", "max_model_len")
 
 
 class OpenAIProposer:
     """Speaks the OpenAI chat completions protocol; one aiohttp session per backend, made on first use."""
 
-    def __init__(self, name: str, config: OpenAIBackendConfig) -> None:
+    def __init__(self, name: str, config: OpenAIBackendConfig, *, config_path: str | None = None) -> None:
         self.name = name
         self.config = config
         self.supports_n = config.supports_n
         self._url = f"{config.base_url}/chat/completions"
-        self._api_key = self._read_key(name, config)
+        self._embeddings_url = f"{config.base_url}/embeddings"
+        self._api_key = self._read_key(config, config_path or f"backends.{name}")
+        self._redact = Redactor(_secrets(self._api_key, config.headers))
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAIProposer(name={self.name!r}, base_url={self.config.base_url!r})"
 
     @staticmethod
-    def _read_key(name: str, config: OpenAIBackendConfig) -> str | None:
+    def _read_key(config: OpenAIBackendConfig, path: str) -> str | None:
         if config.api_key_env is None:
             return None
         key = os.environ.get(config.api_key_env)
         if not key:
-            raise ConfigError(f"environment variable {config.api_key_env} is not set", f"backends.{name}.api_key_env")
+            raise ConfigError(f"environment variable {config.api_key_env} is not set", f"{path}.api_key_env")
         return key
 
     def _get_session(self) -> aiohttp.ClientSession:
@@ -85,60 +107,72 @@ class OpenAIProposer:
                 body["stream_options"] = {"include_usage": True}
         return body
 
-    def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
-
     @contextmanager
     def _mapped_errors(self) -> Iterator[None]:
-        """Turn aiohttp's and the decoder's failures into moa's tree, in one place."""
+        """Turn aiohttp's and the decoder's failures into moa's tree, in one place; every message masked."""
         try:
             yield
+        except MalformedResponseError as e:
+            if e.backend is not None:
+                raise
+            raise MalformedResponseError(self._redact(f"{self.name}: {e}"), backend=self.name) from None
         except BackendError:
             raise
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
             raise APIConnectionError(
                 self._redact(f"{self.name}: connection failed: {type(e).__name__}: {e}"), backend=self.name
             ) from None
-        except (json.JSONDecodeError, KeyError, TypeError, IndexError, UnicodeDecodeError) as e:
-            raise ServerError(f"{self.name}: malformed response: {type(e).__name__}: {e}", backend=self.name) from None
+
+    def _malformed(self, error: ValidationError, what: str = "") -> MalformedResponseError:
+        message = self._redact(f"{self.name}: malformed response: {describe(error, what)}")
+        return MalformedResponseError(message, backend=self.name)
 
     async def _raise_for_status(self, resp: aiohttp.ClientResponse) -> None:
         if resp.status < 400:
             return
-        raw = await resp.text(errors="replace")
+        raw = await resp.read()
         try:
-            message = json.loads(raw)["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = raw[:500] or resp.reason or ""
-        message = self._redact(f"{self.name}: HTTP {resp.status}: {message}")
-        retry_after = _parse_retry_after(resp.headers.get("Retry-After"))
+            error = ErrorBody.model_validate_json(raw).error
+            message = error if isinstance(error, str) else error.message or ""
+        except ValidationError:
+            message = raw.decode("utf-8", "replace").strip() or resp.reason or ""
         cls = error_for_status(resp.status)
         if resp.status == 400 and any(h in message.lower() for h in _CONTEXT_HINTS):
-            cls = ContextLengthError
-        raise cls(message, backend=self.name, status=resp.status, retry_after=retry_after)
+            cls = ContextLengthError  # decided on the upstream's own words, before masking changes them
+        message = self._redact(message)[:_MAX_ERROR_CHARS]  # masked whole, then cut: no half secret is shown
+        raise cls(
+            f"{self.name}: HTTP {resp.status}: {message}",
+            backend=self.name,
+            status=resp.status,
+            retry_after=retry_after_of(resp.headers),
+            should_retry=should_retry_of(resp.headers),
+        )
+
+    async def _post(self, url: str, body: dict[str, Any]) -> bytes:
+        """POST ``body``; the answer's bytes, or the upstream's error status as moa's exception."""
+        async with self._get_session().post(url, json=body) as resp:
+            await self._raise_for_status(resp)
+            return await resp.read()
 
     async def generate(
         self, messages: list[Message], params: SamplingParams, n: int = 1, *, model: str | None = None
     ) -> GenerateResult:
         body = self._body(messages, params, n, model, stream=False)
         with self._mapped_errors():
-            async with self._get_session().post(self._url, json=body) as resp:
-                await self._raise_for_status(resp)
-                data = json.loads(await resp.read())
-            choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-            generations = [
-                Generation(
-                    text=(c["message"].get("content") or ""),
-                    finish_reason=c.get("finish_reason"),
-                    logprobs=_top_logprobs(c.get("logprobs")),
-                )
-                for c in choices
-            ]
-            usage = data.get("usage") or {}
-            return GenerateResult(
-                generations=generations,
-                usage=Usage.of(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0),
-            )
+            raw = await self._post(self._url, body)
+        try:
+            data = ChatCompletion.model_validate_json(raw)
+        except ValidationError as e:
+            raise self._malformed(e) from None
+        if not data.choices:
+            raise MalformedResponseError(f"{self.name}: malformed response: choices: empty", backend=self.name)
+        choices = sorted(data.choices, key=lambda c: c.index)
+        generations = [
+            Generation(text=c.message.content or "", finish_reason=c.finish_reason, logprobs=_top_logprobs(c.logprobs))
+            for c in choices
+        ]
+        usage = data.usage.to_usage() if data.usage is not None else Usage.of(0, 0)
+        return GenerateResult(generations=generations, usage=usage)
 
     async def stream(
         self, messages: list[Message], params: SamplingParams, *, model: str | None = None
@@ -153,20 +187,24 @@ class OpenAIProposer:
                 async for data in iter_sse_data(resp.content.iter_any()):
                     if data == "[DONE]":
                         break
-                    chunk = json.loads(data)
-                    if "error" in chunk:
-                        err = chunk["error"]
-                        msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+                    if not data.strip():  # an event with an empty data line: nothing to read
+                        continue
+                    try:
+                        chunk = ChatCompletionChunk.model_validate_json(data)
+                    except ValidationError as e:
+                        raise self._malformed(e, "chunk") from None
+                    if chunk.error is not None:
+                        err = chunk.error
+                        msg = err if isinstance(err, str) else err.message or "(no message)"
                         raise ServerError(self._redact(f"{self.name}: error in stream: {msg}"), backend=self.name)
-                    if chunk.get("usage"):
-                        u = chunk["usage"]
-                        usage = Usage.of(u.get("prompt_tokens") or 0, u.get("completion_tokens") or 0)
-                    for choice in chunk.get("choices") or []:
-                        content = (choice.get("delta") or {}).get("content")
+                    if chunk.usage is not None:
+                        usage = chunk.usage.to_usage()
+                    for choice in chunk.choices or ():
+                        content = choice.delta.content if choice.delta is not None else None
                         if content:
                             pieces += 1
                             yield Delta(content=content)
-                        finish_reason = choice.get("finish_reason") or finish_reason
+                        finish_reason = choice.finish_reason or finish_reason
                 else:
                     if finish_reason is None:
                         raise APIConnectionError(f"{self.name}: stream ended before it finished", backend=self.name)
@@ -174,38 +212,92 @@ class OpenAIProposer:
             usage = Usage.of(0, pieces)
         yield Delta(finish_reason=finish_reason or "stop", usage=usage)
 
+    async def embed(self, texts: list[str], *, model: str | None = None) -> EmbeddingResult:
+        """One POST to ``{base_url}/embeddings``: a vector per text, in order."""
+        body = {"model": model or self.config.model, "input": texts}
+        with self._mapped_errors():
+            raw = await self._post(self._embeddings_url, body)
+        try:
+            data = CreateEmbeddingResponse.model_validate_json(raw)
+        except ValidationError as e:
+            raise self._malformed(e) from None
+        rows = sorted(data.data, key=lambda d: d.index)
+        if len(rows) != len(texts) or [r.index for r in rows] != list(range(len(texts))):
+            got = [r.index for r in rows]
+            raise MalformedResponseError(
+                f"{self.name}: malformed response: data: {len(rows)} vectors (indices {got[:8]}) for "
+                f"{len(texts)} inputs",
+                backend=self.name,
+            )
+        if len({len(r.embedding) for r in rows}) > 1:
+            raise MalformedResponseError(
+                f"{self.name}: malformed response: data: vectors of different lengths", backend=self.name
+            )
+        prompt_tokens = data.usage.prompt_tokens if data.usage is not None else 0
+        return EmbeddingResult([[float(x) for x in r.embedding] for r in rows], Usage.of(prompt_tokens, 0))
+
     async def aclose(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
 
 
-def _top_logprobs(logprobs: dict[str, Any] | None) -> tuple[TopLogprobs, ...] | None:
+def _secrets(api_key: str | None, headers: Mapping[str, str]) -> list[str]:
+    """What to mask: the key, every configured header value, and each long word of one (``Bearer <key>``)."""
+    secrets = [api_key or ""]
+    for value in headers.values():
+        secrets.append(value)
+        secrets.extend(word for word in value.split() if len(word) >= MIN_FREE_LENGTH)
+    return secrets
+
+
+def _top_logprobs(logprobs: ChoiceLogprobs | None) -> tuple[TopLogprobs, ...] | None:
     """A choice's ``logprobs.content`` as (token, logprob) pairs per position; ``None`` when the server sent none."""
-    if not logprobs or not logprobs.get("content"):
+    if logprobs is None or not logprobs.content:
         return None
     positions = []
-    for position in logprobs["content"]:
-        top = [(t["token"], float(t["logprob"])) for t in position.get("top_logprobs") or []]
-        if all(token != position["token"] for token, _ in top):
-            top.append((position["token"], float(position["logprob"])))
+    for position in logprobs.content:
+        top = [(t.token, float(t.logprob)) for t in position.top_logprobs or ()]
+        if all(token != position.token for token, _ in top):
+            top.append((position.token, float(position.logprob)))
         positions.append(tuple(sorted(top, key=lambda t: -t[1])))
     return tuple(positions)
 
 
-def _parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (seconds or an HTTP date); ``None`` when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+def retry_after_of(headers: Mapping[str, str]) -> float | None:
+    """Seconds the upstream asks us to wait, as sent (0, negative or a past date give <= 0; not clamped):
+    ``retry-after-ms`` (milliseconds) first, as openai-python, else ``Retry-After`` (seconds or an HTTP date);
+    ``None`` when absent or unreadable."""
+    ms = _finite(headers.get("retry-after-ms"))
+    if ms is not None:
+        return ms / 1000
+    value = headers.get("retry-after")
+    seconds = _finite(value)
+    if seconds is not None or not value:
+        return seconds
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    if when.tzinfo is None:  # RFC 9110 dates are GMT
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp() - time.time()
 
 
-__all__ = ["OpenAIProposer"]
+def should_retry_of(headers: Mapping[str, str]) -> bool | None:
+    """The upstream's ``x-should-retry: true|false`` verdict; ``None`` when absent or neither."""
+    value = (headers.get("x-should-retry") or "").strip().lower()
+    return True if value == "true" else False if value == "false" else None
+
+
+def _finite(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+__all__ = ["OpenAIProposer", "retry_after_of", "should_retry_of"]

@@ -6,7 +6,7 @@ quote the key they refused, ``"reset"`` drops the connection, ``"hang"`` never a
 any status, headers and body bytes, for upstreams that send the wrong shape), and optionally the most
 likely first tokens with their log-probabilities, sent when a request asks for ``logprobs``. It records every
 request it got (body, start and end time, outcome, including ``cancelled`` when the client went away) and the
-peak number of requests in flight.
+peak number of requests in flight. ``/v1/embeddings`` answers with deterministic vectors from the text.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class Raw:
 
 
 Fault = str | Raw
+EMBEDDING_DIM = 16
 
 
 @dataclass
@@ -103,6 +105,7 @@ class ScriptedServer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -133,6 +136,29 @@ class ScriptedServer:
         finally:
             rec.ended = time.monotonic()
             self.in_flight -= 1
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        """``/v1/embeddings``: a bag-of-words vector per input (same words, same vector); the model's faults apply."""
+        body = await request.json()
+        rec = Recorded(body.get("model", ""), body, dict(request.headers), time.monotonic())
+        self.requests.append(rec)
+        script = self.scripts.get(rec.model, ModelScript())
+        try:
+            if script.faults:
+                return await self._respond(request, body, script, rec)
+            texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
+            rows = []
+            for i, text in enumerate(texts):
+                vector = [0.0] * EMBEDDING_DIM
+                for word in text.lower().split():
+                    vector[zlib.crc32(word.encode()) % EMBEDDING_DIM] += 1.0
+                rows.append({"object": "embedding", "index": i, "embedding": vector})
+            rec.outcome = "ok"
+            tokens = sum(len(t.split()) for t in texts)
+            usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+            return web.json_response({"object": "list", "data": rows, "model": rec.model, "usage": usage})
+        finally:
+            rec.ended = time.monotonic()
 
     async def _respond(self, request: web.Request, body: dict[str, Any], script: ModelScript, rec: Recorded):
         fault = script.faults.popleft() if script.faults else None

@@ -1,0 +1,145 @@
+"""Pydantic models of what an OpenAI-compatible upstream sends: the bodies ``OpenAIProposer`` reads.
+
+Validated at the edge, so a body of the wrong shape is one ``MalformedResponseError`` naming the field
+(``choices[0].message: ...``) instead of an AttributeError deep in the code that reads it. Unknown fields are
+ignored; token counts are strict non-negative integers and indices strict integers (``null`` reads as 0 for
+both); text is strictly a string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
+
+from moa.types import Usage
+
+
+def _none_is_zero(value: object) -> object:
+    return 0 if value is None else value
+
+
+TokenCount = Annotated[StrictInt, Field(ge=0), BeforeValidator(_none_is_zero)]
+Index = Annotated[StrictInt, BeforeValidator(_none_is_zero)]
+Number = StrictFloat | StrictInt
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class CompletionUsage(_Body):
+    prompt_tokens: TokenCount = 0
+    completion_tokens: TokenCount = 0
+
+    def to_usage(self) -> Usage:
+        return Usage.of(self.prompt_tokens, self.completion_tokens)
+
+
+class TopLogprob(_Body):
+    token: StrictStr
+    logprob: Number
+
+
+class TokenLogprob(_Body):
+    token: StrictStr
+    logprob: Number
+    top_logprobs: list[TopLogprob] | None = None
+
+
+class ChoiceLogprobs(_Body):
+    content: list[TokenLogprob] | None = None
+
+
+class ChatCompletionMessage(_Body):
+    content: StrictStr | None = None
+
+
+class ChatCompletionChoice(_Body):
+    index: Index = 0
+    message: ChatCompletionMessage
+    finish_reason: StrictStr | None = None
+    logprobs: ChoiceLogprobs | None = None
+
+
+class ChatCompletion(_Body):
+    """A ``/chat/completions`` answer."""
+
+    choices: list[ChatCompletionChoice]
+    usage: CompletionUsage | None = None
+
+
+class ChoiceDelta(_Body):
+    content: StrictStr | None = None
+
+
+class ChunkChoice(_Body):
+    index: Index = 0
+    delta: ChoiceDelta | None = None
+    finish_reason: StrictStr | None = None
+
+
+class ErrorObject(_Body):
+    message: StrictStr | None = None
+
+
+class ChatCompletionChunk(_Body):
+    """One event of a streamed ``/chat/completions`` answer (or an ``error`` sent mid-stream)."""
+
+    choices: list[ChunkChoice] | None = None
+    usage: CompletionUsage | None = None
+    error: ErrorObject | StrictStr | None = None
+
+
+class ErrorBody(_Body):
+    """An error status's body: ``{"error": {"message": ...}}``."""
+
+    error: ErrorObject | StrictStr
+
+
+class EmbeddingItem(_Body):
+    index: Index = 0
+    embedding: list[Number]
+
+
+class EmbeddingUsage(_Body):
+    prompt_tokens: TokenCount = 0
+
+
+class CreateEmbeddingResponse(_Body):
+    """An ``/embeddings`` answer."""
+
+    data: list[EmbeddingItem]
+    usage: EmbeddingUsage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    """One embeddings call: a vector per input, in input order, and the tokens the upstream counted."""
+
+    vectors: list[list[float]]
+    usage: Usage
+
+
+def describe(error: ValidationError, what: str = "") -> str:
+    """What was wrong, by field path (``choices[0].message: Input should be ...``); never the input's value."""
+    parts = []
+    for item in error.errors(include_url=False, include_input=False, include_context=False)[:3]:
+        if item["type"] == "json_invalid":
+            parts.append(f"{what or 'body'} is not valid JSON")
+            continue
+        path = (what + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in item["loc"])).lstrip(".")
+        parts.append(f"{path or 'body'}: {item['msg']}")
+    more = error.error_count() - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+__all__ = [
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "CreateEmbeddingResponse",
+    "EmbeddingResult",
+    "ErrorBody",
+    "describe",
+]
