@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from moa.limits import RequestRateLimiter, TokenRateLimiter
+from moa.config import RateLimit
+from moa.limits import BackendLimits, RequestRateLimiter, TokenRateLimiter
 
 
 async def _grant_times(limiter: RequestRateLimiter, count: int) -> list[float]:
@@ -41,3 +42,99 @@ async def test_token_bucket_waits_for_refill_and_settles() -> None:
     started = time.monotonic()
     await bucket.acquire(7)  # 5 refunded, 2 to wait for: 0.2 s
     assert 0.15 <= time.monotonic() - started < 0.5
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_cancelled_rate_waiters_give_their_places_back() -> None:
+    limiter = RequestRateLimiter(rps=10)
+    await limiter.acquire()  # the first is free; the next slot is 0.1 s away
+    waiters = [asyncio.create_task(limiter.acquire()) for _ in range(30)]  # they would take 3 s of slots
+    await asyncio.sleep(0)
+    await _cancel_all(waiters)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(limiter.acquire(), timeout=1.0)
+    assert loop.time() - started <= 0.2  # one interval at most, not the 30 slots the cancelled ones took
+
+
+async def test_rate_waiters_keep_fifo_order_and_spacing_when_others_leave() -> None:
+    limiter = RequestRateLimiter(rps=20)
+    await limiter.acquire()
+    loop = asyncio.get_running_loop()
+    granted: list[tuple[int, float]] = []
+
+    async def wait(i: int) -> None:
+        await limiter.acquire()
+        granted.append((i, loop.time()))
+
+    tasks = [asyncio.create_task(wait(i)) for i in range(8)]
+    await asyncio.sleep(0)
+    await _cancel_all([tasks[i] for i in (1, 2, 4, 5)])
+    await asyncio.wait_for(asyncio.gather(*(tasks[i] for i in (0, 3, 6, 7))), timeout=5.0)
+    assert [i for i, _ in granted] == [0, 3, 6, 7]
+    times = [t for _, t in granted]
+    assert all(b - a >= 0.05 * 0.9 for a, b in zip(times, times[1:], strict=False))  # still 20/s at most
+    assert times[-1] - times[0] <= 0.05 * 3 + 0.08  # the four cancelled left no holes (0.35 s with them)
+
+
+async def test_rate_limiter_burst_grants_back_to_back() -> None:
+    limiter = RequestRateLimiter(rps=5, burst=3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(asyncio.gather(*(limiter.acquire() for _ in range(3))), timeout=1.0)
+    assert loop.time() - started < 0.1
+    await limiter.acquire()
+    assert loop.time() - started >= 0.2 * 0.9
+
+
+async def test_cancelled_concurrency_waiters_do_not_keep_the_slot() -> None:
+    limits = BackendLimits(RateLimit(concurrency=1, rps=100))
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with limits.slot(1):
+            held.set()
+            await release.wait()
+
+    async def waiter() -> None:
+        async with limits.slot(1):
+            pass
+
+    task = asyncio.create_task(holder())
+    await held.wait()
+    waiters = [asyncio.create_task(waiter()) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    await _cancel_all(waiters)
+    release.set()
+    await task
+    await asyncio.wait_for(waiter(), timeout=0.5)
+    assert limits.in_flight is not None and not limits.in_flight.locked()
+
+
+async def test_cancelled_token_waiter_keeps_no_tokens_and_does_not_block_the_queue() -> None:
+    bucket = TokenRateLimiter(tpm=600)  # 10 tokens a second
+    await bucket.acquire(600)
+    big = asyncio.create_task(bucket.acquire(300))  # 30 s away
+    small = asyncio.create_task(bucket.acquire(3))  # queued behind it
+    await asyncio.sleep(0.05)
+    await _cancel_all([big])
+    await asyncio.wait_for(small, timeout=2.0)  # 0.3 s of refill, not 30 s
+    await asyncio.wait_for(bucket.acquire(5), timeout=2.0)  # the cancelled waiter took none of the refill
+
+
+async def test_token_waiter_rechecks_the_level_after_sleeping() -> None:
+    bucket = TokenRateLimiter(tpm=6000)  # 100 tokens a second
+    await bucket.acquire(6000)
+    waiter = asyncio.create_task(bucket.acquire(50))  # sleeps 0.5 s
+    await asyncio.sleep(0.05)
+    bucket.settle(6000, 12000)  # a call used twice its estimate meanwhile: the level is now about -6000
+    done, _ = await asyncio.wait({waiter}, timeout=1.0)
+    assert not done  # it waits for the level to cover it instead of granting on a schedule computed earlier
+    assert bucket.level < 0
+    await _cancel_all([waiter])
