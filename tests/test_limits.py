@@ -1,12 +1,19 @@
-"""The limiters' own schedules, measured where they grant (no network jitter)."""
+"""The limiters' own schedules, measured where they grant (no network jitter), and tokens per minute against a
+real HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
-from moa.config import RateLimit
+import pytest
+
+from moa.backend import Backend, CallSite
+from moa.config import OpenAIBackendConfig, RateLimit
 from moa.limits import BackendLimits, RequestRateLimiter, TokenRateLimiter
+from moa.types import CallRecord, Message, SamplingParams
+from tests.scripted_server import Raw, ScriptedServer
 
 
 async def _grant_times(limiter: RequestRateLimiter, count: int) -> list[float]:
@@ -138,3 +145,62 @@ async def test_token_waiter_rechecks_the_level_after_sleeping() -> None:
     assert not done  # it waits for the level to cover it instead of granting on a schedule computed earlier
     assert bucket.level < 0
     await _cancel_all([waiter])
+
+
+# ---- tokens per minute against a real server ----------------------------------------------------------
+
+PROMPT = [Message("user", "x" * 200)]  # 50 tokens at 4 characters a token
+PARAMS = SamplingParams(max_tokens=1)  # an estimate of 51 tokens a call
+ANSWER = "y" * 200  # 50 tokens
+
+
+def _no_usage_body() -> Raw:
+    choice = {"index": 0, "message": {"role": "assistant", "content": ANSWER}, "finish_reason": "stop"}
+    return Raw(json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [choice]}))
+
+
+def _backend(upstream: ScriptedServer, **config: object) -> Backend:
+    cfg = OpenAIBackendConfig.model_validate(
+        {"type": "openai", "base_url": upstream.base_url, "model": "m", "rate_limit": {"tpm": 600}, **config}
+    )
+    return Backend.from_config("up", cfg)
+
+
+async def test_calls_without_usage_are_charged_their_characters(upstream: ScriptedServer) -> None:
+    upstream.script("m", faults=[_no_usage_body() for _ in range(7)])
+    backend = _backend(upstream)
+    trace: list[CallRecord] = []
+    try:
+        for _ in range(6):  # 6 calls of ~100 tokens empty the 600-token bucket
+            await backend.generate(PROMPT, PARAMS, 1, "m", CallSite(1, "proposer", "m"), trace)
+        seventh = asyncio.create_task(backend.generate(PROMPT, PARAMS, 1, "m", CallSite(1, "proposer", "m"), trace))
+        done, _ = await asyncio.wait({seventh}, timeout=1.0)
+        assert not done, "the calls were refunded their whole estimate because the upstream sent no usage"
+        assert len(upstream.for_model("m")) == 6
+        seventh.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await seventh
+    finally:
+        await backend.aclose()
+
+
+async def test_streams_that_count_only_pieces_are_charged_their_characters(upstream: ScriptedServer) -> None:
+    upstream.script("m", answer=ANSWER)  # one piece of 200 characters; no usage without include_usage
+    backend = _backend(upstream, stream_usage=False)
+    trace: list[CallRecord] = []
+
+    async def stream() -> str:
+        return "".join([d.content async for d in backend.stream(PROMPT, PARAMS, "m", CallSite(2, "aggregator", "a"), trace)])
+
+    try:
+        for _ in range(6):
+            assert await stream() == ANSWER
+        seventh = asyncio.create_task(stream())
+        done, _ = await asyncio.wait({seventh}, timeout=1.0)
+        assert not done, "streamed calls were charged one token a piece"
+        assert len(upstream.for_model("m")) == 6
+        seventh.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await seventh
+    finally:
+        await backend.aclose()
