@@ -15,18 +15,20 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from moa import registry
 from moa.config import BackendConfig, RetryPolicy
 from moa.errors import APITimeoutError, BackendError, MalformedResponseError
 from moa.limits import BackendLimits, estimate_tokens, tokens_from_chars
-from moa.types import CallRecord, Delta, GenerateResult, Message, SamplingParams, Usage
+from moa.types import CallRecord, Delta, GenerateResult, Message, Outcome, SamplingParams, Usage
 from proposers.base import Proposer
 
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+CallRole = Literal["proposer", "aggregator", "defense"]
 
 #: the loop time (``loop.time()``) by which the current request must finish; the engine sets it per request
 request_deadline: ContextVar[float | None] = ContextVar("moa_request_deadline", default=None)
@@ -37,7 +39,7 @@ def backoff_delay(policy: RetryPolicy, retries_so_far: int, retry_after: float |
     jitter (a Retry-After of 0, negative or in the past must not mean retrying at once)."""
     if retry_after is not None and retry_after > 0:
         return retry_after
-    delay = min(policy.initial_backoff_s * 2**retries_so_far, policy.max_backoff_s)
+    delay = min(policy.initial_backoff_s * 2.0**retries_so_far, policy.max_backoff_s)
     return delay * (1 - 0.25 * random.random())
 
 
@@ -84,7 +86,7 @@ class CallSite:
     """Where a call sits in a request, for its trace record."""
 
     layer: int
-    role: str
+    role: CallRole
     agent: str
     step: str | None = None
 
@@ -121,10 +123,14 @@ class Backend:
     def supports_n(self) -> bool:
         return self.proposer.supports_n
 
-    def _record(self, site: CallSite, model: str, n: int, started: float, retries: int, **fields: object) -> CallRecord:
+    def _record(
+        self, site: CallSite, model: str, n: int, started: float, retries: int, *, outcome: Outcome = "ok",
+        error: str | None = None, prompt_tokens: int = 0, completion_tokens: int = 0, generations: int | None = None,
+    ) -> CallRecord:  # fmt: skip
         return CallRecord(
             layer=site.layer, role=site.role, agent=site.agent, step=site.step, backend=self.name, model=model,
-            n=n, latency_s=time.monotonic() - started, retries=retries, **fields,
+            n=n, latency_s=time.monotonic() - started, retries=retries, outcome=outcome, error=error,
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, generations=generations,
         )  # fmt: skip
 
     async def _retrying(
@@ -148,7 +154,7 @@ class Backend:
                     "%s: %s (status %s); retry %d of %d in %.3f s", self.name, type(err).__name__, err.status,
                     tally.retries + 1, self.retry.max_retries, delay,
                 )  # fmt: skip
-            await asyncio.sleep(delay)
+                await asyncio.sleep(delay)
             tally.retries += 1
 
     async def generate(
@@ -179,9 +185,8 @@ class Backend:
         came = len(result.generations)
         trace.append(
             self._record(
-                site, model, n, started, tally.retries,
-                prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.usage.completion_tokens,
-                generations=came if came < n else None,
+                site, model, n, started, tally.retries, prompt_tokens=result.usage.prompt_tokens,
+                completion_tokens=result.usage.completion_tokens, generations=came if came < n else None,
             )
         )  # fmt: skip
         return result
@@ -219,7 +224,8 @@ class Backend:
     ) -> AsyncGenerator[Delta, None]:
         """A streamed call. Retried only until its first piece arrives: after that a failure ends the stream."""
         started, tally = time.monotonic(), _Tally()
-        outcome, error = "cancelled", None
+        outcome: Outcome = "cancelled"
+        error: str | None = None
         try:
             await self.start()
             async with aclosing(self._retrying(lambda: self._stream_once(messages, params, model, tally), tally)) as it:
@@ -230,12 +236,11 @@ class Backend:
             outcome, error = "error", str(e)
             raise
         finally:
-            usage = tally.usage
+            usage = tally.usage or Usage()
             trace.append(
                 self._record(
                     site, model, 1, started, tally.retries, outcome=outcome, error=error,
-                    prompt_tokens=usage.prompt_tokens if usage else 0,
-                    completion_tokens=usage.completion_tokens if usage else 0,
+                    prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
                 )
             )  # fmt: skip
 
@@ -272,8 +277,8 @@ class Backend:
                     ) from None
                 raise
             finally:
-                await aclose_stream(stream)
                 self.limits.settle(estimate, tokens_used(tally.usage, prompt_chars, completion_chars))
+                await aclose_stream(stream)
 
     async def aclose(self) -> None:
         await self.proposer.aclose()

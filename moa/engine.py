@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from aggregators.base import Aggregator
 from defenses.deceptive import deceptive_messages
 from moa.backend import Backend, CallSite, ModelCaller, aclose_stream, request_deadline
 from moa.config import AgentConfig, EnsembleConfig
@@ -45,7 +46,7 @@ from moa.types import (
 )
 
 if TYPE_CHECKING:
-    from defenses.base import Aggregate  # imports numpy: only configs with a defense load it
+    from defenses.base import Aggregate, Defense  # imports numpy: only configs with a defense load it
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +95,10 @@ class RequestState:
 
 
 class LayeredEngine:
-    def __init__(self, config: EnsembleConfig, backends: dict[str, Backend], layers: list[Layer], aggregator, defense):
+    def __init__(
+        self, config: EnsembleConfig, backends: dict[str, Backend], layers: list[Layer], aggregator: Aggregator,
+        defense: Defense | None,
+    ) -> None:  # fmt: skip
         self.config = config
         self.backends = backends
         self.layers = layers
@@ -130,7 +134,7 @@ class LayeredEngine:
             results = await asyncio.gather(*calls, return_exceptions=True)
             samples = [(i, r.generations[0].text) for i, r in enumerate(results) if not isinstance(r, BaseException)]
             if not samples:
-                raise results[0]
+                raise next(r for r in results if isinstance(r, BaseException))
         # a sample keeps the name of the call that made it, whichever others failed
         return [Proposal(layer.index, f"{agent.name}#{i + 1}", text, deceptive) for i, text in samples]
 
@@ -268,7 +272,7 @@ class LayeredEngine:
 
 def _default_model(config: EnsembleConfig, backend: str) -> str:
     model = getattr(config.backends[backend], "model", None)
-    assert model is not None, "config validation guarantees a model"
+    assert isinstance(model, str), "config validation guarantees a model"
     return model
 
 
@@ -291,5 +295,5 @@ def sample_seed(seed: int | None, index: int) -> int | None:
 _INT64 = 2**63
 
 
-def _empties(outcomes: list) -> list[Proposal]:
+def _empties(outcomes: list[list[Proposal] | BaseException]) -> list[Proposal]:
     return [p for o in outcomes if isinstance(o, list) for p in o if not p.text.strip()]
