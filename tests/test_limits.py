@@ -190,7 +190,9 @@ async def test_streams_that_count_only_pieces_are_charged_their_characters(upstr
     trace: list[CallRecord] = []
 
     async def stream() -> str:
-        return "".join([d.content async for d in backend.stream(PROMPT, PARAMS, "m", CallSite(2, "aggregator", "a"), trace)])
+        return "".join(
+            [d.content async for d in backend.stream(PROMPT, PARAMS, "m", CallSite(2, "aggregator", "a"), trace)]
+        )
 
     try:
         for _ in range(6):
@@ -204,3 +206,18 @@ async def test_streams_that_count_only_pieces_are_charged_their_characters(upstr
             await seventh
     finally:
         await backend.aclose()
+
+
+async def test_a_waiter_cancelled_as_it_is_granted_gives_the_slot_back() -> None:
+    limiter = RequestRateLimiter(rps=2)
+    await limiter.acquire()
+    loop = asyncio.get_running_loop()
+    slot_at = loop.time() + 0.5
+    waiter = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0)
+    loop.call_at(slot_at, waiter.cancel)  # lands just before or just after the grant: either way it must not leak
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert waiter.cancelled()
+    started = loop.time()
+    await asyncio.wait_for(limiter.acquire(), timeout=2.0)
+    assert loop.time() - started < 0.25  # the cancelled waiter's slot, not the one after it (0.5 s later)
