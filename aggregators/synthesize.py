@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from moa.backend import ModelCaller
 from moa.config import AggregatorConfig
@@ -21,5 +21,7 @@ class SynthesizeAggregator:
         result = await caller.generate(self.messages(request, references))
         return result.generations[0]
 
-    def stream(self, request: ChatRequest, references: list[Proposal], caller: ModelCaller) -> AsyncIterator[Delta]:
+    def stream(
+        self, request: ChatRequest, references: list[Proposal], caller: ModelCaller
+    ) -> AsyncGenerator[Delta, None]:
         return caller.stream(self.messages(request, references))

@@ -7,26 +7,79 @@ sampling and one request's trace, which is what aggregators and defenses receive
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Literal, TypeVar
 
 from moa import registry
 from moa.config import BackendConfig, RetryPolicy
-from moa.errors import APITimeoutError, BackendError
-from moa.limits import BackendLimits, estimate_tokens
-from moa.types import CallRecord, Delta, GenerateResult, Message, SamplingParams
+from moa.errors import APITimeoutError, BackendError, MalformedResponseError
+from moa.limits import BackendLimits, estimate_tokens, tokens_from_chars
+from moa.types import CallRecord, Delta, GenerateResult, Message, Outcome, SamplingParams, Usage
 from proposers.base import Proposer
 from proposers.openai_schema import EmbeddingResult
 
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+CallRole = Literal["proposer", "aggregator", "defense"]
+
+#: the loop time (``loop.time()``) by which the current request must finish; the engine sets it per request
+request_deadline: ContextVar[float | None] = ContextVar("moa_request_deadline", default=None)
+
 
 def backoff_delay(policy: RetryPolicy, retries_so_far: int, retry_after: float | None) -> float:
-    """Seconds to wait before the next attempt: Retry-After when sane, else capped exponential with jitter."""
-    if retry_after is not None and 0 <= retry_after <= policy.max_retry_after_s:
+    """Seconds to wait before the next attempt: a positive Retry-After as sent, else capped exponential with
+    jitter (a Retry-After of 0, negative or in the past must not mean retrying at once)."""
+    if retry_after is not None and retry_after > 0:
         return retry_after
-    delay = min(policy.initial_backoff_s * 2**retries_so_far, policy.max_backoff_s)
+    delay = min(policy.initial_backoff_s * 2.0**retries_so_far, policy.max_backoff_s)
     return delay * (1 - 0.25 * random.random())
+
+
+def retry_delay(policy: RetryPolicy, err: BackendError, retries_so_far: int, remaining_s: float) -> float | None:
+    """Whether to retry ``err``, and after how many seconds; ``None``: fail with ``err`` now.
+
+    Retried: the error's class (408, 409, 429, 5xx, timeouts, connection errors, malformed bodies), unless the
+    upstream's ``x-should-retry`` verdict says otherwise. Not retried: past ``max_retries``, a Retry-After beyond
+    ``max_retry_after_s``, or a wait that would not end before the request's deadline (``remaining_s``).
+    """
+    if retries_so_far >= policy.max_retries:
+        return None
+    if not (err.retryable if err.should_retry is None else err.should_retry):
+        return None
+    if err.retry_after is not None and err.retry_after > policy.max_retry_after_s:
+        return None
+    delay = backoff_delay(policy, retries_so_far, err.retry_after)
+    return delay if delay < remaining_s else None
+
+
+def remaining_s() -> float:
+    """Seconds left before the current request's deadline (``inf`` without one)."""
+    deadline = request_deadline.get()
+    return math.inf if deadline is None else deadline - asyncio.get_running_loop().time()
+
+
+def tokens_used(usage: Usage | None, prompt_chars: int, completion_chars: int) -> int:
+    """A call's tokens for the tokens-per-minute limit: the upstream's usage, else estimated from characters
+    (no usage at all, or a stream's usage that counted only the pieces)."""
+    if usage is None or usage.total_tokens == 0 or usage.prompt_tokens == 0:
+        return tokens_from_chars(prompt_chars, completion_chars)
+    return usage.total_tokens
+
+
+async def aclose_stream(stream: AsyncIterator[Delta]) -> None:
+    """Close a stream typed only as an iterator (an async generator, as a rule) now, releasing what it holds."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +87,17 @@ class CallSite:
     """Where a call sits in a request, for its trace record."""
 
     layer: int
-    role: str
+    role: CallRole
     agent: str
     step: str | None = None
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What the attempts of one logical call report to its trace record."""
+
+    retries: int = 0
+    usage: Usage | None = None
 
 
 class Backend:
@@ -63,11 +124,39 @@ class Backend:
     def supports_n(self) -> bool:
         return self.proposer.supports_n
 
-    def _record(self, site: CallSite, model: str, n: int, started: float, retries: int, **fields: object) -> CallRecord:
+    def _record(
+        self, site: CallSite, model: str, n: int, started: float, retries: int, *, outcome: Outcome = "ok",
+        error: str | None = None, prompt_tokens: int = 0, completion_tokens: int = 0, generations: int | None = None,
+    ) -> CallRecord:  # fmt: skip
         return CallRecord(
             layer=site.layer, role=site.role, agent=site.agent, step=site.step, backend=self.name, model=model,
-            n=n, latency_s=time.monotonic() - started, retries=retries, **fields,
+            n=n, latency_s=time.monotonic() - started, retries=retries, outcome=outcome, error=error,
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, generations=generations,
         )  # fmt: skip
+
+    async def _retrying(
+        self, attempt: Callable[[], AsyncGenerator[_T, None]], tally: _Tally
+    ) -> AsyncGenerator[_T, None]:
+        """The one attempt loop of every call: runs ``attempt`` again after a failure before its first item, as
+        ``retry_delay`` decides; a failure after the first item ends the call."""
+        while True:
+            emitted = False
+            try:
+                async with aclosing(attempt()) as items:
+                    async for item in items:
+                        emitted = True
+                        yield item
+                return
+            except BackendError as err:
+                delay = None if emitted else retry_delay(self.retry, err, tally.retries, remaining_s())
+                if delay is None:
+                    raise
+                logger.debug(
+                    "%s: %s (status %s); retry %d of %d in %.3f s", self.name, type(err).__name__, err.status,
+                    tally.retries + 1, self.retry.max_retries, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+            tally.retries += 1
 
     async def generate(
         self,
@@ -78,41 +167,53 @@ class Backend:
         site: CallSite,
         trace: list[CallRecord],
     ) -> GenerateResult:
-        """One logical call with retries; appends exactly one record to ``trace`` whatever happens."""
-        estimate = estimate_tokens(sum(len(m.content) for m in messages), params.max_tokens, n)
-        started, retries = time.monotonic(), 0
+        """One logical call with retries; appends exactly one record to ``trace`` whatever happens.
+
+        A backend that returns fewer generations than ``n`` is taken at its word: the record's ``generations``
+        says how many came; none at all is a malformed answer (retried).
+        """
+        started, tally = time.monotonic(), _Tally()
         try:
             await self.start()
-            while True:
-                try:
-                    async with self.limits.slot(estimate):
-                        async with asyncio.timeout(self.timeout_s):
-                            result = await self.proposer.generate(messages, params, n, model=model)
-                    self.limits.settle(estimate, result.usage.total_tokens)
-                    break
-                except TimeoutError:
-                    err: BackendError = APITimeoutError(
-                        f"{self.name}: no answer within {self.timeout_s:g} s", backend=self.name
-                    )
-                except BackendError as e:
-                    err = e
-                if not err.retryable or retries >= self.retry.max_retries:
-                    raise err
-                await asyncio.sleep(backoff_delay(self.retry, retries, err.retry_after))
-                retries += 1
+            async with aclosing(self._retrying(lambda: self._generate_once(messages, params, n, model), tally)) as it:
+                result = await anext(it)  # the first item is the answer: the loop ends with it
         except asyncio.CancelledError:
-            trace.append(self._record(site, model, n, started, retries, outcome="cancelled"))
+            trace.append(self._record(site, model, n, started, tally.retries, outcome="cancelled"))
             raise
         except BackendError as e:
-            trace.append(self._record(site, model, n, started, retries, outcome="error", error=str(e)))
+            trace.append(self._record(site, model, n, started, tally.retries, outcome="error", error=str(e)))
             raise
+        came = len(result.generations)
         trace.append(
             self._record(
-                site, model, n, started, retries,
-                prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.usage.completion_tokens,
+                site, model, n, started, tally.retries, prompt_tokens=result.usage.prompt_tokens,
+                completion_tokens=result.usage.completion_tokens, generations=came if came < n else None,
             )
         )  # fmt: skip
         return result
+
+    async def _generate_once(
+        self, messages: list[Message], params: SamplingParams, n: int, model: str
+    ) -> AsyncGenerator[GenerateResult, None]:
+        """One attempt: a slot, the call under the per-call timeout, the tokens settled whatever happens."""
+        prompt_chars = sum(len(m.content) for m in messages)
+        estimate = estimate_tokens(prompt_chars, params.max_tokens, n)
+        used = tokens_from_chars(prompt_chars, 0)  # what a call that ends without an answer is charged
+        async with self.limits.slot(estimate):
+            try:
+                try:
+                    async with asyncio.timeout(self.timeout_s):
+                        result = await self.proposer.generate(messages, params, n, model=model)
+                except TimeoutError:
+                    raise APITimeoutError(
+                        f"{self.name}: no answer within {self.timeout_s:g} s", backend=self.name
+                    ) from None
+                used = tokens_used(result.usage, prompt_chars, sum(len(g.text) for g in result.generations))
+            finally:
+                self.limits.settle(estimate, used)
+        if not result.generations:
+            raise MalformedResponseError(f"{self.name}: the answer has no choices", backend=self.name)
+        yield result
 
     async def stream(
         self,
@@ -121,65 +222,64 @@ class Backend:
         model: str,
         site: CallSite,
         trace: list[CallRecord],
-    ) -> AsyncIterator[Delta]:
+    ) -> AsyncGenerator[Delta, None]:
         """A streamed call. Retried only until its first piece arrives: after that a failure ends the stream."""
-        estimate = estimate_tokens(sum(len(m.content) for m in messages), params.max_tokens, 1)
-        started, retries, emitted = time.monotonic(), 0, False
-        outcome, error, last = "cancelled", None, None
+        started, tally = time.monotonic(), _Tally()
+        outcome: Outcome = "cancelled"
+        error: str | None = None
         try:
             await self.start()
-            while True:
-                try:
-                    async with self.limits.slot(estimate):
-                        async for delta in self._stream_once(messages, params, model):
-                            emitted = True
-                            if delta.finish_reason is not None:
-                                last = delta
-                            yield delta
-                    break
-                except BackendError as e:
-                    if emitted or not e.retryable or retries >= self.retry.max_retries:
-                        raise
-                    await asyncio.sleep(backoff_delay(self.retry, retries, e.retry_after))
-                    retries += 1
+            async with aclosing(self._retrying(lambda: self._stream_once(messages, params, model, tally), tally)) as it:
+                async for delta in it:
+                    yield delta
             outcome = "ok"
         except BackendError as e:
             outcome, error = "error", str(e)
             raise
         finally:
-            usage = last.usage if last is not None and last.usage is not None else None
-            if usage is not None:
-                self.limits.settle(estimate, usage.total_tokens)
+            usage = tally.usage or Usage()
             trace.append(
                 self._record(
-                    site, model, 1, started, retries, outcome=outcome, error=error,
-                    prompt_tokens=usage.prompt_tokens if usage else 0,
-                    completion_tokens=usage.completion_tokens if usage else 0,
+                    site, model, 1, started, tally.retries, outcome=outcome, error=error,
+                    prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
                 )
             )  # fmt: skip
 
-    async def _stream_once(self, messages: list[Message], params: SamplingParams, model: str) -> AsyncIterator[Delta]:
-        """The proposer's stream with the per-call timeout applied to the wait for each piece (one timer, re-armed
-        per piece and paused while the consumer holds a piece)."""
-        stream = aiter(self.proposer.stream(messages, params, model=model))
-        loop = asyncio.get_running_loop()
-        timer = asyncio.timeout(None)
-        try:
-            async with timer:
-                while True:
-                    timer.reschedule(loop.time() + self.timeout_s)
-                    try:
-                        delta = await anext(stream)
-                    except StopAsyncIteration:
-                        return
-                    timer.reschedule(None)
-                    yield delta
-        except TimeoutError:
-            if timer.expired():
-                raise APITimeoutError(f"{self.name}: stream stalled for {self.timeout_s:g} s", backend=self.name) from None
-            raise
-        finally:
-            await stream.aclose()
+    async def _stream_once(
+        self, messages: list[Message], params: SamplingParams, model: str, tally: _Tally
+    ) -> AsyncGenerator[Delta, None]:
+        """One streamed attempt under a slot: the proposer's stream with the per-call timeout applied to the wait
+        for each piece (one timer, re-armed per piece and paused while the consumer holds a piece); the tokens
+        are settled when it ends, however it ends."""
+        prompt_chars = sum(len(m.content) for m in messages)
+        estimate = estimate_tokens(prompt_chars, params.max_tokens, 1)
+        completion_chars = 0
+        async with self.limits.slot(estimate):
+            stream = self.proposer.stream(messages, params, model=model)
+            loop = asyncio.get_running_loop()
+            timer = asyncio.timeout(None)
+            try:
+                async with timer:
+                    while True:
+                        timer.reschedule(loop.time() + self.timeout_s)
+                        try:
+                            delta = await anext(stream)
+                        except StopAsyncIteration:
+                            return
+                        timer.reschedule(None)
+                        completion_chars += len(delta.content)
+                        if delta.finish_reason is not None and delta.usage is not None:
+                            tally.usage = delta.usage
+                        yield delta
+            except TimeoutError:
+                if timer.expired():
+                    raise APITimeoutError(
+                        f"{self.name}: stream stalled for {self.timeout_s:g} s", backend=self.name
+                    ) from None
+                raise
+            finally:
+                self.limits.settle(estimate, tokens_used(tally.usage, prompt_chars, completion_chars))
+                await aclose_stream(stream)
 
     async def aclose(self) -> None:
         await self.proposer.aclose()
@@ -232,7 +332,7 @@ class ModelCaller:
     async def generate(self, messages: list[Message], n: int = 1, step: str | None = None) -> GenerateResult:
         return await self.backend.generate(messages, self.params, n, self.model, self._at(step), self.trace)
 
-    def stream(self, messages: list[Message], step: str | None = None) -> AsyncIterator[Delta]:
+    def stream(self, messages: list[Message], step: str | None = None) -> AsyncGenerator[Delta, None]:
         return self.backend.stream(messages, self.params, self.model, self._at(step), self.trace)
 
     def _at(self, step: str | None) -> CallSite:

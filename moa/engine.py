@@ -11,16 +11,23 @@ and cancelling the request cancels every call under it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from aggregators.base import Aggregator
 from defenses.deceptive import deceptive_messages
-from moa.backend import Backend, CallSite, ModelCaller
+from moa.backend import Backend, CallSite, ModelCaller, aclose_stream, request_deadline
 from moa.config import AgentConfig, EnsembleConfig
 from moa.defense_config import DeceptionConfig
-from moa.errors import BackendError, DeadlineExceededError, InsufficientProposalsError, MoaError
+from moa.errors import (
+    BackendError,
+    ContextLengthError,
+    DeadlineExceededError,
+    InsufficientProposalsError,
+    MoaError,
+)
 from moa.prompts import SYNTHESIZE_INSTRUCTIONS, with_references, with_system_prompt
 from moa.types import (
     CallRecord,
@@ -39,7 +46,7 @@ from moa.types import (
 )
 
 if TYPE_CHECKING:
-    from defenses.base import Aggregate  # imports numpy: only configs with a defense load it
+    from defenses.base import Aggregate, Defense  # imports numpy: only configs with a defense load it
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +95,10 @@ class RequestState:
 
 
 class LayeredEngine:
-    def __init__(self, config: EnsembleConfig, backends: dict[str, Backend], layers: list[Layer], aggregator, defense):
+    def __init__(
+        self, config: EnsembleConfig, backends: dict[str, Backend], layers: list[Layer], aggregator: Aggregator,
+        defense: Defense | None,
+    ) -> None:  # fmt: skip
         self.config = config
         self.backends = backends
         self.layers = layers
@@ -106,25 +116,27 @@ class LayeredEngine:
     async def _propose(self, agent: Agent, layer: Layer, state: RequestState, references: list[str]) -> list[Proposal]:
         messages = agent.messages(state.request, references)
         site = CallSite(layer.index, "proposer", agent.name)
-        if agent.n == 1 or agent.backend.supports_n:
+        deceptive = agent.deception is not None
+        if agent.n == 1:
+            result = await agent.backend.generate(messages, agent.params, 1, agent.model, site, state.trace)
+            return [Proposal(layer.index, agent.name, result.generations[0].text, deceptive)]
+        if agent.backend.supports_n:  # one call; a backend may return fewer than n (its record says so)
             result = await agent.backend.generate(messages, agent.params, agent.n, agent.model, site, state.trace)
-            texts = [g.text for g in result.generations]
+            samples = list(enumerate(g.text for g in result.generations[: agent.n]))
         else:  # the backend takes one sample a call: n calls at once, keeping the samples that arrive
             calls = [
                 agent.backend.generate(
-                    messages, agent.params, 1, agent.model, CallSite(layer.index, "proposer", f"{agent.name}#{i + 1}"),
-                    state.trace,
+                    messages, agent.params.merged(seed=sample_seed(agent.params.seed, i)), 1, agent.model,
+                    CallSite(layer.index, "proposer", f"{agent.name}#{i + 1}"), state.trace,
                 )
                 for i in range(agent.n)
             ]  # fmt: skip
             results = await asyncio.gather(*calls, return_exceptions=True)
-            texts = [r.generations[0].text for r in results if not isinstance(r, BaseException)]
-            if not texts:
-                raise results[0]
-        deceptive = agent.deception is not None
-        if agent.n == 1:
-            return [Proposal(layer.index, agent.name, texts[0], deceptive)]
-        return [Proposal(layer.index, f"{agent.name}#{i + 1}", t, deceptive) for i, t in enumerate(texts)]
+            samples = [(i, r.generations[0].text) for i, r in enumerate(results) if not isinstance(r, BaseException)]
+            if not samples:
+                raise next(r for r in results if isinstance(r, BaseException))
+        # a sample keeps the name of the call that made it, whichever others failed
+        return [Proposal(layer.index, f"{agent.name}#{i + 1}", text, deceptive) for i, text in samples]
 
     async def _run_layer(self, layer: Layer, state: RequestState, references: list[Proposal]) -> list[Proposal]:
         texts = [p.text for p in references]
@@ -141,6 +153,9 @@ class LayeredEngine:
             else:
                 survivors.extend(p for p in outcome if p.text.strip())
         if len(survivors) < layer.min_proposals:
+            errors = [o for o in outcomes if isinstance(o, BackendError)]
+            if errors and not _empties(outcomes) and all(isinstance(e, ContextLengthError) for e in errors):
+                raise errors[0]  # the prompt fits no proposer: the client's error, not the ensemble's
             failures.update({p.agent: "empty answer" for p in _empties(outcomes)})
             raise InsufficientProposalsError(layer.index, len(survivors), layer.min_proposals, failures)
         state.proposals.extend(survivors)
@@ -179,11 +194,19 @@ class LayeredEngine:
 
     # ---- whole requests ------------------------------------------------------------------------------------
 
+    def _deadline_s(self, request: ChatRequest) -> float | None:
+        """The request's deadline: its own may shorten the configured one, never lengthen it."""
+        given = [d for d in (request.deadline_s, self.config.deadline_s) if d is not None]
+        return min(given) if given else None
+
     @asynccontextmanager
-    async def _deadline(self, state: RequestState):
-        """The request's deadline; a failure leaves the calls made so far on the error's ``trace``."""
-        deadline = state.request.deadline_s or self.config.deadline_s
+    async def _deadline(self, state: RequestState) -> AsyncIterator[asyncio.Timeout]:
+        """The request's deadline, also published to backends (``request_deadline``) so that no retry waits
+        past it; a failure leaves the calls made so far on the error's ``trace``."""
+        deadline = self._deadline_s(state.request)
         timer = asyncio.timeout(deadline)
+        at = None if deadline is None else asyncio.get_running_loop().time() + deadline
+        token = request_deadline.set(at)
         try:
             try:
                 async with timer:
@@ -195,6 +218,11 @@ class LayeredEngine:
         except MoaError as e:
             e.trace = list(state.trace)
             raise
+        finally:
+            try:
+                request_deadline.reset(token)
+            except ValueError:  # a stream finalized from another task (never closed by its consumer)
+                pass
 
     async def complete(self, request: ChatRequest) -> Completion:
         state = RequestState(request, [], [])
@@ -214,9 +242,10 @@ class LayeredEngine:
             defense=state.defense,
         )
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
         """The aggregator's tokens as they come (a defense's finished answer in one piece); the last delta carries
-        finish_reason, usage, the trace and the defense's records."""
+        finish_reason, usage, the trace and the defense's records. Closing it closes the aggregator's stream (its
+        slot and connection) before ``aclose`` returns."""
         state = RequestState(request, [], [])
         async with self._deadline(state) as timer:
             references, answer = await self._references(state)
@@ -225,25 +254,28 @@ class LayeredEngine:
                 pieces = self.aggregator.stream(request, references, self._caller(state))
             else:
                 pieces = _whole(answer)
-            async for delta in pieces:
-                if delta.finish_reason is not None:
-                    finish_reason = delta.finish_reason
-                if delta.content:
-                    # no timer runs while the consumer holds a piece (it would cancel the consumer's own work);
-                    # a deadline that passed meanwhile is raised here when the consumer asks for more
-                    when = timer.when()
-                    timer.reschedule(None)
-                    yield Delta(content=delta.content)
-                    if when is not None and asyncio.get_running_loop().time() >= when:
-                        raise DeadlineExceededError(state.request.deadline_s or self.config.deadline_s)
-                    timer.reschedule(when)
+            try:
+                async for delta in pieces:
+                    if delta.finish_reason is not None:
+                        finish_reason = delta.finish_reason
+                    if delta.content:
+                        # no timer runs while the consumer holds a piece (it would cancel the consumer's own work);
+                        # a deadline that passed meanwhile is raised here when the consumer asks for more
+                        when = timer.when()
+                        timer.reschedule(None)
+                        yield Delta(content=delta.content)
+                        if when is not None and asyncio.get_running_loop().time() >= when:
+                            raise DeadlineExceededError(self._deadline_s(state.request) or 0.0)
+                        timer.reschedule(when)
+            finally:
+                await aclose_stream(pieces)
         usage, trace = Usage.total(state.trace), state.trace
         yield Delta(finish_reason=finish_reason, usage=usage, trace=trace, defense=state.defense)
 
 
 def _default_model(config: EnsembleConfig, backend: str) -> str:
     model = getattr(config.backends[backend], "model", None)
-    assert model is not None, "config validation guarantees a model"
+    assert isinstance(model, str), "config validation guarantees a model"
     return model
 
 
@@ -251,9 +283,20 @@ def _fields(params: SamplingParams) -> dict[str, object]:
     return {k: getattr(params, k) for k in SamplingParams.__slots__}
 
 
-async def _whole(answer: Generation) -> AsyncIterator[Delta]:
+async def _whole(answer: Generation) -> AsyncGenerator[Delta, None]:
     yield Delta(content=answer.text, finish_reason=answer.finish_reason or "stop")
 
 
-def _empties(outcomes: list) -> list[Proposal]:
+def sample_seed(seed: int | None, index: int) -> int | None:
+    """The seed of sample ``index`` when an agent's n samples are n calls: ``seed + index``, kept in int64 (as the
+    server's ``seed_for_choice``), so seeded samples differ."""
+    if seed is None or index == 0:
+        return seed
+    return (seed + index + _INT64) % (2 * _INT64) - _INT64
+
+
+_INT64 = 2**63
+
+
+def _empties(outcomes: list[list[Proposal] | BaseException]) -> list[Proposal]:
     return [p for o in outcomes if isinstance(o, list) for p in o if not p.text.strip()]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -119,18 +120,19 @@ class Ensemble:
         self._bind_loop()
         return await self._engine.complete(request)
 
-    def astream(self, messages: Sequence[Message | dict[str, Any]], **overrides: Any) -> AsyncIterator[Delta]:
+    def astream(self, messages: Sequence[Message | dict[str, Any]], **overrides: Any) -> AsyncGenerator[Delta, None]:
         """The aggregator's tokens as they arrive; bad input raises here, before anything is sent.
 
         Closing the stream early (``aclose()``, or ``contextlib.aclosing`` around the loop) cancels every
-        call under it and closes their connections.
+        call under it and closes their connections before ``aclose`` returns.
         """
         return self._stream(build_request(messages, overrides))
 
-    async def _stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+    async def _stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
         self._bind_loop()
-        async for delta in self._engine.stream(request):
-            yield delta
+        async with aclosing(self._engine.stream(request)) as deltas:
+            async for delta in deltas:
+                yield delta
 
     def complete(self, messages: Sequence[Message | dict[str, Any]], **overrides: Any) -> Completion:
         """``acomplete`` for synchronous callers (not from inside a running event loop)."""

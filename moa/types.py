@@ -145,6 +145,7 @@ class CallRecord(_Model):
     outcome: Outcome = "ok"
     error: str | None = None
     step: str | None = Field(default=None, description="what the call was for, when an aggregator makes several")
+    generations: int | None = Field(default=None, description="how many generations came, when fewer than n")
 
 
 class ProposalRecord(_Model):

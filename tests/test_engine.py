@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
 
 from moa import Ensemble
-from moa.errors import DeadlineExceededError, InsufficientProposalsError
+from moa.errors import ContextLengthError, DeadlineExceededError, InsufficientProposalsError
 from proposers.openai_http import OpenAIProposer
 from tests.conftest import moa_config
-from tests.scripted_server import ScriptedServer
+from tests.scripted_server import Raw, ScriptedServer
 
 USER = [{"role": "user", "content": "What is 2 + 2?"}]
 
@@ -270,3 +271,96 @@ async def test_time_the_consumer_holds_a_piece_is_not_a_stalled_stream(upstream:
             text += delta.content
             await asyncio.sleep(0.4)  # longer than the per-call timeout, between pieces
     assert text == "one two three"
+
+
+def _agent(cfg: dict, **fields: object) -> dict:
+    """``cfg`` with ``fields`` set on its first agent."""
+    cfg["layers"][0]["agents"][0].update(fields)
+    return cfg
+
+
+async def test_seeded_samples_on_a_backend_without_n_use_seed_plus_index(upstream: ScriptedServer) -> None:
+    cfg = _agent(moa_config(upstream.base_url, [["s"]], backend={"supports_n": False}), n=3, seed=7)
+    async with Ensemble.from_config(cfg) as ens:
+        await ens.acomplete(USER)
+        assert sorted(r.body["seed"] for r in upstream.for_model("s")) == [7, 8, 9]
+        upstream.requests.clear()
+    cfg = _agent(moa_config(upstream.base_url, [["s"]], backend={"supports_n": False}), n=2, seed=2**63 - 1)
+    async with Ensemble.from_config(cfg) as ens:
+        await ens.acomplete(USER)
+    assert sorted(r.body["seed"] for r in upstream.for_model("s")) == [-(2**63), 2**63 - 1]  # int64 wraps
+
+
+async def test_a_sample_keeps_its_call_name_when_another_fails(upstream: ScriptedServer) -> None:
+    upstream.script("s", answer=lambda m, msgs, i: "a sample", faults=["400"])  # the first call to arrive fails
+    backend = {"supports_n": False, "rate_limit": {"rps": 20}, "retry": {"max_retries": 0}}  # they arrive in order
+    cfg = _agent(moa_config(upstream.base_url, [["s"]], backend=backend), n=3)
+    async with Ensemble.from_config(cfg) as ens:
+        result = await ens.acomplete(USER)
+    outcomes = {r.agent: r.outcome for r in result.trace if r.role == "proposer"}
+    assert outcomes == {"s#1": "error", "s#2": "ok", "s#3": "ok"}
+    assert [p.agent for p in result.proposals] == ["s#2", "s#3"]
+
+
+async def test_fewer_generations_than_n_are_used_and_recorded(upstream: ScriptedServer) -> None:
+    choices = [
+        {"index": i, "message": {"role": "assistant", "content": f"sample {i}"}, "finish_reason": "stop"}
+        for i in range(2)
+    ]
+    body = {"id": "x", "object": "chat.completion", "created": 0, "model": "s", "choices": choices}
+    upstream.script("s", faults=[Raw(json.dumps(body))])
+    cfg = _agent(moa_config(upstream.base_url, [["s"]]), n=3)
+    async with Ensemble.from_config(cfg) as ens:
+        result = await ens.acomplete(USER)
+    assert upstream.for_model("s")[0].body["n"] == 3
+    assert [(p.agent, p.text) for p in result.proposals] == [("s#1", "sample 0"), ("s#2", "sample 1")]
+    record = next(r for r in result.trace if r.agent == "s")
+    assert record.outcome == "ok" and record.n == 3 and record.generations == 2
+
+
+async def test_a_prompt_too_long_for_every_proposer_is_a_context_length_error(upstream: ScriptedServer) -> None:
+    too_long = {"error": {"message": "This model's maximum context length is 4096 tokens", "type": "x", "code": None}}
+    for m in ("a", "b"):
+        upstream.script(m, faults=[Raw(json.dumps(too_long), status=400)])
+    async with Ensemble.from_config(moa_config(upstream.base_url, [["a", "b"]])) as ens:
+        with pytest.raises(ContextLengthError) as info:
+            await ens.acomplete(USER)
+    assert "maximum context length" in str(info.value)
+    assert upstream.for_model("agg") == []
+
+
+async def test_a_request_deadline_may_shorten_the_configured_one_never_lengthen_it(upstream: ScriptedServer) -> None:
+    upstream.script("a", latency_s=5)
+    async with Ensemble.from_config(moa_config(upstream.base_url, [["a"]], deadline_s=0.5)) as ens:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceededError) as info:
+            await asyncio.wait_for(ens.acomplete(USER, deadline_s=30), timeout=3)
+        assert time.monotonic() - started < 1.5
+        assert info.value.deadline_s == 0.5
+        with pytest.raises(DeadlineExceededError) as info:
+            await asyncio.wait_for(ens.acomplete(USER, deadline_s=0.2), timeout=3)
+        assert info.value.deadline_s == 0.2
+
+
+async def test_aclose_releases_the_slot_and_the_connection_before_it_returns(upstream: ScriptedServer) -> None:
+    upstream.script("a", answer="p")
+    upstream.script("agg", answer=" ".join(f"w{i}" for i in range(200)), latency_s=1.0)  # 0.1 s a word
+    cfg = moa_config(upstream.base_url, [["a"]], backend={"rate_limit": {"concurrency": 1}})
+    async with Ensemble.from_config(cfg) as ens:
+        in_flight = ens._engine.backends["up"].limits.in_flight
+        assert in_flight is not None
+        stream = ens.astream(USER)
+        async for delta in stream:
+            if delta.content:
+                break
+        assert in_flight.locked()
+        await stream.aclose()
+        assert not in_flight.locked()  # released by aclose itself, not later by a garbage-collection hook
+        (agg,) = upstream.for_model("agg")
+        for _ in range(100):  # the server notices the closed connection on its next turn of the loop
+            if agg.ended is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert agg.outcome == "cancelled"
+        result = await asyncio.wait_for(ens.acomplete(USER), timeout=3)  # the next call gets the slot at once
+        assert result.choices[0].message.content.startswith("w0")
