@@ -158,6 +158,26 @@ class Backend:
                 await asyncio.sleep(delay)
             tally.retries += 1
 
+    async def _whole(
+        self, site: CallSite, model: str, n: int, trace: list[CallRecord],
+        attempt: Callable[[], AsyncGenerator[_T, None]], tokens: Callable[[_T], dict[str, int | None]],
+    ) -> _T:  # fmt: skip
+        """One logical call answered whole (chat or embeddings) through the one retry loop; appends exactly one
+        record to ``trace`` whatever happens (``tokens`` gives the record's token fields of the answer)."""
+        started, tally = time.monotonic(), _Tally()
+        try:
+            await self.start()
+            async with aclosing(self._retrying(attempt, tally)) as it:
+                result = await anext(it)  # the first item is the answer: the loop ends with it
+        except asyncio.CancelledError:
+            trace.append(self._record(site, model, n, started, tally.retries, outcome="cancelled"))
+            raise
+        except BackendError as e:
+            trace.append(self._record(site, model, n, started, tally.retries, outcome="error", error=str(e)))
+            raise
+        trace.append(self._record(site, model, n, started, tally.retries, **tokens(result)))  # type: ignore[arg-type]
+        return result
+
     async def generate(
         self,
         messages: list[Message],
@@ -172,25 +192,15 @@ class Backend:
         A backend that returns fewer generations than ``n`` is taken at its word: the record's ``generations``
         says how many came; none at all is a malformed answer (retried).
         """
-        started, tally = time.monotonic(), _Tally()
-        try:
-            await self.start()
-            async with aclosing(self._retrying(lambda: self._generate_once(messages, params, n, model), tally)) as it:
-                result = await anext(it)  # the first item is the answer: the loop ends with it
-        except asyncio.CancelledError:
-            trace.append(self._record(site, model, n, started, tally.retries, outcome="cancelled"))
-            raise
-        except BackendError as e:
-            trace.append(self._record(site, model, n, started, tally.retries, outcome="error", error=str(e)))
-            raise
-        came = len(result.generations)
-        trace.append(
-            self._record(
-                site, model, n, started, tally.retries, prompt_tokens=result.usage.prompt_tokens,
-                completion_tokens=result.usage.completion_tokens, generations=came if came < n else None,
-            )
-        )  # fmt: skip
-        return result
+
+        def tokens(result: GenerateResult) -> dict[str, int | None]:
+            came = len(result.generations)
+            return {
+                "prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens,
+                "generations": came if came < n else None,
+            }  # fmt: skip
+
+        return await self._whole(site, model, n, trace, lambda: self._generate_once(messages, params, n, model), tokens)
 
     async def _generate_once(
         self, messages: list[Message], params: SamplingParams, n: int, model: str
@@ -286,37 +296,32 @@ class Backend:
 
     async def embed(self, texts: list[str], model: str, site: CallSite, trace: list[CallRecord]) -> EmbeddingResult:
         """One embeddings call behind the backend's limits, retries and timeout; appends one record to ``trace``."""
+        return await self._whole(
+            site, model, 1, trace, lambda: self._embed_once(texts, model),
+            lambda result: {"prompt_tokens": result.usage.prompt_tokens},
+        )  # fmt: skip
+
+    async def _embed_once(self, texts: list[str], model: str) -> AsyncGenerator[EmbeddingResult, None]:
+        """One embeddings attempt under a slot and the per-call timeout; its tokens settled whatever happens."""
         embed = getattr(self.proposer, "embed", None)
         if embed is None:
             raise BackendError(f"{self.name}: this backend cannot make embeddings", backend=self.name)
-        estimate = estimate_tokens(sum(len(t) for t in texts), None, 0)  # prompt tokens only
-        started, retries, n = time.monotonic(), 0, 1
-        try:
-            while True:
+        prompt_chars = sum(len(t) for t in texts)
+        estimate = estimate_tokens(prompt_chars, None, 0)  # prompt tokens only
+        used = tokens_from_chars(prompt_chars, 0)
+        async with self.limits.slot(estimate):
+            try:
                 try:
-                    async with self.limits.slot(estimate):
-                        async with asyncio.timeout(self.timeout_s):
-                            result: EmbeddingResult = await embed(texts, model=model)
-                    self.limits.settle(estimate, result.usage.total_tokens)
-                    break
+                    async with asyncio.timeout(self.timeout_s):
+                        result: EmbeddingResult = await embed(texts, model=model)
                 except TimeoutError:
-                    err: BackendError = APITimeoutError(
+                    raise APITimeoutError(
                         f"{self.name}: no answer within {self.timeout_s:g} s", backend=self.name
-                    )
-                except BackendError as e:
-                    err = e
-                if not err.retryable or err.should_retry is False or retries >= self.retry.max_retries:
-                    raise err
-                await asyncio.sleep(backoff_delay(self.retry, retries, err.retry_after))
-                retries += 1
-        except asyncio.CancelledError:
-            trace.append(self._record(site, model, n, started, retries, outcome="cancelled"))
-            raise
-        except BackendError as e:
-            trace.append(self._record(site, model, n, started, retries, outcome="error", error=str(e)))
-            raise
-        trace.append(self._record(site, model, n, started, retries, prompt_tokens=result.usage.prompt_tokens))
-        return result
+                    ) from None
+                used = result.usage.total_tokens or used
+            finally:
+                self.limits.settle(estimate, used)
+        yield result
 
 
 @dataclass(slots=True)
