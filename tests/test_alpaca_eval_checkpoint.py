@@ -79,6 +79,49 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path) -> None:
     assert path.read_text() == '[{"instruction": "x"}]\n'
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"first line\nsecond line, no newline",  # a torn-looking last line
+        b'{"a": 1}\nnot json\n',  # a last line that does not parse
+        b"just one line\n",
+        b"no newline at all",
+        b'{"format": "other"',
+    ],
+)
+def test_a_refused_file_is_not_changed(tmp_path, content: bytes) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match="not a moa checkpoint"):
+        _open(path)
+    assert path.read_bytes() == content
+
+
+def test_another_runs_checkpoint_keeps_its_torn_tail(tmp_path) -> None:
+    path = tmp_path / "c.jsonl"
+    with _open(path) as ckpt:
+        ckpt.append({"index": 0, "output": "zero"})
+    with open(path, "ab") as f:
+        f.write(b'{"index": 1, "out')
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match="different config"):
+        _open(path, {"config": "cccc", "instructions": "bbbb"})
+    with pytest.raises(ConfigError, match="checkpoint of `alpaca-eval generate`"):
+        _open(path, kind="alpaca-eval evaluate")
+    assert path.read_bytes() == before
+    with _open(path) as ckpt:  # its own run resumes it and cuts the tail
+        assert set(ckpt.records) == {0}
+    assert len(path.read_bytes().splitlines()) == 2
+
+
+def test_a_header_written_in_full_but_unreadable_starts_over(tmp_path) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b'{"format": "moa-checkpoint/1", "kind": "alpaca-eval gen\n')
+    with _open(path) as ckpt:
+        assert ckpt.records == {}
+    assert json.loads(path.read_text().splitlines()[0])["identity"] == IDENTITY
+
+
 def test_a_damaged_middle_line_is_reported_with_its_line_number(tmp_path) -> None:
     path = tmp_path / "c.jsonl"
     with _open(path) as ckpt:

@@ -16,6 +16,7 @@ from typing import Any
 from moa.errors import ConfigError
 
 FORMAT = "moa-checkpoint/1"
+_HEADER_START = json.dumps({"format": FORMAT}).encode()[:-1]  # every header line starts so
 
 
 class Checkpoint:
@@ -35,14 +36,20 @@ class Checkpoint:
         ``identity`` holds the fingerprints that must match to resume; ``about`` is shown when they don't.
         """
         path = Path(path)
-        lines = _complete_lines(path)
-        if not lines:
+        raw = _read(path)
+        lines, end = _complete_lines(raw)
+        if not lines or (len(lines) == 1 and not _parses(lines[0])):
+            if not _torn_header(raw):
+                raise _not_a_checkpoint(path)
             header = {"format": FORMAT, "kind": kind, "identity": identity, "about": about}
             _write_fresh(path, header)
             return cls(path, header, {})
         header = _parse_header(path, lines[0], kind)
         _check_identity(path, header, identity, about)
-        return cls(path, header, _parse_records(path, lines[1:]))
+        records = _parse_records(path, lines[1:])
+        if end < len(raw):  # only a file known to be this run's checkpoint is changed
+            os.truncate(path, end)
+        return cls(path, header, records)
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record (it must carry ``index``) and make it durable. Safe from several threads."""
@@ -67,19 +74,32 @@ class Checkpoint:
         self.close()
 
 
-def _complete_lines(path: Path) -> list[bytes]:
-    """The file's newline-terminated lines; a torn last line (killed mid-write) is cut off the file."""
+def _read(path: Path) -> bytes:
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
-        return []
+        return b""
+
+
+def _complete_lines(raw: bytes) -> tuple[list[bytes], int]:
+    """The newline-terminated lines of a file's bytes, less a torn last line (killed mid-write), and where they
+    end: the length to cut the file to once it is known to be a checkpoint."""
     end = raw.rfind(b"\n") + 1
     lines = raw[:end].splitlines()
-    if lines and not _parses(lines[-1]):  # written in full but not durable before a crash: drop it too
+    if len(lines) > 1 and not _parses(lines[-1]):  # written in full but not durable before a crash: drop it too
         end -= len(lines.pop()) + 1
-    if end < len(raw):
-        os.truncate(path, end)
-    return lines
+    return lines, end
+
+
+def _torn_header(raw: bytes) -> bool:
+    """Whether ``raw`` (a file without a readable header) is empty or the start of a header that a crash cut
+    short: nothing that could be lost."""
+    body = raw.removesuffix(b"\n")
+    return b"\n" not in body and body[: len(_HEADER_START)] == _HEADER_START[: len(body)]
+
+
+def _not_a_checkpoint(path: Path) -> ConfigError:
+    return ConfigError(f"{path} exists but is not a moa checkpoint; move it away or choose another output path")
 
 
 def _parses(line: bytes) -> bool:
@@ -119,7 +139,7 @@ def _parse_header(path: Path, line: bytes, kind: str) -> dict[str, Any]:
     except ValueError:
         header = None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ConfigError(f"{path} exists but is not a moa checkpoint; move it away or choose another output path")
+        raise _not_a_checkpoint(path)
     if header.get("kind") != kind:
         raise ConfigError(f"{path} is a checkpoint of `{header.get('kind')}`, not of `{kind}`; choose another path")
     return header
