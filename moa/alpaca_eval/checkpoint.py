@@ -53,7 +53,7 @@ class Checkpoint:
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record (it must carry ``index``) and make it durable. Safe from several threads."""
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        data = (json_text(record) + "\n").encode()
         with self._lock:
             view = memoryview(data)
             while view:
@@ -113,7 +113,7 @@ def _parses(line: bytes) -> bool:
 def _write_fresh(path: Path, header: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
-        f.write((json.dumps(header, ensure_ascii=False) + "\n").encode())
+        f.write((json_text(header) + "\n").encode())
         f.flush()
         os.fsync(f.fileno())
     fsync_dir(path.parent)
@@ -173,6 +173,17 @@ def _parse_records(path: Path, lines: list[bytes]) -> dict[int, dict[str, Any]]:
     return records
 
 
+def json_text(data: Any, indent: int | None = None) -> str:
+    """``data`` as JSON that encodes to UTF-8 for any ``str`` in it: a lone surrogate (what JSON ``"\\ud83d"``
+    decodes to) becomes U+FFFD, as a UTF-8 decoder does with a broken sequence; a split pair is joined."""
+    text = json.dumps(data, ensure_ascii=False, indent=indent)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write JSON to a temporary file beside ``path``, make it durable, then rename it over ``path``."""
     path = Path(path)
@@ -180,8 +191,7 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=2)
-            f.write("\n")
+            f.write(json_text(data, indent=2) + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -190,4 +200,4 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     fsync_dir(path.parent)
 
 
-__all__ = ["Checkpoint", "write_json_atomic"]
+__all__ = ["Checkpoint", "json_text", "write_json_atomic"]
