@@ -153,3 +153,20 @@ async def test_self_moa_seq_streams_only_the_last_step(upstream: ScriptedServer)
         text = "".join([d.content async for d in ens.astream(USER)])
     assert text == "final words here"
     assert [bool(r.body.get("stream")) for r in upstream.for_model("agg")] == [False, True]
+
+
+async def test_self_moa_seq_under_a_defense_keeps_the_defense_step_labels(upstream: ScriptedServer) -> None:
+    for model in ("a", "b", "c"):
+        upstream.script(model, answer=f"{model} thinks. Answer: (B)")
+    upstream.script("agg", answer="Answer: (B)")
+    cfg = moa_config(
+        upstream.base_url, [["a", "b", "c"]], defense={"type": "dropout-vote", "vote": "option", "max_size": 3},
+        aggregator_extra={"type": "self-moa-seq", "window": 2},
+    )  # fmt: skip
+    async with Ensemble.from_config(cfg) as ens:
+        result = await ens.acomplete(USER)
+    steps = [r.step for r in result.trace if r.role == "defense"]
+    assert len(steps) == 3 + 3 + 2  # singles and pairs: one window each; the triple: two windows
+    assert "subset 1/7: a; window 1/1: samples 1-1" in steps
+    assert "subset 7/7: a, b, c; window 1/2: samples 1-2" in steps
+    assert "subset 7/7: a, b, c; window 2/2: samples 3-3" in steps
