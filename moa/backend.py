@@ -341,4 +341,9 @@ class ModelCaller:
         return self.backend.stream(messages, self.params, self.model, self._at(step), self.trace)
 
     def _at(self, step: str | None) -> CallSite:
-        return self.site if step is None else CallSite(self.site.layer, self.site.role, self.site.agent, step)
+        """The site of one call: ``step`` added to the site's own (a defense's subset, then an aggregator's window)."""
+        if step is None:
+            return self.site
+        if self.site.step:
+            step = f"{self.site.step}; {step}"
+        return CallSite(self.site.layer, self.site.role, self.site.agent, step)

@@ -221,9 +221,56 @@ class EnsembleConfig(_Strict):
             for ai, agent in enumerate(layer.agents):
                 self._check_backend(agent.backend, agent.model, f"layers[{li}].agents[{ai}]", known)
         self._check_backend(self.aggregator.backend, self.aggregator.model, "aggregator", known)
+        self._check_min_proposals()
+        self._check_names()
         if self.red_team is not None:
             self._check_placement(self.red_team.placement)
         return self
+
+    def agent_name(self, li: int, ai: int) -> str:
+        """Agent ``ai`` of layer ``li`` (both 0-based): its ``name``, else ``L{layer}.{agent}:{model}`` (1-based,
+        the model's last path part)."""
+        agent = self.layers[li].agents[ai]
+        if agent.name is not None:
+            return agent.name
+        model = agent.model or getattr(self.backends[agent.backend], "model", None) or ""
+        return f"L{li + 1}.{ai + 1}:{model.rsplit('/', 1)[-1]}"
+
+    def _check_min_proposals(self) -> None:
+        """A layer must be able to produce ``min_proposals`` proposals (its agents' n summed), else every request
+        fails."""
+        for li, layer in enumerate(self.layers):
+            most = sum(agent.n for agent in layer.agents)
+            where = f"layers[{li}].min_proposals" if layer.min_proposals is not None else "min_proposals"
+            required = layer.min_proposals or self.min_proposals
+            if required > most:
+                raise _PathError(
+                    where, f"must be <= {most}, the proposals layers[{li}] can produce (the sum of its agents' n)"
+                )
+
+    def _check_names(self) -> None:
+        """Agent names (explicit or derived) and the names of their samples (``name#k`` when n > 1) are unique in
+        the ensemble: traces, failures and defense records tell agents apart by them."""
+        owners: dict[str, tuple[int, int]] = {}
+        for li, layer in enumerate(self.layers):
+            for ai, agent in enumerate(layer.agents):
+                name = self.agent_name(li, ai)
+                names = [name] if agent.n == 1 else [name, *(f"{name}#{k}" for k in range(1, agent.n + 1))]
+                for taken in names:
+                    if taken in owners:
+                        here, there = (li, ai), owners[taken]
+                        if agent.name is None:  # blame the explicit name: derived names never collide
+                            here, there = there, here
+                        samples = (
+                            not taken == name == self.agent_name(*owners[taken])
+                        )  # a sample's name, not two agents'
+                        raise _PathError(
+                            f"layers[{here[0]}].agents[{here[1]}].name",
+                            f"{taken!r} names both this agent and layers[{there[0]}].agents[{there[1]}]"
+                            + (" (an agent with n > 1 names its samples NAME#1, NAME#2, ...)" if samples else "")
+                            + "; agent names must be unique in the ensemble",
+                        )
+                    owners[taken] = (li, ai)
 
     def _check_placement(self, placement: list[tuple[int, int]] | RandomPlacement) -> None:
         if isinstance(placement, RandomPlacement):

@@ -74,8 +74,7 @@ def _build_engine(config: EnsembleConfig) -> LayeredEngine:
         agents = []
         for ai, ac in enumerate(lc.agents, 1):
             default_model = getattr(config.backends[ac.backend], "model", None) or ""
-            model = ac.model or default_model
-            name = ac.name or f"L{li}.{ai}:{model.rsplit('/', 1)[-1]}"
+            name = config.agent_name(li - 1, ai - 1)
             agents.append(Agent.from_config(ac, name, backends[ac.backend], default_model, deceptive.get((li, ai))))
         layers.append(Layer(li, agents, lc.min_proposals or config.min_proposals))
     aggregator = registry.resolve("aggregator", config.aggregator.type)(config.aggregator)

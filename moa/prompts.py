@@ -36,8 +36,10 @@ How to work:
 
 
 def fence_tag(texts: Sequence[str]) -> str:
-    """A tag that occurs in none of ``texts``: a hash of them all (a text cannot contain its own hash)."""
-    digest = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()
+    """A tag that occurs in none of ``texts``: a hash of them all (a text cannot contain its own hash).
+
+    Any ``str`` hashes: a lone surrogate (JSON ``"\\ud83d"`` decodes to one) is hashed as its code unit."""
+    digest = hashlib.sha256("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest()
     for size in (10, 16, 64):
         tag = digest[:size]
         if not any(tag in t for t in texts):

@@ -49,6 +49,26 @@ async def test_injection_stays_fenced_in_the_aggregators_prompt(upstream: Script
     assert _blocks(system["content"]) == {1: INJECTION, 2: "Eleven."}
 
 
+ANY_STR = st.text(st.one_of(st.characters(), st.characters(categories=["Cs"])))  # lone surrogates included
+
+
+@given(st.lists(ANY_STR, min_size=1, max_size=4))
+def test_any_str_is_fenced(texts: list[str]) -> None:
+    prompt = render_references(texts)
+    tag = re.search(r"<<reference 1 ([0-9a-f]+)>>", prompt).group(1)
+    assert not any(tag in t for t in texts)
+
+
+async def test_a_lone_surrogate_from_upstream_reaches_the_aggregator(upstream: ScriptedServer) -> None:
+    upstream.script("a", answer="Seven \ud83d")  # the scripted server sends it as JSON "\ud83d"
+    upstream.script("b", answer="Eleven.")
+    async with Ensemble.from_config(moa_config(upstream.base_url, [["a", "b"]])) as ens:
+        result = await ens.acomplete(USER)
+    assert result.proposals[0].text == "Seven \ud83d"
+    (agg,) = upstream.for_model("agg")  # the proposer sent it on as JSON the server decoded
+    assert _blocks(agg.messages[0]["content"]) == {1: "Seven \ud83d", 2: "Eleven."}
+
+
 async def test_self_moa_sends_one_request_with_n(upstream: ScriptedServer) -> None:
     upstream.script("solo", answer=lambda m, msgs, i: f"sample number {i}")
     cfg = {
@@ -133,3 +153,20 @@ async def test_self_moa_seq_streams_only_the_last_step(upstream: ScriptedServer)
         text = "".join([d.content async for d in ens.astream(USER)])
     assert text == "final words here"
     assert [bool(r.body.get("stream")) for r in upstream.for_model("agg")] == [False, True]
+
+
+async def test_self_moa_seq_under_a_defense_keeps_the_defense_step_labels(upstream: ScriptedServer) -> None:
+    for model in ("a", "b", "c"):
+        upstream.script(model, answer=f"{model} thinks. Answer: (B)")
+    upstream.script("agg", answer="Answer: (B)")
+    cfg = moa_config(
+        upstream.base_url, [["a", "b", "c"]], defense={"type": "dropout-vote", "vote": "option", "max_size": 3},
+        aggregator_extra={"type": "self-moa-seq", "window": 2},
+    )  # fmt: skip
+    async with Ensemble.from_config(cfg) as ens:
+        result = await ens.acomplete(USER)
+    steps = [r.step for r in result.trace if r.role == "defense"]
+    assert len(steps) == 3 + 3 + 2  # singles and pairs: one window each; the triple: two windows
+    assert "subset 1/7: a; window 1/1: samples 1-1" in steps
+    assert "subset 7/7: a, b, c; window 1/2: samples 1-2" in steps
+    assert "subset 7/7: a, b, c; window 2/2: samples 3-3" in steps

@@ -91,3 +91,46 @@ def test_shipped_recipes_validate() -> None:
     assert load_config("moa-lite").aggregator.model == "Qwen/Qwen1.5-72B-Chat"
     assert load_config("self-moa").layers[0].agents[0].n == 6
     assert load_config("self-moa-seq").aggregator.type == "self-moa-seq"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path", "message"),
+    [
+        (lambda d: d["layers"][1].update(min_proposals=3), "layers[1].min_proposals", "must be <= 2"),
+        (lambda d: d.update(min_proposals=2), "min_proposals", "must be <= 1, the proposals layers[0] can produce"),
+        (
+            lambda d: (
+                d["layers"][1]["agents"][1].update(name="same") or d["layers"][0]["agents"][0].update(name="same")
+            ),
+            "layers[1].agents[1].name",
+            "'same' names both this agent and layers[0].agents[0]",
+        ),
+        (  # an explicit name equal to another agent's derived one
+            lambda d: d["layers"][1]["agents"][0].update(name="L2.2:m"),
+            "layers[1].agents[0].name",
+            "'L2.2:m' names both this agent and layers[1].agents[1]",
+        ),
+        (  # an agent with n > 1 names its samples s#1, s#2
+            lambda d: (
+                d["layers"][0]["agents"][0].update(name="s", n=2) or d["layers"][1]["agents"][1].update(name="s#2")
+            ),
+            "layers[1].agents[1].name",
+            "NAME#1, NAME#2",
+        ),
+    ],
+)
+def test_configs_that_fail_every_request_are_refused_at_load(mutate, path: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(_with(mutate))
+    assert info.value.path == path and message in str(info.value)
+
+
+def test_min_proposals_and_names_that_can_hold_load() -> None:
+    ok = _with(lambda d: d.update(min_proposals=2) or d["layers"][0].update(min_proposals=1))
+    assert parse_config(ok).min_proposals == 2  # layer 0 sets its own; layer 1's two agents can give two
+    sampled = _with(lambda d: d["layers"][0]["agents"][0].update(n=3) or d["layers"][0].update(min_proposals=3))
+    assert parse_config(sampled).layers[0].min_proposals == 3
+    cfg = parse_config(BASE)
+    assert [cfg.agent_name(li, ai) for li, layer in enumerate(cfg.layers) for ai in range(len(layer.agents))] == [
+        "L1.1:m", "L2.1:m", "L2.2:m"
+    ]  # fmt: skip

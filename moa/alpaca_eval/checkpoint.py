@@ -16,6 +16,7 @@ from typing import Any
 from moa.errors import ConfigError
 
 FORMAT = "moa-checkpoint/1"
+_HEADER_START = json.dumps({"format": FORMAT}).encode()[:-1]  # every header line starts so
 
 
 class Checkpoint:
@@ -35,18 +36,24 @@ class Checkpoint:
         ``identity`` holds the fingerprints that must match to resume; ``about`` is shown when they don't.
         """
         path = Path(path)
-        lines = _complete_lines(path)
-        if not lines:
+        raw = _read(path)
+        lines, end = _complete_lines(raw)
+        if not lines or (len(lines) == 1 and not _parses(lines[0])):
+            if not _torn_header(raw):
+                raise _not_a_checkpoint(path)
             header = {"format": FORMAT, "kind": kind, "identity": identity, "about": about}
             _write_fresh(path, header)
             return cls(path, header, {})
         header = _parse_header(path, lines[0], kind)
         _check_identity(path, header, identity, about)
-        return cls(path, header, _parse_records(path, lines[1:]))
+        records = _parse_records(path, lines[1:])
+        if end < len(raw):  # only a file known to be this run's checkpoint is changed
+            os.truncate(path, end)
+        return cls(path, header, records)
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record (it must carry ``index``) and make it durable. Safe from several threads."""
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        data = (json_text(record) + "\n").encode()
         with self._lock:
             view = memoryview(data)
             while view:
@@ -67,19 +74,32 @@ class Checkpoint:
         self.close()
 
 
-def _complete_lines(path: Path) -> list[bytes]:
-    """The file's newline-terminated lines; a torn last line (killed mid-write) is cut off the file."""
+def _read(path: Path) -> bytes:
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
-        return []
+        return b""
+
+
+def _complete_lines(raw: bytes) -> tuple[list[bytes], int]:
+    """The newline-terminated lines of a file's bytes, less a torn last line (killed mid-write), and where they
+    end: the length to cut the file to once it is known to be a checkpoint."""
     end = raw.rfind(b"\n") + 1
     lines = raw[:end].splitlines()
-    if lines and not _parses(lines[-1]):  # written in full but not durable before a crash: drop it too
+    if len(lines) > 1 and not _parses(lines[-1]):  # written in full but not durable before a crash: drop it too
         end -= len(lines.pop()) + 1
-    if end < len(raw):
-        os.truncate(path, end)
-    return lines
+    return lines, end
+
+
+def _torn_header(raw: bytes) -> bool:
+    """Whether ``raw`` (a file without a readable header) is empty or the start of a header that a crash cut
+    short: nothing that could be lost."""
+    body = raw.removesuffix(b"\n")
+    return b"\n" not in body and body[: len(_HEADER_START)] == _HEADER_START[: len(body)]
+
+
+def _not_a_checkpoint(path: Path) -> ConfigError:
+    return ConfigError(f"{path} exists but is not a moa checkpoint; move it away or choose another output path")
 
 
 def _parses(line: bytes) -> bool:
@@ -93,7 +113,7 @@ def _parses(line: bytes) -> bool:
 def _write_fresh(path: Path, header: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
-        f.write((json.dumps(header, ensure_ascii=False) + "\n").encode())
+        f.write((json_text(header) + "\n").encode())
         f.flush()
         os.fsync(f.fileno())
     fsync_dir(path.parent)
@@ -119,7 +139,7 @@ def _parse_header(path: Path, line: bytes, kind: str) -> dict[str, Any]:
     except ValueError:
         header = None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ConfigError(f"{path} exists but is not a moa checkpoint; move it away or choose another output path")
+        raise _not_a_checkpoint(path)
     if header.get("kind") != kind:
         raise ConfigError(f"{path} is a checkpoint of `{header.get('kind')}`, not of `{kind}`; choose another path")
     return header
@@ -153,6 +173,17 @@ def _parse_records(path: Path, lines: list[bytes]) -> dict[int, dict[str, Any]]:
     return records
 
 
+def json_text(data: Any, indent: int | None = None) -> str:
+    """``data`` as JSON that encodes to UTF-8 for any ``str`` in it: a lone surrogate (what JSON ``"\\ud83d"``
+    decodes to) becomes U+FFFD, as a UTF-8 decoder does with a broken sequence; a split pair is joined."""
+    text = json.dumps(data, ensure_ascii=False, indent=indent)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write JSON to a temporary file beside ``path``, make it durable, then rename it over ``path``."""
     path = Path(path)
@@ -160,8 +191,7 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=2)
-            f.write("\n")
+            f.write(json_text(data, indent=2) + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -170,4 +200,4 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     fsync_dir(path.parent)
 
 
-__all__ = ["Checkpoint", "write_json_atomic"]
+__all__ = ["Checkpoint", "json_text", "write_json_atomic"]
