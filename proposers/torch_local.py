@@ -4,20 +4,17 @@ One worker thread per backend owns the model: requests queue for it, and the eve
 torch. A single sequence (``n == 1``, streamed or not) is decoded speculatively when the backend's
 ``speculative`` config asks for it; ``n > 1`` samples are decoded as one batch sharing one prefill. Greedy
 ``n > 1`` decodes once (every sample would be the same). Cancelling a call stops its decoding at the next
-step (for a batch of samples, before its next forward pass).
+step (for a batch of samples, before its next batch step).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
-
-from torch import nn
 
 from moa.config import TorchBackendConfig
 from moa.errors import BackendError, ConfigError, EngineError, NotFoundError
@@ -68,22 +65,6 @@ class Detokenizer:
         end = len(text) if end is None else end
         piece, self.sent = text[self.sent : end], max(end, self.sent)
         return piece
-
-
-@contextmanager
-def _stops_on(model: nn.Module, cancelled: threading.Event) -> Iterator[None]:
-    """Raise ``Cancelled`` before any forward pass of ``model`` once ``cancelled`` is set (a batch decode loop
-    has no step boundary of its own to check at)."""
-
-    def check(module: nn.Module, args: tuple[Any, ...]) -> None:
-        if cancelled.is_set():
-            raise Cancelled
-
-    handle = model.register_forward_pre_hook(check)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 class TorchProposer:
@@ -175,8 +156,9 @@ class TorchProposer:
             generation, usage = self._decode_one(messages, params, None, cancelled)
             return GenerateResult([generation] * n, Usage.of(usage.prompt_tokens, usage.completion_tokens * n))
         prompt = runner.encode(messages)
-        with _stops_on(runner.model, cancelled):
-            rows = runner.samples(prompt, params, n)
+        rows = runner.samples(prompt, params, n, cancelled.is_set)
+        if cancelled.is_set():
+            raise Cancelled
         generations = [self._finish(runner, row, params) for row in rows]
         return GenerateResult(generations, Usage.of(len(prompt), sum(map(len, rows))))
 

@@ -155,9 +155,18 @@ def generate(
 
 
 def generate_batch(
-    model: torch.nn.Module, prompt: list[int], sampler: Sampler, max_new_tokens: int, stop_ids: frozenset[int], n: int
+    model: torch.nn.Module,
+    prompt: list[int],
+    sampler: Sampler,
+    max_new_tokens: int,
+    stop_ids: frozenset[int],
+    n: int,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> tuple[list[list[int]], DecodeStats]:
-    """``n`` samples of one prompt decoded together (one prefill, then a batch of n rows per step)."""
+    """``n`` samples of one prompt decoded together (one prefill, then a batch of n rows per step).
+
+    ``should_stop`` is asked before every step; once it says yes the rows so far are returned (a cancelled call).
+    """
     stats = DecodeStats(prompt_tokens=len(prompt))
     cache = new_cache(model)
     started = time.perf_counter()
@@ -170,7 +179,7 @@ def generate_batch(
         done = [t in stop_ids for t in cur.tolist()]
         stats.target_forwards = 1
         started = time.perf_counter()
-        while not all(done) and stats.target_forwards < max_new_tokens:
+        while not all(done) and stats.target_forwards < max_new_tokens and not should_stop():
             cur = decode_one_token(model, cache, cur, sampler)  # [n]
             stats.target_forwards += 1
             for i, token in enumerate(cur.tolist()):

@@ -7,7 +7,7 @@ proposer's worker thread.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,10 +109,13 @@ class Runner:
             self.model, prompt, self.sampler(params), self.budget(prompt, params), self.stop_ids, self.drafter()
         )
 
-    def samples(self, prompt: list[int], params: SamplingParams, n: int) -> list[list[int]]:
-        """n sequences sampled as one batch (plain decoding: a batch already keeps the machine busy)."""
+    def samples(
+        self, prompt: list[int], params: SamplingParams, n: int, should_stop: Callable[[], bool] = lambda: False
+    ) -> list[list[int]]:
+        """n sequences sampled as one batch (plain decoding: a batch already keeps the machine busy); decoding
+        ends early once ``should_stop()`` says so."""
         rows, _ = generate_batch(
-            self.model, prompt, self.sampler(params), self.budget(prompt, params), self.stop_ids, n
+            self.model, prompt, self.sampler(params), self.budget(prompt, params), self.stop_ids, n, should_stop
         )
         return rows
 
