@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -119,7 +119,7 @@ class Ensemble:
         self._bind_loop()
         return await self._engine.complete(request)
 
-    def astream(self, messages: Sequence[Message | dict[str, Any]], **overrides: Any) -> AsyncIterator[Delta]:
+    def astream(self, messages: Sequence[Message | dict[str, Any]], **overrides: Any) -> AsyncGenerator[Delta, None]:
         """The aggregator's tokens as they arrive; bad input raises here, before anything is sent.
 
         Closing the stream early (``aclose()``, or ``contextlib.aclosing`` around the loop) cancels every
@@ -127,7 +127,7 @@ class Ensemble:
         """
         return self._stream(build_request(messages, overrides))
 
-    async def _stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+    async def _stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
         self._bind_loop()
         async for delta in self._engine.stream(request):
             yield delta
