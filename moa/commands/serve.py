@@ -10,7 +10,12 @@ from moa.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = subparsers.add_parser("serve", help="serve ensembles over an OpenAI-compatible HTTP API")
+    p = subparsers.add_parser(
+        "serve",
+        help="serve ensembles over an OpenAI-compatible HTTP API",
+        description="Serve ensembles over an OpenAI-compatible HTTP API. Chat requests must be sent as "
+        "application/json (else 415); max_tokens above 2**20 is refused; every response carries x-request-id.",
+    )
     p.add_argument("-c", "--config", action="append", required=True, metavar="CONFIG", dest="configs",
                    help="config file or shipped recipe name; repeat to serve several (model = ensemble name)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")

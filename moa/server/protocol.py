@@ -25,8 +25,8 @@ log = logging.getLogger("moa.server")
 #: aiohttp's defaults, named here because the messages quote them
 MAX_LINE_SIZE = 8190
 MAX_FIELD_SIZE = 8190
-#: an excerpt of the bytes aiohttp failed on (``b'...'``), which may hold header values: never repeated
-_EXCERPT = re.compile(r":?\s*b['\"].*$")
+#: from a quoted excerpt of what aiohttp failed on (``b'...'``, ``'GET /...'``) on: it may hold secrets
+_EXCERPT = re.compile(r"(:\s*|\s)b?['\"].*$")
 #: the first line of ``str()`` of aiohttp's parse errors
 _STATUS_LINE = re.compile(r"\d{3}, message:")
 
