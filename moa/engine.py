@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -84,6 +85,11 @@ class Layer:
     min_proposals: int
 
 
+#: when set, each request started in this context adds its trace list here, so a caller sees every call of a
+#: request that fails or is cancelled too (``moa serve`` counts them)
+TRACE_SINK: ContextVar[list[list[CallRecord]] | None] = ContextVar("moa_trace_sink", default=None)
+
+
 @dataclass(slots=True)
 class RequestState:
     """What one request accumulates while it runs."""
@@ -92,6 +98,11 @@ class RequestState:
     trace: list[CallRecord]
     proposals: list[Proposal]
     defense: list[DefenseRecord] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        sink = TRACE_SINK.get()
+        if sink is not None:
+            sink.append(self.trace)
 
 
 class LayeredEngine:

@@ -118,7 +118,8 @@ def test_oversized_body_is_413(client: openai.OpenAI, serve: ServeProcess) -> No
         client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "x" * 5000}])
     assert info.value.status_code == 413 and _error(info.value)["code"] == "request_too_large"
     chunked = (b"x" for _ in range(5000))  # no Content-Length: the limit holds while reading
-    conn_status, _, body = serve.request("POST", "/v1/chat/completions", body=chunked)  # type: ignore[arg-type]
+    headers = {"Content-Type": "application/json"}
+    conn_status, _, body = serve.request("POST", "/v1/chat/completions", chunked, headers)  # type: ignore[arg-type]
     assert conn_status == 413 and json.loads(body)["error"]["code"] == "request_too_large"
 
 

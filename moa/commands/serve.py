@@ -9,8 +9,13 @@ from collections.abc import Callable
 from moa.errors import ConfigError
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("serve", help="serve ensembles over an OpenAI-compatible HTTP API")
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve ensembles over an OpenAI-compatible HTTP API",
+        description="Serve ensembles over an OpenAI-compatible HTTP API. Chat requests must be sent as "
+        "application/json (else 415); max_tokens above 2**20 is refused; every response carries x-request-id.",
+    )
     p.add_argument("-c", "--config", action="append", required=True, metavar="CONFIG", dest="configs",
                    help="config file or shipped recipe name; repeat to serve several (model = ensemble name)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -22,8 +27,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="requests held at once, running or waiting; more get 429 (default: 512)")  # fmt: skip
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, metavar="N",
                    help="larger request bodies get 413 (default: 4 MiB)")  # fmt: skip
+    p.add_argument("--read-timeout", type=float, default=10.0, metavar="S",
+                   help="a request body must arrive within S seconds, else 408 and the connection is closed; "
+                        "bodies are read before a request takes a place in the queue (default: 10)")  # fmt: skip
+    p.add_argument("--keepalive-timeout", type=float, default=15.0, metavar="S",
+                   help="close a connection idle for S seconds, or whose request headers are unfinished after "
+                        "S seconds (default: 15)")  # fmt: skip
     p.add_argument("--drain-timeout", type=float, default=60.0, metavar="S",
-                   help="on SIGTERM, wait this long for running requests (default: 60)")  # fmt: skip
+                   help="on SIGTERM, wait this long for running requests, then cancel them and exit "
+                        "(default: 60)")  # fmt: skip
     p.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
                    help="event loop: uvloop (faster) or asyncio's own; auto: uvloop when installed")  # fmt: skip
     p.set_defaults(func=cmd_serve)
@@ -32,18 +44,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from moa.ensemble import Ensemble
     from moa.server.auth import load_keys
+    from moa.server.ids import configure_logging
     from moa.server.run import serve
     from moa.server.state import ServerSettings
 
     if not 0 <= args.port <= 65535:
         raise ConfigError("must be between 0 and 65535", "--port")
-    settings = ServerSettings(args.max_queue, args.max_body_bytes, load_keys(args.api_key_env, args.api_key_file))
+    if not args.drain_timeout >= 0:
+        raise ConfigError("must be a number of seconds >= 0", "--drain-timeout")
+    settings = ServerSettings(
+        max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
+        api_keys=load_keys(args.api_key_env, args.api_key_file), read_timeout_s=args.read_timeout,
+        keepalive_timeout_s=args.keepalive_timeout,
+    )  # fmt: skip
     ensembles: dict[str, Ensemble] = {}
     for source in args.configs:
         ensemble = Ensemble.from_config(source)
         if ensemble.name in ensembles:
             raise ConfigError(f"two configs are named {ensemble.name!r}; model names must be unique", "--config")
         ensembles[ensemble.name] = ensemble
+    configure_logging()  # log lines to stderr, each with its request's id
     with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
         runner.run(serve(ensembles, settings, args.host, args.port, args.drain_timeout))
     return 0

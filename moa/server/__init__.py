@@ -1,6 +1,8 @@
 """The OpenAI-compatible server over moa ensembles (``moa serve``).
 
 app.py      the aiohttp application and its middlewares
+protocol.py aiohttp's connection layer, answering what it refuses itself with OpenAI error bodies
+ids.py      request ids (x-request-id) and the log lines that carry them
 routes.py   the handlers
 schema.py   the chat request: fields honoured, ignored, refused
 choices.py  running the n choices of a request

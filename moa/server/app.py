@@ -1,15 +1,21 @@
-"""The aiohttp application: shared state, routes and the two middlewares (errors outermost, then API keys)."""
+"""The aiohttp application: shared state, routes, the two middlewares (errors outermost, then API keys) and
+the ``x-request-id`` of every response."""
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from moa.ensemble import Ensemble
 from moa.errors import ConfigError
-from moa.server import routes
+from moa.server import ids, routes
 from moa.server.errors import (
+    CLOSES_CONNECTION,
+    BodyReadTimeout,
     BodyTooLarge,
     MethodNotAllowed,
     QueueFull,
@@ -25,13 +31,33 @@ log = logging.getLogger("moa.server")
 #: paths that need no API key (load balancers probe them)
 OPEN_PATHS = frozenset({"/health"})
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-def error_response(exc: BaseException) -> web.Response:
+
+class ClosingResponse(web.Response):
+    """A response after which the connection closes at once: no lingering read of a body that stopped coming."""
+
+    def __init__(self, protocol: web.RequestHandler, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._closes = protocol
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        await super().write_eof(data)
+        self._closes.force_close()
+
+
+def error_response(exc: BaseException, request: web.Request | None = None) -> web.Response:
     status, body = error_for(exc)
     if status == 500:
         log.error("unexpected error while serving a request", exc_info=exc)
     headers = {"Retry-After": "1"} if isinstance(exc, (QueueFull, ShuttingDown)) else None
-    return web.json_response(body, status=status, headers=headers)
+    if isinstance(exc, BodyReadTimeout) and request is not None:
+        text = json.dumps(body)
+        return ClosingResponse(request.protocol, text=text, status=status, content_type="application/json")
+    response = web.json_response(body, status=status, headers=headers)
+    if isinstance(exc, CLOSES_CONNECTION):
+        response.force_close()
+    return response
 
 
 def _from_aiohttp(e: web.HTTPException, request: web.Request) -> Exception:
@@ -46,20 +72,20 @@ def _from_aiohttp(e: web.HTTPException, request: web.Request) -> Exception:
 
 
 @web.middleware
-async def openai_errors(request: web.Request, handler) -> web.StreamResponse:
+async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure becomes an OpenAI error body with its status; nothing else reaches the client."""
     try:
         return await handler(request)
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        return error_response(_from_aiohttp(e, request))
+        return error_response(_from_aiohttp(e, request), request)
     except Exception as e:
-        return error_response(e)
+        return error_response(e, request)
 
 
 @web.middleware
-async def api_key(request: web.Request, handler) -> web.StreamResponse:
+async def api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
     keys = request.app[STATE].settings.api_keys
     if keys is not None and request.path not in OPEN_PATHS and not keys.check(request.headers.get("Authorization")):
         raise Unauthorized("missing or invalid API key; send 'Authorization: Bearer <key>'")
@@ -79,5 +105,6 @@ def create_app(ensembles: dict[str, Ensemble], settings: ServerSettings) -> web.
     app.router.add_get("/v1/models/{model:.+}", routes.retrieve_model)
     app.router.add_get("/health", routes.health)
     app.router.add_get("/metrics", routes.metrics)
+    app.on_response_prepare.append(ids.add_header)
     app.on_cleanup.append(_close_ensembles)
     return app

@@ -7,7 +7,7 @@ request stays reproducible. If one choice fails, the others are cancelled and th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from typing import Any, TypeVar
 
 from moa.ensemble import Ensemble
@@ -45,7 +45,7 @@ async def complete_choices(ensemble: Ensemble, parsed: ParsedChat) -> list[Compl
     return await all_or_none([ensemble.acomplete(messages, **overrides_for(parsed, i)) for i in range(parsed.n)])
 
 
-async def stream_choices(ensemble: Ensemble, parsed: ParsedChat) -> AsyncIterator[tuple[int, Delta]]:
+async def stream_choices(ensemble: Ensemble, parsed: ParsedChat) -> AsyncGenerator[tuple[int, Delta], None]:
     """``(choice index, delta)`` as each choice's tokens arrive; closing this cancels every choice."""
     messages = parsed.request.messages
     streams = [ensemble.astream(messages, **overrides_for(parsed, i)) for i in range(parsed.n)]
@@ -71,13 +71,13 @@ async def stream_choices(ensemble: Ensemble, parsed: ParsedChat) -> AsyncIterato
     try:
         running = len(tasks)
         while running:
-            index, delta, error = await queue.get()
+            index, piece, error = await queue.get()
             if error is not None:
                 raise error
-            if delta is None:
+            if piece is None:
                 running -= 1
             else:
-                yield index, delta
+                yield index, piece
     finally:
         for t in tasks:
             t.cancel()

@@ -58,15 +58,35 @@ class ShuttingDown(Rejected):
     pass
 
 
+class MalformedRequest(Rejected):
+    """The HTTP message itself is broken: bad framing, oversized headers, a body that cannot be decoded."""
+
+
+class BodyReadTimeout(Rejected):
+    """The request body did not arrive within ``--read-timeout``."""
+
+
+class UnsupportedMediaType(Rejected):
+    """The body is not declared ``application/json``."""
+
+
+class ExpectationFailed(Rejected):
+    """An ``Expect`` header other than ``100-continue``."""
+
+
 #: exception class -> (HTTP status, OpenAI error type, code)
 STATUS_MAP: dict[type[BaseException], tuple[int, str, str | None]] = {
     ConfigError: (400, "invalid_request_error", None),
+    MalformedRequest: (400, "invalid_request_error", "malformed_request"),
     ContextLengthError: (400, "invalid_request_error", "context_length_exceeded"),
     Unauthorized: (401, "authentication_error", "invalid_api_key"),
     ModelNotFound: (404, "invalid_request_error", "model_not_found"),
     RouteNotFound: (404, "invalid_request_error", "not_found"),
     MethodNotAllowed: (405, "invalid_request_error", "method_not_allowed"),
+    BodyReadTimeout: (408, "invalid_request_error", "request_timeout"),
     BodyTooLarge: (413, "invalid_request_error", "request_too_large"),
+    UnsupportedMediaType: (415, "invalid_request_error", "unsupported_media_type"),
+    ExpectationFailed: (417, "invalid_request_error", "expectation_failed"),
     QueueFull: (429, "rate_limit_error", "queue_full"),
     BackendError: (502, "upstream_error", "upstream_failed"),
     RateLimitError: (503, "upstream_error", "upstream_rate_limited"),
@@ -76,6 +96,9 @@ STATUS_MAP: dict[type[BaseException], tuple[int, str, str | None]] = {
 }
 
 _INTERNAL = (500, "server_error", "internal_error")
+
+#: refusals after which the connection is closed: what follows on it cannot be trusted to be a new request
+CLOSES_CONNECTION = (MalformedRequest, BodyReadTimeout, ExpectationFailed)
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:

@@ -2,74 +2,131 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from contextlib import aclosing
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
+from moa.engine import TRACE_SINK
 from moa.ensemble import Ensemble
 from moa.errors import ConfigError
 from moa.server.choices import complete_choices, stream_choices
-from moa.server.errors import BodyTooLarge, ModelNotFound, QueueFull, ShuttingDown, error_for
+from moa.server.errors import (
+    BodyReadTimeout,
+    BodyTooLarge,
+    MalformedRequest,
+    ModelNotFound,
+    QueueFull,
+    ShuttingDown,
+    UnsupportedMediaType,
+    error_for,
+)
 from moa.server.metrics import CONTENT_TYPE
+from moa.server.protocol import describe
 from moa.server.schema import ParsedChat, parse_chat_request
-from moa.server.state import STATE, ServerState
+from moa.server.state import STATE, ServerSettings, ServerState
 from moa.server.streaming import ChunkFormat, StreamResult, trace_entry, write_stream
-from moa.types import Completion, Usage
+from moa.types import CallRecord, Completion, Usage
 
 #: status recorded for a request whose client went away before the answer (nginx's convention)
 CLIENT_CLOSED = 499
+#: the metrics label of a request whose ensemble is not known (client-chosen names would be unbounded)
+UNKNOWN = "unknown"
+JSON = "application/json"
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """Refuse what cannot run (in this order: busy server, not JSON, unreadable body, unknown model, bad
+    fields) before taking a place in the queue; then run. Every model call is counted, whatever the end."""
     state = request.app[STATE]
     started = time.monotonic()
-    label, status = "unknown", CLIENT_CLOSED
+    label, status = UNKNOWN, CLIENT_CLOSED
+    traces: list[list[CallRecord]] = []  # every trace list of this request's runs (the engine adds them)
+    sink = TRACE_SINK.set(traces)
+    task = asyncio.current_task()
+    if task is not None:
+        state.handlers.add(task)
     try:
+        _check_room(state)
+        body = await _read_json(request, state.settings)
+        label, ensemble = _ensemble_of(state, body)
+        parsed = parse_chat_request(body)
         _admit(state)
         try:
-            parsed = parse_chat_request(await _read_json(request, state.settings.max_body_bytes))
-            ensemble = _ensemble(state, parsed.model)
-            label = parsed.model
             if parsed.stream:
-                response = await _stream(request, state, ensemble, parsed)
+                result = StreamResult()
+                response = await _stream(request, state, ensemble, parsed, result)
+                status = result.error_status or response.status
             else:
-                response = await _complete(state, ensemble, parsed)
+                response = await _complete(ensemble, parsed)
+                status = response.status
         finally:
             state.admitted -= 1
             state.metrics.in_flight.set(state.admitted)
-        status = response.status
         return response
     except Exception as e:
         status = error_for(e)[0]
-        state.metrics.record_calls(label, getattr(e, "trace", None) or [])
         raise
     finally:
+        TRACE_SINK.reset(sink)
+        if task is not None:
+            state.handlers.discard(task)
+        state.metrics.record_calls(label, [r for trace in traces for r in trace])
         state.metrics.record_request(label, status, time.monotonic() - started)
 
 
-def _admit(state: ServerState) -> None:
+def _check_room(state: ServerState) -> None:
     if state.draining:
         raise ShuttingDown("the server is shutting down; send the request to another replica")
     if state.admitted >= state.settings.max_queue:
         raise QueueFull(f"the server already holds its limit of {state.settings.max_queue} requests; retry later")
+
+
+def _admit(state: ServerState) -> None:
+    _check_room(state)  # again: the body took a while, others may have come in meanwhile
     state.admitted += 1
     state.metrics.in_flight.set(state.admitted)
 
 
-async def _read_json(request: web.Request, limit: int) -> Any:
+async def _read_json(request: web.Request, settings: ServerSettings) -> Any:
+    """The decoded JSON body, read within ``read_timeout_s``; only ``application/json`` bodies are read.
+
+    A JSON content type is required so that a web page cannot start runs with a simple (unpreflighted)
+    cross-origin ``text/plain`` or form POST."""
+    if request.content_type != JSON:
+        sent = request.headers.get("Content-Type")
+        got = f"got {sent[:100]!r}" if sent else "none was sent"
+        raise UnsupportedMediaType(f"the request body must be sent with Content-Type: {JSON} ({got})")
+    limit = settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"the request body is larger than {limit} bytes")
     try:
-        raw = await request.read()
+        async with asyncio.timeout(settings.read_timeout_s):
+            raw = await request.read()
+    except TimeoutError:
+        raise BodyReadTimeout(f"the request body did not arrive within {settings.read_timeout_s:g} s") from None
     except web.HTTPRequestEntityTooLarge:
         raise BodyTooLarge(f"the request body is larger than {limit} bytes") from None
+    except (web.RequestPayloadError, HttpProcessingError) as e:  # bad chunks, undecodable Content-Encoding
+        raise MalformedRequest(f"the request body cannot be read: {describe(e)}") from None
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ConfigError(f"the request body is not valid JSON ({type(e).__name__})") from None
+
+
+def _ensemble_of(state: ServerState, body: Any) -> tuple[str, Ensemble]:
+    """The requested ensemble and its name, checked before any other field: an unknown model is 404 however
+    wrong the rest is. A missing or non-string ``model`` is left to the schema (a 400 naming it)."""
+    model = body.get("model") if isinstance(body, dict) else None
+    if not isinstance(model, str):
+        parse_chat_request(body)  # raises, naming what is wrong
+        raise ConfigError("must be a string", "model")  # not reached: the schema requires a string
+    return model, _ensemble(state, model)
 
 
 def _ensemble(state: ServerState, model: str) -> Ensemble:
@@ -79,10 +136,8 @@ def _ensemble(state: ServerState, model: str) -> Ensemble:
     return ensemble
 
 
-async def _complete(state: ServerState, ensemble: Ensemble, parsed: ParsedChat) -> web.Response:
+async def _complete(ensemble: Ensemble, parsed: ParsedChat) -> web.Response:
     completions = await complete_choices(ensemble, parsed)
-    for c in completions:
-        state.metrics.record_calls(parsed.model, c.trace)
     return web.json_response(completion_body(parsed, completions))
 
 
@@ -107,14 +162,14 @@ def completion_body(parsed: ParsedChat, completions: list[Completion]) -> dict[s
     return body
 
 
-async def _stream(request: web.Request, state: ServerState, ensemble: Ensemble, parsed: ParsedChat):
-    result = StreamResult()
+async def _stream(
+    request: web.Request, state: ServerState, ensemble: Ensemble, parsed: ParsedChat, result: StreamResult
+) -> web.StreamResponse:
     fmt = ChunkFormat(parsed.model, parsed.include_usage)
     try:
         async with aclosing(stream_choices(ensemble, parsed)) as deltas:
             return await write_stream(request, deltas, fmt, parsed.n, parsed.include_usage, parsed.trace, result)
     finally:
-        state.metrics.record_calls(parsed.model, result.calls)
         if result.first_token_s is not None:
             state.metrics.ttft.observe(result.first_token_s, ensemble=parsed.model)
 

@@ -1,4 +1,9 @@
-"""Running the server: listen, print where, and on SIGTERM or SIGINT drain in-flight requests, then exit."""
+"""Running the server: listen, print where, and on SIGTERM or SIGINT drain in-flight requests, then exit.
+
+Draining stops listening, lets the running chat requests finish for up to the drain timeout, cancels the
+ones still running, and closes the connections: the whole takes the drain timeout plus at most
+``CLOSE_GRACE_S``.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,13 @@ from aiohttp import web
 
 from moa.ensemble import Ensemble
 from moa.server.app import create_app
-from moa.server.state import STATE, ServerSettings
+from moa.server.protocol import Runner
+from moa.server.state import STATE, ServerSettings, ServerState
 
 #: pending connections the kernel may hold; many clients connecting at once must not wait for a SYN retry
 BACKLOG = 4096
+#: seconds, after the drain timeout, for cancelled requests to unwind and connections to close
+CLOSE_GRACE_S = 0.5
 
 
 def describe(ensemble: Ensemble) -> str:
@@ -35,8 +43,9 @@ async def serve(
     for ensemble in ensembles.values():  # local engines start before the server says it is listening
         await ensemble.astart()
     app = create_app(ensembles, settings)
-    runner = web.AppRunner(
-        app, handle_signals=False, handler_cancellation=True, access_log=None, shutdown_timeout=drain_timeout_s
+    protocol = {"keepalive_timeout": settings.keepalive_timeout_s, "access_log": None}
+    runner = Runner(
+        app, protocol, handle_signals=False, handler_cancellation=True, access_log=None, shutdown_timeout=CLOSE_GRACE_S
     )
     await runner.setup()
     stop = asyncio.Event()
@@ -46,7 +55,7 @@ async def serve(
     try:
         site = web.TCPSite(runner, host, port, backlog=BACKLOG)
         await site.start()
-        bound = site._server.sockets[0].getsockname()[1] if site._server else port  # type: ignore[union-attr]
+        bound = site.port  # the port bound, when 0 asked for a free one
         shown = f"[{host}]" if ":" in host else host
         print(f"moa serve: listening on http://{shown}:{bound}/v1", file=out)
         for ensemble in ensembles.values():
@@ -57,8 +66,20 @@ async def serve(
         state.draining = True  # requests on open keep-alive connections now get 503
         await site.stop()  # no new connections
         print(f"moa serve: draining {state.admitted} in-flight request(s)", file=out, flush=True)
+        await drain(state, drain_timeout_s)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        await runner.cleanup()  # stops listening, waits for running handlers, then closes the ensembles
+        await runner.cleanup()  # closes the connections (the requests on them are done), then the ensembles
     print("moa serve: stopped", file=out, flush=True)
+
+
+async def drain(state: ServerState, timeout_s: float) -> None:
+    """Wait up to ``timeout_s`` for the running chat requests; cancel those still running."""
+    running = set(state.handlers)
+    if running:
+        _, running = await asyncio.wait(running, timeout=timeout_s)
+    for task in running:
+        task.cancel()
+    if running:
+        await asyncio.wait(running, timeout=CLOSE_GRACE_S)

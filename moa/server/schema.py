@@ -8,6 +8,13 @@ calls behind the answer) and ``moa_deadline_s`` (this request's deadline).
 Ignored, because they cannot change the answer: ``user``, ``metadata``, ``store``, ``service_tier``,
 ``parallel_tool_calls``, ``safety_identifier``, ``prompt_cache_key``.
 
+``max_tokens`` (or ``max_completion_tokens``) above ``MAX_TOKENS`` (2**20 = 1,048,576 tokens, far more than
+any model writes in one answer) is refused: the server does not know each upstream model's context, and a
+larger value would only reach the upstream servers as an absurd number.
+
+Tool-call history (an assistant message with ``tool_calls`` or ``function_call``, a ``tool`` or ``function``
+message) is refused naming the message: an ensemble neither calls tools nor reads their results.
+
 Refused unless left at their neutral value (``_NEUTRAL``): tools, logprobs, penalties, structured output,
 audio and the like, which an ensemble cannot honour. Any other field is refused as unknown. Every refusal is a
 ``ConfigError`` whose path names the field.
@@ -27,6 +34,8 @@ from moa.types import ChatRequest
 
 #: ``n`` above this is refused: each choice is a whole ensemble run
 MAX_N = 16
+#: ``max_tokens`` above this is refused (2**20 tokens): far more than any model writes in one answer
+MAX_TOKENS = 2**20
 _INT64 = 2**63
 
 #: OpenAI fields moa cannot honour, with the values that ask for nothing (``None`` always does)
@@ -68,8 +77,8 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = None
     top_p: float | None = None
     # bounds checked here too, so that the error names the field the client sent
-    max_tokens: Annotated[int, Field(gt=0)] | None = None
-    max_completion_tokens: Annotated[int, Field(gt=0)] | None = None
+    max_tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = None
+    max_completion_tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = None
     stop: Annotated[list[str], Field(max_length=16)] | None = None
     seed: Annotated[int, Field(ge=-_INT64, lt=_INT64)] | None = None
     moa_trace: bool = False
@@ -108,7 +117,7 @@ def parse_chat_request(body: Any) -> ParsedChat:
     try:
         req = ChatCompletionRequest.model_validate(_without_neutral(body))
     except ValidationError as e:
-        path, message = describe_error(e.errors()[0])
+        path, message = describe_error(dict(e.errors()[0]))
         raise ConfigError(message, path or None) from None
     if req.stream_options is not None and not req.stream:
         raise ConfigError("only allowed when stream is true", "stream_options")
@@ -148,8 +157,23 @@ def _max_tokens(req: ChatCompletionRequest) -> int | None:
     return b if b is not None else a
 
 
+#: roles of tool-call history, and the assistant fields that carry calls
+_TOOL_ROLES = ("tool", "function")
+_CALL_FIELDS = ("tool_calls", "function_call")
+_NO_TOOLS = "tools are not supported by moa ensembles, so a conversation with tool calls cannot be continued"
+
+
+def _refuse_tool_history(message: dict[str, Any], index: int) -> None:
+    if message.get("role") in _TOOL_ROLES:
+        raise ConfigError(_NO_TOOLS, f"messages[{index}]")
+    for name in _CALL_FIELDS:
+        if message.get(name) not in (None, []):
+            raise ConfigError(_NO_TOOLS, f"messages[{index}].{name}")
+
+
 def _normalize_message(message: dict[str, Any], index: int) -> dict[str, Any]:
     """OpenAI's newer spellings in the shape ``build_request`` checks: text parts joined, developer as system."""
+    _refuse_tool_history(message, index)
     content = message.get("content")
     if isinstance(content, list):
         message = {**message, "content": _join_text_parts(content, index)}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -17,12 +19,19 @@ class ServerSettings:
     max_queue: int = 512
     max_body_bytes: int = 4 * 1024 * 1024
     api_keys: APIKeys | None = None
+    #: seconds a request body may take to arrive (it is read before the request takes a place in the queue)
+    read_timeout_s: float = 10.0
+    #: seconds an idle keep-alive connection, or one whose headers are unfinished, is kept open
+    keepalive_timeout_s: float = 15.0
 
     def __post_init__(self) -> None:
         if self.max_queue < 1:
             raise ConfigError("must be >= 1", "--max-queue")
         if self.max_body_bytes < 1024:
             raise ConfigError("must be >= 1024", "--max-body-bytes")
+        for value, flag in ((self.read_timeout_s, "--read-timeout"), (self.keepalive_timeout_s, "--keepalive-timeout")):
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError("must be a number of seconds > 0", flag)
 
 
 class ServerState:
@@ -34,6 +43,8 @@ class ServerState:
         self.metrics = ServerMetrics()
         self.admitted = 0  # chat requests running or waiting inside the ensembles
         self.draining = False
+        #: the tasks serving chat requests, from their first byte of body to their last of answer (drain waits)
+        self.handlers: set[asyncio.Task[object]] = set()
 
 
 STATE = web.AppKey("moa_server_state", ServerState)

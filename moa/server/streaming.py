@@ -4,12 +4,14 @@ The response starts when the first token (or the end) of any choice arrives, so 
 that still gets a proper HTTP status. The first chunk of each choice carries the role; then come its tokens,
 one chunk each; then one chunk with its ``finish_reason``. A last chunk with no choices carries ``usage`` when
 ``stream_options.include_usage`` asked and ``moa_trace`` when the request asked. A failure after the response
-began is sent as an ``{"error": ...}`` event. The stream always ends with ``data: [DONE]``.
+began is sent as an ``{"error": ...}`` event, and logged (the event may say the details are in the log).
+The stream always ends with ``data: [DONE]``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,6 +21,8 @@ from aiohttp import web
 
 from moa.server.errors import error_for
 from moa.types import CallRecord, DefenseRecord, Delta, Usage
+
+log = logging.getLogger("moa.server")
 
 DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -79,6 +83,8 @@ class StreamResult:
         self.first_token_s: float | None = None
         self.calls: list[CallRecord] = []
         self.usage: Usage | None = None
+        #: the status of a failure after the response began (the HTTP status was already 200)
+        self.error_status: int | None = None
 
 
 async def write_stream(
@@ -116,7 +122,13 @@ async def write_stream(
     except Exception as e:
         if response is None:
             raise
-        await response.write(pending + fmt.event(error_for(e)[1]) + DONE)
+        status, body = error_for(e)
+        result.error_status = status
+        if status == 500:
+            log.error("the stream failed after the response began", exc_info=e)
+        else:
+            log.warning("the stream failed after the response began: %s (%s)", body["error"]["message"], status)
+        await response.write(pending + fmt.event(body) + DONE)
         return response
     assert response is not None, "an ensemble's stream always ends with a finish delta"
     result.usage = Usage.total(result.calls)
