@@ -7,7 +7,8 @@ and each sample is read by exactly one step. Only the last step may stream.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 
 from moa.backend import ModelCaller
 from moa.config import AggregatorConfig
@@ -56,10 +57,11 @@ class SequentialAggregator:
 
     async def stream(
         self, request: ChatRequest, references: list[Proposal], caller: ModelCaller
-    ) -> AsyncIterator[Delta]:
+    ) -> AsyncGenerator[Delta, None]:
         running, samples, label = await self._until_last(request, references, caller)
-        async for delta in caller.stream(self.step_messages(request, running, samples), step=label):
-            yield delta
+        async with aclosing(caller.stream(self.step_messages(request, running, samples), step=label)) as deltas:
+            async for delta in deltas:
+                yield delta
 
 
 def _label(i: int, steps: list[list[int]]) -> str:

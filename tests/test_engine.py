@@ -342,10 +342,16 @@ async def test_a_request_deadline_may_shorten_the_configured_one_never_lengthen_
         assert info.value.deadline_s == 0.2
 
 
-async def test_aclose_releases_the_slot_and_the_connection_before_it_returns(upstream: ScriptedServer) -> None:
+@pytest.mark.parametrize("aggregator", ["synthesize", "self-moa-seq"])
+async def test_aclose_releases_the_slot_and_the_connection_before_it_returns(
+    upstream: ScriptedServer, aggregator: str
+) -> None:
     upstream.script("a", answer="p")
     upstream.script("agg", answer=" ".join(f"w{i}" for i in range(200)), latency_s=1.0)  # 0.1 s a word
-    cfg = moa_config(upstream.base_url, [["a"]], backend={"rate_limit": {"concurrency": 1}})
+    cfg = moa_config(
+        upstream.base_url, [["a"]], backend={"rate_limit": {"concurrency": 1}},
+        aggregator_extra={"type": aggregator},
+    )  # fmt: skip
     async with Ensemble.from_config(cfg) as ens:
         in_flight = ens._engine.backends["up"].limits.in_flight
         assert in_flight is not None
