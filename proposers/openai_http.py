@@ -40,6 +40,7 @@ from proposers.openai_schema import (
     EmbeddingResult,
     ErrorBody,
     describe,
+    parse_body,
 )
 from proposers.sse import iter_sse_data
 
@@ -132,7 +133,7 @@ class OpenAIProposer:
             return
         raw = await resp.read()
         try:
-            error = ErrorBody.model_validate_json(raw).error
+            error = parse_body(ErrorBody, raw).error
             message = error if isinstance(error, str) else error.message or ""
         except ValidationError:
             message = raw.decode("utf-8", "replace").strip() or resp.reason or ""
@@ -161,7 +162,7 @@ class OpenAIProposer:
         with self._mapped_errors():
             raw = await self._post(self._url, body)
         try:
-            data = ChatCompletion.model_validate_json(raw)
+            data = parse_body(ChatCompletion, raw)
         except ValidationError as e:
             raise self._malformed(e) from None
         if not data.choices:
@@ -190,7 +191,7 @@ class OpenAIProposer:
                     if not data.strip():  # an event with an empty data line: nothing to read
                         continue
                     try:
-                        chunk = ChatCompletionChunk.model_validate_json(data)
+                        chunk = parse_body(ChatCompletionChunk, data)
                     except ValidationError as e:
                         raise self._malformed(e, "chunk") from None
                     if chunk.error is not None:
@@ -218,7 +219,7 @@ class OpenAIProposer:
         with self._mapped_errors():
             raw = await self._post(self._embeddings_url, body)
         try:
-            data = CreateEmbeddingResponse.model_validate_json(raw)
+            data = parse_body(CreateEmbeddingResponse, raw)
         except ValidationError as e:
             raise self._malformed(e) from None
         rows = sorted(data.data, key=lambda d: d.index)

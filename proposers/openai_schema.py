@@ -8,8 +8,9 @@ both); text is strictly a string.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
 
@@ -122,6 +123,25 @@ class EmbeddingResult:
     usage: Usage
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def parse_body(model: type[_M], raw: bytes | str) -> _M:
+    """``raw`` validated as ``model``: pydantic's JSON parser first (fast), and Python's for what JSON allows but
+    that parser refuses (a lone surrogate escape such as ``"\\ud83d"``, which a model's text may hold).
+    Raises ``ValidationError``."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as e:
+        if not any(item["type"] == "json_invalid" for item in e.errors(include_url=False)):
+            raise
+        try:
+            decoded = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise e from None
+        return model.model_validate(decoded)
+
+
 def describe(error: ValidationError, what: str = "") -> str:
     """What was wrong, by field path (``choices[0].message: Input should be ...``); never the input's value."""
     parts = []
@@ -136,6 +156,7 @@ def describe(error: ValidationError, what: str = "") -> str:
 
 
 __all__ = [
+    "parse_body",
     "ChatCompletion",
     "ChatCompletionChunk",
     "CreateEmbeddingResponse",

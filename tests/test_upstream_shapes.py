@@ -187,3 +187,18 @@ async def test_x_should_retry_is_the_upstreams_verdict(
 ) -> None:
     err = await _generate(upstream, _busy({} if value is None else {"x-should-retry": value}, status=503))
     assert isinstance(err, ServerError) and err.should_retry is expected
+
+
+async def test_a_lone_surrogate_escape_is_text_not_a_malformed_body(upstream: ScriptedServer) -> None:
+    """JSON allows the escape "\\ud83d" alone (a model cut mid-emoji); pydantic's own JSON parser refuses it."""
+    whole = '{"choices": [{"message": {"content": "Seven \\ud83d"}}]}'
+    events = 'data: {"choices": [{"delta": {"content": "Seven \\ud83d"}, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n'
+    upstream.script("m", faults=[Raw(whole), Raw(events, content_type="text/event-stream")])
+    proposer = _proposer(upstream.base_url)
+    try:
+        result = await proposer.generate(HI, SamplingParams())
+        deltas = [d async for d in proposer.stream(HI, SamplingParams())]
+    finally:
+        await proposer.aclose()
+    assert result.generations[0].text == "Seven \ud83d"
+    assert "".join(d.content for d in deltas) == "Seven \ud83d"
