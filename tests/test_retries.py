@@ -166,3 +166,19 @@ async def test_each_retry_is_logged_with_status_and_delay_and_no_secret(
     assert len(retries) == 1  # the 401 (which quoted the key) is not retried
     assert "429" in retries[0] and "0.050 s" in retries[0]
     assert all("sk-test-secret-123" not in r.getMessage() for r in caplog.records)
+
+
+async def test_retry_after_ms_and_x_should_retry_reach_the_decision(upstream: ScriptedServer) -> None:
+    """The headers the proposer reads decide the engine's retries: retry-after-ms is waited for (over a
+    Retry-After that says otherwise), and x-should-retry: false stops a 503 from being retried at all."""
+    slow_ms = Raw('{"error": {"message": "busy"}}', status=429, headers={"retry-after-ms": "300", "Retry-After": "0"})
+    final = Raw('{"error": {"message": "gone"}}', status=503, headers={"x-should-retry": "false"})
+    upstream.script("a", answer="after 300 ms", faults=[slow_ms])
+    upstream.script("b", faults=[final])
+    async with Ensemble.from_config(_cfg(upstream, ["a", "b"], initial_backoff_s=0.01)) as ens:
+        result = await ens.acomplete(USER)
+    first, second = upstream.for_model("a")
+    assert second.started - first.ended >= 0.3 - 0.01
+    assert len(upstream.for_model("b")) == 1
+    record = next(r for r in result.trace if r.agent == "b")
+    assert record.outcome == "error" and record.retries == 0
