@@ -87,11 +87,11 @@ class ServeProcess:
     # ---- clients ----------------------------------------------------------------------------------------
 
     def client(self, api_key: str = "unused", **kwargs: Any) -> openai.OpenAI:
-        """The official client on this server, retries off (tests see every status as it is)."""
-        return openai.OpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, **kwargs)
+        """The official client on this server, retries off unless asked (tests see every status as it is)."""
+        return openai.OpenAI(base_url=self.base_url, api_key=api_key, **{"max_retries": 0, **kwargs})
 
     def aclient(self, api_key: str = "unused", **kwargs: Any) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, **kwargs)
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, **{"max_retries": 0, **kwargs})
 
     # ---- raw HTTP, for what the openai client cannot send --------------------------------------------
 

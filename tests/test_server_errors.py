@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from tests.scripted_server import ScriptedServer
+from tests.scripted_server import Raw, ScriptedServer
 from tests.server_harness import ServeProcess, ensemble, moa_serve, wait_until
 
 USER = [{"role": "user", "content": "Hello?"}]
@@ -140,6 +140,20 @@ def test_too_few_proposals_is_503_even_when_streaming(client: openai.OpenAI, ups
             client.chat.completions.create(model="fragile", messages=USER, stream=stream)
         assert info.value.status_code == 503
         assert _error(info.value)["code"] == "insufficient_proposals"
+
+
+def test_a_prompt_too_long_for_every_proposer_is_400_and_not_retried_by_the_client(
+    serve: ServeProcess, upstream_thread: ScriptedServer
+) -> None:
+    too_long = Raw('{"error": {"message": "This model\'s maximum context length is 8192 tokens"}}', status=400)
+    for stream in (False, True):
+        upstream_thread.reset()
+        upstream_thread.script("f1", faults=[too_long] * 3)
+        upstream_thread.script("f2", faults=[too_long] * 3)
+        with serve.client(timeout=30, max_retries=2) as retrying, pytest.raises(openai.BadRequestError) as info:
+            retrying.chat.completions.create(model="fragile", messages=USER, stream=stream)
+        assert _error(info.value)["code"] == "context_length_exceeded"
+        assert len(upstream_thread.for_model("f1")) == 1  # a 503 would have made the client send it twice more
 
 
 def test_deadline_is_504(client: openai.OpenAI, upstream_thread: ScriptedServer) -> None:
