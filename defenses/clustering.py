@@ -38,13 +38,14 @@ class Split:
 
 
 def two_means(x: np.ndarray, seed: int, restarts: int = 4, iterations: int = 50) -> Split:
-    """k-means with k = 2 on the rows of ``x`` ([N, D], unit length): k-means++ starts, best of ``restarts``."""
+    """k-means with k = 2 on the rows of ``x`` ([N, D], unit length): k-means++ starts, best of ``restarts``
+    (one at least)."""
     n = x.shape[0]
     if n < 2 or float((1.0 - x @ x.T).max()) < _SAME:
         return Split(np.zeros(n, dtype=np.int64))
     rng = np.random.default_rng(seed)
-    best, best_inertia = None, np.inf
-    for _ in range(restarts):
+    best, best_inertia = _lloyd(x, _plus_plus(x, rng), iterations)
+    for _ in range(restarts - 1):
         labels, inertia = _lloyd(x, _plus_plus(x, rng), iterations)
         if inertia < best_inertia - 1e-9:
             best, best_inertia = labels, inertia

@@ -10,7 +10,8 @@ import argparse
 import asyncio
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TextIO
 
 from moa.config import builtin_configs, load_config
 from moa.errors import ConfigError, MoaError
@@ -21,7 +22,7 @@ DEFAULT_CONFIG = "default"
 COMMAND_MODULES: tuple[str, ...] = ("serve", "alpaca_eval", "specdec")
 
 
-def _print_trace(result: Completion, out) -> None:
+def _print_trace(result: Completion, out: TextIO) -> None:
     for p in result.proposals:
         print(f"--- proposal (layer {p.layer}, {p.agent}) ---\n{p.text}\n", file=out)
     header = (
@@ -111,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = args.func
     try:
-        return args.func(args)
+        return command(args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -25,12 +25,17 @@ Foreign exceptions (aiohttp, asyncio, vLLM) are mapped to these at the boundary 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from moa.types import CallRecord
+
 
 class MoaError(Exception):
     """Base of every error moa raises on purpose."""
 
     #: set when a request fails: its trace so far (``CallRecord``s of the calls made before the failure)
-    trace: list | None = None
+    trace: list[CallRecord] | None = None
 
 
 class ConfigError(MoaError, ValueError):

@@ -47,7 +47,8 @@ def shared(key: Hashable, make: Callable[[], T]) -> T:
     """The process's one instance for ``key``, made by ``make`` the first time it is asked for."""
     if key not in _SHARED:
         _SHARED[key] = make()
-    return _SHARED[key]
+    instance: T = _SHARED[key]  # made by a ``make`` of this key
+    return instance
 
 
 def resolve(kind: Kind, type_name: str) -> Any:

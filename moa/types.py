@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, TypedDict, Unpack
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,6 +30,17 @@ class Message:
         return {"role": self.role, "content": self.content}
 
 
+class SamplingOverrides(TypedDict, total=False):
+    """``SamplingParams`` fields as keyword arguments (``SamplingParams.merged``)."""
+
+    temperature: float | None
+    top_p: float | None
+    max_tokens: int | None
+    stop: tuple[str, ...] | None
+    seed: int | None
+    logprobs: int | None
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """Per-call sampling; ``None`` leaves the backend's default in force."""
@@ -41,9 +52,10 @@ class SamplingParams:
     seed: int | None = None
     logprobs: int | None = None  # return this many most likely tokens, with log-probabilities, per position
 
-    def merged(self, **overrides: object) -> SamplingParams:
+    def merged(self, **overrides: Unpack[SamplingOverrides]) -> SamplingParams:
         """A copy with every override that is not ``None`` applied."""
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        given = SamplingParams(**overrides)
+        return replace(self, **{k: v for k in self.__slots__ if (v := getattr(given, k)) is not None})
 
 
 @dataclass(frozen=True, slots=True)

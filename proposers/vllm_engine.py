@@ -123,14 +123,19 @@ class VLLMProposer:
 
     def _prompt_ids(self, engine: AsyncLLM, messages: list[Message]) -> list[int]:
         """Token ids of the conversation plus the assistant's opening, the way vLLM's chat API renders it."""
+        tokenizer = engine.tokenizer
+        if tokenizer is None:  # an engine started with skip_tokenizer_init, which moa's engine args never set
+            raise EngineError(f"{self.name}: the vLLM engine has no tokenizer", backend=self.name)
         try:
-            ids = engine.tokenizer.apply_chat_template(
+            ids = tokenizer.apply_chat_template(
                 [m.to_dict() for m in messages], add_generation_prompt=True, tokenize=True, return_dict=False
             )
         except Exception as e:  # a template may raise anything on a conversation it rejects
             raise BadRequestError(
                 f"{self.name}: the chat template rejected the messages: {e}", backend=self.name
             ) from None
+        if isinstance(ids, str):  # tokenize=True asks for token ids; text back would be sent as characters
+            raise EngineError(f"{self.name}: the tokenizer's chat template gave text, not token ids", backend=self.name)
         limit = engine.model_config.max_model_len
         if len(ids) >= limit:
             raise ContextLengthError(

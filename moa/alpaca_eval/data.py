@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -42,18 +42,22 @@ class ModelOutput:
     dataset: str | None = None
 
 
-class _InstructionIn(BaseModel):
+class _RowIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
     instruction: str = Field(min_length=1)
+
+
+class _InstructionIn(_RowIn):
     dataset: str = "custom"
 
 
-class _OutputIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    instruction: str = Field(min_length=1)
+class _OutputIn(_RowIn):
     output: str
     generator: str = Field(min_length=1)
     dataset: str | None = None
+
+
+RowT = TypeVar("RowT", bound=_RowIn)
 
 
 def _read_json(path: str | Path | None, packaged: str) -> tuple[str, Any]:
@@ -71,10 +75,10 @@ def _read_json(path: str | Path | None, packaged: str) -> tuple[str, Any]:
         raise ConfigError(f"{path}: not valid JSON: {e}") from None
 
 
-def _rows(name: str, data: Any, model: type[BaseModel]) -> list[Any]:
+def _rows(name: str, data: Any, model: type[RowT]) -> list[RowT]:
     if not isinstance(data, list) or not data:
         raise ConfigError("must be a non-empty JSON list of objects", name)
-    rows = []
+    rows: list[RowT] = []
     for i, item in enumerate(data):
         try:
             rows.append(model.model_validate(item))

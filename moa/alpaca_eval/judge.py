@@ -120,9 +120,8 @@ class PairwiseJudge:
         chosen = model or own or getattr(bc, "model", None)
         if not chosen:
             raise ConfigError(f"backend {name!r} names no default model; pass one", "--judge-model")
-        backend = Backend.from_config(name, bc)
         settings = digest(bc.model_dump(mode="json", exclude=set(OPERATIONAL_FIELDS)))
-        return cls(backend, chosen, logprobs=logprobs, backend_settings=settings)
+        return cls(Backend.from_config(name, bc), chosen, logprobs=logprobs, backend_settings=settings)
 
     @property
     def name(self) -> str:

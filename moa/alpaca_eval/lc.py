@@ -54,7 +54,8 @@ def read_official_weights(path: str | Path) -> dict[str, GLMWeights]:
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return np.exp(-np.logaddexp(0.0, -z))
+    p: np.ndarray = np.exp(-np.logaddexp(0.0, -z))
+    return p
 
 
 def predict_win_rate(weights: GLMWeights, difficulty: np.ndarray) -> float:

@@ -82,7 +82,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 1 if report.failures else 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     top = subparsers.add_parser("alpaca-eval", help="AlpacaEval 2.0: generate a submission, evaluate one locally")
     sub = top.add_subparsers(dest="alpaca_eval_command", required=True, metavar="STEP")
 

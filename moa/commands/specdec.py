@@ -8,12 +8,16 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from moa.errors import ConfigError
 
+if TYPE_CHECKING:
+    from proposers.specdec.causal_lm import CausalLM
+    from proposers.specdec.data import Sample
 
-def register(subparsers: Any) -> None:
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     specdec = subparsers.add_parser("specdec", help="train drafts and acceptance heads for speculative decoding")
     sub = specdec.add_subparsers(dest="specdec_command", required=True, metavar="COMMAND")
 
@@ -146,7 +150,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _responses(args: argparse.Namespace):
+def _responses(args: argparse.Namespace) -> tuple[CausalLM, Any, str, list[Sample]]:
     """(target, tokenizer, target hash, the target's responses: read from --responses or sampled here)."""
     import torch
 

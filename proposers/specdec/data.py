@@ -6,13 +6,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from moa.errors import ConfigError
 from proposers.specdec.decode import until_stop
+
+if TYPE_CHECKING:
+    from proposers.specdec.causal_lm import CausalLM
 
 _TEXT_KEYS = ("instruction", "prompt", "content", "text", "question")
 
@@ -25,15 +27,17 @@ def read_prompts(path: str | Path, field: str = "--prompts") -> list[str]:
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix == ".json":
-            items: list[Any] = json.loads(text)
+            parsed: Any = json.loads(text)
+            if not isinstance(parsed, list):
+                raise ConfigError(f"{path}: must be a JSON list of prompts (strings or objects)", field)
+            items: list[Any] = parsed
         elif path.suffix == ".jsonl":
             items = [json.loads(line) for line in text.splitlines() if line.strip()]
         else:
             items = [line for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON: {e}", field) from None
-    prompts = [_text_of(item) for item in items]
-    prompts = [p for p in prompts if p]
+    prompts = [p for p in map(_text_of, items) if p]
     if not prompts:
         raise ConfigError(f"{path} holds no prompts", field)
     return prompts
@@ -44,12 +48,13 @@ def _text_of(item: Any) -> str | None:
         return item.strip()
     if isinstance(item, dict):
         for key in _TEXT_KEYS:
-            if isinstance(item.get(key), str):
-                return item[key].strip()
+            value = item.get(key)
+            if isinstance(value, str):
+                return value.strip()
     return None
 
 
-def stop_ids(model: nn.Module | None, tokenizer: Any, folder: str | Path | None = None) -> frozenset[int]:
+def stop_ids(model: CausalLM | None, tokenizer: Any, folder: str | Path | None = None) -> frozenset[int]:
     """Token ids that end a response: the generation config's EOS ids (the model's, or else the one in the
     model's ``folder``) and the tokenizer's."""
     if model is not None:
@@ -57,8 +62,12 @@ def stop_ids(model: nn.Module | None, tokenizer: Any, folder: str | Path | None 
     else:
         from transformers import GenerationConfig
 
-        has_config = folder is not None and (Path(folder) / "generation_config.json").is_file()
-        ids = GenerationConfig.from_pretrained(folder).eos_token_id if has_config else None
+        config_file = None if folder is None else Path(folder) / "generation_config.json"
+        ids = (
+            GenerationConfig.from_pretrained(config_file.parent).eos_token_id
+            if config_file and config_file.is_file()
+            else None
+        )
     found = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
     if tokenizer.eos_token_id is not None:
         found.add(tokenizer.eos_token_id)
@@ -68,7 +77,8 @@ def stop_ids(model: nn.Module | None, tokenizer: Any, folder: str | Path | None 
 def encode_chat(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
     """A conversation in the model's chat template, ready for the assistant's turn: token ids."""
     text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-    return tokenizer(text, add_special_tokens=False).input_ids
+    ids: list[int] = tokenizer(text, add_special_tokens=False).input_ids
+    return ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +88,7 @@ class Sample:
 
 
 def target_responses(
-    model: nn.Module, tokenizer: Any, prompts: list[str], *, samples: int, max_new_tokens: int,
+    model: CausalLM, tokenizer: Any, prompts: list[str], *, samples: int, max_new_tokens: int,
     temperature: float, seed: int, stop_ids: frozenset[int], batch: int = 16,
 ) -> list[Sample]:  # fmt: skip
     """``samples`` responses of the target to each prompt, sampled with transformers' batched ``generate``
@@ -93,7 +103,7 @@ def target_responses(
         ids = torch.tensor([[pad] * (width - len(g)) + g for g in group], device=model.device)  # [B, S]
         mask = torch.tensor([[0] * (width - len(g)) + [1] * len(g) for g in group], device=model.device)
         with torch.inference_mode():
-            rows = model.generate(
+            rows = model.generate(  # type: ignore[misc]  # transformers types GenerationMixin's self for `ty`, not mypy
                 input_ids=ids, attention_mask=mask, do_sample=temperature > 0, temperature=temperature or None,
                 top_p=1.0, top_k=0, max_new_tokens=max_new_tokens, eos_token_id=sorted(stop_ids), pad_token_id=pad,
             )[:, width:].tolist()  # fmt: skip

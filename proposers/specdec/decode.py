@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
@@ -18,6 +18,9 @@ from transformers import DynamicCache
 
 from proposers.specdec.sampling import Sampler
 from proposers.specdec.verify import Draft, Verdict, verify
+
+if TYPE_CHECKING:
+    from proposers.specdec.causal_lm import CausalLM
 
 
 class Drafter(Protocol):
@@ -61,7 +64,7 @@ class DecodeStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def new_cache(model: torch.nn.Module) -> DynamicCache:
+def new_cache(model: CausalLM) -> DynamicCache:
     return DynamicCache(config=model.config)
 
 
@@ -72,25 +75,26 @@ def crop_cache(cache: DynamicCache, length: int) -> None:
         cache.crop(-extra)
 
 
-def forward(model: torch.nn.Module, ids: Tensor, cache: DynamicCache, keep: int = 1) -> Tensor:
+def forward(model: CausalLM, ids: Tensor, cache: DynamicCache, keep: int = 1) -> Tensor:
     """ids: [B, S] -> logits [B, keep, V] of the last ``keep`` positions; the cache grows by S."""
-    return model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=keep).logits
+    logits: Tensor = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=keep).logits
+    return logits
 
 
-def prefill(model: torch.nn.Module, prompt: list[int], cache: DynamicCache) -> Tensor:
+def prefill(model: CausalLM, prompt: list[int], cache: DynamicCache) -> Tensor:
     """The prompt into an empty cache -> logits [V] for the first new token."""
     ids = torch.tensor([prompt], device=model.device)  # [1, S]
     return forward(model, ids, cache)[0, -1]
 
 
-def decode_one_token(model: torch.nn.Module, cache: DynamicCache, tokens: Tensor, sampler: Sampler) -> Tensor:
+def decode_one_token(model: CausalLM, cache: DynamicCache, tokens: Tensor, sampler: Sampler) -> Tensor:
     """tokens: [B] (each row's newest token) -> the next tokens [B]."""
     logits = forward(model, tokens[:, None], cache)[:, -1]  # [B, V]
     return sampler.pick(logits)
 
 
 def speculative_decode(
-    model: torch.nn.Module,
+    model: CausalLM,
     cache: DynamicCache,
     drafter: Drafter,
     tokens: list[int],
@@ -114,7 +118,7 @@ def speculative_decode(
 
 
 def generate(
-    model: torch.nn.Module,
+    model: CausalLM,
     prompt: list[int],
     sampler: Sampler,
     max_new_tokens: int,
@@ -155,7 +159,7 @@ def generate(
 
 
 def generate_batch(
-    model: torch.nn.Module,
+    model: CausalLM,
     prompt: list[int],
     sampler: Sampler,
     max_new_tokens: int,

@@ -39,7 +39,8 @@ class AcceptanceHead(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         """h: [..., H] -> logits [..., 2] (reject, accept)."""
-        return self.out(self.blocks(h))
+        logits: Tensor = self.out(self.blocks(h))
+        return logits
 
 
 def save(path: str | Path, head: AcceptanceHead, *, target_hash: str, draft_hash: str, threshold: float,

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from moa.errors import ConfigError
 from proposers.embedded import resolve_model
 from proposers.specdec import self_draft
 from proposers.specdec.identity import model_hash
+
+if TYPE_CHECKING:
+    from proposers.specdec.causal_lm import CausalLM
 
 
 def pick_device(device: str) -> torch.device:
@@ -41,18 +44,19 @@ def model_folder(spec: str, field: str | None = None) -> Path:
 
 def load_target(
     spec: str, device: torch.device, dtype: torch.dtype, field: str | None = None
-) -> tuple[nn.Module, Any, str]:
+) -> tuple[CausalLM, Any, str]:
     """(model in eval mode, tokenizer, model hash)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = model_folder(spec, field)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval().requires_grad_(False)
+    # transformers wraps `to` so that mypy takes its first argument for `self`
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval().requires_grad_(False)  # type: ignore[arg-type]
     return model, AutoTokenizer.from_pretrained(folder), model_hash(folder)
 
 
 def load_draft(
-    spec: str, target: nn.Module, tokenizer: Any, target_hash: str, field: str | None = None
-) -> tuple[nn.Module, Tensor | None, str]:
+    spec: str, target: CausalLM, tokenizer: Any, target_hash: str, field: str | None = None
+) -> tuple[CausalLM, Tensor | None, str]:
     """(draft model, its token ids when its head covers a subset, draft hash) for a target."""
     if spec.endswith(".safetensors"):
         if not Path(spec).is_file():
@@ -64,7 +68,7 @@ def load_draft(
     folder = model_folder(spec, field)
     if AutoTokenizer.from_pretrained(folder).get_vocab() != tokenizer.get_vocab():
         raise ConfigError(f"the draft {spec} does not share the target's tokenizer", field)
-    draft = AutoModelForCausalLM.from_pretrained(folder, dtype=target.dtype).to(target.device).eval()
+    draft = AutoModelForCausalLM.from_pretrained(folder, dtype=target.dtype).to(target.device).eval()  # type: ignore[arg-type]
     if draft.get_output_embeddings().out_features > target.get_output_embeddings().out_features:
         raise ConfigError(f"the draft {spec} has more output rows than the target", field)
     return draft.requires_grad_(False), None, model_hash(folder)

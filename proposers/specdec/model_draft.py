@@ -8,6 +8,8 @@ drafted token is never fed to the draft, which saves a forward.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
@@ -16,9 +18,12 @@ from proposers.specdec.policies import LengthPolicy
 from proposers.specdec.sampling import Sampler, expand_vocab
 from proposers.specdec.verify import Draft
 
+if TYPE_CHECKING:
+    from proposers.specdec.causal_lm import CausalLM
+
 
 class ModelDrafter:
-    def __init__(self, model: torch.nn.Module, policy: LengthPolicy, vocab_size: int, vocab: Tensor | None = None):
+    def __init__(self, model: CausalLM, policy: LengthPolicy, vocab_size: int, vocab: Tensor | None = None):
         """``vocab`` maps the draft's output rows to token ids when its head covers a subset of the vocabulary."""
         self.model = model
         self.policy = policy

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
@@ -25,6 +25,9 @@ from proposers.specdec.model_draft import ModelDrafter
 from proposers.specdec.policies import AcceptanceStop, Confidence, FixedLength, Heuristic, LengthPolicy
 from proposers.specdec.sampling import Sampler, make_generator
 
+if TYPE_CHECKING:
+    from proposers.specdec.causal_lm import CausalLM
+
 DEFAULT_MAX_TOKENS = 512
 DEFAULT_CONFIDENCE = 0.3
 
@@ -32,10 +35,10 @@ DEFAULT_CONFIDENCE = 0.3
 @dataclass(slots=True)
 class Runner:
     name: str
-    model: nn.Module
+    model: CausalLM
     tokenizer: Any
     spec: SpeculativeConfig | None = None
-    draft: nn.Module | None = None
+    draft: CausalLM | None = None
     vocab: Tensor | None = None  # the draft's token ids when its head covers a subset
     head: nn.Module | None = None
     head_threshold: float = 0.5

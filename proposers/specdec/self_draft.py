@@ -14,6 +14,7 @@ import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,6 +22,9 @@ from torch import Tensor, nn
 
 from moa.errors import ConfigError
 from proposers.specdec.identity import read_metadata
+
+if TYPE_CHECKING:
+    from proposers.specdec.causal_lm import CausalLM
 
 KIND = "moa-self-draft"
 
@@ -32,27 +36,37 @@ class SelfDraftSpec:
     init_from: int = -1  # which target layer the block starts as a copy of (-1: the last)
 
 
-def _parts(target: nn.Module) -> nn.Module:
-    base = getattr(target, "model", None)
+class _LlamaBase(Protocol):
+    """The base model of a Llama-style causal LM (``target.model``); its layers are the target's decoder layers."""
+
+    embed_tokens: nn.Module
+    layers: nn.ModuleList
+    norm: nn.Module
+    rotary_emb: nn.Module
+
+
+def _parts(target: CausalLM) -> _LlamaBase:
+    base: _LlamaBase | None = getattr(target, "model", None)
     if base is None or not all(hasattr(base, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")):
         raise ConfigError(f"a self-draft needs a Llama-style model; {type(target).__name__} is not laid out like one")
     return base
 
 
-def new_blocks(target: nn.Module, spec: SelfDraftSpec) -> nn.ModuleList:
+def new_blocks(target: CausalLM, spec: SelfDraftSpec) -> nn.ModuleList:
     """Fresh trainable blocks, each a copy of target layer ``init_from`` re-indexed to its cache slot."""
     layers = _parts(target).layers
     if not 1 <= spec.layers < len(layers):
         raise ConfigError(f"layers must be between 1 and {len(layers) - 1}, got {spec.layers}", "layers")
     blocks = nn.ModuleList()
     for j in range(spec.block_layers):
-        block = copy.deepcopy(layers[spec.init_from])
+        # a decoder layer of the target's own class: its attributes are the ones transformers names
+        block: Any = copy.deepcopy(layers[spec.init_from])
         block.self_attn.layer_idx = spec.layers + j
         blocks.append(block.float().requires_grad_(True))
     return blocks
 
 
-def assemble(target: nn.Module, spec: SelfDraftSpec, blocks: nn.ModuleList, vocab: Tensor | None) -> nn.Module:
+def assemble(target: CausalLM, spec: SelfDraftSpec, blocks: nn.ModuleList, vocab: Tensor | None) -> CausalLM:
     """The draft as a causal LM sharing the target's modules; its head covers ``vocab`` rows when given."""
     base = _parts(target)
     config = copy.deepcopy(target.config)
@@ -66,11 +80,12 @@ def assemble(target: nn.Module, spec: SelfDraftSpec, blocks: nn.ModuleList, voca
     draft.model.norm = base.norm
     draft.model.rotary_emb = base.rotary_emb
     draft.lm_head = target.lm_head if vocab is None else _sub_head(target.lm_head, vocab)
-    draft.to(device=target.device, dtype=target.dtype)
+    draft.to(device=target.device, dtype=target.dtype)  # type: ignore[call-arg]  # transformers wraps `to` untyped
     leftover = [n for n, t in [*draft.named_parameters(), *draft.named_buffers()] if t.is_meta]
     if leftover:
         raise ConfigError(f"a self-draft of {type(target).__name__} left modules unset: {', '.join(leftover)}")
-    return draft.eval()
+    draft.eval()
+    return draft
 
 
 def _sub_head(head: nn.Linear, vocab: Tensor) -> nn.Linear:
@@ -94,8 +109,8 @@ def save(path: str | Path, spec: SelfDraftSpec, blocks: nn.ModuleList, vocab: Te
 
 
 def load(
-    path: str | Path, target: nn.Module, target_hash: str, field: str | None = None
-) -> tuple[nn.Module, Tensor | None]:
+    path: str | Path, target: CausalLM, target_hash: str, field: str | None = None
+) -> tuple[CausalLM, Tensor | None]:
     """(draft model, kept token ids or None) from a file saved by ``save``; refuses another target's draft."""
     meta = read_metadata(path, KIND, field)
     if meta["target_hash"] != target_hash:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +24,9 @@ from torch import Tensor, nn
 from proposers.specdec.data import Sample
 from proposers.specdec.sampling import expand_vocab
 from proposers.specdec.self_draft import SelfDraftSpec, new_blocks
+
+if TYPE_CHECKING:
+    from proposers.specdec.causal_lm import CausalLM
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +75,7 @@ def split_by_prompt(samples: list[Sample], holdout: float, rng: random.Random) -
 
 
 @torch.no_grad()
-def features(target: nn.Module, samples: list[Sample], layers: int) -> list[Features]:
+def features(target: CausalLM, samples: list[Sample], layers: int) -> list[Features]:
     out = []
     for s in samples:
         hidden = target(input_ids=torch.tensor([s.tokens], device=target.device), output_hidden_states=True,
@@ -84,7 +89,9 @@ def features(target: nn.Module, samples: list[Sample], layers: int) -> list[Feat
 class Student(nn.Module):
     """The block(s), then the target's norm and a head over the draft's vocabulary: teacher-forced."""
 
-    def __init__(self, target: nn.Module, blocks: nn.ModuleList, vocab: Tensor | None):
+    head: Tensor  # [V', H], a buffer
+
+    def __init__(self, target: CausalLM, blocks: nn.ModuleList, vocab: Tensor | None):
         super().__init__()
         self.blocks = blocks
         self.norm = target.model.norm
@@ -99,17 +106,19 @@ class Student(nn.Module):
         rope = self.rotary(x, position_ids=positions)
         for block in self.blocks:
             x = block(x, attention_mask=None, position_ids=positions, position_embeddings=rope)
-        return self.norm(x)[0] @ self.head.T
+        logits: Tensor = self.norm(x)[0] @ self.head.T
+        return logits
 
 
-def teacher_probs(target: nn.Module, teacher: Tensor) -> Tensor:
+def teacher_probs(target: CausalLM, teacher: Tensor) -> Tensor:
     """teacher: [R, H] -> the target's probabilities [R, V] (over all tokens)."""
     return torch.softmax(teacher @ target.lm_head.weight.detach().float().T, dim=-1)
 
 
 def response_logits(student: Student, f: Features) -> Tensor:
     """The draft's logits [R, V'] at the positions that predict the response."""
-    return student(f.inputs)[f.start : f.start + len(f.teacher)]
+    logits: Tensor = student(f.inputs)
+    return logits[f.start : f.start + len(f.teacher)]
 
 
 def step_loss(student: Student, f: Features, logits: Tensor) -> Tensor:
@@ -121,7 +130,7 @@ def step_loss(student: Student, f: Features, logits: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(student: Student, target: nn.Module, feats: list[Features], vocab: Tensor | None) -> dict[str, float]:
+def evaluate(student: Student, target: CausalLM, feats: list[Features], vocab: Tensor | None) -> dict[str, float]:
     agree = accept = loss = 0.0
     n = 0
     for f in feats:
@@ -136,8 +145,8 @@ def evaluate(student: Student, target: nn.Module, feats: list[Features], vocab: 
     return {"greedy_agreement": agree / n, "sampled_acceptance": accept / n, "loss": loss / n, "positions": n}
 
 
-def train(target: nn.Module, samples: list[Sample], stop: frozenset[int], cfg: DraftTraining,
-          progress=lambda msg: None) -> tuple[nn.ModuleList, Tensor | None, dict[str, float]]:  # fmt: skip
+def train(target: CausalLM, samples: list[Sample], stop: frozenset[int], cfg: DraftTraining,
+          progress: Callable[[str], None] = lambda msg: None) -> tuple[nn.ModuleList, Tensor | None, dict[str, float]]:  # fmt: skip
     """The trained blocks, the draft's token ids, and a report (held-out before and after training)."""
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)

@@ -12,14 +12,19 @@ times as much as acceptance: stopping one token late costs a whole wasted verifi
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from proposers.specdec.data import Sample
 from proposers.specdec.head import AcceptanceHead
 from proposers.specdec.sampling import Sampler, expand_vocab, make_generator
+
+if TYPE_CHECKING:
+    from proposers.specdec.causal_lm import CausalLM
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +42,7 @@ class HeadTraining:
 
 
 @torch.no_grad()
-def examples(target: nn.Module, draft: nn.Module, vocab: Tensor | None, samples: list[Sample],
+def examples(target: CausalLM, draft: CausalLM, vocab: Tensor | None, samples: list[Sample],
              cfg: HeadTraining) -> tuple[Tensor, Tensor]:  # fmt: skip
     """(draft hidden states [N, H], soft acceptance labels [N]) from the target's responses."""
     sampler = Sampler(cfg.temperature, 1.0, make_generator(cfg.seed, target.device))
@@ -108,7 +113,7 @@ def calibration(head: AcceptanceHead, feats: Tensor, labels: Tensor, reject_weig
 
 
 def train(
-    feats: Tensor, labels: Tensor, cfg: HeadTraining, progress=lambda msg: None
+    feats: Tensor, labels: Tensor, cfg: HeadTraining, progress: Callable[[str], None] = lambda msg: None
 ) -> tuple[AcceptanceHead, dict[str, float]]:
     """A head fitted on the examples but a held-out share, and its report on that share.
 

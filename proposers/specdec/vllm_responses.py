@@ -25,6 +25,7 @@ def vllm_responses(
     from proposers.vllm_args import engine_kwargs  # first: it quiets vLLM's log  # isort: skip
 
     from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
 
     config = VLLMBackendConfig(type="vllm", model=model_path, max_model_len=max_model_len, seed=seed)
     llm = LLM(**engine_kwargs("sample", config, model_path))
@@ -35,7 +36,7 @@ def vllm_responses(
     encoded = [encode_chat(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
     encoded = [ids for ids in encoded if len(ids) + max_new_tokens <= max_model_len]
     try:
-        outputs = llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=False)
+        outputs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in encoded], params, use_tqdm=False)
     finally:
         llm.llm_engine.engine_core.shutdown()  # its engine process, now rather than whenever ``llm`` is collected
     out = []
