@@ -65,7 +65,8 @@ def _model_folder(config: LocalEmbeddings) -> Path:
 def unit_rows(x: np.ndarray) -> np.ndarray:
     """Each row scaled to length 1 (zero rows stay zero)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)  # [N, 1]
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+    rows: np.ndarray = (x / np.maximum(norms, 1e-12)).astype(np.float32)
+    return rows
 
 
 class LocalEmbedder:

@@ -19,11 +19,13 @@ import json
 import os
 import random
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from moa.defense_config import (
     DEFENSE_TYPES,
@@ -304,7 +306,7 @@ class EnsembleConfig(_Strict):
         if isinstance(placement, RandomPlacement):
             slots = [(li, ai) for li, layer in enumerate(self.layers, 1) for ai in range(1, len(layer.agents) + 1)]
             placement = random.Random(placement.seed).sample(slots, placement.random)
-        placed = {tuple(p): DeceptionConfig(target=self.red_team.target) for p in placement}
+        placed = {(li, ai): DeceptionConfig(target=self.red_team.target) for li, ai in placement}
         return {**placed, **marked}
 
     def _check_backend(self, name: str, model: str | None, where: str, known: list[str]) -> None:
@@ -369,12 +371,12 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def describe_error(err: dict[str, Any]) -> tuple[str, str]:
+def describe_error(err: ErrorDetails | Mapping[str, Any]) -> tuple[str, str]:
     """(dotted path, short message) of one pydantic error."""
     kind, ctx = err["type"], err.get("ctx") or {}
     path = _format_loc(err["loc"])
     bound = {k: f"{v:g}" if isinstance(v, float) else v for k, v in ctx.items()}
-    messages = {
+    messages: dict[str, Callable[[], str]] = {
         "less_than_equal": lambda: f"must be <= {bound['le']}",
         "less_than": lambda: f"must be < {bound['lt']}",
         "greater_than_equal": lambda: f"must be >= {bound['ge']}",

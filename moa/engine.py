@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aggregators.base import Aggregator
 from defenses.deceptive import deceptive_messages
@@ -290,7 +290,7 @@ def _default_model(config: EnsembleConfig, backend: str) -> str:
     return model
 
 
-def _fields(params: SamplingParams) -> dict[str, object]:
+def _fields(params: SamplingParams) -> dict[str, Any]:
     return {k: getattr(params, k) for k in SamplingParams.__slots__}
 
 

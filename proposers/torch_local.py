@@ -102,7 +102,7 @@ class TorchProposer:
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """fn(*args, cancelled) on the worker thread; a cancelled caller sets ``cancelled``."""
         cancelled = threading.Event()
-        future = asyncio.get_running_loop().run_in_executor(self._executor, self._mapped, fn, *args, cancelled)
+        future = asyncio.get_running_loop().run_in_executor(self._executor, lambda: self._mapped(fn, *args, cancelled))
         try:
             return await future
         except asyncio.CancelledError:

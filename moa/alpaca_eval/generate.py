@@ -60,7 +60,12 @@ def checkpoint_path(output: Path) -> Path:
 
 def config_fingerprint(config: EnsembleConfig) -> str:
     """What the answers depend on: the config less its name, description and operational settings."""
-    exclude = {"name": True, "description": True, "deadline_s": True, "backends": {"__all__": set(OPERATIONAL_FIELDS)}}
+    exclude: dict[str, Any] = {
+        "name": True,
+        "description": True,
+        "deadline_s": True,
+        "backends": {"__all__": set(OPERATIONAL_FIELDS)},
+    }
     return digest(config.model_dump(mode="json", exclude=exclude))
 
 
