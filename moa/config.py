@@ -34,8 +34,10 @@ from moa.defense_config import (
     DefenseConfig,
     RandomPlacement,
     RedTeamConfig,
+    type_names,
 )
 from moa.errors import ConfigError
+from moa.sampling import MaxTokens, Seed, Temperature, TopP
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -153,16 +155,17 @@ class TorchBackendConfig(_BackendBase):
 
 
 BackendConfig = Annotated[OpenAIBackendConfig | VLLMBackendConfig | TorchBackendConfig, Field(discriminator="type")]
+BACKEND_TYPES = type_names(BackendConfig)
 
 
 # ---- agents, layers, aggregator --------------------------------------------------------------------------
 
 
 class _Sampling(_Strict):
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    max_tokens: Annotated[int, Field(gt=0)] | None = None
-    seed: int | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    max_tokens: MaxTokens | None = None
+    seed: Seed | None = None
 
 
 class AgentConfig(_Sampling):
@@ -188,8 +191,12 @@ class LayerConfig(_Strict):
     )
 
 
+#: the aggregator types, each implemented by a class the registry names
+AggregatorType = Literal["synthesize", "self-moa-seq"]
+
+
 class AggregatorConfig(_Sampling):
-    type: Literal["synthesize", "self-moa-seq"] = "synthesize"
+    type: AggregatorType = "synthesize"
     backend: str
     model: str | None = None
     system_prompt: str | None = Field(default=None, description="replaces moa's synthesis instructions")
@@ -235,8 +242,12 @@ class EnsembleConfig(_Strict):
         agent = self.layers[li].agents[ai]
         if agent.name is not None:
             return agent.name
-        model = agent.model or getattr(self.backends[agent.backend], "model", None) or ""
+        model = self.model_for(agent.backend, agent.model)
         return f"L{li + 1}.{ai + 1}:{model.rsplit('/', 1)[-1]}"
+
+    def model_for(self, backend: str, model: str | None) -> str:
+        """The model a call names: its own ``model``, else ``backend``'s default (validation guarantees one)."""
+        return model or self.backends[backend].model or ""
 
     def _check_min_proposals(self) -> None:
         """A layer must be able to produce ``min_proposals`` proposals (its agents' n summed), else every request
@@ -312,8 +323,7 @@ class EnsembleConfig(_Strict):
     def _check_backend(self, name: str, model: str | None, where: str, known: list[str]) -> None:
         if name not in self.backends:
             raise _PathError(f"{where}.backend", f"unknown backend {name!r} (known: {', '.join(known)})")
-        backend = self.backends[name]
-        if model is None and getattr(backend, "model", None) is None:
+        if model is None and self.backends[name].model is None:
             raise _PathError(f"{where}.model", f"required: backend {name!r} names no default model")
 
 
@@ -352,7 +362,7 @@ def _expand_env(value: Any, path: str = "") -> Any:
 
 # Where a discriminated union sits (the path so far) and its tags, which pydantic puts in an error's path.
 _UNION_TAGS = (
-    (re.compile(r"backends\.[^.]+"), ("openai", "vllm", "torch")),
+    (re.compile(r"backends\.[^.]+"), BACKEND_TYPES),
     (re.compile(r"defense"), DEFENSE_TYPES),
     (re.compile(r"defense\.embeddings"), EMBEDDING_TYPES),
     (re.compile(r"red_team\.placement"), ("positions", "random")),
@@ -398,6 +408,23 @@ def describe_error(err: ErrorDetails | Mapping[str, Any]) -> tuple[str, str]:
     return path, make() if make else err["msg"].removeprefix("Value error, ")
 
 
+def config_error(error: ValidationError, at: str | None = None, *, every: bool = False) -> ConfigError:
+    """A pydantic ``ValidationError`` as a ``ConfigError`` naming the field: its first problem, at a path under
+    ``at`` (``messages[1]`` + ``role``); with ``every``, all its problems as ``path: message`` joined by ``; ``
+    (``path`` is then the first problem's)."""
+
+    def under(path: str) -> str:
+        return f"{at}.{path}" if at and path else at or path
+
+    problems = [(under(path), message) for path, message in (describe_error(e) for e in error.errors())]
+    first_path = problems[0][0] or None
+    if not every:
+        return ConfigError(problems[0][1], first_path)
+    err = ConfigError("; ".join(f"{p}: {m}" if p else m for p, m in problems))
+    err.path = first_path
+    return err
+
+
 def parse_config(data: dict[str, Any]) -> EnsembleConfig:
     """Validate a config mapping; every problem is reported as ``path: message`` in one ``ConfigError``."""
     if not isinstance(data, dict):
@@ -405,11 +432,7 @@ def parse_config(data: dict[str, Any]) -> EnsembleConfig:
     try:
         return EnsembleConfig.model_validate(_expand_env(data))
     except ValidationError as e:
-        lines = [f"{p}: {m}" if p else m for p, m in (describe_error(err) for err in e.errors())]
-        first_path = describe_error(e.errors()[0])[0] or None
-        err = ConfigError("; ".join(lines))
-        err.path = first_path
-        raise err from None
+        raise config_error(e, every=True) from None
 
 
 def builtin_configs() -> dict[str, Path]:

@@ -13,9 +13,16 @@ aggregator); this module holds the pieces.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+
+def type_names(schema: Any) -> tuple[str, ...]:
+    """The ``type`` names a config schema accepts, in order: each member's ``type`` Literal of a discriminated
+    union (``Annotated[A | B, Field(discriminator="type")]``), or one model class's."""
+    members = get_args(get_args(schema)[0]) if get_origin(schema) is Annotated else (schema,)
+    return tuple(name for member in members for name in get_args(member.model_fields["type"].annotation))
 
 
 class _Options(BaseModel):
@@ -134,5 +141,5 @@ DefenseConfig = Annotated[
     ClusterFilterConfig | InContextClusterConfig | DropoutVoteConfig | DropoutClusterConfig,
     Field(discriminator="type"),
 ]
-DEFENSE_TYPES = ("cluster-filter", "in-context-cluster", "dropout-vote", "dropout-cluster")
-EMBEDDING_TYPES = ("local", "openai")
+DEFENSE_TYPES = type_names(DefenseConfig)
+EMBEDDING_TYPES = type_names(EmbeddingsConfig)

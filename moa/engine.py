@@ -30,6 +30,7 @@ from moa.errors import (
     MoaError,
 )
 from moa.prompts import SYNTHESIZE_INSTRUCTIONS, with_references, with_system_prompt
+from moa.sampling import sampling_params
 from moa.types import (
     CallRecord,
     ChatMessage,
@@ -65,9 +66,7 @@ class Agent:
         cls, config: AgentConfig, name: str, backend: Backend, default_model: str,
         deception: DeceptionConfig | None = None,
     ) -> Agent:  # fmt: skip
-        params = SamplingParams(
-            temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens, seed=config.seed
-        )
+        params = sampling_params(config)
         return cls(name, backend, config.model or default_model, params, config.n, config.system_prompt, deception)
 
     def messages(self, request: ChatRequest, references: list[str]) -> list[Message]:
@@ -117,10 +116,8 @@ class LayeredEngine:
         self.defense = defense
         agg = config.aggregator
         self._agg_backend = backends[agg.backend]
-        self._agg_model = agg.model or _default_model(config, agg.backend)
-        self._agg_params = SamplingParams(
-            temperature=agg.temperature, top_p=agg.top_p, max_tokens=agg.max_tokens, seed=agg.seed
-        )
+        self._agg_model = config.model_for(agg.backend, agg.model)
+        self._agg_params = sampling_params(agg)
 
     # ---- proposer layers ---------------------------------------------------------------------------------
 
@@ -282,12 +279,6 @@ class LayeredEngine:
                 await aclose_stream(pieces)
         usage, trace = Usage.total(state.trace), state.trace
         yield Delta(finish_reason=finish_reason, usage=usage, trace=trace, defense=state.defense)
-
-
-def _default_model(config: EnsembleConfig, backend: str) -> str:
-    model = getattr(config.backends[backend], "model", None)
-    assert isinstance(model, str), "config validation guarantees a model"
-    return model
 
 
 def _fields(params: SamplingParams) -> dict[str, Any]:

@@ -12,10 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from moa import registry
 from moa.backend import Backend
-from moa.config import EnsembleConfig, describe_error, load_config
+from moa.config import EnsembleConfig, config_error, load_config
 from moa.engine import Agent, Layer, LayeredEngine
 from moa.errors import ConfigError, MoaError
-from moa.types import ChatRequest, Completion, Delta, Message, SamplingParams
+from moa.sampling import MaxTokens, Seed, Stop, Temperature, TopP, sampling_params
+from moa.types import ChatRequest, Completion, Delta, Message
 
 
 class _MessageIn(BaseModel):
@@ -28,17 +29,17 @@ class _Overrides(BaseModel):
     """What a caller may override per request: the final answer's sampling and the deadline."""
 
     model_config = ConfigDict(extra="forbid")
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    max_tokens: int | None = Field(default=None, gt=0)
-    stop: list[str] | str | None = None
-    seed: int | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    max_tokens: MaxTokens | None = None
+    stop: Stop | None = None
+    seed: Seed | None = None
     deadline_s: float | None = Field(default=None, gt=0)
     deception_target: str | None = Field(default=None, min_length=1, description="red-teaming: the option to argue for")
 
 
-def build_request(messages: Sequence[Message | dict[str, Any]], overrides: dict[str, Any]) -> ChatRequest:
-    """Validate a caller's messages and overrides; errors name the field (``messages[1].role: ...``)."""
+def build_messages(messages: Sequence[Message | dict[str, Any]]) -> list[Message]:
+    """Validate a caller's conversation; errors name the field (``messages[1].role: ...``)."""
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
         raise ConfigError("must be a non-empty list of {role, content} messages", "messages")
     parsed: list[Message] = []
@@ -49,19 +50,21 @@ def build_request(messages: Sequence[Message | dict[str, Any]], overrides: dict[
         try:
             mi = _MessageIn.model_validate(m)
         except ValidationError as e:
-            path, msg = describe_error(e.errors()[0])
-            raise ConfigError(msg, f"messages[{i}].{path}" if path else f"messages[{i}]") from None
+            raise config_error(e, f"messages[{i}]") from None
         parsed.append(Message(mi.role, mi.content))  # type: ignore[arg-type]
     if parsed[-1].role != "user":
         raise ConfigError("the last message must come from the user", f"messages[{len(parsed) - 1}].role")
+    return parsed
+
+
+def build_request(messages: Sequence[Message | dict[str, Any]], overrides: dict[str, Any]) -> ChatRequest:
+    """Validate a caller's messages and overrides; errors name the field (``messages[1].role: ...``)."""
+    parsed = build_messages(messages)
     try:
         o = _Overrides.model_validate(overrides)
     except ValidationError as e:
-        path, msg = describe_error(e.errors()[0])
-        raise ConfigError(msg, path) from None
-    stop = (o.stop,) if isinstance(o.stop, str) else tuple(o.stop) if o.stop else None
-    params = SamplingParams(temperature=o.temperature, top_p=o.top_p, max_tokens=o.max_tokens, stop=stop, seed=o.seed)
-    return ChatRequest(messages=parsed, params=params, deadline_s=o.deadline_s, deception_target=o.deception_target)
+        raise config_error(e) from None
+    return ChatRequest(parsed, sampling_params(o), deadline_s=o.deadline_s, deception_target=o.deception_target)
 
 
 def _build_engine(config: EnsembleConfig) -> LayeredEngine:
@@ -73,9 +76,9 @@ def _build_engine(config: EnsembleConfig) -> LayeredEngine:
     for li, lc in enumerate(config.layers, 1):
         agents = []
         for ai, ac in enumerate(lc.agents, 1):
-            default_model = getattr(config.backends[ac.backend], "model", None) or ""
+            model = config.model_for(ac.backend, ac.model)
             name = config.agent_name(li - 1, ai - 1)
-            agents.append(Agent.from_config(ac, name, backends[ac.backend], default_model, deceptive.get((li, ai))))
+            agents.append(Agent.from_config(ac, name, backends[ac.backend], model, deceptive.get((li, ai))))
         layers.append(Layer(li, agents, lc.min_proposals or config.min_proposals))
     aggregator = registry.resolve("aggregator", config.aggregator.type)(config.aggregator)
     defense = None
@@ -115,7 +118,10 @@ class Ensemble:
 
     async def acomplete(self, messages: Sequence[Message | dict[str, Any]], **overrides: Any) -> Completion:
         """Run the ensemble on a conversation; ``overrides`` set the final answer's sampling and deadline."""
-        request = build_request(messages, overrides)
+        return await self.arun(build_request(messages, overrides))
+
+    async def arun(self, request: ChatRequest) -> Completion:
+        """Run the ensemble on a request already validated (``build_request``'s, or ``moa serve``'s)."""
         self._bind_loop()
         return await self._engine.complete(request)
 
@@ -125,9 +131,10 @@ class Ensemble:
         Closing the stream early (``aclose()``, or ``contextlib.aclosing`` around the loop) cancels every
         call under it and closes their connections before ``aclose`` returns.
         """
-        return self._stream(build_request(messages, overrides))
+        return self.astream_request(build_request(messages, overrides))
 
-    async def _stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
+    async def astream_request(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
+        """``astream`` of a request already validated (``build_request``'s, or ``moa serve``'s)."""
         self._bind_loop()
         async with aclosing(self._engine.stream(request)) as deltas:
             async for delta in deltas:

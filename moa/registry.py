@@ -1,8 +1,9 @@
 """The one registry: which class implements each backend, aggregator and defense ``type`` of a config.
 
-Entries are import paths, resolved on first use, so a config that never names ``vllm`` never imports vLLM.
-Third-party code may add its own with ``register``. ``shared`` keeps the one instance of a heavy helper (an
-embedding model) that every ensemble in the process uses.
+The type names are the config schema's own (each config class's ``type`` Literal); the table here adds only
+where each implementation lives. Entries are import paths, resolved on first use, so a config that never names
+``vllm`` never imports vLLM. ``shared`` keeps the one instance of a heavy helper (an embedding model) that every
+ensemble in the process uses.
 """
 
 from __future__ import annotations
@@ -11,36 +12,76 @@ import importlib
 from collections.abc import Callable, Hashable
 from typing import Any, Literal, TypeVar
 
+from pydantic import BaseModel
+
+from moa.config import (
+    BACKEND_TYPES,
+    AggregatorConfig,
+    AggregatorType,
+    OpenAIBackendConfig,
+    TorchBackendConfig,
+    VLLMBackendConfig,
+)
+from moa.defense_config import (
+    DEFENSE_TYPES,
+    ClusterFilterConfig,
+    DropoutClusterConfig,
+    DropoutVoteConfig,
+    InContextClusterConfig,
+    type_names,
+)
 from moa.errors import ConfigError
 
 Kind = Literal["backend", "aggregator", "defense"]
 T = TypeVar("T")
 
-_ENTRIES: dict[Kind, dict[str, str | Any]] = {
-    "backend": {
-        "openai": "proposers.openai_http:OpenAIProposer",
-        "vllm": "proposers.vllm_engine:VLLMProposer",
-        "torch": "proposers.torch_local:TorchProposer",
-    },
-    "aggregator": {
-        "synthesize": "aggregators.synthesize:SynthesizeAggregator",
-        "self-moa-seq": "aggregators.sequential:SequentialAggregator",
-    },
-    "defense": {
-        "cluster-filter": "defenses.cluster_filter:ClusterFilter",
-        "in-context-cluster": "defenses.in_context:InContextCluster",
-        "dropout-vote": "defenses.dropout_vote:DropoutVote",
-        "dropout-cluster": "defenses.dropout_cluster:DropoutCluster",
-    },
+#: the implementation of each backend config class
+_BACKENDS: dict[type[BaseModel], str] = {
+    OpenAIBackendConfig: "proposers.openai_http:OpenAIProposer",
+    VLLMBackendConfig: "proposers.vllm_engine:VLLMProposer",
+    TorchBackendConfig: "proposers.torch_local:TorchProposer",
 }
+#: the implementation of each defense config class
+_DEFENSES: dict[type[BaseModel], str] = {
+    ClusterFilterConfig: "defenses.cluster_filter:ClusterFilter",
+    InContextClusterConfig: "defenses.in_context:InContextCluster",
+    DropoutVoteConfig: "defenses.dropout_vote:DropoutVote",
+    DropoutClusterConfig: "defenses.dropout_cluster:DropoutCluster",
+}
+#: the implementation of each of ``AggregatorConfig``'s types
+_AGGREGATORS: dict[AggregatorType, str] = {
+    "synthesize": "aggregators.synthesize:SynthesizeAggregator",
+    "self-moa-seq": "aggregators.sequential:SequentialAggregator",
+}
+
+
+def _by_name(table: dict[type[BaseModel], str]) -> dict[str, str | Any]:
+    return {name: path for config, path in table.items() for name in type_names(config)}
+
+
+_ENTRIES: dict[Kind, dict[str, str | Any]] = {
+    "backend": _by_name(_BACKENDS),
+    "aggregator": {name: path for name, path in _AGGREGATORS.items()},
+    "defense": _by_name(_DEFENSES),
+}
+
+
+def _check_complete() -> None:
+    """Every type the schema accepts has an implementation, and nothing else has one."""
+    schema: dict[Kind, tuple[str, ...]] = {
+        "backend": BACKEND_TYPES,
+        "aggregator": type_names(AggregatorConfig),
+        "defense": DEFENSE_TYPES,
+    }
+    for kind, names in schema.items():
+        if sorted(_ENTRIES[kind]) != sorted(names):
+            raise RuntimeError(f"registry: {kind} types {sorted(_ENTRIES[kind])} differ from the schema's {names}")
+
+
+_check_complete()
 
 # Heavy helpers every ensemble of a process may share (an embedding model), by key; made on first use.
 _SHARED: dict[Hashable, Any] = {}
-
-
-def register(kind: Kind, type_name: str, target: str | Any) -> None:
-    """Register a class (or ``"module:attr"`` path) as the implementation of ``type_name``."""
-    _ENTRIES[kind][type_name] = target
 
 
 def shared(key: Hashable, make: Callable[[], T]) -> T:
@@ -52,6 +93,7 @@ def shared(key: Hashable, make: Callable[[], T]) -> T:
 
 
 def resolve(kind: Kind, type_name: str) -> Any:
+    """The class implementing ``type_name`` of ``kind``, imported on first use."""
     try:
         target = _ENTRIES[kind][type_name]
     except KeyError:

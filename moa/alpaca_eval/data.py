@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from moa.config import describe_error
+from moa.config import config_error
 from moa.errors import ConfigError
 
 REFERENCE_NAME = "reference_gpt4_turbo.json"
@@ -83,8 +83,7 @@ def _rows(name: str, data: Any, model: type[RowT]) -> list[RowT]:
         try:
             rows.append(model.model_validate(item))
         except ValidationError as e:
-            path, msg = describe_error(e.errors()[0])
-            raise ConfigError(msg, f"{name}[{i}].{path}" if path else f"{name}[{i}]") from None
+            raise config_error(e, f"{name}[{i}]") from None
     seen: dict[str, int] = {}
     for i, row in enumerate(rows):
         if row.instruction in seen:

@@ -8,23 +8,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Awaitable
-from typing import Any, TypeVar
+from dataclasses import replace
+from typing import TypeVar
 
 from moa.ensemble import Ensemble
 from moa.server.schema import ParsedChat, seed_for_choice
-from moa.types import Completion, Delta
+from moa.types import ChatRequest, Completion, Delta
 
 T = TypeVar("T")
 
 
-def overrides_for(parsed: ParsedChat, index: int) -> dict[str, Any]:
-    """The SDK overrides that reproduce choice ``index`` of a parsed request."""
-    p = parsed.request.params
-    return {
-        "temperature": p.temperature, "top_p": p.top_p, "max_tokens": p.max_tokens,
-        "stop": list(p.stop) if p.stop else None, "seed": seed_for_choice(p.seed, index),
-        "deadline_s": parsed.request.deadline_s,
-    }  # fmt: skip
+def request_for_choice(parsed: ParsedChat, index: int) -> ChatRequest:
+    """Choice ``index`` of a parsed request: the request, sampling with ``seed_for_choice(seed, index)``."""
+    request = parsed.request
+    return replace(request, params=replace(request.params, seed=seed_for_choice(request.params.seed, index)))
 
 
 async def all_or_none(calls: list[Awaitable[T]]) -> list[T]:
@@ -41,14 +38,12 @@ async def all_or_none(calls: list[Awaitable[T]]) -> list[T]:
 
 
 async def complete_choices(ensemble: Ensemble, parsed: ParsedChat) -> list[Completion]:
-    messages = parsed.request.messages
-    return await all_or_none([ensemble.acomplete(messages, **overrides_for(parsed, i)) for i in range(parsed.n)])
+    return await all_or_none([ensemble.arun(request_for_choice(parsed, i)) for i in range(parsed.n)])
 
 
 async def stream_choices(ensemble: Ensemble, parsed: ParsedChat) -> AsyncGenerator[tuple[int, Delta], None]:
     """``(choice index, delta)`` as each choice's tokens arrive; closing this cancels every choice."""
-    messages = parsed.request.messages
-    streams = [ensemble.astream(messages, **overrides_for(parsed, i)) for i in range(parsed.n)]
+    streams = [ensemble.astream_request(request_for_choice(parsed, i)) for i in range(parsed.n)]
     if len(streams) == 1:
         try:
             async for delta in streams[0]:

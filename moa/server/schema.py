@@ -25,18 +25,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from moa.config import describe_error
-from moa.ensemble import build_request
+from moa.config import config_error
+from moa.ensemble import build_messages
 from moa.errors import ConfigError
+from moa.sampling import INT64, Int64Seed, MaxTokens, Stop, Temperature, TopP, sampling_params
 from moa.types import ChatRequest
 
 #: ``n`` above this is refused: each choice is a whole ensemble run
 MAX_N = 16
 #: ``max_tokens`` above this is refused (2**20 tokens): far more than any model writes in one answer
 MAX_TOKENS = 2**20
-_INT64 = 2**63
 
 #: OpenAI fields moa cannot honour, with the values that ask for nothing (``None`` always does)
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
@@ -65,7 +65,7 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """The body as sent; sampling bounds and messages are checked by ``moa.ensemble.build_request``."""
+    """The body as sent; messages are checked by ``moa.ensemble.build_messages``."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
@@ -74,13 +74,12 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
-    temperature: float | None = None
-    top_p: float | None = None
-    # bounds checked here too, so that the error names the field the client sent
-    max_tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = None
-    max_completion_tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = None
-    stop: Annotated[list[str], Field(max_length=16)] | None = None
-    seed: Annotated[int, Field(ge=-_INT64, lt=_INT64)] | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    max_tokens: Annotated[MaxTokens, Field(le=MAX_TOKENS)] | None = None
+    max_completion_tokens: Annotated[MaxTokens, Field(le=MAX_TOKENS)] | None = None
+    stop: Annotated[Stop, Field(max_length=16)] | None = None
+    seed: Int64Seed | None = None
     moa_trace: bool = False
     moa_deadline_s: Annotated[float, Field(gt=0)] | None = None
     # accepted and ignored: they do not change the answer
@@ -91,11 +90,6 @@ class ChatCompletionRequest(BaseModel):
     parallel_tool_calls: bool | None = None
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _one_stop(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,17 +111,12 @@ def parse_chat_request(body: Any) -> ParsedChat:
     try:
         req = ChatCompletionRequest.model_validate(_without_neutral(body))
     except ValidationError as e:
-        path, message = describe_error(dict(e.errors()[0]))
-        raise ConfigError(message, path or None) from None
+        raise config_error(e) from None
     if req.stream_options is not None and not req.stream:
         raise ConfigError("only allowed when stream is true", "stream_options")
     max_tokens = _max_tokens(req)
-    messages = [_normalize_message(m, i) for i, m in enumerate(req.messages)]
-    overrides = {
-        "temperature": req.temperature, "top_p": req.top_p, "max_tokens": max_tokens, "stop": req.stop,
-        "seed": req.seed, "deadline_s": req.moa_deadline_s,
-    }  # fmt: skip
-    request = build_request(messages, overrides)
+    messages = build_messages([_normalize_message(m, i) for i, m in enumerate(req.messages)])
+    request = ChatRequest(messages, sampling_params(req, max_tokens=max_tokens), deadline_s=req.moa_deadline_s)
     include_usage = req.stream_options.include_usage if req.stream_options else False
     return ParsedChat(req.model, request, req.n, req.stream, include_usage, req.moa_trace)
 
@@ -136,7 +125,7 @@ def seed_for_choice(seed: int | None, index: int) -> int | None:
     """Choice ``index`` of an ``n > 1`` request samples with ``seed + index`` (kept in int64), so choices differ."""
     if seed is None or index == 0:
         return seed
-    return (seed + index + _INT64) % (2 * _INT64) - _INT64
+    return (seed + index + INT64) % (2 * INT64) - INT64
 
 
 def _without_neutral(body: dict[str, Any]) -> dict[str, Any]:
@@ -172,7 +161,7 @@ def _refuse_tool_history(message: dict[str, Any], index: int) -> None:
 
 
 def _normalize_message(message: dict[str, Any], index: int) -> dict[str, Any]:
-    """OpenAI's newer spellings in the shape ``build_request`` checks: text parts joined, developer as system."""
+    """OpenAI's newer spellings in the shape ``build_messages`` checks: text parts joined, developer as system."""
     _refuse_tool_history(message, index)
     content = message.get("content")
     if isinstance(content, list):

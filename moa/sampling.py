@@ -1,0 +1,42 @@
+"""The sampling fields every schema shares (config agents and aggregator, SDK overrides, the server's request),
+declared once with their bounds, and the one way from a validated model to ``SamplingParams``.
+
+Imports only pydantic and ``moa.types``, so every schema module may use it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Unpack
+
+from pydantic import BaseModel, BeforeValidator, Field
+
+from moa.types import SamplingOverrides, SamplingParams
+
+#: seeds are int64 on the wire (OpenAI's API, vLLM): a request's seed must fit in it
+INT64 = 2**63
+
+
+def _one_stop(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+Temperature = Annotated[float, Field(ge=0, le=2)]
+TopP = Annotated[float, Field(gt=0, le=1)]
+MaxTokens = Annotated[int, Field(gt=0)]
+Seed = int
+#: one stop sequence or a list of them; a string is a list of one
+Stop = Annotated[list[str], BeforeValidator(_one_stop)]
+#: a seed as OpenAI's API and vLLM take it
+Int64Seed = Annotated[Seed, Field(ge=-INT64, lt=INT64)]
+
+_FIELDS = ("temperature", "top_p", "max_tokens", "stop", "seed")
+
+
+def sampling_params(model: BaseModel, **overrides: Unpack[SamplingOverrides]) -> SamplingParams:
+    """The ``SamplingParams`` of a validated model's sampling fields (those it declares; an empty ``stop`` is
+    none), with every override that is not ``None`` applied."""
+    declared = type(model).model_fields
+    values: dict[str, Any] = {name: getattr(model, name) for name in _FIELDS if name in declared}
+    stop = values.get("stop")
+    values["stop"] = tuple(stop) if stop else None
+    return SamplingParams(**values).merged(**overrides)
