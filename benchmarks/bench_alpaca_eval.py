@@ -6,7 +6,7 @@ whole product path runs: checkpoint with an fsync per instruction, progress, ato
 time against the bound (calls / R), achieved rate / R (goal >= 0.95), requests the endpoint refused (429), and
 this process's peak memory.
 
-    python -m benchmarks.bench_alpaca_eval [--rps 200] [--limit 805] [--concurrency 32]
+    python -m benchmarks.bench_alpaca_eval [--rps 200] [--limit 805] [--concurrency 32] [--json PATH]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.bench_engine import three_layer_config
+from benchmarks.figures import add_json_option, write_figures
 from benchmarks.sim_endpoint import SimSettings, launch
 from moa.alpaca_eval.generate import GenerateOptions, generate
 
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--rps", type=float, default=200.0, help="R: the endpoint's and the backend's rate")
     parser.add_argument("--limit", type=int, default=805, help="instructions")
     parser.add_argument("--concurrency", type=int, default=32, help="instructions in flight (the CLI's default)")
+    add_json_option(parser)
     args = parser.parse_args()
     settings = SimSettings(ttft_s=0.05, tpot_s=0.002, tokens=50, rps=args.rps, burst=max(1, int(args.rps // 20)))
     rss_before = _peak_rss_mib()
@@ -68,6 +70,20 @@ def main() -> None:
     print(f"achieved rate: {calls / wall:.1f} req/s = {calls / wall / args.rps:.3f} R (goal >= 0.95)")
     print(f"endpoint: {stats['admitted']} admitted, {stats['rejected']} refused with 429")
     print(f"peak RSS of the generating process: {_peak_rss_mib():.0f} MiB (before the run: {rss_before:.0f} MiB)")
+    figures = {
+        "instructions": rows,
+        "calls": calls,
+        "wall_s": wall,
+        "bound_s": bound,
+        "wall_over_bound": wall / bound,
+        "rate_per_s": calls / wall,
+        "rate_over_r": calls / wall / args.rps,
+        "endpoint_admitted": stats["admitted"],
+        "endpoint_refused_429": stats["rejected"],
+        "peak_rss_mib": _peak_rss_mib(),
+        "rss_before_mib": rss_before,
+    }
+    write_figures(args.json, "bench_alpaca_eval", args, figures)
 
 
 if __name__ == "__main__":

@@ -6,26 +6,24 @@
 (2) AlpacaEval's 805 instructions through that ensemble against an endpoint admitting R requests/s, with the
     backend limited to R: achieved rate / R (goal >= 0.95).
 
-    python -m benchmarks.bench_engine [--rps 200] [--instructions 805]
+    python -m benchmarks.bench_engine [--rps 200] [--instructions 805] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
+from benchmarks.data import alpaca_eval_instructions
+from benchmarks.figures import add_json_option, write_figures
 from benchmarks.sim_endpoint import SimSettings, launch
 from moa import Ensemble
 from moa.config import OpenAIBackendConfig
 from moa.types import Message, SamplingParams
 from proposers.openai_http import OpenAIProposer
-
-INSTRUCTIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_eval" / "instructions.json"
 
 
 def three_layer_config(base_url: str, rate_limit: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -64,7 +62,7 @@ async def moa_latency(base_url: str, rate_limit: dict[str, Any] | None = None, r
     return statistics.median(times)
 
 
-async def critical_path(settings: SimSettings) -> None:
+async def critical_path(settings: SimSettings) -> dict[str, float]:
     with launch(settings) as url:
         bound = await one_call_latency(url)
         concurrent = await moa_latency(url)
@@ -73,11 +71,19 @@ async def critical_path(settings: SimSettings) -> None:
     print(f"critical-path bound (3 sequential calls, measured): {bound:.3f} s")
     print(f"3-layer MoA (6+6+1 calls), moa: {concurrent:.3f} s = {concurrent / bound:.3f}x the bound (goal <= 1.03)")
     print(f"3-layer MoA, calls one at a time: {sequential:.3f} s = {sequential / bound:.2f}x the bound")
+    return {
+        "single_call_s": bound / 3,
+        "critical_path_bound_s": bound,
+        "moa_request_s": concurrent,
+        "moa_request_over_bound": concurrent / bound,
+        "sequential_request_s": sequential,
+        "sequential_request_over_bound": sequential / bound,
+    }
 
 
-async def rate_limited_batch(rps: float, count: int, concurrency: int) -> None:
+async def rate_limited_batch(rps: float, count: int, concurrency: int) -> dict[str, float]:
     settings = SimSettings(ttft_s=0.05, tpot_s=0.002, tokens=50, rps=rps, burst=max(1, int(rps // 20)))
-    instructions = [row["instruction"] for row in json.loads(INSTRUCTIONS.read_text())][:count]
+    instructions = alpaca_eval_instructions(count)
     with launch(settings) as url:
         async with Ensemble.from_config(three_layer_config(url, {"rps": rps})) as ens:
             gate = asyncio.Semaphore(concurrency)
@@ -99,6 +105,15 @@ async def rate_limited_batch(rps: float, count: int, concurrency: int) -> None:
     print(
         f"achieved rate: {calls / wall:.1f} req/s = {calls / wall / rps:.3f} R (goal >= 0.95); retries after 429: {retries}"
     )
+    return {
+        "batch.instructions": count,
+        "batch.calls": calls,
+        "batch.wall_s": wall,
+        "batch.bound_s": calls / rps,
+        "batch.rate_per_s": calls / wall,
+        "batch.rate_over_r": calls / wall / rps,
+        "batch.retries_after_429": retries,
+    }
 
 
 def main() -> None:
@@ -107,10 +122,12 @@ def main() -> None:
     parser.add_argument("--instructions", type=int, default=805)
     parser.add_argument("--concurrency", type=int, default=128, help="instructions in flight at once")
     parser.add_argument("--skip-batch", action="store_true")
+    add_json_option(parser)
     args = parser.parse_args()
-    asyncio.run(critical_path(SimSettings(ttft_s=0.2, tpot_s=0.01, tokens=100)))
+    figures = asyncio.run(critical_path(SimSettings(ttft_s=0.2, tpot_s=0.01, tokens=100)))
     if not args.skip_batch:
-        asyncio.run(rate_limited_batch(args.rps, args.instructions, args.concurrency))
+        figures.update(asyncio.run(rate_limited_batch(args.rps, args.instructions, args.concurrency)))
+    write_figures(args.json, "bench_engine", args, figures)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ midway, and errors that quote the caller's API key and secret header back. Print
 
 Goal: 0 x 500, 0 hangs, 0 leaks, and every request that should have succeeded did.
 
-    python -m benchmarks.bench_faults [--requests 300] [--concurrency 20] [--fault-rate 0.2] [--seed 1]
+    python -m benchmarks.bench_faults [--requests 300] [--concurrency 20] [--fault-rate 0.2] [--seed 1] [--json PATH]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import aiohttp
 import yaml
 
 from benchmarks import fault_endpoint
+from benchmarks.figures import add_json_option, write_figures
 
 API_KEY = "sk-bench-KEY-5c1e7a90d2"
 HEADER_SECRET = "azure-SECRET-91f0e2b7"
@@ -189,6 +190,25 @@ async def run(args: argparse.Namespace) -> int:
     print(
         f"goal (0 x 500, 0 hangs, 0 leaks, every request with enough good proposals succeeds): {'met' if ok else 'NOT met'}"
     )
+    figures = {
+        "requests": args.requests,
+        "elapsed_s": elapsed,
+        "upstream_calls": total_calls,
+        "faults_injected": sum(faults.values()),
+        "faults": dict(sorted(faults.items())),
+        "succeeded": kinds["succeeded"],
+        "failed_cleanly": kinds["failed cleanly"],
+        "failed_cleanly_by_status": dict(failed),
+        "status_500": kinds["500"],
+        "hangs": kinds["hang"],
+        "unclean": kinds["unclean"],
+        "responses_leaking_a_secret": leaks,
+        "secrets_in_server_output": log_leaks,
+        "should_have_succeeded": len(expected),
+        "should_have_succeeded_but_failed": len(missed),
+        "goal_met": ok,
+    }
+    write_figures(args.json, "bench_faults", args, figures)
     return 0 if ok else 1
 
 
@@ -198,6 +218,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--fault-rate", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=1)
+    add_json_option(parser)
     raise SystemExit(asyncio.run(run(parser.parse_args())))
 
 

@@ -7,7 +7,7 @@
    seeded sampling (goal: <= 5% slower), in tokens/s under load and in the latency of one-token calls.
    Rounds alternate which side goes first so that drift on a shared machine hits both alike.
 
-    python -m benchmarks.bench_local [--rounds 4] [--requests 4]
+    python -m benchmarks.bench_local [--rounds 4] [--requests 4] [--json PATH]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from functools import partial
 
+from benchmarks.figures import add_json_option, write_figures
 from moa.config import VLLMBackendConfig
 from moa.types import Message, SamplingParams
 from proposers.vllm_engine import VLLMProposer
@@ -61,7 +62,8 @@ def fresh(messages: list[Message]) -> list[Message]:
     return [Message(messages[0].role, f"[{uuid.uuid4().hex[:8]}]\n{messages[0].content}"), *messages[1:]]
 
 
-async def self_moa_figures(proposer: VLLMProposer, rounds: int) -> None:
+async def self_moa_figures(proposer: VLLMProposer, rounds: int) -> dict[str, float]:
+    figures: dict[str, float] = {}
     for label, messages, max_tokens in (("short", SHORT, 256), ("long", LONG, 64)):
         params = SamplingParams(temperature=0.7, max_tokens=max_tokens)
         prompt_tokens = (await proposer.generate(messages, SamplingParams(max_tokens=1))).usage.prompt_tokens
@@ -76,6 +78,11 @@ async def self_moa_figures(proposer: VLLMProposer, rounds: int) -> None:
             f"self-moa x6, {label} prompt ({prompt_tokens} tok, max_tokens {max_tokens}), n=6 in one request: {a:.0f} tok/s"
         )
         print(f"self-moa x6, {label} prompt, six concurrent requests: {b:.0f} tok/s (one request = {a / b:.2f}x)")
+        figures[f"self_moa.{label}.prompt_tokens"] = prompt_tokens
+        figures[f"self_moa.{label}.n6_one_request_tok_per_s"] = a
+        figures[f"self_moa.{label}.six_requests_tok_per_s"] = b
+        figures[f"self_moa.{label}.one_request_over_six"] = a / b
+    return figures
 
 
 # ---- 2. the proposer's overhead over AsyncLLM ----------------------------------------------------------------
@@ -110,7 +117,7 @@ async def through_proposer(proposer: VLLMProposer, messages: list[Message], para
     return (await proposer.generate(messages, params, n=n)).usage.completion_tokens
 
 
-async def overhead_figures(proposer: VLLMProposer, rounds: int, requests: int) -> None:
+async def overhead_figures(proposer: VLLMProposer, rounds: int, requests: int) -> dict[str, float]:
     seeded = [SamplingParams(temperature=0.7, max_tokens=96, seed=i) for i in range(requests)]
 
     async def batch(call: Callable[..., Awaitable[int]]) -> int:
@@ -128,9 +135,15 @@ async def overhead_figures(proposer: VLLMProposer, rounds: int, requests: int) -
     print(f"VLLMProposer, same prompts and seeded sampling: {b:.0f} tok/s")
     print(f"VLLMProposer overhead: {100 * (a / b - 1):+.1f}% (goal <= 5%)")
     print(f"VLLMProposer overhead, median of {len(per_round)} rounds: {100 * statistics.median(per_round):+.1f}%")
+    return {
+        "overhead.async_llm_tok_per_s": a,
+        "overhead.proposer_tok_per_s": b,
+        "overhead.percent": 100 * (a / b - 1),
+        "overhead.median_round_percent": 100 * statistics.median(per_round),
+    }
 
 
-async def latency_figures(proposer: VLLMProposer, calls: int = 40) -> None:
+async def latency_figures(proposer: VLLMProposer, calls: int = 40) -> dict[str, float]:
     """One-token calls, one at a time, the two sides taking turns: where per-call work shows most."""
     one_token = SamplingParams(temperature=0.0, max_tokens=1)
     theirs: list[float] = []
@@ -140,18 +153,21 @@ async def latency_figures(proposer: VLLMProposer, calls: int = 40) -> None:
         ours.append((await timed(partial(through_proposer, proposer, SHORT, one_token, 1)))[1])
     a, b = statistics.median(theirs), statistics.median(ours)
     print(f"one-token call latency, median of {calls}: AsyncLLM {1000 * a:.1f} ms, VLLMProposer {1000 * b:.1f} ms")
+    return {"latency.async_llm_median_ms": 1000 * a, "latency.proposer_median_ms": 1000 * b}
 
 
-async def main(rounds: int, requests: int) -> None:
+async def main(rounds: int, requests: int) -> dict[str, float]:
     proposer = VLLMProposer("local", VLLMBackendConfig(type="vllm", model=MODEL))
     try:
         started = time.perf_counter()
         await proposer.start()
-        print(f"engine start (and the one-time conversion on a first run): {time.perf_counter() - started:.1f} s")
+        figures = {"engine_start_s": time.perf_counter() - started}
+        print(f"engine start (and the one-time conversion on a first run): {figures['engine_start_s']:.1f} s")
         await proposer.generate(SHORT, SamplingParams(max_tokens=16), n=6)  # warm-up
-        await self_moa_figures(proposer, rounds)
-        await overhead_figures(proposer, rounds, requests)
-        await latency_figures(proposer)
+        figures.update(await self_moa_figures(proposer, rounds))
+        figures.update(await overhead_figures(proposer, rounds, requests))
+        figures.update(await latency_figures(proposer))
+        return figures
     finally:
         await proposer.aclose()
 
@@ -160,5 +176,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4, help="rounds per comparison")
     parser.add_argument("--requests", type=int, default=4, help="concurrent requests in the overhead comparison")
+    add_json_option(parser)
     args = parser.parse_args()
-    asyncio.run(main(args.rounds, args.requests))
+    write_figures(args.json, "bench_local", args, asyncio.run(main(args.rounds, args.requests)))

@@ -9,7 +9,7 @@ Both do the same upstream work, so served - direct is what the server (HTTP, SSE
 requests completed, errors, TTFT and total at p50/p99 for both paths and the difference, and the server's CPU
 time per request. Goal: p99 added <= 10 ms, zero errors.
 
-    python -m benchmarks.bench_server [--clients 200] [--requests 5] [--tokens 64] [--tpot 0.02] [--stagger 2]
+    python -m benchmarks.bench_server [--clients 200] [--requests 5] [--tokens 64] [--tpot 0.02] [--stagger 2] [--json PATH]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
+from benchmarks.figures import add_json_option, write_figures
 from benchmarks.sim_endpoint import SimSettings, launch
 
 PROMPT = [{"role": "user", "content": "Explain how rainbows form, in detail."}]
@@ -166,11 +167,16 @@ async def bench(args: argparse.Namespace) -> None:
         finally:
             for session in sessions.values():
                 await session.close()
-    report(args, results, cpu)
+    figures = report(args, results, cpu)
     print(f"machine: {os.cpu_count()} cores, {busy[0] / busy[1]:.0%} busy during the timed run (all processes)")
+    figures["machine_busy"] = busy[0] / busy[1]
+    write_figures(args.json, "bench_server", args, figures)
 
 
-def report(args: argparse.Namespace, results: dict[str, tuple[list, list]], cpu: tuple[float, float]) -> None:
+def report(
+    args: argparse.Namespace, results: dict[str, tuple[list, list]], cpu: tuple[float, float]
+) -> dict[str, float]:
+    """Print the figures; return them by name (seconds; ``added`` in ms)."""
     per_path = args.clients * args.requests
     print(
         f"{args.clients} concurrent streaming clients per path, both paths at once, {args.requests} requests each; "
@@ -178,8 +184,10 @@ def report(args: argparse.Namespace, results: dict[str, tuple[list, list]], cpu:
         f"starts spread over {args.stagger}s; moa serve --loop {args.loop}"
     )
     figures = {}
+    flat: dict[str, float] = {}
     for name, (samples, errors) in results.items():
         print(f"{name}: {len(samples)}/{per_path} completed, {len(errors)} errors")
+        flat[f"{name}.completed"], flat[f"{name}.errors"] = len(samples), len(errors)
         for e in sorted(set(errors))[:5]:
             print(f"  error: {e}")
         for i, what in enumerate(("ttft", "total")):
@@ -187,15 +195,20 @@ def report(args: argparse.Namespace, results: dict[str, tuple[list, list]], cpu:
             figures[name, what] = {q: pct(values, q) if values else float("nan") for q in (50, 99)}
             f = figures[name, what]
             print(f"{name} {what}: p50 {f[50] * 1000:.1f} ms, p99 {f[99] * 1000:.1f} ms")
+            flat[f"{name}.{what}.p50_s"], flat[f"{name}.{what}.p99_s"] = f[50], f[99]
     for what in ("ttft", "total"):
         added = {q: (figures["served", what][q] - figures["direct", what][q]) * 1000 for q in (50, 99)}
         print(f"added by moa serve, {what}: p50 {added[50]:+.1f} ms, p99 {added[99]:+.1f} ms (goal p99 <= 10 ms)")
+        flat[f"added.{what}.p50_ms"], flat[f"added.{what}.p99_ms"] = added[50], added[99]
     served = len(results["served"][0]) or 1
     user, system = cpu
     print(
         f"moa serve CPU: {user:.2f} s user + {system:.2f} s system for {served} requests = "
         f"{(user + system) / served * 1000:.2f} ms a request"
     )
+    flat.update({"server_cpu.user_s": user, "server_cpu.system_s": system})
+    flat["server_cpu.ms_per_request"] = (user + system) / served * 1000
+    return flat
 
 
 def main() -> None:
@@ -209,6 +222,7 @@ def main() -> None:
     parser.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto", help="moa serve's event loop")
     parser.add_argument("--stagger", type=float, default=2.0,
                         help="each client starts after a random wait up to this (0: all at once, a burst)")  # fmt: skip
+    add_json_option(parser)
     asyncio.run(bench(parser.parse_args()))
 
 

@@ -11,7 +11,8 @@ Greedy outputs are checked token for token against plain decoding.
    from ``moa specdec train-head``): fixed K (a sweep), the +2/-1 heuristic, draft confidence, SpecDec++.
 
     python -m benchmarks.bench_specdec [--prompts 6] [--draft D.safetensors --head H.safetensors] [--threads 1]
-        [--part 1|2|all] [--h 0.3 0.5 0.7]   (--h: SpecDec++ thresholds, each with bounds (2, 20) and (1, 20))
+        [--part 1|2|all] [--h 0.3 0.5 0.7] [--json PATH]   (--h: SpecDec++ thresholds, each with bounds (2, 20) and
+        (1, 20))
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from benchmarks.data import alpaca_eval_instructions
+from benchmarks.figures import add_json_option, write_figures
 from moa.prompts import SYNTHESIZE_INSTRUCTIONS, with_references
 from moa.types import Message
 from proposers.specdec import head as head_file
@@ -39,7 +43,6 @@ from proposers.specdec.policies import AcceptanceStop, Confidence, FixedLength, 
 from proposers.specdec.sampling import Sampler, make_generator
 
 MODEL = "embedded:smollm2-135m-instruct"
-INSTRUCTIONS = Path("/work/shared/data/alpaca_eval/instructions.json")
 GREEDY = Sampler(0.0)
 
 
@@ -69,21 +72,35 @@ def compare(model, prompts: list[list[int]], policies: dict[str, Callable[[], Dr
     return totals
 
 
-def table(title: str, totals: dict[str, tuple[DecodeStats, bool]]) -> None:
+def table(title: str, totals: dict[str, tuple[DecodeStats, bool]]) -> dict[str, Any]:
+    """Print one line per policy; return the same figures by ``policy.figure``."""
     print(f"\n{title}")
     print(f"{'policy':<26}{'tok/fwd':>8}{'fwd/tok':>8}{'disc/tok':>9}{'accept':>8}{'dec tok/s':>10}"
           f"{'e2e tok/s':>10}{'dec x':>7}{'e2e x':>7}  same as plain")  # fmt: skip
     base = next(iter(totals.values()))[0]
+    figures: dict[str, Any] = {}
     for name, (s, same) in totals.items():
         dec, e2e = s.generated / s.decode_s, s.generated / (s.decode_s + s.prefill_s)
         base_dec, base_e2e = base.generated / base.decode_s, base.generated / (base.decode_s + base.prefill_s)
         print(f"{name:<26}{s.tokens_per_forward:>8.2f}{1 / s.tokens_per_forward:>8.2f}{s.discarded_per_token:>9.2f}"
               f"{s.acceptance:>8.2f}{dec:>10.1f}{e2e:>10.1f}{dec / base_dec:>7.2f}{e2e / base_e2e:>7.2f}  "
               f"{'yes' if same else 'NO'}")  # fmt: skip
+        row = {
+            "tokens_per_forward": s.tokens_per_forward,
+            "discarded_per_token": s.discarded_per_token,
+            "acceptance": s.acceptance,
+            "decode_tok_per_s": dec,
+            "e2e_tok_per_s": e2e,
+            "decode_speedup": dec / base_dec,
+            "e2e_speedup": e2e / base_e2e,
+            "same_as_plain": same,
+        }
+        figures.update({f"{name}.{k}": v for k, v in row.items()})
+    return figures
 
 
 @torch.inference_mode()
-def forward_costs(model, prompt: list[int], draft=None, repeats: int = 10) -> str:
+def forward_costs(model, prompt: list[int], draft=None, repeats: int = 10) -> tuple[str, dict[str, float]]:
     """Milliseconds of a 1-token and a 7-token (K=6 verify) target forward after ``prompt``, and of a draft step."""
     cache = new_cache(model)
     forward(model, torch.tensor([prompt]), cache)
@@ -97,11 +114,13 @@ def forward_costs(model, prompt: list[int], draft=None, repeats: int = 10) -> st
 
     one, seven = ms(model, torch.tensor([[prompt[-1]]]), cache), ms(model, torch.tensor([prompt[-7:]]), cache)
     line = f"target forward: 1 token {one:.1f} ms, 7 tokens {seven:.1f} ms ({seven / one:.2f}x)"
+    costs = {"target_1_token_ms": one, "target_7_tokens_ms": seven}
     if draft is not None:
         dcache = new_cache(draft)
         forward(draft, torch.tensor([prompt]), dcache)
-        line += f"; draft step {ms(draft, torch.tensor([[prompt[-1]]]), dcache):.1f} ms"
-    return line
+        costs["draft_step_ms"] = ms(draft, torch.tensor([[prompt[-1]]]), dcache)
+        line += f"; draft step {costs['draft_step_ms']:.1f} ms"
+    return line, costs
 
 
 def main() -> None:
@@ -120,6 +139,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="torch CPU threads")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="the target's (and draft's)")
     ap.add_argument("--seed", type=int, default=0)
+    add_json_option(ap)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -127,14 +147,18 @@ def main() -> None:
     stop = stop_ids(model, tokenizer)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
           f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}; target {MODEL} {args.dtype}")  # fmt: skip
-    instructions = [d["instruction"] for d in json.loads(INSTRUCTIONS.read_text())][: args.prompts]
+    instructions = alpaca_eval_instructions(args.prompts)
+    figures: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "dtype": args.dtype}
     if args.part != "2":
-        reference_part(model, tokenizer, instructions, stop, args)
+        figures.update({f"part1.{k}": v for k, v in reference_part(model, tokenizer, instructions, stop, args).items()})
     if args.part != "1":
-        draft_part(model, tokenizer, target_hash, instructions, stop, args)
+        part2 = draft_part(model, tokenizer, target_hash, instructions, stop, args)
+        figures.update({f"part2.{k}": v for k, v in part2.items()})
+    write_figures(args.json, "bench_specdec", args, figures)
 
 
-def reference_part(model, tokenizer, instructions: list[str], stop: frozenset[int], args: argparse.Namespace) -> None:
+def reference_part(model, tokenizer, instructions: list[str], stop: frozenset[int],
+                   args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
     cache = Path(args.cache) if args.cache else None
     if cache is not None and cache.is_file():
         refs = json.loads(cache.read_text())[: args.prompts]
@@ -149,7 +173,8 @@ def reference_part(model, tokenizer, instructions: list[str], stop: frozenset[in
         encode_chat(tokenizer, [m.to_dict() for m in with_references([Message("user", q)], r, SYNTHESIZE_INSTRUCTIONS)])
         for q, r in zip(instructions, refs, strict=True)
     ]
-    print(forward_costs(model, prompts[0]))
+    line, costs = forward_costs(model, prompts[0])
+    print(line)
     totals = compare(model, prompts, {
         "plain": lambda: None,
         "reference (default)": lambda: LookupDrafter(2, 20, 3),  # K = match length in [2, 20], match >= 3
@@ -158,15 +183,16 @@ def reference_part(model, tokenizer, instructions: list[str], stop: frozenset[in
         "reference fixed K=8": lambda: LookupDrafter(8, 8, 3),
     }, args.max_new_tokens, stop)  # fmt: skip
     mean_prompt = sum(map(len, prompts)) / len(prompts)
-    table(f"(1) reference drafting: {len(prompts)} aggregation prompts (mean {mean_prompt:.0f} tokens), greedy, "
-          f"{args.max_new_tokens} new tokens", totals)  # fmt: skip
+    figures = table(f"(1) reference drafting: {len(prompts)} aggregation prompts (mean {mean_prompt:.0f} tokens), "
+                    f"greedy, {args.max_new_tokens} new tokens", totals)  # fmt: skip
+    return {**costs, "mean_prompt_tokens": mean_prompt, **figures}
 
 
 def draft_part(model, tokenizer, target_hash: str, instructions: list[str], stop: frozenset[int],
-               args: argparse.Namespace) -> None:  # fmt: skip
+               args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
     if not (args.draft and args.head):
-        print("\n(2) skipped: pass --draft and --head (see README.md, Speculative decoding)")
-        return
+        print("\n(2) skipped: pass --draft and --head (see docs/specdec.md)")
+        return {}
     draft, vocab, draft_hash = load_draft(args.draft, model, tokenizer, target_hash, "--draft")
     head, h = head_file.load(args.head, target_hash=target_hash, draft_hash=draft_hash, field="--head")
     head = head.to(dtype=model.dtype)  # as the torch backend does
@@ -174,10 +200,8 @@ def draft_part(model, tokenizer, target_hash: str, instructions: list[str], stop
     plain_prompts = [
         encode_chat(tokenizer, [{"role": "user", "content": q}]) for q in instructions[: args.draft_prompts]
     ]
-    print(
-        f"\ndraft {args.draft} ({model_hash(args.draft)[:12]}), head h={h}; "
-        + forward_costs(model, plain_prompts[0], draft)
-    )
+    line, costs = forward_costs(model, plain_prompts[0], draft)
+    print(f"\ndraft {args.draft} ({model_hash(args.draft)[:12]}), head h={h}; " + line)
 
     def drafter(policy) -> Callable[[], Drafter]:
         return lambda: ModelDrafter(draft, policy(), size, vocab)
@@ -194,8 +218,9 @@ def draft_part(model, tokenizer, target_hash: str, instructions: list[str], stop
     for hh in thresholds if args.h else [h]:
         policies[f"specdec++ h={hh:g} (1..20)"] = drafter(lambda hh=hh: AcceptanceStop(head, hh, 1, 20))
     new = args.draft_max_new_tokens
-    table(f"(2) trained self-draft: {len(plain_prompts)} AlpacaEval instructions, greedy, {new} new tokens",
-          compare(model, plain_prompts, policies, new, stop))  # fmt: skip
+    figures = table(f"(2) trained self-draft: {len(plain_prompts)} AlpacaEval instructions, greedy, {new} new tokens",
+                    compare(model, plain_prompts, policies, new, stop))  # fmt: skip
+    return {**costs, "head_h": h, **figures}
 
 
 if __name__ == "__main__":

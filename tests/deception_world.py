@@ -23,10 +23,10 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import deception_eval
-from benchmarks.deception_eval import SAMPLE
-from benchmarks.quality import Question, load_questions
 from defenses.options import parse_option
+from evaluations import deception
+from evaluations.deception import SAMPLE
+from evaluations.quality import Question, load_questions
 from moa import Ensemble
 from moa.types import Completion
 from tests.conftest import moa_config
@@ -135,7 +135,7 @@ def demo() -> int:
         config = Path(tmp) / "world.json"
         config.write_text(json.dumps({**world_config(server.base_url, deceived=False), "name": "world"}))
         try:
-            return deception_eval.main(["-c", str(config), "--red-team", "1,4", *sys.argv[1:]])
+            return deception.main(["-c", str(config), "--red-team", "1,4", *sys.argv[1:]])
         finally:
             asyncio.run_coroutine_threadsafe(server.stop(), loop).result(timeout=10)
             loop.call_soon_threadsafe(loop.stop)

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from benchmarks.deception_eval import SAMPLE, conditions, evaluate, format_rows, main
-from benchmarks.deception_metrics import Graded, Rate, accuracy, corruption_rate, persuasion_rate, recovery_rate
-from benchmarks.quality import load_questions, prompt
+from evaluations.deception import SAMPLE, conditions, evaluate, format_rows, main
+from evaluations.deception_metrics import Graded, Rate, accuracy, corruption_rate, persuasion_rate, recovery_rate
+from evaluations.quality import load_questions, prompt
 from moa.config import parse_config
 from moa.errors import ConfigError
 from tests.deception_world import believed, script_world, world_config

@@ -4,11 +4,11 @@ The same questions run under several conditions of one configured ensemble: ``ho
 defense), ``deceived`` (the deceptive agents, no defense) and ``deceived+<defense>`` for each defense. Deceptive
 agents are those the config marks, or those placed by ``--red-team`` / ``--random``; on each question they argue
 for its target option (the file's ``target``, else a seeded wrong option). The metrics (defined in
-``benchmarks.deception_metrics``): accuracy and persuasion rate per condition; recovery rate of each defended
+``evaluations.deception_metrics``): accuracy and persuasion rate per condition; recovery rate of each defended
 condition against ``deceived``; deception-corruption rate of each deceived condition against ``honest``; and
 model calls per question, with the calls beyond the same ensemble undefended.
 
-    python -m benchmarks.deception_eval -c CONFIG --data questions.jsonl [--random 1 --seed 0 | --red-team 1,2 ...]
+    python -m evaluations.deception -c CONFIG --data questions.jsonl [--random 1 --seed 0 | --red-team 1,2 ...]
         [--defenses cluster-filter,in-context-cluster,dropout-vote,dropout-cluster] [--limit N] [--json out.json]
 """
 
@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.deception_metrics import Graded, Rate, accuracy, corruption_rate, persuasion_rate, recovery_rate
-from benchmarks.quality import Question, load_questions, prompt
 from defenses.options import parse_option
+from evaluations.deception_metrics import Graded, Rate, accuracy, corruption_rate, persuasion_rate, recovery_rate
+from evaluations.quality import Question, load_questions, prompt
 from moa import Ensemble
 from moa.config import EnsembleConfig, load_config, parse_config
 from moa.defense_config import DEFENSE_TYPES
@@ -147,7 +147,7 @@ async def evaluate(config: EnsembleConfig, questions: list[Question], red_team: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="deception_eval", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="evaluations.deception", description=__doc__.split("\n")[0])
     parser.add_argument("-c", "--config", required=True, help="ensemble config file or shipped recipe")
     parser.add_argument("--data", default=str(SAMPLE), help="QuALITY-format JSONL (default: the shipped sample)")
     parser.add_argument("--red-team", nargs="*", metavar="LAYER,AGENT", help="deceptive agents by position")
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"unknown {', '.join(unknown)} (known: {', '.join(DEFENSE_TYPES)})", "--defenses")
         rows = asyncio.run(evaluate(config, questions, _red_team(args), defenses, args.concurrency))
     except MoaError as e:
-        print(f"deception_eval: {e}", file=sys.stderr)
+        print(f"evaluations.deception: {e}", file=sys.stderr)
         return 2
     print(f"deception eval: {len(questions)} questions from {args.data}, ensemble {config.name}")
     print(format_rows(rows))

@@ -1,0 +1,47 @@
+"""Where benchmarks find their data, and the JSON their ``--json PATH`` writes (a benchmark run as a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.data import alpaca_eval_instructions, shared_path
+from moa.alpaca_eval.data import load_instructions
+
+
+def test_benchmarks_read_the_packaged_alpaca_eval_instructions() -> None:
+    packaged = [row.instruction for row in load_instructions()]
+    assert len(packaged) == 805
+    assert alpaca_eval_instructions() == packaged
+    assert alpaca_eval_instructions(3) == packaged[:3]
+
+
+def test_shared_data_is_found_under_moa_shared_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "arena_hard").mkdir()
+    (tmp_path / "arena_hard" / "questions.jsonl").write_text("{}\n")
+    monkeypatch.setenv("MOA_SHARED_DATA", str(tmp_path))
+    assert shared_path("arena_hard", "questions.jsonl") == tmp_path / "arena_hard" / "questions.jsonl"
+
+
+def test_missing_shared_data_is_an_error_naming_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOA_SHARED_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="not found: tried .*mt_bench/question.jsonl"):
+        shared_path("mt_bench", "question.jsonl")
+
+
+def test_a_benchmark_writes_what_it_prints_as_json(tmp_path: Path) -> None:
+    out = tmp_path / "figures" / "limiter.json"
+    command = [sys.executable, "-m", "benchmarks.bench_limiter", "--waiters", "20", "--rps", "1000", "--json", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(out.read_text())
+    assert figures["benchmark"] == "bench_limiter"
+    assert figures["args"] == {"waiters": 20, "rps": 1000.0}
+    assert {"cores", "load_average_start", "load_average_end", "python"} <= figures["machine"].keys()
+    assert figures["figures"]["moa.grants_per_s"] > 0
+    assert figures["figures"]["moa.cpu_s"] >= 0
+    assert "moa RequestRateLimiter: 20 grants" in done.stdout
