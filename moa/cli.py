@@ -1,7 +1,8 @@
 """The ``moa`` command line: ``moa run``, ``moa validate`` and the commands of ``moa.commands``.
 
 Errors moa raises on purpose print as one ``error:`` line (exit 2 for bad input, 1 for failures at run time),
-never as a traceback.
+never as a traceback. Library code's log lines (a long step saying what it does) print as ``moa: ...`` lines on
+stderr (moa.logs).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TextIO
 
 from moa.config import builtin_configs, load_config
 from moa.errors import ConfigError, MoaError
+from moa.logs import configure_logging
 from moa.types import Completion
 
 DEFAULT_CONFIG = "default"
@@ -112,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging()  # `moa: ...` lines on stderr; `moa serve` installs its own format in their place
     command: Callable[[argparse.Namespace], int] = args.func
     try:
         return command(args)
