@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from moa.config import builtin_configs, load_config
+from moa.config import builtin_configs, describe_config, load_config
 from moa.errors import ConfigError, MoaError
 from moa.logs import configure_logging
 from moa.types import Completion
@@ -70,11 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     for source in args.configs:
-        cfg = load_config(source)
-        calls = sum(a.n for layer in cfg.layers for a in layer.agents)
-        print(
-            f"{source}: ok ({cfg.name}: {len(cfg.layers)} layer(s), {calls} proposals, aggregator {cfg.aggregator.type})"
-        )
+        print(f"{source}: ok ({describe_config(load_config(source))})")
     return 0
 
 
