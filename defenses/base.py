@@ -21,7 +21,9 @@ Aggregate = Callable[[list[Proposal], str], Awaitable[Generation]]
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class DefenseOutcome:
+    """What a defense passes on from one layer's proposals, and its record of what it did and why."""
+
     references: list[Proposal]  # what goes on: the next layer's references, or the final aggregator's
     record: DefenseRecord
     answer: Generation | None = None  # a finished final answer (only when ``final``)
@@ -32,7 +34,7 @@ class Defense(Protocol):
 
     async def apply(
         self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, final: bool
-    ) -> Verdict:
+    ) -> DefenseOutcome:
         """Screen one layer's proposals; ``final`` when the final aggregator comes next."""
         ...
 

@@ -6,7 +6,7 @@ never reaches the aggregator. With no majority (one cluster, or two of equal siz
 
 from __future__ import annotations
 
-from defenses.base import Aggregate, EmbeddingDefense, Verdict
+from defenses.base import Aggregate, DefenseOutcome, EmbeddingDefense
 from defenses.clustering import embed_and_split, mean_similarity
 from moa.defense_config import ClusterFilterConfig
 from moa.types import ChatRequest, DefenseRecord, Proposal
@@ -17,7 +17,7 @@ class ClusterFilter(EmbeddingDefense):
 
     async def apply(
         self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, final: bool
-    ) -> Verdict:
+    ) -> DefenseOutcome:
         x, split = await embed_and_split(self.embedder, [p.text for p in proposals], self.config.seed)
         names = [p.agent for p in proposals]
         clusters = split.named(names)
@@ -26,11 +26,11 @@ class ClusterFilter(EmbeddingDefense):
         )
         if not split.has_majority:
             why = "the proposals form one cluster" if len(clusters) == 1 else "two clusters of equal size"
-            return Verdict(proposals, record.model_copy(update={"reason": f"{why}: nothing dropped"}))
+            return DefenseOutcome(proposals, record.model_copy(update={"reason": f"{why}: nothing dropped"}))
         kept, dropped = split.members(0), split.members(1)
         reason = (
             f"kept the larger of two clusters ({len(kept)} of {len(proposals)} proposals); dropped {len(dropped)} "
             f"whose mean cosine similarity to the kept ones is {mean_similarity(x, dropped, kept):.2f}"
         )
         update = {"kept": [names[i] for i in kept], "dropped": [names[i] for i in dropped], "reason": reason}
-        return Verdict([proposals[i] for i in kept], record.model_copy(update=update))
+        return DefenseOutcome([proposals[i] for i in kept], record.model_copy(update=update))

@@ -76,7 +76,9 @@ async def aggregate_subsets(
     return candidates
 
 
-async def run_lots(proposals: list[Proposal], aggregate: Aggregate, config: DropoutConfig) -> list[Candidate]:
+async def aggregate_planned_subsets(
+    proposals: list[Proposal], aggregate: Aggregate, config: DropoutConfig
+) -> list[Candidate]:
     """The subsets ``config`` asks for, each aggregated (one call each, all at once)."""
     subsets = plan_subsets(len(proposals), config.max_size, config.max_subsets, config.seed)
     return await aggregate_subsets(proposals, subsets, aggregate)

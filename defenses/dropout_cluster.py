@@ -6,9 +6,9 @@ aggregator's call when the medoid replaces it.
 
 from __future__ import annotations
 
-from defenses.base import Aggregate, EmbeddingDefense, Verdict, extra_calls
+from defenses.base import Aggregate, DefenseOutcome, EmbeddingDefense, extra_calls
 from defenses.clustering import embed_and_split, medoid
-from defenses.dropout import answered, candidate_records, label, outcome, run_lots
+from defenses.dropout import aggregate_planned_subsets, answered, candidate_records, label, outcome
 from moa.defense_config import DropoutClusterConfig
 from moa.types import ChatRequest, DefenseRecord, Proposal
 
@@ -18,8 +18,8 @@ class DropoutCluster(EmbeddingDefense):
 
     async def apply(
         self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, final: bool
-    ) -> Verdict:
-        candidates = await run_lots(proposals, aggregate, self.config)
+    ) -> DefenseOutcome:
+        candidates = await aggregate_planned_subsets(proposals, aggregate, self.config)
         ok = answered(candidates)
         x, split = await embed_and_split(self.embedder, [candidates[k].text or "" for k in ok], self.config.seed)
         labels = [label(k, candidates[k], proposals) for k in ok]
@@ -37,7 +37,9 @@ class DropoutCluster(EmbeddingDefense):
                 "kept": [labels[i] for i in majority], "reason": f"re-aggregates {why}",
                 "calls": len(candidates), "extra_calls": extra_calls(len(candidates), None),
             }  # fmt: skip
-            return Verdict(references, record.model_copy(update=update))
+            return DefenseOutcome(references, record.model_copy(update=update))
         winner = ok[majority[medoid(x[majority])]]
         references, answer, fields = outcome(proposals, candidates, winner, final)
-        return Verdict(references, record.model_copy(update={**fields, "reason": f"the medoid of {why}"}), answer)
+        return DefenseOutcome(
+            references, record.model_copy(update={**fields, "reason": f"the medoid of {why}"}), answer
+        )

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from defenses.base import Aggregate, EmbeddingDefense, Verdict
+from defenses.base import Aggregate, DefenseOutcome, EmbeddingDefense
 from defenses.clustering import mean_similarity, medoid
-from defenses.dropout import Candidate, answered, candidate_records, outcome, run_lots
+from defenses.dropout import Candidate, aggregate_planned_subsets, answered, candidate_records, outcome
 from defenses.options import parse_option
 from moa.defense_config import DropoutVoteConfig
 from moa.types import ChatRequest, DefenseRecord, Proposal
@@ -22,9 +22,9 @@ class DropoutVote(EmbeddingDefense):
 
     async def apply(
         self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, final: bool
-    ) -> Verdict:
+    ) -> DefenseOutcome:
         vote = self.config.vote
-        candidates = await run_lots(proposals, aggregate, self.config)
+        candidates = await aggregate_planned_subsets(proposals, aggregate, self.config)
         ok = answered(candidates)
         options = {k: parse_option(candidates[k].text or "") for k in ok}
         named = [k for k in ok if options[k] is not None]
@@ -39,7 +39,7 @@ class DropoutVote(EmbeddingDefense):
             defense="dropout-vote", layer=proposals[0].layer, reason=reason,
             candidates=candidate_records(proposals, candidates, options=options), **fields,
         )  # fmt: skip
-        return Verdict(references, record, answer)
+        return DefenseOutcome(references, record, answer)
 
     async def _medoid(self, candidates: list[Candidate], ok: list[int]) -> tuple[int, str]:
         x = await self.embedder.embed([candidates[k].text or "" for k in ok])  # [M, D]

@@ -4,7 +4,7 @@ line naming its group and the group's size, so the aggregator can weigh a lone d
 
 from __future__ import annotations
 
-from defenses.base import Aggregate, EmbeddingDefense, Verdict
+from defenses.base import Aggregate, DefenseOutcome, EmbeddingDefense
 from defenses.clustering import embed_and_split
 from moa.defense_config import InContextClusterConfig
 from moa.types import ChatRequest, DefenseRecord, Proposal
@@ -19,7 +19,7 @@ class InContextCluster(EmbeddingDefense):
 
     async def apply(
         self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, final: bool
-    ) -> Verdict:
+    ) -> DefenseOutcome:
         _, split = await embed_and_split(self.embedder, [p.text for p in proposals], self.config.seed)
         sizes, total = split.sizes, len(proposals)
         labelled = [
@@ -32,4 +32,4 @@ class InContextCluster(EmbeddingDefense):
             defense="in-context-cluster", layer=proposals[0].layer, kept=[p.agent for p in proposals],
             clusters=clusters, reason=reason,
         )  # fmt: skip
-        return Verdict(labelled, record)
+        return DefenseOutcome(labelled, record)

@@ -1,7 +1,8 @@
 """The ``moa`` command line: ``moa run``, ``moa validate`` and the commands of ``moa.commands``.
 
 Errors moa raises on purpose print as one ``error:`` line (exit 2 for bad input, 1 for failures at run time),
-never as a traceback.
+never as a traceback. Library code's log lines (a long step saying what it does) print as ``moa: ...`` lines on
+stderr (moa.logs).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from moa.config import builtin_configs, load_config
+from moa.config import builtin_configs, describe_config, load_config
 from moa.errors import ConfigError, MoaError
+from moa.logs import configure_logging
 from moa.types import Completion
 
 DEFAULT_CONFIG = "default"
@@ -68,11 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     for source in args.configs:
-        cfg = load_config(source)
-        calls = sum(a.n for layer in cfg.layers for a in layer.agents)
-        print(
-            f"{source}: ok ({cfg.name}: {len(cfg.layers)} layer(s), {calls} proposals, aggregator {cfg.aggregator.type})"
-        )
+        print(f"{source}: ok ({describe_config(load_config(source))})")
     return 0
 
 
@@ -112,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging()  # `moa: ...` lines on stderr; `moa serve` installs its own format in their place
     command: Callable[[argparse.Namespace], int] = args.func
     try:
         return command(args)

@@ -459,3 +459,10 @@ def load_config(source: str | os.PathLike[str] | dict[str, Any] | EnsembleConfig
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
     return parse_config(data)
+
+
+def describe_config(config: EnsembleConfig) -> str:
+    """One line on what ``config`` runs, as ``moa validate`` and ``moa serve`` print it:
+    ``name: <L> layer(s), <N> proposal(s), aggregator <type>`` (N counts every agent's ``n``)."""
+    calls = sum(agent.n for layer in config.layers for agent in layer.agents)
+    return f"{config.name}: {len(config.layers)} layer(s), {calls} proposal(s), aggregator {config.aggregator.type}"

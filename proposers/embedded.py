@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -27,8 +28,10 @@ from pathlib import Path
 
 import platformdirs
 
+from moa.durable import fsync_dir, fsync_tree, write_text_atomic
 from moa.errors import ConfigError
-from proposers.progress import say
+
+logger = logging.getLogger(__name__)
 
 PREFIX = "embedded:"
 
@@ -89,13 +92,13 @@ def ensure_converted(name: str, gguf: Path, *, root: Path | None = None) -> Path
         _sweep_stale(root, final.name)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
         try:
-            say(f"converting {gguf.name} to {final} (once, ~20 s)")
+            logger.info("converting %s to %s (once, ~20 s)", gguf.name, final)
             started = time.perf_counter()
             convert_gguf(gguf, tmp)
-            _fsync_tree(tmp)
+            fsync_tree(tmp)
             os.rename(tmp, final)
-            _fsync_dir(root)
-            say(f"converted {name} in {time.perf_counter() - started:.1f} s")
+            fsync_dir(root)
+            logger.info("converted %s in %.1f s", name, time.perf_counter() - started)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
     return final
@@ -136,16 +139,8 @@ def file_sha256(path: Path, root: Path | None = None) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     digest = h.hexdigest()
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(memo, digest)
+    write_text_atomic(memo, digest)
     return digest
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 # ---- filesystem steps ------------------------------------------------------------------------------------
@@ -158,7 +153,7 @@ def _locked(lock_path: Path, *, waiting: str) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            say(waiting)
+            logger.info("%s", waiting)
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -170,23 +165,6 @@ def _sweep_stale(root: Path, final_name: str) -> None:
     """Remove temporary folders of conversions that died (only the lock holder converts, so all are dead)."""
     for stale in root.glob(f".{final_name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-
-
-def _fsync_tree(folder: Path) -> None:
-    """Flush every file and folder under ``folder`` so the rename never lands before the data."""
-    for dirpath, _, files in os.walk(folder):
-        for name in files:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = ["EMBEDDED", "PREFIX", "cache_root", "ensure_converted", "file_sha256", "gguf_path", "resolve_model"]

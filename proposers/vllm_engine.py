@@ -16,6 +16,7 @@ if the restarted engine dies before it has served a request, it stays down.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -41,7 +42,8 @@ from moa.errors import (
 )
 from moa.types import Delta, GenerateResult, Generation, Message, SamplingParams, TopLogprobs, Usage
 from proposers.embedded import resolve_model
-from proposers.progress import say
+
+logger = logging.getLogger(__name__)
 
 _CONTEXT_HINTS = ("maximum model length", "max_model_len", "context length")
 _SHUTDOWN_GRACE_S = 30.0
@@ -206,7 +208,7 @@ class VLLMProposer:
                     )
                 self._restarted = True
                 self._engine = None
-                say(f"the vLLM engine for backend {self.name!r} died; restarting it")
+                logger.warning("the vLLM engine for backend %r died; restarting it", self.name)
             self._starting = asyncio.get_running_loop().create_task(self._start(dead=engine))
         # shielded: a caller cancelled mid-start leaves the start running, for the next caller or aclose
         return await asyncio.shield(self._starting)
@@ -224,7 +226,9 @@ class VLLMProposer:
         """Runs in a worker thread: resolves the model (converting an embedded one) and starts vLLM."""
         path = resolve_model(self.config.model, field=f"backends.{self.name}.model")
         args = engine_args(self.name, self.config, path)
-        say(f"starting vLLM engine for backend {self.name!r} ({self.config.model}) on {vllm_device()} (~30 s)")
+        logger.info(
+            "starting vLLM engine for backend %r (%s) on %s (~30 s)", self.name, self.config.model, vllm_device()
+        )
         started = time.perf_counter()
         try:
             engine = AsyncLLM.from_engine_args(args)
@@ -232,7 +236,7 @@ class VLLMProposer:
             raise EngineError(
                 f"{self.name}: vLLM could not start {self.config.model}: {type(e).__name__}: {e}", backend=self.name
             ) from e
-        say(f"vLLM engine for backend {self.name!r} ready in {time.perf_counter() - started:.0f} s")
+        logger.info("vLLM engine for backend %r ready in %.0f s", self.name, time.perf_counter() - started)
         return engine
 
     async def aclose(self) -> None:

@@ -62,6 +62,7 @@ def test_hash_is_remembered_by_path_size_and_mtime(tmp_path: Path) -> None:
 def convert_in_subprocess(root: Path) -> subprocess.Popen[str]:
     code = (
         "import sys; from pathlib import Path; from proposers.embedded import ensure_converted, gguf_path; "
+        "from moa.logs import configure_logging; configure_logging(); "  # an application installs the handler
         f"print(ensure_converted({NAME!r}, gguf_path({NAME!r}), root=Path(sys.argv[1])))"
     )
     return subprocess.Popen(

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from moa import Ensemble
+from moa.config import describe_config, load_config
 from moa.errors import ConfigError
 from tests.conftest import moa_config
 
@@ -88,7 +89,14 @@ def test_cli_errors_are_one_line_not_tracebacks(tmp_path) -> None:
 def test_cli_validate_shipped_recipes() -> None:
     done = _moa("validate", "together-moa", "self-moa-seq")
     assert done.returncode == 0
-    assert "together-moa: ok (together-moa: 2 layer(s), 12 proposals" in done.stdout
+    assert "together-moa: ok (together-moa: 2 layer(s), 12 proposal(s)" in done.stdout
+
+
+def test_validate_prints_the_line_serve_prints() -> None:
+    done = _moa("validate", "together-moa")
+    summary = describe_config(load_config("together-moa"))
+    assert summary == "together-moa: 2 layer(s), 12 proposal(s), aggregator synthesize"  # moa serve: serving ...
+    assert done.stdout == f"together-moa: ok ({summary})\n"
 
 
 async def test_astream_rejects_bad_input_before_iterating() -> None:

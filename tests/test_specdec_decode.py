@@ -14,7 +14,7 @@ from proposers.specdec.model_draft import ModelDrafter
 from proposers.specdec.policies import AcceptanceStop, Confidence, FixedLength, Heuristic
 from proposers.specdec.sampling import Sampler, make_generator
 from proposers.specdec.self_draft import SelfDraftSpec, assemble, new_blocks
-from proposers.specdec.verify import Draft, Verdict, verify
+from proposers.specdec.verify import Draft, VerifyResult, verify
 from tests.specdec_tiny import exact_pair_distribution, near_copy, single_thread, tiny_llama, total_variation  # noqa: F401 (single_thread: a fixture)
 
 PROMPT = [1, 2, 3, 4, 5, 1, 2, 3, 4, 6, 7, 1, 2]
@@ -70,9 +70,9 @@ def test_greedy_output_is_the_targets_own(target, draft, policy: str) -> None:
         assert 0 < stats.accepted < stats.drafted
 
 
-def always_accept(d: Draft, target_logits: torch.Tensor, sampler: Sampler) -> Verdict:
+def always_accept(d: Draft, target_logits: torch.Tensor, sampler: Sampler) -> VerifyResult:
     """Negative control: a verifier that keeps every draft token."""
-    return Verdict(len(d), int(sampler.draw(sampler.probs(target_logits[len(d)]))))
+    return VerifyResult(len(d), int(sampler.draw(sampler.probs(target_logits[len(d)]))))
 
 
 @pytest.mark.parametrize("verifier,lossless", [(verify, True), (always_accept, False)], ids=["verify", "always-accept"])

@@ -9,16 +9,16 @@ import pytest
 import torch
 
 from proposers.specdec.sampling import Sampler, expand_vocab, make_generator, top_p_filter
-from proposers.specdec.verify import Draft, Verdict, residual, verify, verify_greedy
+from proposers.specdec.verify import Draft, VerifyResult, residual, verify, verify_greedy
 
 P = torch.tensor([0.50, 0.25, 0.15, 0.07, 0.03])  # the target's next-token distribution
 Q = torch.tensor([0.05, 0.10, 0.15, 0.30, 0.40])  # a draft that disagrees with it
 P_NEXT = torch.tensor([0.1, 0.2, 0.3, 0.2, 0.2])  # the target's distribution after the draft token (bonus)
 
 
-def always_accept(draft: Draft, target_logits: torch.Tensor, sampler: Sampler) -> Verdict:
+def always_accept(draft: Draft, target_logits: torch.Tensor, sampler: Sampler) -> VerifyResult:
     """Negative control: keeps every draft token, as a broken verifier would."""
-    return Verdict(len(draft), int(sampler.draw(sampler.probs(target_logits[len(draft)]))))
+    return VerifyResult(len(draft), int(sampler.draw(sampler.probs(target_logits[len(draft)]))))
 
 
 def first_token_counts(verifier, deterministic: bool, n: int) -> Counter:
@@ -54,10 +54,10 @@ def test_bonus_token_comes_from_the_next_distribution() -> None:
 
 def test_greedy_keeps_the_prefix_equal_to_the_argmax() -> None:
     logits = torch.nn.functional.one_hot(torch.tensor([3, 1, 4, 1]), 6).float()  # argmax rows: 3, 1, 4, 1
-    assert verify_greedy(Draft([3, 1, 4]), logits) == Verdict(3, 1)
-    assert verify_greedy(Draft([3, 2, 4]), logits) == Verdict(1, 1)
-    assert verify_greedy(Draft([0, 1, 4]), logits) == Verdict(0, 3)
-    assert verify_greedy(Draft([]), logits[:1]) == Verdict(0, 3)
+    assert verify_greedy(Draft([3, 1, 4]), logits) == VerifyResult(3, 1)
+    assert verify_greedy(Draft([3, 2, 4]), logits) == VerifyResult(1, 1)
+    assert verify_greedy(Draft([0, 1, 4]), logits) == VerifyResult(0, 3)
+    assert verify_greedy(Draft([]), logits[:1]) == VerifyResult(0, 3)
 
 
 def test_residual_removes_the_draft_mass() -> None:

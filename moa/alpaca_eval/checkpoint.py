@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from moa.durable import fsync_dir, write_text_atomic
 from moa.errors import ConfigError
 
 FORMAT = "moa-checkpoint/1"
@@ -119,20 +120,6 @@ def _write_fresh(path: Path, header: dict[str, Any]) -> None:
     fsync_dir(path.parent)
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make a new or renamed directory entry durable (a no-op where directories can't be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _parse_header(path: Path, line: bytes, kind: str) -> dict[str, Any]:
     try:
         header = json.loads(line)
@@ -185,19 +172,8 @@ def json_text(data: Any, indent: int | None = None) -> str:
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON to a temporary file beside ``path``, make it durable, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json_text(data, indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    """Write ``data`` as JSON (``json_text``) to ``path``, whole or not at all, and make it durable."""
+    write_text_atomic(Path(path), json_text(data, indent=2) + "\n")
 
 
 __all__ = ["Checkpoint", "json_text", "write_json_atomic"]

@@ -19,7 +19,7 @@ import numpy as np
 from moa.alpaca_eval.batch import Failure, run_batch
 from moa.alpaca_eval.checkpoint import Checkpoint, write_json_atomic
 from moa.alpaca_eval.data import ModelOutput, digest, instruction_difficulty, load_outputs
-from moa.alpaca_eval.judge import PairwiseJudge, Verdict, model_goes_first
+from moa.alpaca_eval.judge import JudgeVerdict, PairwiseJudge, model_goes_first
 from moa.alpaca_eval.lc import LCResult, length_controlled_win_rate
 from moa.alpaca_eval.progress import Progress
 from moa.config import load_config
@@ -94,7 +94,7 @@ def pair_up(submission: list[ModelOutput], reference: list[ModelOutput], where: 
     return pairs
 
 
-def _annotation(index: int, pair: Pair, judge: str, model_first: bool, verdict: Verdict) -> dict[str, Any]:
+def _annotation(index: int, pair: Pair, judge: str, model_first: bool, verdict: JudgeVerdict) -> dict[str, Any]:
     return {
         "index": index, "instruction": pair.model.instruction, "dataset": pair.model.dataset or pair.reference.dataset,
         "output_1": pair.reference.output, "generator_1": pair.reference.generator,

@@ -52,7 +52,9 @@ _NAMED = re.compile(r"\banswer[\s_-]*([ab])\b", re.IGNORECASE)  # "Answer A", "<
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class JudgeVerdict:
+    """One judge call's decision on a pair: which answer it prefers, read from logprobs or its reply."""
+
     p_model: float  # probability that the model's answer is the better one
     source: Literal["logprobs", "verdict"]
     text: str
@@ -95,7 +97,7 @@ def second_preferred_from_text(text: str) -> float | None:
 
 
 class PairwiseJudge:
-    """One judge model; ``judge`` returns a ``Verdict`` or raises a ``MoaError`` (after the backend's retries)."""
+    """One judge model; ``judge`` returns a ``JudgeVerdict`` or raises a ``MoaError`` (after the backend's retries)."""
 
     def __init__(self, backend: Backend, model: str, *, logprobs: int | None = 5, max_tokens: int = 16,
                  backend_settings: str = "") -> None:  # fmt: skip
@@ -127,7 +129,9 @@ class PairwiseJudge:
     def name(self) -> str:
         return f"{self.backend.name}:{self.model}"
 
-    async def judge(self, instruction: str, model_output: str, reference_output: str, model_first: bool) -> Verdict:
+    async def judge(
+        self, instruction: str, model_output: str, reference_output: str, model_first: bool
+    ) -> JudgeVerdict:
         first, second = (model_output, reference_output) if model_first else (reference_output, model_output)
         trace: list[CallRecord] = []
         result = await self.backend.generate(
@@ -141,10 +145,10 @@ class PairwiseJudge:
         if p_second is None:
             raise MoaError(f"the judge's answer names neither A nor B: {generation.text[:80]!r}")
         p_model = 1.0 - p_second if model_first else p_second
-        return Verdict(p_model, source, generation.text, result.usage.total_tokens)
+        return JudgeVerdict(p_model, source, generation.text, result.usage.total_tokens)
 
     async def aclose(self) -> None:
         await self.backend.aclose()
 
 
-__all__ = ["JUDGE_PROMPT", "JUDGE_SYSTEM", "PairwiseJudge", "Verdict", "judge_messages", "model_goes_first"]
+__all__ = ["JUDGE_PROMPT", "JUDGE_SYSTEM", "PairwiseJudge", "JudgeVerdict", "judge_messages", "model_goes_first"]

@@ -43,8 +43,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from moa.ensemble import Ensemble
+    from moa.logs import configure_logging
     from moa.server.auth import load_keys
-    from moa.server.ids import configure_logging
+    from moa.server.ids import LOG_FORMAT, RequestIdFilter
     from moa.server.run import serve
     from moa.server.state import ServerSettings
 
@@ -63,7 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if ensemble.name in ensembles:
             raise ConfigError(f"two configs are named {ensemble.name!r}; model names must be unique", "--config")
         ensembles[ensemble.name] = ensemble
-    configure_logging()  # log lines to stderr, each with its request's id
+    configure_logging(LOG_FORMAT, RequestIdFilter())  # log lines to stderr, each with its request's id
     with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
         runner.run(serve(ensembles, settings, args.host, args.port, args.drain_timeout))
     return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,8 @@ from moa.errors import ConfigError
 if TYPE_CHECKING:
     from proposers.specdec.causal_lm import CausalLM
     from proposers.specdec.data import Sample
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -112,7 +115,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _check(args, ".jsonl")
     import time
 
-    from proposers.progress import say
     from proposers.specdec.data import stop_ids, target_responses, write_responses
     from proposers.specdec.loading import load_target, model_folder, pick_device
 
@@ -126,7 +128,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         folder = model_folder(args.target, "--target")
         tokenizer = AutoTokenizer.from_pretrained(folder)
         stop = stop_ids(None, tokenizer, folder)
-        say(f"sampling with vLLM: {args.samples if args.temperature else 1} response(s) to {len(prompts)} prompts")
+        log.info(
+            "sampling with vLLM: %d response(s) to %d prompts", args.samples if args.temperature else 1, len(prompts)
+        )
         samples = vllm_responses(
             str(folder), tokenizer, prompts, samples=args.samples, max_new_tokens=args.max_new_tokens,
             temperature=args.temperature, seed=args.seed, stop_ids=stop, max_model_len=args.max_model_len,
@@ -137,7 +141,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         model, tokenizer, _ = load_target(args.target, pick_device(args.device), torch.float32, "--target")
-        say(f"sampling with torch: {args.samples} response(s) to each of {len(prompts)} prompts")
+        log.info("sampling with torch: %d response(s) to each of %d prompts", args.samples, len(prompts))
         samples = target_responses(
             model, tokenizer, prompts, samples=args.samples, max_new_tokens=args.max_new_tokens,
             temperature=args.temperature, seed=args.seed, stop_ids=stop_ids(model, tokenizer),
@@ -154,7 +158,6 @@ def _responses(args: argparse.Namespace) -> tuple[CausalLM, Any, str, list[Sampl
     """(target, tokenizer, target hash, the target's responses: read from --responses or sampled here)."""
     import torch
 
-    from proposers.progress import say
     from proposers.specdec.data import read_responses, stop_ids, target_responses
     from proposers.specdec.loading import load_target, pick_device
 
@@ -163,10 +166,10 @@ def _responses(args: argparse.Namespace) -> tuple[CausalLM, Any, str, list[Sampl
     model, tokenizer, target_hash = load_target(args.target, pick_device(args.device), torch.float32, "--target")
     if args.responses:
         samples = read_responses(args.responses, model.get_output_embeddings().out_features)
-        say(f"read {len(samples)} responses from {', '.join(args.responses)}")
+        log.info("read %d responses from %s", len(samples), ", ".join(args.responses))
         return model, tokenizer, target_hash, samples
     prompts = _prompts(args)
-    say(f"sampling {args.samples} response(s) to each of {len(prompts)} prompts")
+    log.info("sampling %d response(s) to each of %d prompts", args.samples, len(prompts))
     samples = target_responses(
         model, tokenizer, prompts, samples=args.samples, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, seed=args.seed, stop_ids=stop_ids(model, tokenizer),
@@ -176,7 +179,6 @@ def _responses(args: argparse.Namespace) -> tuple[CausalLM, Any, str, list[Sampl
 
 def cmd_train_draft(args: argparse.Namespace) -> int:
     _check(args)
-    from proposers.progress import say
     from proposers.specdec import self_draft
     from proposers.specdec.data import stop_ids
     from proposers.specdec.self_draft import SelfDraftSpec
@@ -187,7 +189,7 @@ def cmd_train_draft(args: argparse.Namespace) -> int:
     model, tokenizer, target_hash, samples = _responses(args)
     cfg = DraftTraining(SelfDraftSpec(args.layers, args.block_layers), args.draft_vocab, args.epochs, args.lr,
                         args.holdout, args.seed)  # fmt: skip
-    blocks, vocab, report = train(model, samples, stop_ids(model, tokenizer), cfg, progress=say)
+    blocks, vocab, report = train(model, samples, stop_ids(model, tokenizer), cfg, progress=log.info)
     self_draft.save(args.output, cfg.spec, blocks, vocab, target_hash, report)
     print(json.dumps({"output": args.output, "target_hash": target_hash, **report}, indent=2))
     return 0
@@ -199,7 +201,6 @@ def cmd_train_head(args: argparse.Namespace) -> int:
         raise ConfigError("must be in [0, 1)", "--mix-rate")
     if not 0 < args.threshold < 1:
         raise ConfigError("must be between 0 and 1", "--threshold")
-    from proposers.progress import say
     from proposers.specdec import head as head_file
     from proposers.specdec.loading import load_draft
     from proposers.specdec.train_head import HeadTraining, examples, train
@@ -208,9 +209,9 @@ def cmd_train_head(args: argparse.Namespace) -> int:
     draft, vocab, draft_hash = load_draft(args.draft, model, tokenizer, target_hash, "--draft")
     cfg = HeadTraining(args.mix_rate, args.reject_weight, args.threshold, args.blocks, args.draft_temperature,
                        args.epochs, lr=args.lr, holdout=args.holdout, seed=args.seed)  # fmt: skip
-    say("scoring draft tokens against the target")
+    log.info("scoring draft tokens against the target")
     feats, labels = examples(model, draft, vocab, samples, cfg)
-    head, report = train(feats, labels, cfg, progress=say)
+    head, report = train(feats, labels, cfg, progress=log.info)
     head_file.save(args.output, head, target_hash=target_hash, draft_hash=draft_hash, threshold=args.threshold,
                    report=report)  # fmt: skip
     print(json.dumps({"output": args.output, "target_hash": target_hash, "draft_hash": draft_hash, **report}, indent=2))

@@ -26,7 +26,7 @@ from moa.server.errors import (
 )
 from moa.server.state import STATE, ServerSettings, ServerState
 
-log = logging.getLogger("moa.server")
+log = logging.getLogger(__name__)
 
 #: paths that need no API key (load balancers probe them)
 OPEN_PATHS = frozenset({"/health"})

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import uuid
 from contextvars import ContextVar
-from typing import TextIO
 
 from aiohttp import web
 
@@ -57,15 +55,5 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+#: ``moa serve``'s log lines (installed with ``RequestIdFilter`` by moa.logs.configure_logging)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
-
-
-def configure_logging(stream: TextIO = sys.stderr, level: int = logging.INFO) -> logging.Handler:
-    """One handler on the ``moa`` logger whose lines carry the request id; returns it."""
-    handler = logging.StreamHandler(stream)
-    handler.addFilter(RequestIdFilter())
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    logger = logging.getLogger("moa")
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    return handler

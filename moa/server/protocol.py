@@ -20,7 +20,7 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from moa.server import ids
 from moa.server.errors import ExpectationFailed, MalformedRequest, error_for
 
-log = logging.getLogger("moa.server")
+log = logging.getLogger(__name__)
 
 #: aiohttp's defaults, named here because the messages quote them
 MAX_LINE_SIZE = 8190

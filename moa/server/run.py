@@ -14,6 +14,7 @@ from typing import TextIO
 
 from aiohttp import web
 
+from moa.config import describe_config
 from moa.ensemble import Ensemble
 from moa.server.app import create_app
 from moa.server.protocol import Runner
@@ -23,12 +24,6 @@ from moa.server.state import STATE, ServerSettings, ServerState
 BACKLOG = 4096
 #: seconds, after the drain timeout, for cancelled requests to unwind and connections to close
 CLOSE_GRACE_S = 0.5
-
-
-def describe(ensemble: Ensemble) -> str:
-    cfg = ensemble.config
-    calls = sum(a.n for layer in cfg.layers for a in layer.agents)
-    return f"{cfg.name}: {len(cfg.layers)} layer(s), {calls} proposal(s), aggregator {cfg.aggregator.type}"
 
 
 async def serve(
@@ -59,7 +54,7 @@ async def serve(
         shown = f"[{host}]" if ":" in host else host
         print(f"moa serve: listening on http://{shown}:{bound}/v1", file=out)
         for ensemble in ensembles.values():
-            print(f"moa serve: serving {describe(ensemble)}", file=out)
+            print(f"moa serve: serving {describe_config(ensemble.config)}", file=out)
         out.flush()
         await stop.wait()
         state = app[STATE]

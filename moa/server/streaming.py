@@ -22,7 +22,7 @@ from aiohttp import web
 from moa.server.errors import error_for
 from moa.types import CallRecord, DefenseRecord, Delta, Usage
 
-log = logging.getLogger("moa.server")
+log = logging.getLogger(__name__)
 
 DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

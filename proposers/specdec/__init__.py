@@ -1,7 +1,7 @@
 """Speculative decoding for the torch backend, one role per module.
 
 - ``sampling``: the distribution a request samples from (temperature, top-p) and drawing from it.
-- ``verify``: the lossless acceptance rules (sampled and greedy) and the ``Draft`` / ``Verdict`` values.
+- ``verify``: the lossless acceptance rules (sampled and greedy) and the ``Draft`` / ``VerifyResult`` values.
 - ``decode``: ``prefill``, ``decode_one_token``, ``speculative_decode`` and the generation loops built on them.
 - ``model_draft``: a draft model with its own KV cache; ``policies``: how long its drafts are (fixed K,
   +2/-1 heuristic, confidence, SpecDec++'s acceptance head).

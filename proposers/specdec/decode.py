@@ -17,7 +17,7 @@ from torch import Tensor
 from transformers import DynamicCache
 
 from proposers.specdec.sampling import Sampler
-from proposers.specdec.verify import Draft, Verdict, verify
+from proposers.specdec.verify import Draft, VerifyResult, verify
 
 if TYPE_CHECKING:
     from proposers.specdec.causal_lm import CausalLM
@@ -33,7 +33,7 @@ class Drafter(Protocol):
         ...
 
 
-Verifier = Callable[[Draft, Tensor, Sampler], Verdict]
+Verifier = Callable[[Draft, Tensor, Sampler], VerifyResult]
 
 
 @dataclass(slots=True)
@@ -101,7 +101,7 @@ def speculative_decode(
     limit: int,
     sampler: Sampler,
     verifier: Verifier = verify,
-) -> tuple[list[int], Draft, Verdict]:
+) -> tuple[list[int], Draft, VerifyResult]:
     """One step: draft at most ``limit`` tokens, verify them in one target forward, crop the rejected ones.
 
     Returns the new tokens (the accepted draft tokens and the target's own next token), the draft and the verdict.

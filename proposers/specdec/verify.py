@@ -30,27 +30,29 @@ class Draft:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class VerifyResult:
+    """What the target keeps of one draft: an accepted prefix, then a token of its own."""
+
     accepted: int  # how many draft tokens were kept (a prefix of the draft)
     next_token: int  # the target's own token after them: a correction, or the bonus when all were kept
 
 
-def verify(draft: Draft, target_logits: Tensor, sampler: Sampler) -> Verdict:
+def verify(draft: Draft, target_logits: Tensor, sampler: Sampler) -> VerifyResult:
     """target_logits: [K+1, V], the target's logits after the last accepted token and after each draft token."""
     if sampler.greedy:
         return verify_greedy(draft, target_logits)
     return verify_sampled(draft, sampler.probs(target_logits), sampler)
 
 
-def verify_greedy(draft: Draft, target_logits: Tensor) -> Verdict:
+def verify_greedy(draft: Draft, target_logits: Tensor) -> VerifyResult:
     best = target_logits.argmax(-1).tolist()  # [K+1]
     n = 0
     while n < len(draft) and draft.tokens[n] == best[n]:
         n += 1
-    return Verdict(n, best[n])
+    return VerifyResult(n, best[n])
 
 
-def verify_sampled(draft: Draft, target_probs: Tensor, sampler: Sampler) -> Verdict:
+def verify_sampled(draft: Draft, target_probs: Tensor, sampler: Sampler) -> VerifyResult:
     """target_probs: [K+1, V] (already tempered and top-p filtered)."""
     k = len(draft)
     tokens = torch.tensor(draft.tokens, dtype=torch.long, device=target_probs.device)  # [K]
@@ -59,8 +61,8 @@ def verify_sampled(draft: Draft, target_probs: Tensor, sampler: Sampler) -> Verd
     kept = (sampler.uniform(k).to(p.device) * q < p).tolist()  # u < p/q, without dividing by q
     n = kept.index(False) if False in kept else k
     if n == k:
-        return Verdict(k, int(sampler.draw(target_probs[k])))
-    return Verdict(n, int(sampler.draw(residual(target_probs[n], draft, n))))
+        return VerifyResult(k, int(sampler.draw(target_probs[k])))
+    return VerifyResult(n, int(sampler.draw(residual(target_probs[n], draft, n))))
 
 
 def residual(p: Tensor, draft: Draft, i: int) -> Tensor:
@@ -75,4 +77,4 @@ def residual(p: Tensor, draft: Draft, i: int) -> Tensor:
     return r / total if total > 0 else p
 
 
-__all__ = ["Draft", "Verdict", "residual", "verify", "verify_greedy", "verify_sampled"]
+__all__ = ["Draft", "VerifyResult", "residual", "verify", "verify_greedy", "verify_sampled"]
