@@ -11,15 +11,13 @@ and cancelling the request cancels every call under it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from aggregators.base import Aggregator
-from defenses.deceptive import deceptive_messages
-from moa.backend import Backend, CallSite, ModelCaller, aclose_stream, request_deadline
+from moa.backend import Backend, ModelCaller, aclose_stream, request_deadline
 from moa.config import AgentConfig, EnsembleConfig
 from moa.defense_config import DeceptionConfig
 from moa.errors import (
@@ -29,6 +27,7 @@ from moa.errors import (
     InsufficientProposalsError,
     MoaError,
 )
+from moa.interfaces import Aggregate, Aggregator, CallSite, Defense, traced_at
 from moa.prompts import SYNTHESIZE_INSTRUCTIONS, with_references, with_system_prompt
 from moa.types import (
     CallRecord,
@@ -46,8 +45,17 @@ from moa.types import (
     Usage,
 )
 
-if TYPE_CHECKING:
-    from defenses.base import Aggregate, Defense  # imports numpy: only configs with a defense load it
+#: builds a deceptive agent's prompt from the request, the references, its instructions and its own system prompt
+#: (``defenses.deceptive.deceptive_messages``, handed in by whoever builds the engine)
+DeceptivePrompt = Callable[[ChatRequest, list[str], DeceptionConfig, str | None], list[Message]]
+
+
+@dataclass(frozen=True, slots=True)
+class Deception:
+    """Red-teaming: what a deceptive agent is told, and the builder of its prompt."""
+
+    config: DeceptionConfig
+    prompt: DeceptivePrompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +66,12 @@ class Agent:
     params: SamplingParams
     n: int
     system_prompt: str | None
-    deception: DeceptionConfig | None = None  # red-teaming: this agent misleads
+    deception: Deception | None = None  # red-teaming: this agent misleads
 
     @classmethod
     def from_config(
         cls, config: AgentConfig, name: str, backend: Backend, default_model: str,
-        deception: DeceptionConfig | None = None,
+        deception: Deception | None = None,
     ) -> Agent:  # fmt: skip
         params = SamplingParams(
             temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens, seed=config.seed
@@ -73,7 +81,7 @@ class Agent:
     def messages(self, request: ChatRequest, references: list[str]) -> list[Message]:
         """This agent's prompt: the conversation, and the previous layer's proposals after layer 1."""
         if self.deception is not None:
-            return deceptive_messages(request, references, self.deception, self.system_prompt)
+            return self.deception.prompt(request, references, self.deception.config, self.system_prompt)
         messages = with_system_prompt(request.messages, self.system_prompt)
         return with_references(messages, references, SYNTHESIZE_INSTRUCTIONS) if references else messages
 
@@ -180,8 +188,6 @@ class LayeredEngine:
             references = await self._run_layer(layer, state, references)
             final = layer is self.layers[-1]
             if self.defense is not None and (final or self.defense.between_layers):
-                from defenses.embeddings import traced_at  # numpy: only configs with a defense load it
-
                 aggregate = self._aggregate_for_defense(state, layer.index)
                 with traced_at(CallSite(layer.index, "defense", "embedder", "embed"), state.trace):
                     verdict = await self.defense.apply(state.request, references, aggregate, final)
