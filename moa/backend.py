@@ -164,7 +164,7 @@ class Backend:
                 await asyncio.sleep(delay)
             tally.retries += 1
 
-    async def _whole(
+    async def _non_streaming_call(
         self, site: CallSite, model: str, n: int, trace: list[CallRecord],
         attempt: Callable[[], AsyncGenerator[_T, None]], tokens: Callable[[_T], dict[str, int | None]],
     ) -> _T:  # fmt: skip
@@ -206,7 +206,9 @@ class Backend:
                 "generations": came if came < n else None,
             }  # fmt: skip
 
-        return await self._whole(site, model, n, trace, lambda: self._generate_once(messages, params, n, model), tokens)
+        return await self._non_streaming_call(
+            site, model, n, trace, lambda: self._generate_once(messages, params, n, model), tokens
+        )
 
     async def _generate_once(
         self, messages: list[Message], params: SamplingParams, n: int, model: str
@@ -302,7 +304,7 @@ class Backend:
 
     async def embed(self, texts: list[str], model: str, site: CallSite, trace: list[CallRecord]) -> EmbeddingResult:
         """One embeddings call behind the backend's limits, retries and timeout; appends one record to ``trace``."""
-        return await self._whole(
+        return await self._non_streaming_call(
             site, model, 1, trace, lambda: self._embed_once(texts, model),
             lambda result: {"prompt_tokens": result.usage.prompt_tokens},
         )  # fmt: skip

@@ -173,15 +173,16 @@ class LayeredEngine:
                 survivors.extend(p for p in outcome if p.text.strip())
         if len(survivors) < layer.min_proposals:
             errors = [o for o in outcomes if isinstance(o, BackendError)]
-            if errors and not _empties(outcomes) and all(isinstance(e, ContextLengthError) for e in errors):
+            if errors and not _empty_proposals(outcomes) and all(isinstance(e, ContextLengthError) for e in errors):
                 raise errors[0]  # the prompt fits no proposer: the client's error, not the ensemble's
-            failures.update({p.agent: "empty answer" for p in _empties(outcomes)})
+            failures.update({p.agent: "empty answer" for p in _empty_proposals(outcomes)})
             raise InsufficientProposalsError(layer.index, len(survivors), layer.min_proposals, failures)
         state.proposals.extend(survivors)
         return survivors
 
-    async def _references(self, state: RequestState) -> tuple[list[Proposal], Generation | None]:
-        """The final aggregator's references, and the answer when the defense already made one."""
+    async def _run_layers(self, state: RequestState) -> tuple[list[Proposal], Generation | None]:
+        """Every layer in order, each screened by the defense where it applies: the final aggregator's references,
+        and the answer when the defense already made one."""
         references: list[Proposal] = []
         answer = None
         for layer in self.layers:
@@ -205,7 +206,7 @@ class LayeredEngine:
         return aggregate
 
     def _caller(self, state: RequestState, site: CallSite | None = None) -> ModelCaller:
-        params = self._agg_params.merged(**_fields(state.request.params))
+        params = self._agg_params.merged(**_as_overrides(state.request.params))
         site = site or CallSite(len(self.layers) + 1, "aggregator", "aggregator")
         return ModelCaller(self._agg_backend, self._agg_model, params, site, state.trace)
 
@@ -244,7 +245,7 @@ class LayeredEngine:
     async def complete(self, request: ChatRequest) -> Completion:
         state = RequestState(request, [], [])
         async with self._deadline(state):
-            references, answer = await self._references(state)
+            references, answer = await self._run_layers(state)
             if answer is None:
                 answer = await self.aggregator.aggregate(request, references, self._caller(state))
         return Completion(
@@ -265,12 +266,12 @@ class LayeredEngine:
         slot and connection) before ``aclose`` returns."""
         state = RequestState(request, [], [])
         async with self._deadline(state) as timer:
-            references, answer = await self._references(state)
+            references, answer = await self._run_layers(state)
             finish_reason = "stop"
             if answer is None:
                 pieces = self.aggregator.stream(request, references, self._caller(state))
             else:
-                pieces = _whole(answer)
+                pieces = _as_stream(answer)
             try:
                 async for delta in pieces:
                     if delta.finish_reason is not None:
@@ -296,11 +297,13 @@ def _default_model(config: EnsembleConfig, backend: str) -> str:
     return model
 
 
-def _fields(params: SamplingParams) -> dict[str, Any]:
+def _as_overrides(params: SamplingParams) -> dict[str, Any]:
+    """Every field of ``params`` by name, for ``SamplingParams.merged`` (its ``None`` fields change nothing)."""
     return {k: getattr(params, k) for k in SamplingParams.__slots__}
 
 
-async def _whole(answer: Generation) -> AsyncGenerator[Delta, None]:
+async def _as_stream(answer: Generation) -> AsyncGenerator[Delta, None]:
+    """A finished answer as a stream of one delta (a defense's answer, where the aggregator would stream)."""
     yield Delta(content=answer.text, finish_reason=answer.finish_reason or "stop")
 
 
@@ -315,5 +318,6 @@ def sample_seed(seed: int | None, index: int) -> int | None:
 _INT64 = 2**63
 
 
-def _empties(outcomes: list[list[Proposal] | BaseException]) -> list[Proposal]:
+def _empty_proposals(outcomes: list[list[Proposal] | BaseException]) -> list[Proposal]:
+    """The proposals of a layer's successful calls whose text is blank."""
     return [p for o in outcomes if isinstance(o, list) for p in o if not p.text.strip()]
