@@ -1,19 +1,8 @@
-"""What an aggregator is: references in, one answer out, made with the model caller it is handed."""
+"""What an aggregator is: ``Aggregator`` (references in, one answer out, made with the ``Caller`` it is handed),
+defined with the other seams in ``moa.interfaces`` and importable from here too."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Protocol
+from moa.interfaces import Aggregator, Caller
 
-from moa.backend import ModelCaller
-from moa.types import ChatRequest, Delta, Generation, Proposal
-
-
-class Aggregator(Protocol):
-    async def aggregate(self, request: ChatRequest, references: list[Proposal], caller: ModelCaller) -> Generation:
-        """The final answer, whole."""
-        ...
-
-    def stream(self, request: ChatRequest, references: list[Proposal], caller: ModelCaller) -> AsyncIterator[Delta]:
-        """The final answer, streamed; the last delta has ``finish_reason`` set."""
-        ...
+__all__ = ["Aggregator", "Caller"]

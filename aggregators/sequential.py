@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
-from moa.backend import ModelCaller
 from moa.config import AggregatorConfig
+from moa.interfaces import Caller
 from moa.prompts import SEQUENTIAL_INSTRUCTIONS, SYNTHESIZE_INSTRUCTIONS, with_references
 from moa.types import ChatRequest, Delta, Generation, Message, Proposal
 
@@ -39,7 +39,7 @@ class SequentialAggregator:
         return with_references(request.messages, [running, *samples], self.next_instructions)
 
     async def _until_last(
-        self, request: ChatRequest, references: list[Proposal], caller: ModelCaller
+        self, request: ChatRequest, references: list[Proposal], caller: Caller
     ) -> tuple[str | None, list[str], str]:
         """Run every step but the last; return the running synthesis, the last step's samples and its label."""
         steps = plan_windows(len(references), self.window)
@@ -50,13 +50,13 @@ class SequentialAggregator:
             running = result.generations[0].text
         return running, [references[j].text for j in steps[-1]], _label(len(steps) - 1, steps)
 
-    async def aggregate(self, request: ChatRequest, references: list[Proposal], caller: ModelCaller) -> Generation:
+    async def aggregate(self, request: ChatRequest, references: list[Proposal], caller: Caller) -> Generation:
         running, samples, label = await self._until_last(request, references, caller)
         result = await caller.generate(self.step_messages(request, running, samples), step=label)
         return result.generations[0]
 
     async def stream(
-        self, request: ChatRequest, references: list[Proposal], caller: ModelCaller
+        self, request: ChatRequest, references: list[Proposal], caller: Caller
     ) -> AsyncGenerator[Delta, None]:
         running, samples, label = await self._until_last(request, references, caller)
         async with aclosing(caller.stream(self.step_messages(request, running, samples), step=label)) as deltas:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 
-from moa.backend import ModelCaller
 from moa.config import AggregatorConfig
+from moa.interfaces import Caller
 from moa.prompts import SYNTHESIZE_INSTRUCTIONS, with_references
 from moa.types import ChatRequest, Delta, Generation, Message, Proposal
 
@@ -17,11 +17,9 @@ class SynthesizeAggregator:
     def messages(self, request: ChatRequest, references: list[Proposal]) -> list[Message]:
         return with_references(request.messages, [r.text for r in references], self.instructions)
 
-    async def aggregate(self, request: ChatRequest, references: list[Proposal], caller: ModelCaller) -> Generation:
+    async def aggregate(self, request: ChatRequest, references: list[Proposal], caller: Caller) -> Generation:
         result = await caller.generate(self.messages(request, references))
         return result.generations[0]
 
-    def stream(
-        self, request: ChatRequest, references: list[Proposal], caller: ModelCaller
-    ) -> AsyncGenerator[Delta, None]:
+    def stream(self, request: ChatRequest, references: list[Proposal], caller: Caller) -> AsyncGenerator[Delta, None]:
         return caller.stream(self.messages(request, references))

@@ -3,7 +3,8 @@
 ``LocalEmbedder`` runs the embedded all-MiniLM-L6-v2 with transformers (mean pooling over the real tokens, then
 L2 normalisation, as sentence-transformers does for this model), offline, in a worker thread so the event loop
 never waits on it; the weights load on first use, once per process (``moa.registry.shared``).
-``OpenAIEmbedder`` asks any OpenAI-compatible ``/embeddings`` endpoint, as a backend call of the request.
+``OpenAIEmbedder`` asks any OpenAI-compatible ``/embeddings`` endpoint through the backend it is handed
+(``moa.backend.Backend.for_embeddings``), as a backend call of the request.
 """
 
 from __future__ import annotations
@@ -11,23 +12,16 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from moa import registry
-from moa.backend import Backend, CallSite
-from moa.config import OpenAIBackendConfig, RateLimit, RetryPolicy
 from moa.defense_config import EmbeddingsConfig, LocalEmbeddings, OpenAIEmbeddings
 from moa.errors import ConfigError
-from moa.limits import BackendLimits
-from moa.types import CallRecord
-from proposers.openai_http import OpenAIProposer
+from moa.interfaces import CallSite, EmbeddingsBackend, embedding_calls
 
 EMBEDDED_MINILM = "embedded:all-minilm-l6-v2"
 
@@ -38,10 +32,13 @@ class Embedder(Protocol):
         ...
 
 
-def make_embedder(config: EmbeddingsConfig) -> Embedder:
-    """The embedder a defense config names; local models are shared by every defense in the process."""
+def make_embedder(
+    config: EmbeddingsConfig, embeddings_backend: Callable[[OpenAIEmbeddings], EmbeddingsBackend]
+) -> Embedder:
+    """The embedder a defense config names: an endpoint's through ``embeddings_backend(config)``; local models are
+    shared by every defense in the process."""
     if isinstance(config, OpenAIEmbeddings):
-        return OpenAIEmbedder(config)
+        return OpenAIEmbedder(config.model, embeddings_backend(config))
     folder = _model_folder(config)
     return registry.shared(("local-embedder", str(folder), config.max_tokens), lambda: LocalEmbedder(folder, config))
 
@@ -103,49 +100,21 @@ class LocalEmbedder:
         return unit_rows(pooled.numpy())
 
 
-@dataclass(frozen=True, slots=True)
-class EmbeddingCalls:
-    """Where a request's embedding calls go in its trace: set by the engine around a defense (``traced_at``)."""
-
-    site: CallSite
-    trace: list[CallRecord]
-
-
-_calls: ContextVar[EmbeddingCalls | None] = ContextVar("moa_embedding_calls", default=None)
-
-
-@contextmanager
-def traced_at(site: CallSite, trace: list[CallRecord]) -> Iterator[None]:
-    """Embedding calls made inside (also in tasks started inside) get a record in ``trace`` at ``site``."""
-    token = _calls.set(EmbeddingCalls(site, trace))
-    try:
-        yield
-    finally:
-        _calls.reset(token)
-
-
 class OpenAIEmbedder:
-    """``{base_url}/embeddings`` through a ``Backend``: the chat calls' limits, retries, timeout, key and header
-    handling, error mapping and masking; each call gets a record (role ``defense``, step ``embed``) in the
-    request's trace. The session closes when no call is in flight (nothing is left open between requests)."""
+    """``model``'s embeddings through ``backend`` (``moa.backend.Backend.for_embeddings``: the chat calls' limits,
+    retries, timeout, key and header handling, error mapping and masking); each call gets a record (role
+    ``defense``, step ``embed``) in the request's trace (``moa.interfaces.traced_at``). The backend closes when no
+    call is in flight (nothing is left open between requests)."""
 
-    def __init__(self, config: OpenAIEmbeddings) -> None:
-        self.model = config.model
-        backend_config = OpenAIBackendConfig(
-            type="openai", base_url=config.base_url, api_key_env=config.api_key_env, model=config.model,
-            headers=config.headers, timeout_s=config.timeout_s, retry=RetryPolicy(max_retries=config.max_retries),
-            rate_limit=RateLimit(concurrency=config.concurrency),
-        )  # fmt: skip
-        proposer = OpenAIProposer("embeddings", backend_config, config_path="defense.embeddings")
-        self.backend = Backend(
-            "embeddings", proposer, BackendLimits(backend_config.rate_limit), backend_config.retry, config.timeout_s
-        )
+    def __init__(self, model: str, backend: EmbeddingsBackend) -> None:
+        self.model = model
+        self.backend = backend
         self._in_flight = 0
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        calls = _calls.get()
+        calls = embedding_calls.get()
         site = calls.site if calls is not None else CallSite(0, "defense", "embedder", "embed")
         trace = calls.trace if calls is not None else []
         self._in_flight += 1

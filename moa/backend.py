@@ -1,7 +1,8 @@
 """One backend as the engine uses it: a proposer behind its limits, retries, per-call timeout and trace.
 
 ``Backend`` is shared by every agent and request naming it; ``ModelCaller`` binds a backend to one model, its
-sampling and one request's trace, which is what aggregators and defenses receive to make calls.
+sampling and one request's trace: the ``moa.interfaces.Caller`` that aggregators and defenses receive to make
+calls. ``Backend.for_embeddings`` is the ``EmbeddingsBackend`` a defense's OpenAI-compatible embedder is handed.
 """
 
 from __future__ import annotations
@@ -15,21 +16,21 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 from moa import registry
-from moa.config import BackendConfig, RetryPolicy
+from moa.config import BackendConfig, OpenAIBackendConfig, RateLimit, RetryPolicy
+from moa.defense_config import OpenAIEmbeddings
 from moa.errors import APITimeoutError, BackendError, MalformedResponseError
+from moa.interfaces import CallSite as CallSite  # re-exported: callers build sites with the backend
+from moa.interfaces import Proposer
 from moa.limits import BackendLimits, estimate_tokens, tokens_from_chars
 from moa.types import CallRecord, Delta, GenerateResult, Message, Outcome, SamplingParams, Usage
-from proposers.base import Proposer
 from proposers.openai_schema import EmbeddingResult
 
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-
-CallRole = Literal["proposer", "aggregator", "defense"]
 
 #: the loop time (``loop.time()``) by which the current request must finish; the engine sets it per request
 request_deadline: ContextVar[float | None] = ContextVar("moa_request_deadline", default=None)
@@ -82,16 +83,6 @@ async def aclose_stream(stream: AsyncIterator[Delta]) -> None:
         await aclose()
 
 
-@dataclass(frozen=True, slots=True)
-class CallSite:
-    """Where a call sits in a request, for its trace record."""
-
-    layer: int
-    role: CallRole
-    agent: str
-    step: str | None = None
-
-
 @dataclass(slots=True)
 class _Tally:
     """What the attempts of one logical call report to its trace record."""
@@ -113,6 +104,21 @@ class Backend:
         """The registry's proposer for ``config.type`` behind the backend's configured limits and retries."""
         proposer = registry.resolve("backend", config.type)(name, config)
         return cls(name, proposer, BackendLimits(config.rate_limit), config.retry, config.timeout_s)
+
+    @classmethod
+    def for_embeddings(cls, config: OpenAIEmbeddings) -> Backend:
+        """A defense's ``/embeddings`` endpoint as a backend named ``embeddings``: the chat calls' limits, retries,
+        timeout, key and header handling; a bad field is named under ``defense.embeddings``."""
+        from proposers.openai_http import OpenAIProposer
+
+        backend_config = OpenAIBackendConfig(
+            type="openai", base_url=config.base_url, api_key_env=config.api_key_env, model=config.model,
+            headers=config.headers, timeout_s=config.timeout_s, retry=RetryPolicy(max_retries=config.max_retries),
+            rate_limit=RateLimit(concurrency=config.concurrency),
+        )  # fmt: skip
+        proposer = OpenAIProposer("embeddings", backend_config, config_path="defense.embeddings")
+        return cls("embeddings", proposer, BackendLimits(backend_config.rate_limit), backend_config.retry,
+                   config.timeout_s)  # fmt: skip
 
     async def start(self) -> None:
         """Finish a proposer's slow start (a local engine) now; calls also await it outside their timeout."""
@@ -158,7 +164,7 @@ class Backend:
                 await asyncio.sleep(delay)
             tally.retries += 1
 
-    async def _whole(
+    async def _non_streaming_call(
         self, site: CallSite, model: str, n: int, trace: list[CallRecord],
         attempt: Callable[[], AsyncGenerator[_T, None]], tokens: Callable[[_T], dict[str, int | None]],
     ) -> _T:  # fmt: skip
@@ -200,7 +206,9 @@ class Backend:
                 "generations": came if came < n else None,
             }  # fmt: skip
 
-        return await self._whole(site, model, n, trace, lambda: self._generate_once(messages, params, n, model), tokens)
+        return await self._non_streaming_call(
+            site, model, n, trace, lambda: self._generate_once(messages, params, n, model), tokens
+        )
 
     async def _generate_once(
         self, messages: list[Message], params: SamplingParams, n: int, model: str
@@ -296,7 +304,7 @@ class Backend:
 
     async def embed(self, texts: list[str], model: str, site: CallSite, trace: list[CallRecord]) -> EmbeddingResult:
         """One embeddings call behind the backend's limits, retries and timeout; appends one record to ``trace``."""
-        return await self._whole(
+        return await self._non_streaming_call(
             site, model, 1, trace, lambda: self._embed_once(texts, model),
             lambda result: {"prompt_tokens": result.usage.prompt_tokens},
         )  # fmt: skip

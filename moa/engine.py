@@ -11,15 +11,13 @@ and cancelling the request cancels every call under it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from aggregators.base import Aggregator
-from defenses.deceptive import deceptive_messages
-from moa.backend import Backend, CallSite, ModelCaller, aclose_stream, request_deadline
+from moa.backend import Backend, ModelCaller, aclose_stream, request_deadline
 from moa.config import AgentConfig, EnsembleConfig
 from moa.defense_config import DeceptionConfig
 from moa.errors import (
@@ -29,8 +27,9 @@ from moa.errors import (
     InsufficientProposalsError,
     MoaError,
 )
+from moa.interfaces import Aggregate, Aggregator, CallSite, Defense, traced_at
 from moa.prompts import SYNTHESIZE_INSTRUCTIONS, with_references, with_system_prompt
-from moa.sampling import sampling_params
+from moa.sampling import sampling_params, seed_offset
 from moa.types import (
     CallRecord,
     ChatMessage,
@@ -47,8 +46,17 @@ from moa.types import (
     Usage,
 )
 
-if TYPE_CHECKING:
-    from defenses.base import Aggregate, Defense  # imports numpy: only configs with a defense load it
+#: builds a deceptive agent's prompt from the request, the references, its instructions and its own system prompt
+#: (``defenses.deceptive.deceptive_messages``, handed in by whoever builds the engine)
+DeceptivePrompt = Callable[[ChatRequest, list[str], DeceptionConfig, str | None], list[Message]]
+
+
+@dataclass(frozen=True, slots=True)
+class Deception:
+    """Red-teaming: what a deceptive agent is told, and the builder of its prompt."""
+
+    config: DeceptionConfig
+    prompt: DeceptivePrompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +67,12 @@ class Agent:
     params: SamplingParams
     n: int
     system_prompt: str | None
-    deception: DeceptionConfig | None = None  # red-teaming: this agent misleads
+    deception: Deception | None = None  # red-teaming: this agent misleads
 
     @classmethod
     def from_config(
         cls, config: AgentConfig, name: str, backend: Backend, default_model: str,
-        deception: DeceptionConfig | None = None,
+        deception: Deception | None = None,
     ) -> Agent:  # fmt: skip
         params = sampling_params(config)
         return cls(name, backend, config.model or default_model, params, config.n, config.system_prompt, deception)
@@ -72,7 +80,7 @@ class Agent:
     def messages(self, request: ChatRequest, references: list[str]) -> list[Message]:
         """This agent's prompt: the conversation, and the previous layer's proposals after layer 1."""
         if self.deception is not None:
-            return deceptive_messages(request, references, self.deception, self.system_prompt)
+            return self.deception.prompt(request, references, self.deception.config, self.system_prompt)
         messages = with_system_prompt(request.messages, self.system_prompt)
         return with_references(messages, references, SYNTHESIZE_INSTRUCTIONS) if references else messages
 
@@ -134,7 +142,7 @@ class LayeredEngine:
         else:  # the backend takes one sample a call: n calls at once, keeping the samples that arrive
             calls = [
                 agent.backend.generate(
-                    messages, agent.params.merged(seed=sample_seed(agent.params.seed, i)), 1, agent.model,
+                    messages, agent.params.merged(seed=seed_offset(agent.params.seed, i)), 1, agent.model,
                     CallSite(layer.index, "proposer", f"{agent.name}#{i + 1}"), state.trace,
                 )
                 for i in range(agent.n)
@@ -162,23 +170,22 @@ class LayeredEngine:
                 survivors.extend(p for p in outcome if p.text.strip())
         if len(survivors) < layer.min_proposals:
             errors = [o for o in outcomes if isinstance(o, BackendError)]
-            if errors and not _empties(outcomes) and all(isinstance(e, ContextLengthError) for e in errors):
+            if errors and not _empty_proposals(outcomes) and all(isinstance(e, ContextLengthError) for e in errors):
                 raise errors[0]  # the prompt fits no proposer: the client's error, not the ensemble's
-            failures.update({p.agent: "empty answer" for p in _empties(outcomes)})
+            failures.update({p.agent: "empty answer" for p in _empty_proposals(outcomes)})
             raise InsufficientProposalsError(layer.index, len(survivors), layer.min_proposals, failures)
         state.proposals.extend(survivors)
         return survivors
 
-    async def _references(self, state: RequestState) -> tuple[list[Proposal], Generation | None]:
-        """The final aggregator's references, and the answer when the defense already made one."""
+    async def _run_layers(self, state: RequestState) -> tuple[list[Proposal], Generation | None]:
+        """Every layer in order, each screened by the defense where it applies: the final aggregator's references,
+        and the answer when the defense already made one."""
         references: list[Proposal] = []
         answer = None
         for layer in self.layers:
             references = await self._run_layer(layer, state, references)
             final = layer is self.layers[-1]
             if self.defense is not None and (final or self.defense.between_layers):
-                from defenses.embeddings import traced_at  # numpy: only configs with a defense load it
-
                 aggregate = self._aggregate_for_defense(state, layer.index)
                 with traced_at(CallSite(layer.index, "defense", "embedder", "embed"), state.trace):
                     verdict = await self.defense.apply(state.request, references, aggregate, final)
@@ -196,7 +203,7 @@ class LayeredEngine:
         return aggregate
 
     def _caller(self, state: RequestState, site: CallSite | None = None) -> ModelCaller:
-        params = self._agg_params.merged(**_fields(state.request.params))
+        params = self._agg_params.merged(**_as_overrides(state.request.params))
         site = site or CallSite(len(self.layers) + 1, "aggregator", "aggregator")
         return ModelCaller(self._agg_backend, self._agg_model, params, site, state.trace)
 
@@ -235,7 +242,7 @@ class LayeredEngine:
     async def complete(self, request: ChatRequest) -> Completion:
         state = RequestState(request, [], [])
         async with self._deadline(state):
-            references, answer = await self._references(state)
+            references, answer = await self._run_layers(state)
             if answer is None:
                 answer = await self.aggregator.aggregate(request, references, self._caller(state))
         return Completion(
@@ -256,12 +263,12 @@ class LayeredEngine:
         slot and connection) before ``aclose`` returns."""
         state = RequestState(request, [], [])
         async with self._deadline(state) as timer:
-            references, answer = await self._references(state)
+            references, answer = await self._run_layers(state)
             finish_reason = "stop"
             if answer is None:
                 pieces = self.aggregator.stream(request, references, self._caller(state))
             else:
-                pieces = _whole(answer)
+                pieces = _as_stream(answer)
             try:
                 async for delta in pieces:
                     if delta.finish_reason is not None:
@@ -281,24 +288,16 @@ class LayeredEngine:
         yield Delta(finish_reason=finish_reason, usage=usage, trace=trace, defense=state.defense)
 
 
-def _fields(params: SamplingParams) -> dict[str, Any]:
+def _as_overrides(params: SamplingParams) -> dict[str, Any]:
+    """Every field of ``params`` by name, for ``SamplingParams.merged`` (its ``None`` fields change nothing)."""
     return {k: getattr(params, k) for k in SamplingParams.__slots__}
 
 
-async def _whole(answer: Generation) -> AsyncGenerator[Delta, None]:
+async def _as_stream(answer: Generation) -> AsyncGenerator[Delta, None]:
+    """A finished answer as a stream of one delta (a defense's answer, where the aggregator would stream)."""
     yield Delta(content=answer.text, finish_reason=answer.finish_reason or "stop")
 
 
-def sample_seed(seed: int | None, index: int) -> int | None:
-    """The seed of sample ``index`` when an agent's n samples are n calls: ``seed + index``, kept in int64 (as the
-    server's ``seed_for_choice``), so seeded samples differ."""
-    if seed is None or index == 0:
-        return seed
-    return (seed + index + _INT64) % (2 * _INT64) - _INT64
-
-
-_INT64 = 2**63
-
-
-def _empties(outcomes: list[list[Proposal] | BaseException]) -> list[Proposal]:
+def _empty_proposals(outcomes: list[list[Proposal] | BaseException]) -> list[Proposal]:
+    """The proposals of a layer's successful calls whose text is blank."""
     return [p for o in outcomes if isinstance(o, list) for p in o if not p.text.strip()]

@@ -10,11 +10,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from defenses.deceptive import deceptive_messages
 from moa import registry
 from moa.backend import Backend
 from moa.config import EnsembleConfig, config_error, load_config
-from moa.engine import Agent, Layer, LayeredEngine
+from moa.engine import Agent, Deception, Layer, LayeredEngine
 from moa.errors import ConfigError, MoaError
+from moa.interfaces import Aggregator, Defense
 from moa.sampling import MaxTokens, Seed, Stop, Temperature, TopP, sampling_params
 from moa.types import ChatRequest, Completion, Delta, Message
 
@@ -68,6 +70,8 @@ def build_request(messages: Sequence[Message | dict[str, Any]], overrides: dict[
 
 
 def _build_engine(config: EnsembleConfig) -> LayeredEngine:
+    """The engine for ``config``, handed what it must not import: the deceptive prompt builder, and a defense
+    with its embedder."""
     backends: dict[str, Backend] = {}
     for name, bc in config.backends.items():
         backends[name] = Backend.from_config(name, bc)
@@ -78,12 +82,17 @@ def _build_engine(config: EnsembleConfig) -> LayeredEngine:
         for ai, ac in enumerate(lc.agents, 1):
             model = config.model_for(ac.backend, ac.model)
             name = config.agent_name(li - 1, ai - 1)
-            agents.append(Agent.from_config(ac, name, backends[ac.backend], model, deceptive.get((li, ai))))
+            dc = deceptive.get((li, ai))
+            deception = None if dc is None else Deception(dc, deceptive_messages)
+            agents.append(Agent.from_config(ac, name, backends[ac.backend], model, deception))
         layers.append(Layer(li, agents, lc.min_proposals or config.min_proposals))
-    aggregator = registry.resolve("aggregator", config.aggregator.type)(config.aggregator)
-    defense = None
+    aggregator: Aggregator = registry.resolve("aggregator", config.aggregator.type)(config.aggregator)
+    defense: Defense | None = None
     if config.defense is not None:
-        defense = registry.resolve("defense", config.defense.type)(config.defense)
+        from defenses.embeddings import make_embedder  # numpy: only configs with a defense load it
+
+        embedder = make_embedder(config.defense.embeddings, Backend.for_embeddings)
+        defense = registry.resolve("defense", config.defense.type)(config.defense, embedder)
     return LayeredEngine(config, backends, layers, aggregator, defense)
 
 

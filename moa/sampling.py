@@ -40,3 +40,11 @@ def sampling_params(model: BaseModel, **overrides: Unpack[SamplingOverrides]) ->
     stop = values.get("stop")
     values["stop"] = tuple(stop) if stop else None
     return SamplingParams(**values).merged(**overrides)
+
+
+def seed_offset(seed: int | None, index: int) -> int | None:
+    """The seed of the ``index``-th of several samples or choices of one seeded request: ``seed + index``, kept in
+    int64, so they differ and the request stays reproducible (index 0 keeps the seed as given)."""
+    if seed is None or index == 0:
+        return seed
+    return (seed + index + INT64) % (2 * INT64) - INT64

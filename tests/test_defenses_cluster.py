@@ -8,8 +8,9 @@ import pytest
 from aiohttp import web
 
 from defenses.clustering import two_means
-from defenses.embeddings import OpenAIEmbedder, make_embedder
+from defenses.embeddings import make_embedder
 from defenses.in_context import group_line
+from moa.backend import Backend
 from moa.defense_config import LocalEmbeddings, OpenAIEmbeddings
 from moa.errors import BackendError
 from tests.deception_world import (
@@ -85,8 +86,8 @@ async def test_the_embedded_model_separates_two_topics() -> None:
                "A good tomato sauce simmers slowly with fresh basil."]  # fmt: skip
     orbits = ["The satellite's orbit decays because of atmospheric drag.", "Kepler's laws describe how planets "
               "move around the sun.", "Reaching low Earth orbit takes about 9.4 km/s of delta-v."]  # fmt: skip
-    embedder = make_embedder(LocalEmbeddings())
-    assert make_embedder(LocalEmbeddings()) is embedder  # one model per process
+    embedder = make_embedder(LocalEmbeddings(), Backend.for_embeddings)
+    assert make_embedder(LocalEmbeddings(), Backend.for_embeddings) is embedder  # one model per process
     x = await embedder.embed(orbits[:1] + cooking + orbits[1:])
     assert x.shape == (6, 384) and np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
     assert two_means(x, seed=0).labels.tolist() == [0, 1, 1, 1, 0, 0]  # a 3-3 tie: item 0's cluster is 0
@@ -124,7 +125,8 @@ async def test_an_openai_compatible_embeddings_endpoint() -> None:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     try:
-        embedder = OpenAIEmbedder(OpenAIEmbeddings(type="openai", base_url=f"http://127.0.0.1:{port}/v1/", model="e"))
+        config = OpenAIEmbeddings(type="openai", base_url=f"http://127.0.0.1:{port}/v1/", model="e")
+        embedder = make_embedder(config, Backend.for_embeddings)
         x = await embedder.embed(["a", "b"])
         assert np.allclose(x, [[1.0, 0.0], [0.6, 0.8]])
         assert seen[0] == {"body": {"model": "e", "input": ["a", "b"]}, "auth": None}

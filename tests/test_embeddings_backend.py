@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from defenses.embeddings import OpenAIEmbedder
+from defenses.embeddings import make_embedder
 from moa import Ensemble
 from moa.backend import Backend, CallSite
 from moa.config import OpenAIBackendConfig, RetryPolicy
@@ -109,8 +109,9 @@ async def test_the_embedder_masks_its_key_and_closes_its_session(
 ) -> None:
     monkeypatch.setenv("MOA_EMBED_KEY", SECRET)
     upstream.script("e", faults=[Raw(json.dumps({"error": {"message": f"key {SECRET} is revoked"}}), status=403)])
-    embedder = OpenAIEmbedder(
-        OpenAIEmbeddings(type="openai", base_url=upstream.base_url, model="e", api_key_env="MOA_EMBED_KEY")
+    embedder = make_embedder(
+        OpenAIEmbeddings(type="openai", base_url=upstream.base_url, model="e", api_key_env="MOA_EMBED_KEY"),
+        Backend.for_embeddings,
     )
     with pytest.raises(PermissionDeniedError) as info:
         await embedder.embed(["a"])
@@ -125,8 +126,8 @@ async def test_the_embedder_masks_its_key_and_closes_its_session(
 def test_a_missing_embedder_key_names_the_defense_field(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MOA_ABSENT_KEY", raising=False)
     with pytest.raises(ConfigError, match=r"^defense\.embeddings\.api_key_env: environment variable MOA_ABSENT"):
-        OpenAIEmbedder(OpenAIEmbeddings(type="openai", base_url="http://127.0.0.1:9", model="e",
-                                        api_key_env="MOA_ABSENT_KEY"))  # fmt: skip
+        make_embedder(OpenAIEmbeddings(type="openai", base_url="http://127.0.0.1:9", model="e",
+                                       api_key_env="MOA_ABSENT_KEY"), Backend.for_embeddings)  # fmt: skip
 
 
 async def test_a_defense_records_its_embedding_calls_in_the_request_trace(upstream: ScriptedServer) -> None:

@@ -12,16 +12,17 @@ from dataclasses import replace
 from typing import TypeVar
 
 from moa.ensemble import Ensemble
-from moa.server.schema import ParsedChat, seed_for_choice
+from moa.sampling import seed_offset
+from moa.server.schema import ParsedChat
 from moa.types import ChatRequest, Completion, Delta
 
 T = TypeVar("T")
 
 
 def request_for_choice(parsed: ParsedChat, index: int) -> ChatRequest:
-    """Choice ``index`` of a parsed request: the request, sampling with ``seed_for_choice(seed, index)``."""
+    """Choice ``index`` of a parsed request: the request, sampling with ``seed_offset(seed, index)``."""
     request = parsed.request
-    return replace(request, params=replace(request.params, seed=seed_for_choice(request.params.seed, index)))
+    return replace(request, params=replace(request.params, seed=seed_offset(request.params.seed, index)))
 
 
 async def all_or_none(calls: list[Awaitable[T]]) -> list[T]:

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from moa.config import config_error
 from moa.ensemble import build_messages
 from moa.errors import ConfigError
-from moa.sampling import INT64, Int64Seed, MaxTokens, Stop, Temperature, TopP, sampling_params
+from moa.sampling import Int64Seed, MaxTokens, Stop, Temperature, TopP, sampling_params
 from moa.types import ChatRequest
 
 #: ``n`` above this is refused: each choice is a whole ensemble run
@@ -119,13 +119,6 @@ def parse_chat_request(body: Any) -> ParsedChat:
     request = ChatRequest(messages, sampling_params(req, max_tokens=max_tokens), deadline_s=req.moa_deadline_s)
     include_usage = req.stream_options.include_usage if req.stream_options else False
     return ParsedChat(req.model, request, req.n, req.stream, include_usage, req.moa_trace)
-
-
-def seed_for_choice(seed: int | None, index: int) -> int | None:
-    """Choice ``index`` of an ``n > 1`` request samples with ``seed + index`` (kept in int64), so choices differ."""
-    if seed is None or index == 0:
-        return seed
-    return (seed + index + INT64) % (2 * INT64) - INT64
 
 
 def _without_neutral(body: dict[str, Any]) -> dict[str, Any]:
