@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import openai
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import moa_config
 
@@ -171,3 +172,14 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10, what: str = "
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def metric_samples(text: str) -> dict[str, float]:
+    """The samples of a /metrics body, read with prometheus_client's parser, keyed ``name{k="v",...}`` (labels
+    sorted); a float each, whatever the exposition's number format."""
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            found[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return found

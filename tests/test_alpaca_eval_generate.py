@@ -4,12 +4,19 @@ listed and retried, refusal of another run's checkpoint, and resume after SIGKIL
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import io
 import json
+import os
+import pty
 import random
+import re
+import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -105,6 +112,29 @@ def test_progress_shows_a_bar_on_a_terminal_and_plain_lines_elsewhere() -> None:
     assert (
         plain.getvalue().splitlines()[0].startswith("generate: 6/10 done, 1 failed, ") and "\r" not in plain.getvalue()
     )
+
+
+def test_progress_on_a_narrow_terminal_keeps_to_one_line() -> None:
+    """A line wider than the terminal would wrap, and each redraw would then leave a line behind."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 40, 0, 0))  # 24 rows, 40 columns
+    with os.fdopen(follower, "w") as terminal:
+        progress = Progress("generate", 10, terminal, done=4)
+        progress.advance(done=2, failed=1, tokens=12_345)
+        progress.show()
+        progress.show(final=True)
+    written = b""
+    while select.select([leader], [], [], 0.5)[0]:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal's other side is closed and everything was read
+            break
+        if not chunk:
+            break
+        written += chunk
+    os.close(leader)
+    redraws = [re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", r) for r in re.split(r"[\r\n]+", written.decode()) if r]
+    assert redraws and redraws[0].startswith("generate [") and all(len(r.rstrip()) <= 40 for r in redraws), redraws
 
 
 def _config_file(path: Path, base_url: str, aggregator: str = "agg") -> Path:

@@ -22,7 +22,7 @@ import pytest
 
 from moa.server.schema import MAX_TOKENS
 from tests.scripted_server import ScriptedServer
-from tests.server_harness import ServeProcess, ensemble, moa_serve, wait_until
+from tests.server_harness import ServeProcess, ensemble, metric_samples, moa_serve, wait_until
 
 USER = [{"role": "user", "content": "Hello?"}]
 BODY = json.dumps({"model": "h", "messages": USER}).encode()
@@ -273,9 +273,8 @@ def test_drain_ends_at_the_drain_timeout(upstream_sync_url: str, upstream_thread
 # ---- 5. metrics of requests that fail or are left --------------------------------------------------------
 
 
-def samples(server: ServeProcess) -> dict[str, str]:
-    text = server.request("GET", "/metrics")[2].decode()
-    return dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+def samples(server: ServeProcess) -> dict[str, float]:
+    return metric_samples(server.request("GET", "/metrics")[2].decode())
 
 
 def test_a_stream_that_fails_midway_is_counted_as_failed_and_logged(
@@ -287,10 +286,10 @@ def test_a_stream_that_fails_midway_is_counted_as_failed_and_logged(
     events = [e for e in raw.decode().split("\n\n") if e]
     assert status == 200 and json.loads(events[-2].removeprefix("data: "))["error"]["code"] == "deadline_exceeded"
     found = samples(serve)
-    assert found['moa_requests_total{ensemble="midway",status="504"}'] == "1"
+    assert found['moa_requests_total{ensemble="midway",status="504"}'] == 1
     assert 'moa_requests_total{ensemble="midway",status="200"}' not in found
     on = 'backend="up",ensemble="midway"'
-    counted = sum(int(v) for k, v in found.items() if k.startswith(f"moa_upstream_calls_total{{{on},"))
+    counted = sum(v for k, v in found.items() if k.startswith(f"moa_upstream_calls_total{{{on},"))
     assert counted == 2  # the proposer and the aggregator
     rid = headers["x-request-id"]
     wait_until(lambda: any(rid in line and "deadline" in line for line in serve.stderr.splitlines()), 5, "log line")
@@ -305,10 +304,10 @@ def test_the_calls_of_a_request_the_client_left_are_counted_as_cancelled(
         with pytest.raises(openai.APITimeoutError):
             client.chat.completions.create(model="gone", messages=USER)
     wait_until(
-        lambda: samples(serve).get('moa_requests_total{ensemble="gone",status="499"}') == "1", 5, "the 499 counted"
+        lambda: samples(serve).get('moa_requests_total{ensemble="gone",status="499"}') == 1, 5, "the 499 counted"
     )
     found = samples(serve)
-    assert found['moa_upstream_calls_total{backend="up",ensemble="gone",outcome="cancelled"}'] == "2"
+    assert found['moa_upstream_calls_total{backend="up",ensemble="gone",outcome="cancelled"}'] == 2
 
 
 # ---- 6-8. fields ----------------------------------------------------------------------------------------
@@ -340,7 +339,7 @@ def test_unknown_model_is_404_whatever_else_is_wrong(serve: ServeProcess) -> Non
 def test_a_refused_body_is_counted_under_its_ensemble(serve: ServeProcess) -> None:
     status, _, _ = serve.post_json({"model": "picky", "messages": USER, "temperature": 5})
     assert status == 400
-    assert samples(serve)['moa_requests_total{ensemble="picky",status="400"}'] == "1"
+    assert samples(serve)['moa_requests_total{ensemble="picky",status="400"}'] == 1
 
 
 CALL = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tests.scripted_server import ScriptedServer
-from tests.server_harness import ServeProcess, ensemble, moa_serve, wait_until
+from tests.server_harness import ServeProcess, ensemble, metric_samples, moa_serve, wait_until
 
 USER = [{"role": "user", "content": "Tell me a long story."}]
 
@@ -62,7 +62,9 @@ async def test_closing_a_stream_cancels_the_aggregator_call(
     )
     assert _outcomes(upstream_thread, "l1", "l2", "l3") == ["ok"] * 3
     status, _, body = serve.request("GET", "/metrics")
-    assert 'moa_requests_total{ensemble="life",status="499"} 1' in body.decode()  # nginx's "client closed"
+    assert (
+        metric_samples(body.decode())['moa_requests_total{ensemble="life",status="499"}'] == 1
+    )  # nginx's "client closed"
 
 
 def test_sigterm_drains_running_requests_then_exits(serve: ServeProcess, upstream_thread: ScriptedServer) -> None:
@@ -110,13 +112,13 @@ def test_metrics_count_requests_and_upstream_failures_per_backend(
             client.chat.completions.create(model="life", messages=USER)
     status, headers, body = serve.request("GET", "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
-    samples = dict(line.rsplit(" ", 1) for line in body.decode().splitlines() if not line.startswith("#"))
+    samples = metric_samples(body.decode())
     on = 'backend="up",ensemble="life"'
-    assert samples['moa_requests_total{ensemble="life",status="200"}'] == "1"
-    assert samples['moa_requests_total{ensemble="life",status="503"}'] == "1"
-    assert samples[f'moa_upstream_calls_total{{{on},outcome="error"}}'] == "5"  # 2 in the first, 3 in the second
-    assert samples[f'moa_upstream_calls_total{{{on},outcome="ok"}}'] == "2"  # l3 and the aggregator
-    assert samples[f"moa_upstream_retries_total{{{on}}}"] == "2"
-    assert samples['moa_request_duration_seconds_count{ensemble="life"}'] == "2"
-    assert samples["moa_requests_in_flight"] == "0"
+    assert samples['moa_requests_total{ensemble="life",status="200"}'] == 1
+    assert samples['moa_requests_total{ensemble="life",status="503"}'] == 1
+    assert samples[f'moa_upstream_calls_total{{{on},outcome="error"}}'] == 5  # 2 in the first, 3 in the second
+    assert samples[f'moa_upstream_calls_total{{{on},outcome="ok"}}'] == 2  # l3 and the aggregator
+    assert samples[f"moa_upstream_retries_total{{{on}}}"] == 2
+    assert samples['moa_request_duration_seconds_count{ensemble="life"}'] == 2
+    assert samples["moa_requests_in_flight"] == 0
     assert json.loads(serve.request("GET", "/health")[2])["status"] == "ok"

@@ -1,4 +1,4 @@
-"""Progress of a batch: a redrawn bar on a terminal, a plain line every so often otherwise (logs, CI).
+"""Progress of a batch: a tqdm bar on a terminal, a plain line every so often otherwise (logs, CI).
 
 Both show done / total, failed, the rate of this run, the ETA and the tokens spent. ``heartbeat`` redraws on a
 clock, so a stalled run still shows that it is alive.
@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TextIO
+from typing import Any, TextIO
+
+from tqdm import tqdm
 
 BAR_WIDTH = 24
+#: tqdm's bar in two symbols (empty, full), as moa drew it before
+BAR_CHARSET = ".#"
 
 
 def _duration(seconds: float) -> str:
@@ -40,20 +44,20 @@ class Progress:
         self._started = time.monotonic()
         self.tty = stream.isatty() if tty is None else tty
         self.interval_s = 0.2 if self.tty else interval_s
+        self._bar: Any = None  # the tqdm bar, opened at the first show on a terminal
 
     def advance(self, *, done: int = 0, failed: int = 0, tokens: int = 0) -> None:
         self.done += done
         self.failed += failed
         self.tokens += tokens
 
-    def line(self) -> str:
-        """The current state in one line."""
+    def _parts(self) -> list[str]:
         elapsed = time.monotonic() - self._started
         fresh = self.done - self._resumed
         rate = fresh / elapsed if elapsed > 0 else 0.0
         left = self.total - self.done - self.failed
         eta = _duration(left / rate) if rate > 0 and left > 0 else "-"
-        parts = [
+        return [
             f"{self.done}/{self.total} done",
             f"{self.failed} failed",
             f"{rate:.2f}/s",
@@ -61,15 +65,33 @@ class Progress:
             f"{_count(self.tokens)} tokens",
             f"elapsed {_duration(elapsed)}",
         ]
-        if self.tty:
-            filled = round(BAR_WIDTH * self.done / self.total) if self.total else BAR_WIDTH
-            return f"{self.label} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] " + " | ".join(parts)
-        return f"{self.label}: " + ", ".join(parts)
+
+    def line(self) -> str:
+        """The current state in one plain line (no bar)."""
+        return f"{self.label}: " + ", ".join(self._parts())
+
+    def _bar_format(self) -> str:
+        # tqdm fills in {desc} and {bar}; the figures are ours, braces escaped for str.format. \x1b[2K clears
+        # the terminal line first, so nothing another writer left on it shows through
+        stats = " | ".join(self._parts()).replace("{", "{{").replace("}", "}}")
+        return "\x1b[2K{desc} [{bar:" + str(BAR_WIDTH) + "}] " + stats
+
+    def _draw(self, final: bool) -> None:
+        if self._bar is None:  # tqdm draws the bar once as it opens
+            self._bar = tqdm(total=self.total, initial=self.done, desc=self.label, file=self.stream,
+                             bar_format=self._bar_format(), ascii=BAR_CHARSET, dynamic_ncols=True, leave=True)  # fmt: skip
+            if not final:
+                return
+        self._bar.bar_format = self._bar_format()
+        self._bar.n = self.done
+        if final:
+            self._bar.close()  # draws the last state and ends the line; a closed bar draws no more
+        else:
+            self._bar.refresh()
 
     def show(self, *, final: bool = False) -> None:
         if self.tty:
-            end = "\n" if final else ""
-            self.stream.write(f"\r\x1b[2K{self.line()}{end}")
+            self._draw(final)
         else:
             self.stream.write(self.line() + "\n")
         self.stream.flush()

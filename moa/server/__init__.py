@@ -8,7 +8,7 @@ schema.py   the chat request: fields honoured, ignored, refused
 choices.py  running the n choices of a request
 streaming.py  server-sent events
 errors.py   the one exception -> status map
-metrics.py  Prometheus text format
+metrics.py  /metrics through prometheus_client
 auth.py     API keys
 run.py      listening, signals, draining
 """

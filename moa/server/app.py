@@ -97,6 +97,10 @@ async def _close_ensembles(app: web.Application) -> None:
         await ensemble.aclose()
 
 
+async def _close_metrics(app: web.Application) -> None:
+    app[STATE].metrics.close()
+
+
 def create_app(ensembles: dict[str, Ensemble], settings: ServerSettings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[openai_errors, api_key])
     app[STATE] = ServerState(ensembles, settings)
@@ -107,4 +111,5 @@ def create_app(ensembles: dict[str, Ensemble], settings: ServerSettings) -> web.
     app.router.add_get("/metrics", routes.metrics)
     app.on_response_prepare.append(ids.add_header)
     app.on_cleanup.append(_close_ensembles)
+    app.on_cleanup.append(_close_metrics)
     return app

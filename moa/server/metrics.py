@@ -1,126 +1,139 @@
-"""The server's counters in Prometheus text format (exposition format 0.0.4), written by hand.
+"""The server's counters, kept and exposed by prometheus_client (as vLLM does).
 
 Request-level figures come from the handler; upstream figures come from the trace records of each request
 (one record per model call): calls by outcome (``error`` is a failure), retries and tokens, per backend.
+
+Each server has its own ``CollectorRegistry`` (several servers may share a process, as in the tests). When
+``PROMETHEUS_MULTIPROC_DIR`` names a directory (set before the process starts), prometheus_client keeps the
+values in files there and ``/metrics`` reports the sum over every process using that directory, so replicas of
+``moa serve`` report as one; the in-flight gauge then counts the live processes only.
 """
 
 from __future__ import annotations
 
-import math
-from bisect import bisect_left
-from collections import defaultdict
+import os
 from collections.abc import Iterable
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.exposition import choose_encoder
+
+from moa.errors import ConfigError
 from moa.types import CallRecord
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: the environment variable of prometheus_client's multiprocess mode (a directory shared by the processes)
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: seconds; ensembles run from tens of milliseconds (cached) to minutes (long answers of big models)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
-Labels = tuple[tuple[str, str], ...]
+
+def multiproc_dir() -> str | None:
+    """The directory of prometheus_client's multiprocess mode, or None when it is off."""
+    return os.environ.get(MULTIPROC_DIR_ENV) or None
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _fmt_labels(labels: Labels, extra: tuple[str, str] | None = None) -> str:
-    pairs = [*labels, extra] if extra else list(labels)
-    if not pairs:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs) + "}"
-
-
-def _fmt_value(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
-class Counter:
-    kind = "counter"
-
-    def __init__(self, name: str, help_: str) -> None:
-        self.name, self.help = name, help_
-        self.values: dict[Labels, float] = defaultdict(float)
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        self.values[tuple(sorted(labels.items()))] += amount
-
-    def samples(self) -> Iterable[str]:
-        for labels, value in sorted(self.values.items()):
-            yield f"{self.name}{_fmt_labels(labels)} {_fmt_value(value)}"
-
-
-class Gauge(Counter):
-    kind = "gauge"
-
-    def set(self, value: float, **labels: str) -> None:
-        self.values[tuple(sorted(labels.items()))] = value
-
-
-class Histogram:
-    kind = "histogram"
-
-    def __init__(self, name: str, help_: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self.name, self.help, self.buckets = name, help_, buckets
-        # per label set: [count per bucket (the last is +Inf)], sum
-        self.counts: dict[Labels, list[int]] = {}
-        self.sums: dict[Labels, float] = defaultdict(float)
-
-    def observe(self, value: float, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        counts = self.counts.setdefault(key, [0] * (len(self.buckets) + 1))
-        counts[bisect_left(self.buckets, value)] += 1
-        self.sums[key] += value
-
-    def samples(self) -> Iterable[str]:
-        for labels, counts in sorted(self.counts.items()):
-            running = 0
-            for bound, count in zip((*self.buckets, math.inf), counts, strict=True):
-                running += count
-                yield f"{self.name}_bucket{_fmt_labels(labels, ('le', _fmt_value(bound)))} {running}"
-            yield f"{self.name}_sum{_fmt_labels(labels)} {_fmt_value(self.sums[labels])}"
-            yield f"{self.name}_count{_fmt_labels(labels)} {running}"
+def check_multiproc_dir() -> None:
+    """Refuse a multiprocess directory that is not there (prometheus_client would fail at the first count)."""
+    directory = multiproc_dir()
+    if directory is not None and not os.path.isdir(directory):
+        raise ConfigError("must name an existing directory (prometheus_client's multiprocess mode)", MULTIPROC_DIR_ENV)
 
 
 class ServerMetrics:
-    """Every figure ``/metrics`` reports; one instance per server."""
+    """Every figure ``/metrics`` reports; one instance per server. Label names are listed in sorted order,
+    the order of the exposed samples."""
 
     def __init__(self) -> None:
-        self.requests = Counter("moa_requests_total", "Chat completion requests by ensemble and HTTP status.")
-        self.latency = Histogram("moa_request_duration_seconds", "Chat completion latency, to the last byte.")
-        self.ttft = Histogram("moa_time_to_first_token_seconds", "Streamed requests: time to the first token.")
-        self.in_flight = Gauge("moa_requests_in_flight", "Chat completion requests admitted and not finished.")
-        self.calls = Counter("moa_upstream_calls_total", "Model calls by backend and outcome (ok, error, cancelled).")
-        self.retries = Counter("moa_upstream_retries_total", "Retried attempts of model calls, by backend.")
-        self.tokens = Counter("moa_upstream_tokens_total", "Tokens of model calls by backend and kind.")
-        self.call_latency = Histogram("moa_upstream_call_duration_seconds", "Model call latency, retries included.")
-        self._all = (
-            self.requests, self.latency, self.ttft, self.in_flight, self.calls, self.retries, self.tokens,
-            self.call_latency,
-        )  # fmt: skip
+        check_multiproc_dir()
+        self.registry = CollectorRegistry()
+        reg = self.registry
+        self.requests = Counter(
+            "moa_requests_total",
+            "Chat completion requests by ensemble and HTTP status.",
+            ("ensemble", "status"),
+            registry=reg,
+        )
+        self.latency = Histogram(
+            "moa_request_duration_seconds",
+            "Chat completion latency, to the last byte.",
+            ("ensemble",),
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.ttft = Histogram(
+            "moa_time_to_first_token_seconds",
+            "Streamed requests: time to the first token.",
+            ("ensemble",),
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.in_flight = Gauge(
+            "moa_requests_in_flight",
+            "Chat completion requests admitted and not finished.",
+            multiprocess_mode="livesum",
+            registry=reg,
+        )
+        self.calls = Counter(
+            "moa_upstream_calls_total",
+            "Model calls by backend and outcome (ok, error, cancelled).",
+            ("backend", "ensemble", "outcome"),
+            registry=reg,
+        )
+        self.retries = Counter(
+            "moa_upstream_retries_total",
+            "Retried attempts of model calls, by backend.",
+            ("backend", "ensemble"),
+            registry=reg,
+        )
+        self.tokens = Counter(
+            "moa_upstream_tokens_total",
+            "Tokens of model calls by backend and kind.",
+            ("backend", "ensemble", "kind"),
+            registry=reg,
+        )
+        self.call_latency = Histogram(
+            "moa_upstream_call_duration_seconds",
+            "Model call latency, retries included.",
+            ("backend", "ensemble"),
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
         self.in_flight.set(0)
 
     def record_request(self, ensemble: str, status: int, seconds: float | None) -> None:
-        self.requests.inc(ensemble=ensemble, status=str(status))
+        self.requests.labels(ensemble=ensemble, status=str(status)).inc()
         if seconds is not None:
-            self.latency.observe(seconds, ensemble=ensemble)
+            self.latency.labels(ensemble=ensemble).observe(seconds)
+
+    def record_first_token(self, ensemble: str, seconds: float) -> None:
+        self.ttft.labels(ensemble=ensemble).observe(seconds)
 
     def record_calls(self, ensemble: str, records: Iterable[CallRecord]) -> None:
         for r in records:
-            self.calls.inc(ensemble=ensemble, backend=r.backend, outcome=r.outcome)
+            self.calls.labels(backend=r.backend, ensemble=ensemble, outcome=r.outcome).inc()
             if r.retries:
-                self.retries.inc(r.retries, ensemble=ensemble, backend=r.backend)
+                self.retries.labels(backend=r.backend, ensemble=ensemble).inc(r.retries)
             if r.prompt_tokens:
-                self.tokens.inc(r.prompt_tokens, ensemble=ensemble, backend=r.backend, kind="prompt")
+                self.tokens.labels(backend=r.backend, ensemble=ensemble, kind="prompt").inc(r.prompt_tokens)
             if r.completion_tokens:
-                self.tokens.inc(r.completion_tokens, ensemble=ensemble, backend=r.backend, kind="completion")
-            self.call_latency.observe(r.latency_s, ensemble=ensemble, backend=r.backend)
+                self.tokens.labels(backend=r.backend, ensemble=ensemble, kind="completion").inc(r.completion_tokens)
+            self.call_latency.labels(backend=r.backend, ensemble=ensemble).observe(r.latency_s)
 
-    def render(self) -> str:
-        lines: list[str] = []
-        for metric in self._all:
-            lines += [f"# HELP {metric.name} {metric.help}", f"# TYPE {metric.name} {metric.kind}"]
-            lines += metric.samples()
-        return "\n".join(lines) + "\n"
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition (body, content type) for a scrape whose Accept header is ``accept``: Prometheus text
+        0.0.4 unless OpenMetrics is asked for. In multiprocess mode, the sum over every process's files."""
+        encode, content_type = choose_encoder(accept)
+        directory = multiproc_dir()
+        if directory is None:
+            return encode(self.registry), content_type
+        gathered = CollectorRegistry()
+        multiprocess.MultiProcessCollector(gathered, path=directory)
+        return encode(gathered), content_type
+
+    def close(self) -> None:
+        """In multiprocess mode, drop this process's live gauges (its in-flight count) from the sum."""
+        directory = multiproc_dir()
+        if directory is not None:
+            multiprocess.mark_process_dead(os.getpid(), directory)
+
+
+__all__ = ["LATENCY_BUCKETS", "MULTIPROC_DIR_ENV", "ServerMetrics", "check_multiproc_dir", "multiproc_dir"]

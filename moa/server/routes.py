@@ -25,7 +25,6 @@ from moa.server.errors import (
     UnsupportedMediaType,
     error_for,
 )
-from moa.server.metrics import CONTENT_TYPE
 from moa.server.protocol import describe
 from moa.server.schema import ParsedChat, parse_chat_request
 from moa.server.state import STATE, ServerSettings, ServerState
@@ -171,7 +170,7 @@ async def _stream(
             return await write_stream(request, deltas, fmt, parsed.n, parsed.include_usage, parsed.trace, result)
     finally:
         if result.first_token_s is not None:
-            state.metrics.ttft.observe(result.first_token_s, ensemble=parsed.model)
+            state.metrics.record_first_token(parsed.model, result.first_token_s)
 
 
 def _model_card(name: str, ensemble: Ensemble) -> dict[str, Any]:
@@ -197,5 +196,5 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    text = request.app[STATE].metrics.render()
-    return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+    body, content_type = request.app[STATE].metrics.render(request.headers.get("Accept", ""))
+    return web.Response(body=body, headers={"Content-Type": content_type})

@@ -11,7 +11,7 @@ from aiohttp import web
 from moa.ensemble import Ensemble
 from moa.errors import ConfigError
 from moa.server.auth import APIKeys
-from moa.server.metrics import ServerMetrics
+from moa.server.metrics import ServerMetrics, check_multiproc_dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,7 @@ class ServerSettings:
         for value, flag in ((self.read_timeout_s, "--read-timeout"), (self.keepalive_timeout_s, "--keepalive-timeout")):
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError("must be a number of seconds > 0", flag)
+        check_multiproc_dir()  # before any engine starts
 
 
 class ServerState:
