@@ -20,7 +20,8 @@ from typing import Literal, TypeVar
 from moa import registry
 from moa.config import BackendConfig, RetryPolicy
 from moa.errors import APITimeoutError, BackendError, MalformedResponseError
-from moa.limits import BackendLimits, estimate_tokens, tokens_from_chars
+from moa.limits import Limits, estimate_tokens, tokens_from_chars
+from moa.shared_limits import limits_for
 from moa.types import CallRecord, Delta, GenerateResult, Message, Outcome, SamplingParams, Usage
 from proposers.base import Proposer
 from proposers.openai_schema import EmbeddingResult
@@ -101,7 +102,7 @@ class _Tally:
 
 
 class Backend:
-    def __init__(self, name: str, proposer: Proposer, limits: BackendLimits, retry: RetryPolicy, timeout_s: float):
+    def __init__(self, name: str, proposer: Proposer, limits: Limits, retry: RetryPolicy, timeout_s: float):
         self.name = name
         self.proposer = proposer
         self.limits = limits
@@ -112,13 +113,15 @@ class Backend:
     def from_config(cls, name: str, config: BackendConfig) -> Backend:
         """The registry's proposer for ``config.type`` behind the backend's configured limits and retries."""
         proposer = registry.resolve("backend", config.type)(name, config)
-        return cls(name, proposer, BackendLimits(config.rate_limit), config.retry, config.timeout_s)
+        limits = limits_for(name, config.rate_limit, getattr(config, "base_url", None))
+        return cls(name, proposer, limits, config.retry, config.timeout_s)
 
     async def start(self) -> None:
         """Finish a proposer's slow start (a local engine) now; calls also await it outside their timeout."""
         start = getattr(self.proposer, "start", None)
         if start is not None:
             await start()
+        await self.limits.start()
 
     @property
     def supports_n(self) -> bool:
@@ -293,6 +296,7 @@ class Backend:
 
     async def aclose(self) -> None:
         await self.proposer.aclose()
+        await self.limits.aclose()
 
     async def embed(self, texts: list[str], model: str, site: CallSite, trace: list[CallRecord]) -> EmbeddingResult:
         """One embeddings call behind the backend's limits, retries and timeout; appends one record to ``trace``."""

@@ -96,9 +96,10 @@ class ServerMetrics:
         self.retries = Counter("moa_upstream_retries_total", "Retried attempts of model calls, by backend.")
         self.tokens = Counter("moa_upstream_tokens_total", "Tokens of model calls by backend and kind.")
         self.call_latency = Histogram("moa_upstream_call_duration_seconds", "Model call latency, retries included.")
+        self.limits_store = Gauge("moa_limits_store", "Backends with a limits store: 1 for the state they are in.")
         self._all = (
             self.requests, self.latency, self.ttft, self.in_flight, self.calls, self.retries, self.tokens,
-            self.call_latency,
+            self.call_latency, self.limits_store,
         )  # fmt: skip
         self.in_flight.set(0)
 

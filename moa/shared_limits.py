@@ -1,0 +1,352 @@
+"""One backend's limits shared by every ``moa serve`` replica that names the same Redis store (``rate_limit.store``).
+
+Each limit is one key of the store, changed only by Lua scripts that read the store's own clock
+(``redis.call('TIME')``), so replicas' clocks do not matter and no read-modify-write races:
+
+- requests per second: GCRA. A call reserves the next place on the shared schedule and sleeps until it; a call
+  cancelled while it sleeps gives the last place of the schedule back (the in-process rule: the places behind
+  it keep their times, the next newcomer takes the freed one), never a place already due.
+- tokens per minute: one shared bucket with the in-process reserve/settle rule. A call takes its estimate when
+  the level covers it (else sleeps the computed refill time and asks again); ``settle`` charges or refunds the
+  difference. Within a process calls wait FIFO; across processes the first to ask after a refill wins.
+- concurrency: leases, ids in a sorted set scored by their expiry, renewed by a heartbeat while the call runs
+  and removed at its end; the leases of a replica that died expire after ``lease_ttl_s``. Waiting for a lease
+  backs off (5 ms doubling to 100 ms) and only ``concurrency`` calls of a process ask at once.
+
+Any store error (unreachable, timed out, refused) switches the backend to its in-process limits divided by
+``replicas``; it is logged once, and a probe switches back when the store answers again. No call fails because
+the store is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from moa.config import RateLimit
+from moa.errors import ConfigError
+from moa.limits import BackendLimits, Limits, LimitsState
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+log = logging.getLogger(__name__)
+
+#: seconds a store command may take (connect, send, answer) before the backend falls back to local limits
+SOCKET_TIMEOUT_S = 0.3
+#: seconds between probes of an unreachable store
+PROBE_INTERVAL_S = 0.5
+LEASE_BACKOFF_S = (0.005, 0.1)
+
+# KEYS[1] the schedule; ARGV interval, tolerance (microseconds). Reserves the next place; returns the wait (us).
+GCRA_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+return math.max(0, tat - tolerance - now)
+"""
+
+# KEYS[1] the schedule; ARGV interval (us). Gives the last place back when it is not due yet; returns 1 if it did.
+GCRA_GIVE_BACK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local back = tonumber(redis.call('GET', KEYS[1]) or '0') - tonumber(ARGV[1])
+if back < now then return 0 end
+redis.call('SET', KEYS[1], string.format('%d', back), 'PX', math.ceil((back - now) / 1000) + 1000)
+return 1
+"""
+
+# KEYS[1] the bucket (level, stamp); ARGV capacity, tokens a second, mode ('take' or 'settle'), amount.
+# take: takes ``amount`` when the level covers it and returns 0, else returns the milliseconds to wait.
+# settle: lowers the level by ``amount`` (negative refunds), at most to the capacity; returns 0.
+TOKEN_BUCKET = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local capacity, rate, amount = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
+local level = tonumber(redis.call('HGET', KEYS[1], 'level') or ARGV[1])
+local stamp = tonumber(redis.call('HGET', KEYS[1], 'stamp') or now)
+level = math.min(capacity, level + math.max(0, now - stamp) * rate)
+local wait = 0
+if ARGV[3] == 'take' then
+  if level >= amount then level = level - amount else wait = math.ceil((amount - level) / rate * 1000) end
+else
+  level = math.min(capacity, level - amount)
+end
+redis.call('HSET', KEYS[1], 'level', string.format('%.6f', level), 'stamp', string.format('%.6f', now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(capacity / rate * 1000) + 60000)
+return wait
+"""
+
+# KEYS[1] the leases; ARGV limit, ttl (ms), id. Drops expired leases, adds this one if there is room: 1, else 0.
+LEASE_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+return 1
+"""
+
+# KEYS[1] the leases; ARGV ttl (ms), id. Pushes a live lease's expiry out; 0 when it is gone (it expired).
+LEASE_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+local renewed = redis.call('ZADD', KEYS[1], 'XX', 'CH', now + ttl, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+return renewed
+"""
+
+
+def safe_url(url: str) -> str:
+    """The store's URL without its user and password, for logs."""
+    split = urlsplit(url)
+    if split.scheme == "unix":
+        return f"unix://{split.path}"
+    port = f":{split.port}" if split.port else ""
+    return f"{split.scheme}://{split.hostname}{port}{split.path}"
+
+
+def default_key_prefix(name: str, base_url: str | None) -> str:
+    """``moa:limits:<backend>@<host>``: two replicas that name one backend at one host share its limits."""
+    host = urlsplit(base_url).netloc.rpartition("@")[2] if base_url else ""
+    return f"moa:limits:{name}@{host}" if host else f"moa:limits:{name}"
+
+
+def per_replica(config: RateLimit) -> RateLimit:
+    """The in-process limits while the store is unreachable: each replica's share of the shared ones."""
+    r = config.replicas
+    return RateLimit(
+        rps=config.rps / r if config.rps else None,
+        burst=max(1, config.burst // r),
+        concurrency=max(1, math.ceil(config.concurrency / r)) if config.concurrency else None,
+        tpm=max(1, config.tpm // r) if config.tpm else None,
+    )
+
+
+class SharedLimits:
+    """A backend's limits on a Redis store, with ``BackendLimits``' interface and its local fallback."""
+
+    def __init__(self, name: str, config: RateLimit, key_prefix: str, path: str = "rate_limit.store") -> None:
+        if config.store is None:
+            raise ConfigError("shared limits need a store", path)
+        try:
+            from redis.asyncio import Redis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+        except ImportError:
+            raise ConfigError("a limits store needs the redis package: pip install 'moa[redis]'", path) from None
+        self.name = name
+        self.config = config
+        self.store = safe_url(config.store)
+        self._redis: Redis = Redis.from_url(
+            config.store, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0), health_check_interval=0,
+        )  # fmt: skip
+        self._gcra = self._redis.register_script(GCRA_RESERVE)
+        self._give_back = self._redis.register_script(GCRA_GIVE_BACK)
+        self._bucket = self._redis.register_script(TOKEN_BUCKET)
+        self._lease_take = self._redis.register_script(LEASE_TAKE)
+        self._lease_renew = self._redis.register_script(LEASE_RENEW)
+        self.keys = {kind: f"{key_prefix}:{kind}" for kind in ("rps", "tpm", "leases")}
+        self.local = BackendLimits(per_replica(config))
+        self._gate = asyncio.Semaphore(config.concurrency) if config.concurrency else None
+        self._token_lock = asyncio.Lock()
+        self._shared = True
+        self.answered = False  # the store has answered once
+        self._started = False
+        self._probe: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def state(self) -> LimitsState:
+        return "shared" if self._shared else "local-fallback"
+
+    # ---- store health -------------------------------------------------------------------------------------
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        from redis.exceptions import RedisError
+
+        return (RedisError, OSError)
+
+    def _down(self, err: BaseException) -> None:
+        """The store failed: local limits from now on (logged once), a probe to come back."""
+        if self._shared:
+            self._shared = False
+            log.warning(
+                "backend %s: limits store %s unreachable (%s); using local limits (divided by %d replicas) until it "
+                "answers", self.name, self.store, type(err).__name__, self.config.replicas,
+            )  # fmt: skip
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(self._probe_until_up())
+
+    async def _probe_until_up(self) -> None:
+        while not await self._ping():
+            await asyncio.sleep(PROBE_INTERVAL_S)
+        self._shared = True
+        log.warning("backend %s: limits store %s answers again; shared limits resume", self.name, self.store)
+
+    async def _ping(self) -> bool:
+        try:
+            await self._redis.ping()
+        except self._errors():
+            return False
+        self.answered = True
+        return True
+
+    async def _call(self, script: Callable[..., Awaitable[Any]], key: str, *args: object) -> int | None:
+        """One script on the store: its integer answer, or None when the store failed (now in fallback)."""
+        try:
+            answer = await script(keys=[self.keys[key]], args=list(args))
+        except self._errors() as e:
+            self._down(e)
+            return None
+        self.answered = True
+        return int(answer)
+
+    def _spawn(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def start(self) -> None:
+        """Ask the store once, so that ``state`` says where the limits are before the first call."""
+        if not self._started:
+            self._started = True
+            if not await self._ping():
+                self._down(ConnectionError("no answer to PING"))
+
+    async def ready(self) -> bool:
+        """The store has answered once (asking it now if it has not)."""
+        return self.answered or await self._ping()
+
+    async def aclose(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=2 * SOCKET_TIMEOUT_S)
+        for task in self._tasks:
+            task.cancel()
+        await self._redis.aclose()
+
+    # ---- the three limits ---------------------------------------------------------------------------------
+
+    async def _concurrency(self, stack: AsyncExitStack) -> None:
+        if self._gate is None or self.config.concurrency is None:
+            return
+        await self._gate.acquire()
+        stack.callback(self._gate.release)
+        if self._shared:
+            lease = uuid.uuid4().hex
+            ttl_ms = math.ceil(self.config.lease_ttl_s * 1000)
+            delay = LEASE_BACKOFF_S[0]
+            while self._shared:
+                try:
+                    got = await self._call(self._lease_take, "leases", self.config.concurrency, ttl_ms, lease)
+                except asyncio.CancelledError:
+                    self._spawn(self._release(lease))  # it may have been taken: don't leave it to expire
+                    raise
+                if got == 1:
+                    heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(lease, ttl_ms))
+                    stack.push_async_callback(self._end_lease, lease, heartbeat)
+                    return
+                if got is None:
+                    break
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(2 * delay, LEASE_BACKOFF_S[1])
+        semaphore = self.local.in_flight
+        assert semaphore is not None
+        await semaphore.acquire()
+        stack.callback(semaphore.release)
+
+    async def _heartbeat(self, lease: str, ttl_ms: int) -> None:
+        while True:
+            await asyncio.sleep(ttl_ms / 3000)
+            try:
+                await self._lease_renew(keys=[self.keys["leases"]], args=[ttl_ms, lease])
+            except self._errors():
+                pass  # the store is down: the lease expires there, this call goes on
+
+    async def _release(self, lease: str) -> None:
+        try:
+            await self._redis.zrem(self.keys["leases"], lease)
+        except self._errors():
+            pass  # it expires
+
+    async def _end_lease(self, lease: str, heartbeat: asyncio.Task[None]) -> None:
+        heartbeat.cancel()
+        await asyncio.shield(self._spawn(self._release(lease)))  # a second cancellation leaves it running
+
+    async def _rate(self) -> None:
+        if self.config.rps is None:
+            return
+        if self._shared:
+            interval = 1_000_000 / self.config.rps
+            wait = await self._call(self._gcra, "rps", round(interval), round((self.config.burst - 1) * interval))
+            if wait is not None:
+                if wait > 0:
+                    try:
+                        await asyncio.sleep(wait / 1e6)
+                    except asyncio.CancelledError:
+                        self._spawn(self._call(self._give_back, "rps", round(interval)))
+                        raise
+                return
+        requests = self.local.requests
+        assert requests is not None
+        await requests.acquire()
+
+    async def _tokens(self, estimated: int) -> None:
+        if self.config.tpm is None:
+            return
+        need = min(estimated, self.config.tpm)
+        async with self._token_lock:
+            while self._shared:
+                wait = await self._call(self._bucket, "tpm", self.config.tpm, self.config.tpm / 60, "take", need)
+                if wait is None:
+                    break
+                if wait == 0:
+                    return
+                await asyncio.sleep(wait / 1000)
+        tokens = self.local.tokens
+        assert tokens is not None
+        await tokens.acquire(estimated)
+
+    @asynccontextmanager
+    async def slot(self, estimated_tokens: int) -> AsyncIterator[None]:
+        """Hold a slot for one call: concurrency first (so queued calls don't burn rate), then rate, then tokens."""
+        async with AsyncExitStack() as stack:
+            await self._concurrency(stack)
+            await self._rate()
+            await self._tokens(estimated_tokens)
+            yield
+
+    def settle(self, estimated_tokens: int, actual_tokens: int) -> None:
+        """Charge (or refund) the difference, on the store in the background (or on the local bucket)."""
+        if self.config.tpm is None:
+            return
+        if self._shared:
+            delta = actual_tokens - min(estimated_tokens, self.config.tpm)
+            self._spawn(self._call(self._bucket, "tpm", self.config.tpm, self.config.tpm / 60, "settle", delta))
+        else:
+            self.local.settle(estimated_tokens, actual_tokens)
+
+
+def limits_for(name: str, config: RateLimit, base_url: str | None = None) -> Limits:
+    """A backend's limits: on its store when ``config.store`` names one, else in this process."""
+    if config.store is None:
+        return BackendLimits(config)
+    prefix = config.key_prefix or default_key_prefix(name, base_url)
+    return SharedLimits(name, config, prefix, f"backends.{name}.rate_limit.store")
