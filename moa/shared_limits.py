@@ -40,7 +40,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: seconds a store command may take (connect, send, answer) before the backend falls back to local limits
-SOCKET_TIMEOUT_S = 0.3
+SOCKET_TIMEOUT_S = 0.5
+#: connections to the store per backend and process; a call waits up to POOL_TIMEOUT_S for one of them
+MAX_CONNECTIONS = 64
+POOL_TIMEOUT_S = 1.0
 #: seconds between probes of an unreachable store
 PROBE_INTERVAL_S = 0.5
 LEASE_BACKOFF_S = (0.005, 0.1)
@@ -110,6 +113,9 @@ return renewed
 """
 
 
+SCRIPTS = (GCRA_RESERVE, GCRA_GIVE_BACK, TOKEN_BUCKET, LEASE_TAKE, LEASE_RENEW)
+
+
 def safe_url(url: str) -> str:
     """The store's URL without its user and password, for logs."""
     split = urlsplit(url)
@@ -143,7 +149,7 @@ class SharedLimits:
         if config.store is None:
             raise ConfigError("shared limits need a store", path)
         try:
-            from redis.asyncio import Redis
+            from redis.asyncio import BlockingConnectionPool, Redis
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
         except ImportError:
@@ -151,10 +157,12 @@ class SharedLimits:
         self.name = name
         self.config = config
         self.store = safe_url(config.store)
-        self._redis: Redis = Redis.from_url(
-            config.store, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 0), health_check_interval=0,
+        # no retries of its own: a failed command means local limits now, and the probe decides when to come back
+        pool = BlockingConnectionPool.from_url(
+            config.store, max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=SOCKET_TIMEOUT_S, retry=Retry(NoBackoff(), 0), health_check_interval=0,
         )  # fmt: skip
+        self._redis: Redis = Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
         self._gcra = self._redis.register_script(GCRA_RESERVE)
         self._give_back = self._redis.register_script(GCRA_GIVE_BACK)
         self._bucket = self._redis.register_script(TOKEN_BUCKET)
@@ -168,7 +176,8 @@ class SharedLimits:
         self.answered = False  # the store has answered once
         self._started = False
         self._probe: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()  # give-backs, releases, settles: short, awaited on close
+        self._heartbeats: set[asyncio.Task[None]] = set()
 
     @property
     def state(self) -> LimitsState:
@@ -186,7 +195,7 @@ class SharedLimits:
         if self._shared:
             self._shared = False
             log.warning(
-                "backend %s: limits store %s unreachable (%s); using local limits (divided by %d replicas) until it "
+                "backend %s: limits store %s unreachable (%s); using local limits (divided by replicas=%d) until it "
                 "answers", self.name, self.store, type(err).__name__, self.config.replicas,
             )  # fmt: skip
         if self._probe is None or self._probe.done():
@@ -223,11 +232,18 @@ class SharedLimits:
         return task
 
     async def start(self) -> None:
-        """Ask the store once, so that ``state`` says where the limits are before the first call."""
-        if not self._started:
-            self._started = True
-            if not await self._ping():
-                self._down(ConnectionError("no answer to PING"))
+        """Ask the store once, so that ``state`` says where the limits are before the first call, and load the
+        scripts (else the first call of each pays a NOSCRIPT round trip)."""
+        if self._started:
+            return
+        self._started = True
+        try:
+            for script in SCRIPTS:
+                await self._redis.script_load(script)
+        except self._errors() as e:
+            self._down(e)
+            return
+        self.answered = True
 
     async def ready(self) -> bool:
         """The store has answered once (asking it now if it has not)."""
@@ -236,11 +252,13 @@ class SharedLimits:
     async def aclose(self) -> None:
         if self._probe is not None:
             self._probe.cancel()
+        for heartbeat in self._heartbeats:
+            heartbeat.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=2 * SOCKET_TIMEOUT_S)
         for task in self._tasks:
             task.cancel()
-        await self._redis.aclose()
+        await self._redis.aclose(close_connection_pool=True)
 
     # ---- the three limits ---------------------------------------------------------------------------------
 
@@ -261,6 +279,8 @@ class SharedLimits:
                     raise
                 if got == 1:
                     heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(lease, ttl_ms))
+                    self._heartbeats.add(heartbeat)
+                    heartbeat.add_done_callback(self._heartbeats.discard)
                     stack.push_async_callback(self._end_lease, lease, heartbeat)
                     return
                 if got is None:

@@ -16,10 +16,13 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from moa.config import RateLimit, load_config
-from moa.errors import ConfigError
+from moa.ensemble import Ensemble
+from moa.errors import ConfigError, DeadlineExceededError
 from moa.shared_limits import SharedLimits, default_key_prefix, limits_for, per_replica
+from tests.conftest import moa_config
 from tests.redis_server import RedisServer
 from tests.scripted_server import ScriptedServer
 from tests.server_harness import ServeProcess, ensemble, moa_serve, wait_until
@@ -35,6 +38,12 @@ def redis_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServe
 
 def _prefix() -> str:
     return f"moa:test:{uuid.uuid4().hex[:8]}"
+
+
+def _ahead_us(store: redis.Redis, prefix: str) -> int:
+    """How far the shared schedule runs ahead of the store's clock (microseconds)."""
+    seconds, micros = store.time()
+    return int(store.get(f"{prefix}:rps") or 0) - (seconds * 1_000_000 + micros)
 
 
 def _max_window(starts: list[float], window: float = 1.0) -> int:
@@ -117,6 +126,29 @@ async def test_tokens_per_minute_are_one_bucket_with_reserve_and_settle(redis_st
     finally:
         await a.aclose()
         await b.aclose()
+
+
+async def test_a_request_deadline_cuts_a_wait_for_a_shared_place_and_gives_it_back(
+    redis_store: RedisServer, upstream: ScriptedServer
+) -> None:
+    prefix = _prefix()
+    rate_limit = {"rps": 0.5, "store": redis_store.url, "key_prefix": prefix}  # places 2 s apart
+    config = {**moa_config(upstream.base_url, [["p"]], backend={"rate_limit": rate_limit}), "deadline_s": 0.5}
+    store = redis_store.client()
+    loop = asyncio.get_running_loop()
+    async with Ensemble.from_config(config) as moa:
+        started = loop.time()
+        with pytest.raises(DeadlineExceededError):  # the proposer goes at once, the aggregator's place is 2 s away
+            await moa.acomplete([{"role": "user", "content": "hi"}])
+        assert loop.time() - started < 1.5
+        assert [r.model for r in upstream.requests] == ["p"]
+        # the schedule ends one place (2 s) after the proposer's call, not two: the aggregator's came back
+        for _ in range(100):
+            if _ahead_us(store, prefix) <= 2_000_000:
+                break
+            await asyncio.sleep(0.01)
+        assert _ahead_us(store, prefix) <= 2_000_000
+    store.close()
 
 
 async def test_an_unreachable_store_falls_back_to_the_local_share_at_once() -> None:
