@@ -4,8 +4,9 @@ Each limit is one key of the store, changed only by Lua scripts that read the st
 (``redis.call('TIME')``), so replicas' clocks do not matter and no read-modify-write races:
 
 - requests per second: GCRA. A call reserves the next place on the shared schedule and sleeps until it; a call
-  cancelled while it sleeps gives the last place of the schedule back (the in-process rule: the places behind
-  it keep their times, the next newcomer takes the freed one), never a place already due.
+  cancelled while it sleeps gives its place back (as in process, nothing stays reserved): the places behind it
+  keep their times and the next caller takes the freed one, so no place is ever held twice. A call cancelled
+  while its reservation is on the wire keeps it (it cannot know whether the store took it): one place unused.
 - tokens per minute: one shared bucket with the in-process reserve/settle rule. A call takes its estimate when
   the level covers it (else sleeps the computed refill time and asks again); ``settle`` charges or refunds the
   difference. Within a process calls wait FIFO; across processes the first to ask after a refill wins.
@@ -48,24 +49,34 @@ POOL_TIMEOUT_S = 1.0
 PROBE_INTERVAL_S = 0.5
 LEASE_BACKOFF_S = (0.005, 0.1)
 
-# KEYS[1] the schedule; ARGV interval, tolerance (microseconds). Reserves the next place; returns the wait (us).
+# KEYS[1] the schedule (the next free place), KEYS[2] places given back; ARGV interval, tolerance (microseconds).
+# Takes the earliest place given back that is not past, else the schedule's next; returns {place, wait} (us).
 GCRA_RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
-local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
-return math.max(0, tat - tolerance - now)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. now)
+local back = redis.call('ZRANGE', KEYS[2], 0, 0)
+if #back > 0 then
+  redis.call('ZREM', KEYS[2], back[1])
+  local place = tonumber(back[1])
+  return {place, math.max(0, place - tolerance - now)}
+end
+local place = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+local ttl = math.ceil((place + interval - now) / 1000) + 1000
+redis.call('SET', KEYS[1], string.format('%d', place + interval), 'PX', ttl)
+return {place, math.max(0, place - tolerance - now)}
 """
 
-# KEYS[1] the schedule; ARGV interval (us). Gives the last place back when it is not due yet; returns 1 if it did.
+# KEYS[1] the schedule, KEYS[2] places given back; ARGV a place (us). Gives a place that is not past back for the
+# next caller to take (the places behind it keep theirs): 1 if it did.
 GCRA_GIVE_BACK = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local back = tonumber(redis.call('GET', KEYS[1]) or '0') - tonumber(ARGV[1])
-if back < now then return 0 end
-redis.call('SET', KEYS[1], string.format('%d', back), 'PX', math.ceil((back - now) / 1000) + 1000)
+local place = tonumber(ARGV[1])
+if place < now then return 0 end
+redis.call('ZADD', KEYS[2], place, ARGV[1])
+redis.call('PEXPIRE', KEYS[2], math.ceil((place - now) / 1000) + 1000)
 return 1
 """
 
@@ -168,7 +179,7 @@ class SharedLimits:
         self._bucket = self._redis.register_script(TOKEN_BUCKET)
         self._lease_take = self._redis.register_script(LEASE_TAKE)
         self._lease_renew = self._redis.register_script(LEASE_RENEW)
-        self.keys = {kind: f"{key_prefix}:{kind}" for kind in ("rps", "tpm", "leases")}
+        self.keys = {kind: f"{key_prefix}:{kind}" for kind in ("rps", "rps:given-back", "tpm", "leases")}
         self.local = BackendLimits(per_replica(config))
         self._gate = asyncio.Semaphore(config.concurrency) if config.concurrency else None
         self._token_lock = asyncio.Lock()
@@ -292,6 +303,12 @@ class SharedLimits:
         await semaphore.acquire()
         stack.callback(semaphore.release)
 
+    async def _give_back_place(self, place: int) -> None:
+        try:
+            await self._give_back(keys=[self.keys["rps"], self.keys["rps:given-back"]], args=[place])
+        except self._errors():
+            pass  # the place goes unused
+
     async def _heartbeat(self, lease: str, ttl_ms: int) -> None:
         while True:
             await asyncio.sleep(ttl_ms / 3000)
@@ -315,13 +332,21 @@ class SharedLimits:
             return
         if self._shared:
             interval = 1_000_000 / self.config.rps
-            wait = await self._call(self._gcra, "rps", round(interval), round((self.config.burst - 1) * interval))
-            if wait is not None:
+            keys, args = (
+                [self.keys["rps"], self.keys["rps:given-back"]],
+                [round(interval), round((self.config.burst - 1) * interval)],
+            )
+            try:
+                place, wait = (int(x) for x in await self._gcra(keys=keys, args=args))
+            except self._errors() as e:
+                self._down(e)
+            else:
+                self.answered = True
                 if wait > 0:
                     try:
                         await asyncio.sleep(wait / 1e6)
                     except asyncio.CancelledError:
-                        self._spawn(self._call(self._give_back, "rps", round(interval)))
+                        self._spawn(self._give_back_place(place))
                         raise
                 return
         requests = self.local.requests

@@ -10,13 +10,12 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from moa.config import RateLimit, load_config
 from moa.ensemble import Ensemble
@@ -40,10 +39,10 @@ def _prefix() -> str:
     return f"moa:test:{uuid.uuid4().hex[:8]}"
 
 
-def _ahead_us(store: redis.Redis, prefix: str) -> int:
-    """How far the shared schedule runs ahead of the store's clock (microseconds)."""
-    seconds, micros = store.time()
-    return int(store.get(f"{prefix}:rps") or 0) - (seconds * 1_000_000 + micros)
+async def _until(condition: Callable[[], bool], timeout: float = 2) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
 
 
 def _max_window(starts: list[float], window: float = 1.0) -> int:
@@ -91,11 +90,13 @@ async def test_a_waiter_cancelled_while_it_waits_gives_its_place_back(redis_stor
         assert int(store.get(f"{prefix}:rps") or 0) == first + 500_000  # it reserved the next place
         waiter.cancel()
         await asyncio.gather(waiter, return_exceptions=True)
-        for _ in range(50):
-            await asyncio.sleep(0.01)
-            if int(store.get(f"{prefix}:rps") or 0) == first:
-                break
-        assert int(store.get(f"{prefix}:rps") or 0) == first  # given back
+        await _until(lambda: store.zcard(f"{prefix}:rps:given-back") == 1)
+        assert store.zscore(f"{prefix}:rps:given-back", str(first)) == first  # its place, given back
+        started = asyncio.get_running_loop().time()
+        await enter()  # the next caller takes that place instead of one 0.5 s further
+        assert asyncio.get_running_loop().time() - started < 0.45
+        assert int(store.get(f"{prefix}:rps") or 0) == first + 500_000
+        assert store.zcard(f"{prefix}:rps:given-back") == 0
     finally:
         await limits.aclose()
         store.close()
@@ -142,12 +143,8 @@ async def test_a_request_deadline_cuts_a_wait_for_a_shared_place_and_gives_it_ba
             await moa.acomplete([{"role": "user", "content": "hi"}])
         assert loop.time() - started < 1.5
         assert [r.model for r in upstream.requests] == ["p"]
-        # the schedule ends one place (2 s) after the proposer's call, not two: the aggregator's came back
-        for _ in range(100):
-            if _ahead_us(store, prefix) <= 2_000_000:
-                break
-            await asyncio.sleep(0.01)
-        assert _ahead_us(store, prefix) <= 2_000_000
+        # the aggregator's place (2 s after the proposer's) came back for the next caller
+        await _until(lambda: store.zcard(f"{prefix}:rps:given-back") == 1)
     store.close()
 
 
