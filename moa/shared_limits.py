@@ -186,6 +186,7 @@ class SharedLimits:
         self._shared = True
         self.answered = False  # the store has answered once
         self._started = False
+        self._closed = False
         self._probe: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()  # give-backs, releases, settles: short, awaited on close
         self._heartbeats: set[asyncio.Task[None]] = set()
@@ -209,7 +210,7 @@ class SharedLimits:
                 "backend %s: limits store %s unreachable (%s); using local limits (divided by replicas=%d) until it "
                 "answers", self.name, self.store, type(err).__name__, self.config.replicas,
             )  # fmt: skip
-        if self._probe is None or self._probe.done():
+        if not self._closed and (self._probe is None or self._probe.done()):
             self._probe = asyncio.get_running_loop().create_task(self._probe_until_up())
 
     async def _probe_until_up(self) -> None:
@@ -261,14 +262,16 @@ class SharedLimits:
         return self.answered or await self._ping()
 
     async def aclose(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-        for heartbeat in self._heartbeats:
+        """Finish the releases and settlements under way (briefly), stop heartbeats and the probe, disconnect."""
+        for heartbeat in list(self._heartbeats):
             heartbeat.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=2 * SOCKET_TIMEOUT_S)
-        for task in self._tasks:
+        for task in list(self._tasks):
             task.cancel()
+        self._closed = True  # no new probe
+        if self._probe is not None:
+            self._probe.cancel()
         await self._redis.aclose(close_connection_pool=True)
 
     # ---- the three limits ---------------------------------------------------------------------------------
