@@ -167,12 +167,16 @@ class SharedLimits:
             raise ConfigError("a limits store needs the redis package: pip install 'moa[redis]'", path) from None
         self.name = name
         self.config = config
-        self.store = safe_url(config.store)
         # no retries of its own: a failed command means local limits now, and the probe decides when to come back
-        pool = BlockingConnectionPool.from_url(
-            config.store, max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=SOCKET_TIMEOUT_S, retry=Retry(NoBackoff(), 0), health_check_interval=0,
-        )  # fmt: skip
+        try:
+            self.store = safe_url(config.store)
+            pool = BlockingConnectionPool.from_url(
+                config.store, max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT_S,
+                socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S, retry=Retry(NoBackoff(), 0),
+                health_check_interval=0,
+            )  # fmt: skip
+        except ValueError:  # its message may quote the URL (and a password in it)
+            raise ConfigError("not a valid Redis URL (redis://[:password@]host:port/db)", path) from None
         self._redis: Redis = Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
         self._gcra = self._redis.register_script(GCRA_RESERVE)
         self._give_back = self._redis.register_script(GCRA_GIVE_BACK)
