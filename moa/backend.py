@@ -24,7 +24,8 @@ from moa.defense_config import OpenAIEmbeddings
 from moa.errors import APITimeoutError, BackendError, MalformedResponseError
 from moa.interfaces import CallSite as CallSite  # re-exported: callers build sites with the backend
 from moa.interfaces import Proposer
-from moa.limits import BackendLimits, estimate_tokens, tokens_from_chars
+from moa.limits import BackendLimits, Limits, estimate_tokens, tokens_from_chars
+from moa.shared_limits import limits_for
 from moa.types import CallRecord, Delta, GenerateResult, Message, Outcome, SamplingParams, Usage
 from proposers.openai_schema import EmbeddingResult
 
@@ -92,7 +93,7 @@ class _Tally:
 
 
 class Backend:
-    def __init__(self, name: str, proposer: Proposer, limits: BackendLimits, retry: RetryPolicy, timeout_s: float):
+    def __init__(self, name: str, proposer: Proposer, limits: Limits, retry: RetryPolicy, timeout_s: float):
         self.name = name
         self.proposer = proposer
         self.limits = limits
@@ -103,7 +104,8 @@ class Backend:
     def from_config(cls, name: str, config: BackendConfig) -> Backend:
         """The registry's proposer for ``config.type`` behind the backend's configured limits and retries."""
         proposer = registry.resolve("backend", config.type)(name, config)
-        return cls(name, proposer, BackendLimits(config.rate_limit), config.retry, config.timeout_s)
+        limits = limits_for(name, config.rate_limit, getattr(config, "base_url", None))
+        return cls(name, proposer, limits, config.retry, config.timeout_s)
 
     @classmethod
     def for_embeddings(cls, config: OpenAIEmbeddings) -> Backend:
@@ -125,6 +127,7 @@ class Backend:
         start = getattr(self.proposer, "start", None)
         if start is not None:
             await start()
+        await self.limits.start()
 
     @property
     def supports_n(self) -> bool:
@@ -301,6 +304,7 @@ class Backend:
 
     async def aclose(self) -> None:
         await self.proposer.aclose()
+        await self.limits.aclose()
 
     async def embed(self, texts: list[str], model: str, site: CallSite, trace: list[CallRecord]) -> EmbeddingResult:
         """One embeddings call behind the backend's limits, retries and timeout; appends one record to ``trace``."""

@@ -58,6 +58,23 @@ class RateLimit(_Strict):
     )
     concurrency: Annotated[int, Field(gt=0)] | None = Field(default=None, description="requests in flight")
     tpm: Annotated[int, Field(gt=0)] | None = Field(default=None, description="tokens per minute")
+    store: str | None = Field(
+        default=None, description="redis://host:port/db shared by every replica that names it (moa[redis])"
+    )
+    key_prefix: str | None = Field(default=None, description="the store's keys; default the backend's name and host")
+    replicas: Annotated[int, Field(ge=1)] = Field(
+        default=1, description="replicas sharing the store: the local limits while it is unreachable are divided by it"
+    )
+    lease_ttl_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=10.0, description="seconds a concurrency lease outlives a replica that stopped renewing it"
+    )
+
+    @field_validator("store")
+    @classmethod
+    def _check_store(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^(rediss?|unix)://\S+$", url):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return url
 
 
 class RetryPolicy(_Strict):

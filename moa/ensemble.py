@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -113,6 +113,11 @@ class Ensemble:
     def from_config(cls, source: str | os.PathLike[str] | dict[str, Any] | EnsembleConfig) -> Ensemble:
         """From a YAML/JSON path, a mapping, a validated config, or a shipped recipe's name."""
         return cls(load_config(source))
+
+    @property
+    def backends(self) -> Mapping[str, Backend]:
+        """The ensemble's backends by name (their limits, for ``/health``, ``/ready`` and ``/metrics``)."""
+        return self._engine.backends
 
     @property
     def name(self) -> str:

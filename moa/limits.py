@@ -12,9 +12,30 @@ import asyncio
 import math
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Literal, Protocol
 
 from moa.config import RateLimit
+
+#: where a backend's limits live: this process, a shared store, or this process while the store is unreachable
+LimitsState = Literal["shared", "local-fallback", "local"]
+
+
+class Limits(Protocol):
+    """What a backend asks of its limits (``BackendLimits`` here, ``moa.shared_limits.SharedLimits`` on Redis)."""
+
+    @property
+    def state(self) -> LimitsState: ...
+
+    def slot(self, estimated_tokens: int) -> AbstractAsyncContextManager[None]: ...
+
+    def settle(self, estimated_tokens: int, actual_tokens: int) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def ready(self) -> bool: ...
+
+    async def aclose(self) -> None: ...
 
 
 class RequestRateLimiter:
@@ -114,7 +135,9 @@ class TokenRateLimiter:
 
 
 class BackendLimits:
-    """The limits of one backend, shared by every agent and request that uses it."""
+    """The limits of one backend, shared by every agent and request that uses it (in this process)."""
+
+    state: LimitsState = "local"
 
     def __init__(self, config: RateLimit) -> None:
         self.requests = RequestRateLimiter(config.rps, config.burst) if config.rps else None
@@ -139,6 +162,15 @@ class BackendLimits:
     def settle(self, estimated_tokens: int, actual_tokens: int) -> None:
         if self.tokens is not None:
             self.tokens.settle(estimated_tokens, actual_tokens)
+
+    async def start(self) -> None:
+        """Nothing to start in process."""
+
+    async def ready(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        """Nothing to release in process."""
 
 
 def estimate_tokens(prompt_chars: int, max_tokens: int | None, n: int) -> int:

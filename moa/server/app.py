@@ -12,7 +12,7 @@ from aiohttp import web
 
 from moa.ensemble import Ensemble
 from moa.errors import ConfigError
-from moa.server import ids, routes
+from moa.server import ids, limits_status, routes
 from moa.server.errors import (
     CLOSES_CONNECTION,
     BodyReadTimeout,
@@ -29,7 +29,7 @@ from moa.server.state import STATE, ServerSettings, ServerState
 log = logging.getLogger(__name__)
 
 #: paths that need no API key (load balancers probe them)
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/ready"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -63,7 +63,9 @@ def error_response(exc: BaseException, request: web.Request | None = None) -> we
 def _from_aiohttp(e: web.HTTPException, request: web.Request) -> Exception:
     """aiohttp's own refusals (no route, wrong method, body over the limit) in moa's terms."""
     if e.status == 404:
-        return RouteNotFound(f"no route {request.path}; see /v1/chat/completions, /v1/models, /health, /metrics")
+        return RouteNotFound(
+            f"no route {request.path}; see /v1/chat/completions, /v1/models, /health, /ready, /metrics"
+        )
     if e.status == 405:
         return MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
     if e.status == 413:
@@ -108,6 +110,7 @@ def create_app(ensembles: dict[str, Ensemble], settings: ServerSettings) -> web.
     app.router.add_get("/v1/models", routes.list_models)
     app.router.add_get("/v1/models/{model:.+}", routes.retrieve_model)
     app.router.add_get("/health", routes.health)
+    app.router.add_get("/ready", limits_status.ready)
     app.router.add_get("/metrics", routes.metrics)
     app.on_response_prepare.append(ids.add_header)
     app.on_cleanup.append(_close_ensembles)

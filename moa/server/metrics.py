@@ -97,6 +97,13 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
+        self.limits_store = Gauge(
+            "moa_limits_store",
+            "Backends with a limits store: 1 for the state they are in (shared, local-fallback).",
+            ("backend", "ensemble", "state"),
+            multiprocess_mode="livemax",
+            registry=reg,
+        )
         self.in_flight.set(0)
 
     def record_request(self, ensemble: str, status: int, seconds: float | None) -> None:
@@ -117,6 +124,9 @@ class ServerMetrics:
             if r.completion_tokens:
                 self.tokens.labels(backend=r.backend, ensemble=ensemble, kind="completion").inc(r.completion_tokens)
             self.call_latency.labels(backend=r.backend, ensemble=ensemble).observe(r.latency_s)
+
+    def record_limits_state(self, ensemble: str, backend: str, state: str, value: float) -> None:
+        self.limits_store.labels(backend=backend, ensemble=ensemble, state=state).set(value)
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The exposition (body, content type) for a scrape whose Accept header is ``accept``: Prometheus text

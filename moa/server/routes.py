@@ -14,6 +14,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from moa.engine import TRACE_SINK
 from moa.ensemble import Ensemble
 from moa.errors import ConfigError
+from moa.server import limits_status
 from moa.server.choices import complete_choices, stream_choices
 from moa.server.errors import (
     BodyReadTimeout,
@@ -192,9 +193,13 @@ async def health(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if state.draining:
         return web.json_response({"status": "draining"}, status=503)
-    return web.json_response({"status": "ok", "ensembles": list(state.ensembles)})
+    body: dict[str, Any] = {"status": "ok", "ensembles": list(state.ensembles)}
+    if (limits := limits_status.summary(state)) is not None:
+        body["limits"] = limits
+    return web.json_response(body)
 
 
 async def metrics(request: web.Request) -> web.Response:
+    limits_status.record(request.app[STATE].metrics, request.app[STATE])
     body, content_type = request.app[STATE].metrics.render(request.headers.get("Accept", ""))
     return web.Response(body=body, headers={"Content-Type": content_type})
