@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -163,3 +165,14 @@ def test_litellm_parses_the_extended_stream(serve: ServeProcess, upstream_thread
         text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text == "four it is"
     assert sent[0]["stream_options"]["include_progress"] is True  # the option reached the server
+
+
+def test_bench_progress_prints_and_writes_the_first_progress_figure(tmp_path) -> None:
+    out = tmp_path / "progress.json"
+    command = [sys.executable, "-m", "benchmarks.bench_progress", "--requests", "2", "--width", "2", "--json", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "first moa.progress chunk at the client" in done.stdout
+    figures = json.loads(out.read_text())["figures"]
+    assert 0 < figures["first_progress_p50_ms"] <= figures["first_progress_p95_ms"]
+    assert figures["ttft_with_progress_p50_s"] > 0 and figures["ttft_without_progress_p50_s"] > 0
