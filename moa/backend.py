@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from moa import registry
 from moa.config import BackendConfig, OpenAIBackendConfig, RateLimit, RetryPolicy
@@ -25,6 +25,7 @@ from moa.errors import APITimeoutError, BackendError, MalformedResponseError
 from moa.interfaces import CallSite as CallSite  # re-exported: callers build sites with the backend
 from moa.interfaces import Proposer
 from moa.limits import BackendLimits, Limits, estimate_tokens, tokens_from_chars
+from moa.progress import ProgressKind, ProgressSink, progress_sink
 from moa.shared_limits import limits_for
 from moa.types import CallRecord, Delta, GenerateResult, Message, Outcome, SamplingParams, Usage
 from proposers.openai_schema import EmbeddingResult
@@ -82,6 +83,18 @@ async def aclose_stream(stream: AsyncIterator[Delta]) -> None:
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+#: the progress event that ends a call of each outcome
+_PROGRESS_END: dict[str, ProgressKind] = {"ok": "finished", "error": "failed", "cancelled": "cancelled"}
+
+
+def _report(
+    sink: ProgressSink | None, kind: ProgressKind, site: CallSite, model: str, call: int, **fields: Any
+) -> None:
+    """One progress event of a call, when the request asked for progress (``moa.progress``)."""
+    if sink is not None:
+        sink.event(kind, site.layer, site.role, site.agent, model, call=call, step=site.step, **fields)
 
 
 @dataclass(slots=True)
@@ -174,17 +187,24 @@ class Backend:
         """One logical call answered whole (chat or embeddings) through the one retry loop; appends exactly one
         record to ``trace`` whatever happens (``tokens`` gives the record's token fields of the answer)."""
         started, tally = time.monotonic(), _Tally()
+        sink = progress_sink.get()
+        call = sink.next_call() if sink is not None else 0
+        _report(sink, "started", site, model, call)
         try:
             await self.start()
             async with aclosing(self._retrying(attempt, tally)) as it:
                 result = await anext(it)  # the first item is the answer: the loop ends with it
         except asyncio.CancelledError:
             trace.append(self._record(site, model, n, started, tally.retries, outcome="cancelled"))
+            _report(sink, "cancelled", site, model, call)
             raise
         except BackendError as e:
             trace.append(self._record(site, model, n, started, tally.retries, outcome="error", error=str(e)))
+            _report(sink, "failed", site, model, call, error=str(e))
             raise
-        trace.append(self._record(site, model, n, started, tally.retries, **tokens(result)))  # type: ignore[arg-type]
+        record = self._record(site, model, n, started, tally.retries, **tokens(result))  # type: ignore[arg-type]
+        trace.append(record)
+        _report(sink, "finished", site, model, call, tokens=record.completion_tokens)
         return result
 
     async def generate(
@@ -248,10 +268,17 @@ class Backend:
         started, tally = time.monotonic(), _Tally()
         outcome: Outcome = "cancelled"
         error: str | None = None
+        sink = progress_sink.get()
+        call, pieces = (sink.next_call() if sink is not None else 0), 0
+        _report(sink, "started", site, model, call)
         try:
             await self.start()
             async with aclosing(self._retrying(lambda: self._stream_once(messages, params, model, tally), tally)) as it:
                 async for delta in it:
+                    if delta.content:
+                        pieces += 1
+                        if pieces == 1:
+                            _report(sink, "first_token", site, model, call, tokens=1)
                     yield delta
             outcome = "ok"
         except BackendError as e:
@@ -265,6 +292,8 @@ class Backend:
                     prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
                 )
             )  # fmt: skip
+            kind = _PROGRESS_END.get(outcome, "cancelled")
+            _report(sink, kind, site, model, call, tokens=usage.completion_tokens or pieces, error=error)
 
     async def _stream_once(
         self, messages: list[Message], params: SamplingParams, model: str, tally: _Tally

@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import logging
+import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
@@ -22,6 +25,8 @@ from moa.types import Completion
 DEFAULT_CONFIG = "default"
 #: modules under moa.commands that add subcommands (each has ``register(subparsers)``)
 COMMAND_MODULES: tuple[str, ...] = ("serve", "alpaca_eval", "specdec")
+#: the packages whose start-up warnings and log lines ``moa run`` keeps off the terminal unless ``--verbose``
+NOISY_LOGGERS: tuple[str, ...] = ("vllm", "torch", "transformers", "triton")
 
 
 def _print_trace(result: Completion, out: TextIO) -> None:
@@ -44,27 +49,53 @@ def _print_trace(result: Completion, out: TextIO) -> None:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    from moa.commands.progress_view import ProgressView, timeline
     from moa.ensemble import Ensemble
+    from moa.progress import ProgressSink, progress_sink
 
     overrides = {k: v for k, v in (("temperature", args.temperature), ("max_tokens", args.max_tokens)) if v is not None}
     messages = [{"role": "user", "content": args.prompt}]
+    view = ProgressView(None if args.no_progress else sys.stderr, live=sys.stderr.isatty())
     async with Ensemble.from_config(args.config) as ens:
-        if args.stream and not (args.json or args.trace):
-            async for delta in ens.astream(messages, **overrides):
-                print(delta.content, end="", flush=True)
-            print()
-            return 0
-        result = await ens.acomplete(messages, **overrides)
+        token = progress_sink.set(ProgressSink(view.on_event))
+        view.start()
+        try:
+            if args.stream and not (args.json or args.trace):
+                async for delta in ens.astream(messages, **overrides):
+                    if delta.content and sys.stdout.isatty():
+                        view.freeze()  # the answer goes to the same terminal from here on
+                    print(delta.content, end="", flush=True)
+                print()
+                return 0
+            result = await ens.acomplete(messages, **overrides)
+        finally:
+            view.freeze()
+            progress_sink.reset(token)
     if args.json:
         print(result.model_dump_json(indent=2))
         return 0
     if args.trace:
         _print_trace(result, sys.stderr)
+        for line in timeline(list(view.rows.values())):
+            print(line, file=sys.stderr)
     print(result.choices[0].message.content)
     return 0
 
 
+def quiet_third_party() -> None:
+    """Keep local engines' start-up noise off the terminal: vLLM's and transformers' log lines below errors (their
+    own settings, which vLLM's engine processes inherit) and the warnings torch, vLLM, transformers and Triton
+    raise. An environment that already sets the levels keeps them."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=rf"({'|'.join(NOISY_LOGGERS)})(\.|$)")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if not args.verbose:
+        quiet_third_party()
     return asyncio.run(_run(args))
 
 
@@ -89,11 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("prompt", help="the user message")
     run.add_argument("-c", "--config", default=DEFAULT_CONFIG,
                      help="config file or shipped recipe name (default: the embedded Self-MoA)")  # fmt: skip
-    run.add_argument("--trace", action="store_true", help="print each proposal and a per-call table to stderr")
+    run.add_argument("--trace", action="store_true",
+                     help="print each proposal, a per-call table and a timeline of the calls to stderr")  # fmt: skip
     run.add_argument("--json", action="store_true", help="print the whole result object as JSON")
     run.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     run.add_argument("--temperature", type=float, help="the final answer's temperature")
     run.add_argument("--max-tokens", type=int, help="the final answer's token cap")
+    run.add_argument("--no-progress", action="store_true", help="show no per-call progress on stderr")
+    run.add_argument("--verbose", action="store_true",
+                     help="let local engines' start-up output (vLLM, torch, Triton) through to the terminal")  # fmt: skip
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check config files")

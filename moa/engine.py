@@ -28,6 +28,7 @@ from moa.errors import (
     MoaError,
 )
 from moa.interfaces import Aggregate, Aggregator, CallSite, Defense, traced_at
+from moa.progress import progress_sink
 from moa.prompts import SYNTHESIZE_INSTRUCTIONS, with_references, with_system_prompt
 from moa.sampling import sampling_params, seed_offset
 from moa.types import (
@@ -184,6 +185,11 @@ class LayeredEngine:
         answer = None
         for layer in self.layers:
             references = await self._run_layer(layer, state, references)
+            if (sink := progress_sink.get()) is not None:
+                tokens = sum(
+                    r.completion_tokens for r in state.trace if r.layer == layer.index and r.role == "proposer"
+                )
+                sink.event("layer_done", layer.index, "proposer", "", "", tokens=tokens)
             final = layer is self.layers[-1]
             if self.defense is not None and (final or self.defense.between_layers):
                 aggregate = self._aggregate_for_defense(state, layer.index)

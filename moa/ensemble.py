@@ -6,7 +6,7 @@ import asyncio
 import os
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
-from typing import Any
+from typing import Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -17,6 +17,7 @@ from moa.config import EnsembleConfig, config_error, load_config
 from moa.engine import Agent, Deception, Layer, LayeredEngine
 from moa.errors import ConfigError, MoaError
 from moa.interfaces import Aggregator, Defense
+from moa.progress import ProgressEvent, with_progress
 from moa.sampling import MaxTokens, Seed, Stop, Temperature, TopP, sampling_params
 from moa.types import ChatRequest, Completion, Delta, Message
 
@@ -139,16 +140,47 @@ class Ensemble:
         self._bind_loop()
         return await self._engine.complete(request)
 
-    def astream(self, messages: Sequence[Message | dict[str, Any]], **overrides: Any) -> AsyncGenerator[Delta, None]:
+    @overload
+    def astream(
+        self, messages: Sequence[Message | dict[str, Any]], *, progress: Literal[False] = False, **overrides: Any
+    ) -> AsyncGenerator[Delta, None]: ...
+
+    @overload
+    def astream(
+        self, messages: Sequence[Message | dict[str, Any]], *, progress: bool, **overrides: Any
+    ) -> AsyncGenerator[Delta | ProgressEvent, None]: ...
+
+    def astream(
+        self, messages: Sequence[Message | dict[str, Any]], *, progress: bool = False, **overrides: Any
+    ) -> AsyncGenerator[Delta, None] | AsyncGenerator[Delta | ProgressEvent, None]:
         """The aggregator's tokens as they arrive; bad input raises here, before anything is sent.
 
+        With ``progress=True`` the stream also yields a ``moa.progress.ProgressEvent`` as each model call starts,
+        sends its first token and ends, and as each layer is done, before the answer's tokens.
         Closing the stream early (``aclose()``, or ``contextlib.aclosing`` around the loop) cancels every
         call under it and closes their connections before ``aclose`` returns.
         """
-        return self.astream_request(build_request(messages, overrides))
+        return self.astream_request(build_request(messages, overrides), progress=progress)
 
-    async def astream_request(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
+    @overload
+    def astream_request(
+        self, request: ChatRequest, *, progress: Literal[False] = False
+    ) -> AsyncGenerator[Delta, None]: ...
+
+    @overload
+    def astream_request(
+        self, request: ChatRequest, *, progress: bool
+    ) -> AsyncGenerator[Delta | ProgressEvent, None]: ...
+
+    def astream_request(
+        self, request: ChatRequest, *, progress: bool = False
+    ) -> AsyncGenerator[Delta, None] | AsyncGenerator[Delta | ProgressEvent, None]:
         """``astream`` of a request already validated (``build_request``'s, or ``moa serve``'s)."""
+        if progress:
+            return with_progress(lambda: self._stream(request))
+        return self._stream(request)
+
+    async def _stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
         self._bind_loop()
         async with aclosing(self._engine.stream(request)) as deltas:
             async for delta in deltas:

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import TypeVar
 
 from moa.ensemble import Ensemble
+from moa.progress import ProgressEvent
 from moa.sampling import seed_offset
 from moa.server.schema import ParsedChat
 from moa.types import ChatRequest, Completion, Delta
@@ -42,9 +43,13 @@ async def complete_choices(ensemble: Ensemble, parsed: ParsedChat) -> list[Compl
     return await all_or_none([ensemble.arun(request_for_choice(parsed, i)) for i in range(parsed.n)])
 
 
-async def stream_choices(ensemble: Ensemble, parsed: ParsedChat) -> AsyncGenerator[tuple[int, Delta], None]:
-    """``(choice index, delta)`` as each choice's tokens arrive; closing this cancels every choice."""
-    streams = [ensemble.astream_request(request_for_choice(parsed, i)) for i in range(parsed.n)]
+async def stream_choices(
+    ensemble: Ensemble, parsed: ParsedChat
+) -> AsyncGenerator[tuple[int, Delta | ProgressEvent], None]:
+    """``(choice index, delta)`` as each choice's tokens arrive (and its progress events, when the request asked
+    for them); closing this cancels every choice."""
+    progress = parsed.include_progress
+    streams = [ensemble.astream_request(request_for_choice(parsed, i), progress=progress) for i in range(parsed.n)]
     if len(streams) == 1:
         try:
             async for delta in streams[0]:
@@ -52,7 +57,7 @@ async def stream_choices(ensemble: Ensemble, parsed: ParsedChat) -> AsyncGenerat
         finally:
             await streams[0].aclose()
         return
-    queue: asyncio.Queue[tuple[int, Delta | None, Exception | None]] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[int, Delta | ProgressEvent | None, Exception | None]] = asyncio.Queue()
 
     async def pump(index: int) -> None:
         try:

@@ -3,7 +3,8 @@
 Honoured: ``model`` (an ensemble's name), ``messages``, ``stream``, ``stream_options.include_usage``, ``n``,
 ``temperature``, ``top_p``, ``max_tokens`` / ``max_completion_tokens``, ``stop``, ``seed``; they set the
 final answer's sampling (the proposers keep their configured sampling). Extensions: ``moa_trace`` (return the
-calls behind the answer) and ``moa_deadline_s`` (this request's deadline).
+calls behind the answer), ``moa_deadline_s`` (this request's deadline) and ``stream_options.include_progress``
+(stream a ``moa.progress`` chunk as each model call starts and ends).
 
 Ignored, because they cannot change the answer: ``user``, ``metadata``, ``store``, ``service_tier``,
 ``parallel_tool_calls``, ``safety_identifier``, ``prompt_cache_key``.
@@ -62,6 +63,7 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool = False
+    include_progress: bool = False  # moa's extension: ``moa.progress`` chunks before the answer's tokens
 
 
 class ChatCompletionRequest(BaseModel):
@@ -102,6 +104,7 @@ class ParsedChat:
     stream: bool
     include_usage: bool
     trace: bool
+    include_progress: bool = False
 
 
 def parse_chat_request(body: Any) -> ParsedChat:
@@ -117,8 +120,10 @@ def parse_chat_request(body: Any) -> ParsedChat:
     max_tokens = _max_tokens(req)
     messages = build_messages([_normalize_message(m, i) for i, m in enumerate(req.messages)])
     request = ChatRequest(messages, sampling_params(req, max_tokens=max_tokens), deadline_s=req.moa_deadline_s)
-    include_usage = req.stream_options.include_usage if req.stream_options else False
-    return ParsedChat(req.model, request, req.n, req.stream, include_usage, req.moa_trace)
+    options = req.stream_options or StreamOptions()
+    return ParsedChat(
+        req.model, request, req.n, req.stream, options.include_usage, req.moa_trace, options.include_progress
+    )
 
 
 def _without_neutral(body: dict[str, Any]) -> dict[str, Any]:

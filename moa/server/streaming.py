@@ -6,6 +6,10 @@ one chunk each; then one chunk with its ``finish_reason``. A last chunk with no 
 ``stream_options.include_usage`` asked and ``moa_trace`` when the request asked. A failure after the response
 began is sent as an ``{"error": ...}`` event, and logged (the event may say the details are in the log).
 The stream always ends with ``data: [DONE]``.
+
+With ``stream_options.include_progress`` (moa's extension) the response starts at once, and each progress event
+(``moa.progress.ProgressEvent``) goes out as a chunk of ``object: "moa.progress"`` with ``choices: []`` and the
+event under ``moa_progress``; a failure before the first token is then an ``{"error": ...}`` event too.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from moa.progress import ProgressEvent
 from moa.server.errors import error_for
 from moa.types import CallRecord, DefenseRecord, Delta, Usage
 
@@ -64,6 +69,12 @@ class ChunkFormat:
         head, middle, tail = self._frame
         return f"{head}{index}{middle}{json.dumps(content)}{tail}".encode()
 
+    def progress(self, index: int, event: ProgressEvent) -> bytes:
+        """A ``moa.progress`` chunk: no choices (so OpenAI clients pass it by), the event under ``moa_progress``."""
+        return self.event(
+            {**self.base, "object": "moa.progress", "choices": [], "moa_progress": {"index": index, **event.to_dict()}}
+        )
+
     def last(self, usage: Usage | None, trace: list[dict[str, Any]] | None) -> bytes:
         extra: dict[str, Any] = {} if usage is None else {"usage": usage.model_dump()}
         if trace is not None:
@@ -89,7 +100,7 @@ class StreamResult:
 
 async def write_stream(
     request: web.Request,
-    deltas: AsyncIterator[tuple[int, Delta]],
+    deltas: AsyncIterator[tuple[int, Delta | ProgressEvent]],
     fmt: ChunkFormat,
     n: int,
     want_usage: bool,
@@ -107,11 +118,17 @@ async def write_stream(
     finished: dict[int, Delta] = {}  # each choice's last delta: its trace and what its defense did
     try:
         async for index, delta in deltas:
-            if response is None:
+            if isinstance(delta, ProgressEvent):  # asked for: the response starts with the first event
+                if response is None:
+                    response = await _start(request)
+                    pending = _roles(fmt, n)
+                await response.write(fmt.progress(index, delta))
+                continue
+            if result.first_token_s is None:
                 result.first_token_s = time.monotonic() - started
-                response = web.StreamResponse(headers=SSE_HEADERS)
-                await response.prepare(request)
-                pending = b"".join(fmt.chunk(i, {"role": "assistant", "content": ""}) for i in range(n))
+            if response is None:
+                response = await _start(request)
+                pending = _roles(fmt, n)
             if delta.content:
                 await response.write(pending + fmt.token(index, delta.content))
                 pending = b""
@@ -139,3 +156,14 @@ async def write_stream(
         pending += fmt.last(result.usage if want_usage else None, trace)
     await response.write(pending + DONE)
     return response
+
+
+async def _start(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers=SSE_HEADERS)
+    await response.prepare(request)
+    return response
+
+
+def _roles(fmt: ChunkFormat, n: int) -> bytes:
+    """The first chunk of each choice: its role."""
+    return b"".join(fmt.chunk(i, {"role": "assistant", "content": ""}) for i in range(n))
