@@ -274,7 +274,9 @@ def test_the_leases_of_a_killed_replica_expire(
             asyncio.run(take_slot(1.5))
         serve.proc.kill()
         serve.proc.wait(timeout=10)
-        assert asyncio.run(take_slot(5)) <= 1.0 + 0.5  # it expires within its ttl of the last renewal
+        # it expires within about its ttl of the last renewal (the slack is for a loaded machine; a lease that
+        # never expired would time out at 5 s)
+        assert asyncio.run(take_slot(5)) <= 1.0 + 2.0
     store.close()
 
 
