@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from moa import Ensemble
+from moa.alpaca_eval.generate import GenerateOptions, checkpoint_path, generate
 from moa.config import parse_config
 from moa.errors import BudgetExceededError, ConfigError
 from moa.types import CallRecord
@@ -167,3 +174,44 @@ async def test_a_request_budget_on_an_ensemble_without_prices_is_refused(upstrea
         with pytest.raises(ConfigError, match=r"^max_cost_usd: .*backends\.up\.prices"):
             await ens.acomplete(QUESTION, max_cost_usd=1)
     assert upstream.requests == []
+
+
+# ---- alpaca-eval generate --------------------------------------------------------------------------------
+
+
+async def test_generate_reports_cost_in_progress_and_summary(upstream: ScriptedServer, tmp_path: Path) -> None:
+    upstream.script("p1", answer="four")
+    upstream.script("agg", answer="four it is")
+    instructions = tmp_path / "instructions.json"
+    instructions.write_text(json.dumps([{"instruction": f"question {i}", "dataset": "test"} for i in range(3)]))
+    config = moa_config(upstream.base_url, [["p1"]], backend={"prices": PRICES})
+    progress = io.StringIO()
+    options = GenerateOptions(config, tmp_path / "out.json", instructions=instructions, concurrency=1)
+    report = await generate(options, progress)
+    per_answer = _cost(10, 0, 1, 2.0, 0.5, 10.0) + _cost(10, 0, 3, 4.0, 4.0, 20.0)
+    assert report.cost_usd == pytest.approx(3 * per_answer)
+    assert f"${3 * per_answer:.4f}" in progress.getvalue().splitlines()[-1]
+
+
+def test_generate_estimate_prints_the_worst_case_and_runs_nothing(
+    upstream_thread: ScriptedServer, tmp_path: Path
+) -> None:
+    config = moa_config(upstream_thread.base_url, [["p1", "p2"]], backend={"prices": DOLLAR_A_TOKEN})
+    for agent in config["layers"][0]["agents"]:
+        agent["max_tokens"] = 10
+    config["aggregator"]["max_tokens"] = 20
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    instructions = tmp_path / "instructions.json"
+    instructions.write_text(json.dumps([{"instruction": f"question {i}", "dataset": "test"} for i in range(4)]))
+    out = tmp_path / "out.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "moa.cli", "alpaca-eval", "generate", "-c", str(config_path), "-o", str(out),
+         "--instructions", str(instructions), "--estimate"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # 4 instructions x 3 calls; completions at most 10 + 10 + 20 tokens each, at $1 a token (prompts free)
+    assert "4 instruction(s): 12 calls" in done.stdout and "160 completion" in done.stdout
+    assert "at most $160.0000" in done.stdout
+    assert upstream_thread.requests == [] and not out.exists() and not checkpoint_path(out).exists()
