@@ -74,7 +74,7 @@ class ServerMetrics:
         )
         self.calls = Counter(
             "moa_upstream_calls_total",
-            "Model calls by backend and outcome (ok, error, cancelled).",
+            "Model calls by backend and outcome (ok, error, cancelled, skipped: not made, over the request's budget).",
             ("backend", "ensemble", "outcome"),
             registry=reg,
         )
