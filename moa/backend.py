@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from moa import registry
+from moa.budget import prompt_tokens_bound, request_budget
 from moa.config import BackendConfig, OpenAIBackendConfig, RateLimit, RetryPolicy
 from moa.defense_config import OpenAIEmbeddings
-from moa.errors import APITimeoutError, BackendError, MalformedResponseError
+from moa.errors import APITimeoutError, BackendError, BudgetExceededError, MalformedResponseError
 from moa.interfaces import CallSite as CallSite  # re-exported: callers build sites with the backend
 from moa.interfaces import Proposer
 from moa.limits import BackendLimits, Limits, estimate_tokens, tokens_from_chars
+from moa.pricing import Prices
 from moa.progress import ProgressKind, ProgressSink, progress_sink
 from moa.shared_limits import limits_for
 from moa.types import CallRecord, Delta, GenerateResult, Message, Outcome, SamplingParams, Usage
@@ -106,19 +108,23 @@ class _Tally:
 
 
 class Backend:
-    def __init__(self, name: str, proposer: Proposer, limits: Limits, retry: RetryPolicy, timeout_s: float):
+    def __init__(
+        self, name: str, proposer: Proposer, limits: Limits, retry: RetryPolicy, timeout_s: float,
+        prices: Prices | None = None,
+    ) -> None:  # fmt: skip
         self.name = name
         self.proposer = proposer
         self.limits = limits
         self.retry = retry
         self.timeout_s = timeout_s
+        self.prices = prices
 
     @classmethod
     def from_config(cls, name: str, config: BackendConfig) -> Backend:
         """The registry's proposer for ``config.type`` behind the backend's configured limits and retries."""
         proposer = registry.resolve("backend", config.type)(name, config)
         limits = limits_for(name, config.rate_limit, getattr(config, "base_url", None))
-        return cls(name, proposer, limits, config.retry, config.timeout_s)
+        return cls(name, proposer, limits, config.retry, config.timeout_s, config.prices)
 
     @classmethod
     def for_embeddings(cls, config: OpenAIEmbeddings) -> Backend:
@@ -133,7 +139,7 @@ class Backend:
         )  # fmt: skip
         proposer = OpenAIProposer("embeddings", backend_config, config_path="defense.embeddings")
         return cls("embeddings", proposer, BackendLimits(backend_config.rate_limit), backend_config.retry,
-                   config.timeout_s)  # fmt: skip
+                   config.timeout_s, config.prices)  # fmt: skip
 
     async def start(self) -> None:
         """Finish a proposer's slow start (a local engine) now; calls also await it outside their timeout."""
@@ -146,15 +152,51 @@ class Backend:
     def supports_n(self) -> bool:
         return self.proposer.supports_n
 
+    def cost_usd(self, model: str, prompt_tokens: int, completion_tokens: int, cached: int = 0) -> float | None:
+        """What a call of ``model`` with these tokens costs at this backend's prices; ``None`` without prices."""
+        if self.prices is None:
+            return None
+        return self.prices.for_model(model).cost_usd(prompt_tokens, completion_tokens, cached)
+
     def _record(
         self, site: CallSite, model: str, n: int, started: float, retries: int, *, outcome: Outcome = "ok",
         error: str | None = None, prompt_tokens: int = 0, completion_tokens: int = 0, generations: int | None = None,
+        cached_prompt_tokens: int = 0, reason: str | None = None,
     ) -> CallRecord:  # fmt: skip
+        cost = (
+            None
+            if outcome == "skipped"
+            else self.cost_usd(model, prompt_tokens, completion_tokens, cached_prompt_tokens)
+        )
         return CallRecord(
             layer=site.layer, role=site.role, agent=site.agent, step=site.step, backend=self.name, model=model,
             n=n, latency_s=time.monotonic() - started, retries=retries, outcome=outcome, error=error,
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, generations=generations,
+            cached_prompt_tokens=cached_prompt_tokens, cost_usd=cost, reason=reason,
         )  # fmt: skip
+
+    def _hold(self, site: CallSite, model: str, n: int, trace: list[CallRecord], prompt_tokens: int,
+              completion_tokens: int) -> float:  # fmt: skip
+        """Hold this call's worst case against the request's budget, if it has one, and return it; a call that
+        does not fit is recorded as skipped (``reason: budget``) and raises ``BudgetExceededError``."""
+        budget = request_budget.get()
+        needed = self.cost_usd(model, prompt_tokens, completion_tokens)
+        if budget is None or needed is None:
+            return 0.0
+        try:
+            budget.hold(needed, f"{site.role} {site.agent} on {self.name}")
+        except BudgetExceededError as e:
+            trace.append(self._record(site, model, n, time.monotonic(), 0, outcome="skipped", reason="budget",
+                                      error=str(e)))  # fmt: skip
+            raise
+        return needed
+
+    @staticmethod
+    def _settle(held: float, record: CallRecord | None) -> None:
+        """Release what a call held against the request's budget and charge what it cost."""
+        budget = request_budget.get()
+        if budget is not None and held:
+            budget.settle(held, 0.0 if record is None else record.cost_usd or 0.0)
 
     async def _retrying(
         self, attempt: Callable[[], AsyncGenerator[_T, None]], tally: _Tally
@@ -183,29 +225,36 @@ class Backend:
     async def _non_streaming_call(
         self, site: CallSite, model: str, n: int, trace: list[CallRecord],
         attempt: Callable[[], AsyncGenerator[_T, None]], tokens: Callable[[_T], dict[str, int | None]],
+        worst: tuple[int, int],
     ) -> _T:  # fmt: skip
         """One logical call answered whole (chat or embeddings) through the one retry loop; appends exactly one
-        record to ``trace`` whatever happens (``tokens`` gives the record's token fields of the answer)."""
+        record to ``trace`` whatever happens (``tokens`` gives the record's token fields of the answer). ``worst``
+        (prompt, completion tokens) is held against the request's budget first."""
+        held = self._hold(site, model, n, trace, *worst)
         started, tally = time.monotonic(), _Tally()
         sink = progress_sink.get()
         call = sink.next_call() if sink is not None else 0
         _report(sink, "started", site, model, call)
+        record: CallRecord | None = None
         try:
             await self.start()
             async with aclosing(self._retrying(attempt, tally)) as it:
                 result = await anext(it)  # the first item is the answer: the loop ends with it
+            record = self._record(site, model, n, started, tally.retries, **tokens(result))  # type: ignore[arg-type]
+            _report(sink, "finished", site, model, call, tokens=record.completion_tokens)
+            return result
         except asyncio.CancelledError:
-            trace.append(self._record(site, model, n, started, tally.retries, outcome="cancelled"))
+            record = self._record(site, model, n, started, tally.retries, outcome="cancelled")
             _report(sink, "cancelled", site, model, call)
             raise
         except BackendError as e:
-            trace.append(self._record(site, model, n, started, tally.retries, outcome="error", error=str(e)))
+            record = self._record(site, model, n, started, tally.retries, outcome="error", error=str(e))
             _report(sink, "failed", site, model, call, error=str(e))
             raise
-        record = self._record(site, model, n, started, tally.retries, **tokens(result))  # type: ignore[arg-type]
-        trace.append(record)
-        _report(sink, "finished", site, model, call, tokens=record.completion_tokens)
-        return result
+        finally:
+            if record is not None:
+                trace.append(record)
+            self._settle(held, record)
 
     async def generate(
         self,
@@ -226,12 +275,13 @@ class Backend:
             came = len(result.generations)
             return {
                 "prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens,
-                "generations": came if came < n else None,
+                "cached_prompt_tokens": result.usage.cached_prompt_tokens, "generations": came if came < n else None,
             }  # fmt: skip
 
         return await self._non_streaming_call(
-            site, model, n, trace, lambda: self._generate_once(messages, params, n, model), tokens
-        )
+            site, model, n, trace, lambda: self._generate_once(messages, params, n, model), tokens,
+            _worst_case(messages, params, n),
+        )  # fmt: skip
 
     async def _generate_once(
         self, messages: list[Message], params: SamplingParams, n: int, model: str
@@ -265,6 +315,7 @@ class Backend:
         trace: list[CallRecord],
     ) -> AsyncGenerator[Delta, None]:
         """A streamed call. Retried only until its first piece arrives: after that a failure ends the stream."""
+        held = self._hold(site, model, 1, trace, *_worst_case(messages, params, 1))
         started, tally = time.monotonic(), _Tally()
         outcome: Outcome = "cancelled"
         error: str | None = None
@@ -286,12 +337,13 @@ class Backend:
             raise
         finally:
             usage = tally.usage or Usage()
-            trace.append(
-                self._record(
-                    site, model, 1, started, tally.retries, outcome=outcome, error=error,
-                    prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                )
+            record = self._record(
+                site, model, 1, started, tally.retries, outcome=outcome, error=error,
+                prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                cached_prompt_tokens=usage.cached_prompt_tokens,
             )  # fmt: skip
+            trace.append(record)
+            self._settle(held, record)
             kind = _PROGRESS_END.get(outcome, "cancelled")
             _report(sink, kind, site, model, call, tokens=usage.completion_tokens or pieces, error=error)
 
@@ -337,9 +389,10 @@ class Backend:
 
     async def embed(self, texts: list[str], model: str, site: CallSite, trace: list[CallRecord]) -> EmbeddingResult:
         """One embeddings call behind the backend's limits, retries and timeout; appends one record to ``trace``."""
+        worst = (prompt_tokens_bound(sum(len(t) for t in texts), len(texts)), 0)
         return await self._non_streaming_call(
             site, model, 1, trace, lambda: self._embed_once(texts, model),
-            lambda result: {"prompt_tokens": result.usage.prompt_tokens},
+            lambda result: {"prompt_tokens": result.usage.prompt_tokens}, worst,
         )  # fmt: skip
 
     async def _embed_once(self, texts: list[str], model: str) -> AsyncGenerator[EmbeddingResult, None]:
@@ -388,3 +441,10 @@ class ModelCaller:
         if self.site.step:
             step = f"{self.site.step}; {step}"
         return CallSite(self.site.layer, self.site.role, self.site.agent, step)
+
+
+def _worst_case(messages: list[Message], params: SamplingParams, n: int) -> tuple[int, int]:
+    """(prompt, completion) tokens a chat call may use at most, for its budget: the prompt estimated from its
+    characters, ``max_tokens`` for each of ``n`` samples (the limiter's 512 when unset)."""
+    prompt = prompt_tokens_bound(sum(len(m.content) for m in messages), len(messages))
+    return prompt, (params.max_tokens or 512) * n

@@ -32,11 +32,13 @@ from moa.defense_config import (
     EMBEDDING_TYPES,
     DeceptionConfig,
     DefenseConfig,
+    OpenAIEmbeddings,
     RandomPlacement,
     RedTeamConfig,
     type_names,
 )
 from moa.errors import ConfigError
+from moa.pricing import Prices
 from moa.sampling import MaxTokens, Seed, Temperature, TopP
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
@@ -90,6 +92,7 @@ class _BackendBase(_Strict):
     rate_limit: RateLimit = RateLimit()
     retry: RetryPolicy = RetryPolicy()
     timeout_s: Annotated[float, Field(gt=0)] = Field(default=120.0, description="per-call timeout")
+    prices: Prices | None = Field(default=None, description="USD per million tokens: each call's cost_usd")
 
 
 class OpenAIBackendConfig(_BackendBase):
@@ -239,6 +242,9 @@ class EnsembleConfig(_Strict):
     defense: DefenseConfig | None = None
     min_proposals: Annotated[int, Field(ge=1)] = 1
     deadline_s: Annotated[float, Field(gt=0)] | None = Field(default=None, description="per-request deadline")
+    max_cost_usd: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        default=None, description="per-request budget in USD; a request may lower it, never raise it"
+    )
 
     @model_validator(mode="after")
     def _check_references(self) -> EnsembleConfig:
@@ -249,6 +255,7 @@ class EnsembleConfig(_Strict):
         self._check_backend(self.aggregator.backend, self.aggregator.model, "aggregator", known)
         self._check_min_proposals()
         self._check_names()
+        self._check_budget()
         if self.red_team is not None:
             self._check_placement(self.red_team.placement)
         return self
@@ -277,6 +284,25 @@ class EnsembleConfig(_Strict):
                 raise _PathError(
                     where, f"must be <= {most}, the proposals layers[{li}] can produce (the sum of its agents' n)"
                 )
+
+    def _check_budget(self) -> None:
+        if self.max_cost_usd is not None and (gap := self.budget_gap()) is not None:
+            raise _PathError(gap, "required when max_cost_usd is set")
+
+    def budget_gap(self) -> str | None:
+        """The first field a budget needs that is not set, or None: every call's worst case must be known, so
+        every backend (and a defense's embeddings endpoint) needs ``prices`` and every call ``max_tokens``."""
+        for name, backend in self.backends.items():
+            if backend.prices is None:
+                return f"backends.{name}.prices"
+        embeddings = None if self.defense is None else self.defense.embeddings
+        if isinstance(embeddings, OpenAIEmbeddings) and embeddings.prices is None:
+            return "defense.embeddings.prices"
+        for li, layer in enumerate(self.layers):
+            for ai, agent in enumerate(layer.agents):
+                if agent.max_tokens is None:
+                    return f"layers[{li}].agents[{ai}].max_tokens"
+        return "aggregator.max_tokens" if self.aggregator.max_tokens is None else None
 
     def _check_names(self) -> None:
         """Agent names (explicit or derived) and the names of their samples (``name#k`` when n > 1) are unique in

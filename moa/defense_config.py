@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from moa.pricing import Prices
+
 
 def type_names(schema: Any) -> tuple[str, ...]:
     """The ``type`` names a config schema accepts, in order: each member's ``type`` Literal of a discriminated
@@ -84,6 +86,7 @@ class OpenAIEmbeddings(_Options):
     timeout_s: Annotated[float, Field(gt=0)] = 60.0
     max_retries: Annotated[int, Field(ge=0, le=20)] = Field(default=2, description="retries of 408/409/429/5xx")
     concurrency: Annotated[int, Field(gt=0)] | None = Field(default=None, description="calls in flight")
+    prices: Prices | None = Field(default=None, description="USD per million tokens: each call's cost_usd")
 
 
 EmbeddingsConfig = Annotated[LocalEmbeddings | OpenAIEmbeddings, Field(discriminator="type")]

@@ -18,10 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moa.backend import Backend, ModelCaller, aclose_stream, request_deadline
+from moa.budget import RequestBudget, request_budget
 from moa.config import AgentConfig, EnsembleConfig
 from moa.defense_config import DeceptionConfig
 from moa.errors import (
     BackendError,
+    BudgetExceededError,
+    ConfigError,
     ContextLengthError,
     DeadlineExceededError,
     InsufficientProposalsError,
@@ -163,13 +166,16 @@ class LayeredEngine:
         survivors: list[Proposal] = []
         failures: dict[str, str] = {}
         for agent, outcome in zip(layer.agents, outcomes, strict=True):
-            if isinstance(outcome, BackendError):
+            if isinstance(outcome, (BackendError, BudgetExceededError)):  # the layer goes on with the calls made
                 failures[agent.name] = str(outcome)
             elif isinstance(outcome, BaseException):
                 raise outcome
             else:
                 survivors.extend(p for p in outcome if p.text.strip())
         if len(survivors) < layer.min_proposals:
+            over_budget = [o for o in outcomes if isinstance(o, BudgetExceededError)]
+            if over_budget:
+                raise over_budget[0]
             errors = [o for o in outcomes if isinstance(o, BackendError)]
             if errors and not _empty_proposals(outcomes) and all(isinstance(e, ContextLengthError) for e in errors):
                 raise errors[0]  # the prompt fits no proposer: the client's error, not the ensemble's
@@ -220,13 +226,24 @@ class LayeredEngine:
         given = [d for d in (request.deadline_s, self.config.deadline_s) if d is not None]
         return min(given) if given else None
 
+    def _budget(self, request: ChatRequest) -> RequestBudget | None:
+        """The request's budget: its own may lower the configured one, never raise it."""
+        given = [b for b in (request.max_cost_usd, self.config.max_cost_usd) if b is not None]
+        if not given:
+            return None
+        if (gap := self.config.budget_gap()) is not None:
+            raise ConfigError(f"this ensemble cannot keep a budget: {gap} is not set", "max_cost_usd")
+        return RequestBudget(min(given))
+
     @asynccontextmanager
     async def _deadline(self, state: RequestState) -> AsyncIterator[asyncio.Timeout]:
         """The request's deadline, also published to backends (``request_deadline``) so that no retry waits
-        past it; a failure leaves the calls made so far on the error's ``trace``."""
+        past it, and its budget (``request_budget``); a failure leaves the calls made so far on the error's
+        ``trace``."""
         deadline = self._deadline_s(state.request)
         timer = asyncio.timeout(deadline)
         at = None if deadline is None else asyncio.get_running_loop().time() + deadline
+        budget_token = request_budget.set(self._budget(state.request))
         token = request_deadline.set(at)
         try:
             try:
@@ -242,6 +259,7 @@ class LayeredEngine:
         finally:
             try:
                 request_deadline.reset(token)
+                request_budget.reset(budget_token)
             except ValueError:  # a stream finalized from another task (never closed by its consumer)
                 pass
 

@@ -38,6 +38,9 @@ class _Overrides(BaseModel):
     stop: Stop | None = None
     seed: Seed | None = None
     deadline_s: float | None = Field(default=None, gt=0)
+    max_cost_usd: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="may only lower the config's"
+    )
     deception_target: str | None = Field(default=None, min_length=1, description="red-teaming: the option to argue for")
 
 
@@ -67,7 +70,10 @@ def build_request(messages: Sequence[Message | dict[str, Any]], overrides: dict[
         o = _Overrides.model_validate(overrides)
     except ValidationError as e:
         raise config_error(e) from None
-    return ChatRequest(parsed, sampling_params(o), deadline_s=o.deadline_s, deception_target=o.deception_target)
+    return ChatRequest(
+        parsed, sampling_params(o), deadline_s=o.deadline_s, deception_target=o.deception_target,
+        max_cost_usd=o.max_cost_usd,
+    )  # fmt: skip
 
 
 def _build_engine(config: EnsembleConfig) -> LayeredEngine:

@@ -18,6 +18,7 @@
     │   ├── ContextLengthError       the prompt does not fit the model's context (not retried)
     │   └── EngineError              a local engine failed (not retried)
     ├── InsufficientProposalsError   fewer agents of a layer survived than ``min_proposals``
+    ├── BudgetExceededError          the next call would take the request past its ``max_cost_usd``
     └── DeadlineExceededError        the request ran past its deadline
 
 Foreign exceptions (aiohttp, asyncio, vLLM) are mapped to these at the boundary of the module that meets them.
@@ -135,6 +136,20 @@ class InsufficientProposalsError(MoaError):
         self.failures = failures
         why = "; ".join(f"{agent}: {reason}" for agent, reason in failures.items())
         super().__init__(f"layer {layer}: only {survivors} of the agents answered, {required} required (failed: {why})")
+
+
+class BudgetExceededError(MoaError):
+    """A call was not made: the request's spend so far plus that call's worst case passes ``max_cost_usd``."""
+
+    def __init__(self, limit_usd: float, spent_usd: float, needed_usd: float, call: str) -> None:
+        self.limit_usd = limit_usd
+        self.spent_usd = spent_usd  # spent and held by calls in flight when the call was refused
+        self.needed_usd = needed_usd  # the refused call's worst case
+        self.call = call
+        super().__init__(
+            f"budget of ${limit_usd:.6g} exceeded: ${spent_usd:.6g} spent, the next call ({call}) needs up to "
+            f"${needed_usd:.6g}"
+        )
 
 
 class DeadlineExceededError(MoaError, TimeoutError):

@@ -111,6 +111,7 @@ class ChatRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     deadline_s: float | None = None
     deception_target: str | None = None  # red-teaming: the option deceptive agents argue for (multiple choice)
+    max_cost_usd: float | None = None  # may lower the config's budget, never raise it
 
 
 # ---- JSON at the edges ---------------------------------------------------------------------------------
@@ -120,25 +121,49 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class PromptTokensDetails(_Model):
+    cached_tokens: int = Field(default=0, description="prompt tokens the backend found in its prefix cache")
+
+
 class Usage(_Model):
+    """Tokens (and dollars) of one call or one request, in the ``chat.completion`` usage shape."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
+    cost: float | None = Field(default=None, description="USD, as OpenRouter reports it; None when not priced")
 
     @classmethod
-    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+    def of(cls, prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int | None = None) -> Usage:
+        details = None if cached_prompt_tokens is None else PromptTokensDetails(cached_tokens=cached_prompt_tokens)
         return cls(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
+            prompt_tokens_details=details,
         )
+
+    @property
+    def cached_prompt_tokens(self) -> int:
+        return 0 if self.prompt_tokens_details is None else self.prompt_tokens_details.cached_tokens
 
     @classmethod
     def total(cls, records: list[CallRecord]) -> Usage:
-        return cls.of(sum(r.prompt_tokens for r in records), sum(r.completion_tokens for r in records))
+        """The sum over a request's records; ``cost`` only when every call made has a price."""
+        made = [r for r in records if r.outcome != "skipped"]
+        usage = cls.of(
+            sum(r.prompt_tokens for r in made),
+            sum(r.completion_tokens for r in made),
+            sum(r.cached_prompt_tokens for r in made),
+        )
+        costs = [r.cost_usd for r in made]
+        if costs and all(c is not None for c in costs):
+            usage.cost = sum(c for c in costs if c is not None)
+        return usage
 
 
-Outcome = Literal["ok", "error", "cancelled"]
+Outcome = Literal["ok", "error", "cancelled", "skipped"]
 
 
 class CallRecord(_Model):
@@ -152,9 +177,12 @@ class CallRecord(_Model):
     n: int = 1
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = Field(default=0, description="prompt tokens served from the backend's prefix cache")
+    cost_usd: float | None = Field(default=None, description="what the call cost, when its backend has prices")
     latency_s: float = 0.0
     retries: int = 0
-    outcome: Outcome = "ok"
+    outcome: Outcome = Field(default="ok", description="skipped: not made (see reason)")
+    reason: str | None = None
     error: str | None = None
     step: str | None = Field(default=None, description="what the call was for, when an aggregator makes several")
     generations: int | None = Field(default=None, description="how many generations came, when fewer than n")

@@ -30,12 +30,20 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+class PromptTokensDetails(_Body):
+    cached_tokens: TokenCount = 0
+
+
 class CompletionUsage(_Body):
     prompt_tokens: TokenCount = 0
     completion_tokens: TokenCount = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
 
     def to_usage(self) -> Usage:
-        return Usage.of(self.prompt_tokens, self.completion_tokens)
+        """Moa's usage; cached tokens only when the upstream reported them (never more than the prompt)."""
+        details = self.prompt_tokens_details
+        cached = None if details is None else min(details.cached_tokens, self.prompt_tokens)
+        return Usage.of(self.prompt_tokens, self.completion_tokens, cached)
 
 
 class TopLogprob(_Body):

@@ -100,7 +100,7 @@ class VLLMProposer:
                 Generation(text=s.text, finish_reason=s.finish_reason, logprobs=_top_logprobs(s.logprobs))
                 for s in samples
             ],
-            usage=Usage.of(len(prompt), sum(len(s.token_ids) for s in samples)),
+            usage=Usage.of(len(prompt), sum(len(s.token_ids) for s in samples), _cached(final, len(prompt))),
         )
 
     async def stream(
@@ -109,17 +109,18 @@ class VLLMProposer:
         engine = await self._ready(model)
         prompt = self._prompt_ids(engine, messages)
         sampling = self._sampling(engine, params, 1, len(prompt), RequestOutputKind.DELTA)
-        completion_tokens, finish_reason = 0, None
+        completion_tokens, finish_reason, cached = 0, None, 0
         with self._mapped_errors():
             async with aclosing(engine.generate(tokens_input(prompt), sampling, self._request_id())) as outputs:
                 async for out in outputs:
+                    cached = max(cached, _cached(out, len(prompt)))
                     piece = out.outputs[0]  # the tokens decoded since the previous output
                     completion_tokens += len(piece.token_ids)
                     finish_reason = piece.finish_reason or finish_reason
                     if piece.text:
                         yield Delta(content=piece.text)
         self._restarted = False
-        yield Delta(finish_reason=finish_reason or "stop", usage=Usage.of(len(prompt), completion_tokens))
+        yield Delta(finish_reason=finish_reason or "stop", usage=Usage.of(len(prompt), completion_tokens, cached))
 
     # ---- one phase each ------------------------------------------------------------------------------------
 
@@ -269,3 +270,9 @@ def _top_logprobs(positions: SampleLogprobs | None) -> tuple[TopLogprobs, ...] |
 
 
 __all__ = ["VLLMProposer"]
+
+
+def _cached(output: object, prompt_tokens: int) -> int:
+    """The prompt tokens vLLM found in its prefix cache for one request (``RequestOutput.num_cached_tokens``)."""
+    cached = getattr(output, "num_cached_tokens", None)
+    return min(cached, prompt_tokens) if isinstance(cached, int) and cached > 0 else 0

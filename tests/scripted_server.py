@@ -51,6 +51,7 @@ class ModelScript:
     faults: deque[Fault] = field(default_factory=deque)
     usage_prompt: int = 10
     top_logprobs: TopLogprobs | None = None
+    cached_tokens: int | None = None  # sent as usage.prompt_tokens_details.cached_tokens when set
 
 
 @dataclass
@@ -191,6 +192,8 @@ class ScriptedServer:
             texts = [" ".join(t.split(" ")[:max_tokens]) for t in texts]
         usage = {"prompt_tokens": script.usage_prompt, "completion_tokens": sum(len(t.split()) for t in texts)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        if script.cached_tokens is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": script.cached_tokens}
         if body.get("stream"):
             return await self._stream(request, rec.model, texts[0], usage, body)
         choices = [
@@ -214,7 +217,7 @@ class ScriptedServer:
             }
         )
 
-    async def _stream(self, request, model: str, text: str, usage: dict[str, int], body: dict[str, Any]):
+    async def _stream(self, request, model: str, text: str, usage: dict[str, Any], body: dict[str, Any]):
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
 

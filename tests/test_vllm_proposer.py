@@ -90,7 +90,19 @@ async def test_stream_joins_to_the_full_text(local_proposer: VLLMProposer) -> No
     assert all(d.finish_reason is None for d in pieces)
     assert "".join(d.content for d in pieces) == whole.generations[0].text
     assert last.finish_reason == whole.generations[0].finish_reason
-    assert last.usage == whole.usage
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (whole.usage.prompt_tokens,
+                                                                        whole.usage.completion_tokens)  # fmt: skip
+
+
+async def test_a_repeated_prompt_reports_the_tokens_found_in_the_prefix_cache(local_proposer: VLLMProposer) -> None:
+    prompt = user("Name three rivers of Europe. " * 20 + "Answer briefly.")
+    first = await local_proposer.generate(prompt, GREEDY)
+    again = await local_proposer.generate(prompt, GREEDY)
+    streamed = [d async for d in local_proposer.stream(prompt, GREEDY)][-1].usage
+    assert again.usage.prompt_tokens == first.usage.prompt_tokens > 100
+    # vLLM caches whole blocks and always recomputes the last prompt token: most, never all, of the prompt
+    assert first.usage.prompt_tokens // 2 <= again.usage.cached_prompt_tokens < again.usage.prompt_tokens
+    assert streamed is not None and streamed.cached_prompt_tokens == again.usage.cached_prompt_tokens
 
 
 async def test_max_tokens_is_honoured(local_proposer: VLLMProposer) -> None:

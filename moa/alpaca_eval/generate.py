@@ -23,7 +23,7 @@ from moa.alpaca_eval.progress import Progress
 from moa.config import EnsembleConfig, load_config
 from moa.ensemble import Ensemble
 from moa.errors import MoaError
-from moa.types import Completion
+from moa.types import Completion, Usage
 
 CHECKPOINT_KIND = "alpaca-eval generate"
 
@@ -49,6 +49,7 @@ class GenerateReport:
     done: int
     tokens: int
     wall_s: float
+    cost_usd: float | None
     written: bool
     failures: list[Failure] = field(default_factory=list)
     instructions: list[Instruction] = field(default_factory=list)
@@ -130,8 +131,10 @@ async def generate(options: GenerateOptions, progress_stream: TextIO) -> Generat
                         result = await ensemble.acomplete([{"role": "user", "content": instruction}])
                     except MoaError as e:
                         keep(_failure_line(index, instruction, e))
+                        progress.advance(cost_usd=Usage.total(e.trace or []).cost)  # what the failed run spent
                         raise
                     keep(_trace_line(index, instruction, result))
+                    progress.advance(cost_usd=result.usage.cost)
                     record = {"index": index, "instruction": instruction, "output": result.text}
                     return record, result.usage.total_tokens
 
@@ -142,7 +145,8 @@ async def generate(options: GenerateOptions, progress_stream: TextIO) -> Generat
         write_json_atomic(options.output, submission(chosen, outputs, options.generator or config.name))
     return GenerateReport(
         output=options.output, checkpoint=checkpoint_path(options.output), total=len(chosen), resumed=resumed,
-        done=len(outputs), tokens=progress.tokens, wall_s=time.monotonic() - started, written=written,
+        done=len(outputs), tokens=progress.tokens, wall_s=time.monotonic() - started, cost_usd=progress.cost_usd,
+        written=written,
         failures=failures, instructions=chosen,
     )  # fmt: skip
 

@@ -1,6 +1,7 @@
 """Progress of a batch: a tqdm bar on a terminal, a plain line every so often otherwise (logs, CI).
 
-Both show done / total, failed, the rate of this run, the ETA and the tokens spent. ``heartbeat`` redraws on a
+Both show done / total, failed, the rate of this run, the ETA, the tokens spent and, once a priced answer came,
+the dollars spent. ``heartbeat`` redraws on a
 clock, so a stalled run still shows that it is alive.
 """
 
@@ -40,16 +41,19 @@ class Progress:
         self.done = done
         self.failed = 0
         self.tokens = 0
+        self.cost_usd: float | None = None  # None until an answer with a cost comes
         self._resumed = done
         self._started = time.monotonic()
         self.tty = stream.isatty() if tty is None else tty
         self.interval_s = 0.2 if self.tty else interval_s
         self._bar: Any = None  # the tqdm bar, opened at the first show on a terminal
 
-    def advance(self, *, done: int = 0, failed: int = 0, tokens: int = 0) -> None:
+    def advance(self, *, done: int = 0, failed: int = 0, tokens: int = 0, cost_usd: float | None = None) -> None:
         self.done += done
         self.failed += failed
         self.tokens += tokens
+        if cost_usd is not None:
+            self.cost_usd = (self.cost_usd or 0.0) + cost_usd
 
     def _parts(self) -> list[str]:
         elapsed = time.monotonic() - self._started
@@ -57,12 +61,14 @@ class Progress:
         rate = fresh / elapsed if elapsed > 0 else 0.0
         left = self.total - self.done - self.failed
         eta = _duration(left / rate) if rate > 0 and left > 0 else "-"
+        spent = [] if self.cost_usd is None else [f"${self.cost_usd:.4f}"]
         return [
             f"{self.done}/{self.total} done",
             f"{self.failed} failed",
             f"{rate:.2f}/s",
             f"ETA {eta}",
             f"{_count(self.tokens)} tokens",
+            *spent,
             f"elapsed {_duration(elapsed)}",
         ]
 

@@ -33,9 +33,24 @@ def _print_failures(failures: list[Failure], instructions: list[str], what: str)
         print(f"  #{f.index} {text[:60]!r}: {f.error}", file=sys.stderr)
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    """The whole job's calls, worst-case tokens and cost from the config, running nothing."""
+    from moa.alpaca_eval.data import load_instructions
+    from moa.alpaca_eval.estimate import estimate_job
+    from moa.config import load_config
+
+    config = load_config(args.config)
+    every = load_instructions(args.instructions)
+    chosen = every[: args.limit] if args.limit else every
+    print(estimate_job(config, [i.instruction for i in chosen]).line())
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from moa.alpaca_eval.generate import GenerateOptions, generate
 
+    if args.estimate:
+        return cmd_estimate(args)
     options = GenerateOptions(
         config=args.config, output=args.output, generator=args.generator, instructions=args.instructions,
         limit=args.limit, concurrency=args.concurrency, traces=args.traces, allow_partial=args.allow_partial,
@@ -44,8 +59,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if report.failures:
         _print_failures(report.failures, [i.instruction for i in report.instructions], "them")
     fresh = report.done - report.resumed
+    cost = "" if report.cost_usd is None else f", ${report.cost_usd:.4f}"
     status = (f"{report.done}/{report.total} instructions done ({report.resumed} from the checkpoint, {fresh} now, "
-              f"{report.tokens} tokens in {report.wall_s:.1f} s)")  # fmt: skip
+              f"{report.tokens} tokens{cost} in {report.wall_s:.1f} s)")  # fmt: skip
     if report.written:
         print(f"wrote {report.output}: {status}")
     else:
@@ -97,6 +113,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     gen.add_argument("--concurrency", type=_positive, default=32, help="instructions in flight at once (default 32)")
     gen.add_argument("--traces", type=Path, help="append every answer's proposals and call records here (JSONL)")
     gen.add_argument("--allow-partial", action="store_true", help="write the submission even if some failed")
+    gen.add_argument("--estimate", action="store_true",
+                     help="print the calls, worst-case tokens and cost of the job from the config; run nothing")  # fmt: skip
     gen.set_defaults(func=cmd_generate)
 
     ev = sub.add_parser("evaluate", help="judge a submission against the reference: win rate and LC win rate")

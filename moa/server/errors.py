@@ -13,6 +13,7 @@ from typing import Any
 
 from moa.errors import (
     BackendError,
+    BudgetExceededError,
     ConfigError,
     ContextLengthError,
     DeadlineExceededError,
@@ -80,6 +81,7 @@ STATUS_MAP: dict[type[BaseException], tuple[int, str, str | None]] = {
     MalformedRequest: (400, "invalid_request_error", "malformed_request"),
     ContextLengthError: (400, "invalid_request_error", "context_length_exceeded"),
     Unauthorized: (401, "authentication_error", "invalid_api_key"),
+    BudgetExceededError: (402, "invalid_request_error", "budget_exceeded"),
     ModelNotFound: (404, "invalid_request_error", "model_not_found"),
     RouteNotFound: (404, "invalid_request_error", "not_found"),
     MethodNotAllowed: (405, "invalid_request_error", "method_not_allowed"),

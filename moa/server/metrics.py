@@ -74,7 +74,7 @@ class ServerMetrics:
         )
         self.calls = Counter(
             "moa_upstream_calls_total",
-            "Model calls by backend and outcome (ok, error, cancelled).",
+            "Model calls by backend and outcome (ok, error, cancelled, skipped: not made, over the request's budget).",
             ("backend", "ensemble", "outcome"),
             registry=reg,
         )
@@ -88,6 +88,19 @@ class ServerMetrics:
             "moa_upstream_tokens_total",
             "Tokens of model calls by backend and kind.",
             ("backend", "ensemble", "kind"),
+            registry=reg,
+        )
+        self.cost = Counter(
+            "moa_cost_usd",
+            "USD spent on model calls with prices, by backend and model.",
+            ("backend", "ensemble", "model"),
+            registry=reg,
+        )
+        self.model_tokens = Counter(
+            "moa_tokens",
+            "Tokens of model calls by backend, model and kind (prompt, cached: the prompt's from a prefix cache, "
+            "completion).",
+            ("backend", "ensemble", "kind", "model"),
             registry=reg,
         )
         self.call_latency = Histogram(
@@ -117,6 +130,14 @@ class ServerMetrics:
     def record_calls(self, ensemble: str, records: Iterable[CallRecord]) -> None:
         for r in records:
             self.calls.labels(backend=r.backend, ensemble=ensemble, outcome=r.outcome).inc()
+            if r.outcome == "skipped":  # not made: no tokens, no latency
+                continue
+            for kind, count in (("prompt", r.prompt_tokens), ("cached", r.cached_prompt_tokens),
+                                ("completion", r.completion_tokens)):  # fmt: skip
+                if count:
+                    self.model_tokens.labels(backend=r.backend, ensemble=ensemble, kind=kind, model=r.model).inc(count)
+            if r.cost_usd:
+                self.cost.labels(backend=r.backend, ensemble=ensemble, model=r.model).inc(r.cost_usd)
             if r.retries:
                 self.retries.labels(backend=r.backend, ensemble=ensemble).inc(r.retries)
             if r.prompt_tokens:

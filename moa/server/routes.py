@@ -136,9 +136,23 @@ def _ensemble(state: ServerState, model: str) -> Ensemble:
     return ensemble
 
 
+#: the headers of a whole (not streamed) answer that say what it cost, for proxies that track spend
+COST_HEADER, TOKENS_HEADER = "x-moa-cost-usd", "x-moa-total-tokens"
+
+
 async def _complete(ensemble: Ensemble, parsed: ParsedChat) -> web.Response:
     completions = await complete_choices(ensemble, parsed)
-    return web.json_response(completion_body(parsed, completions))
+    body = completion_body(parsed, completions)
+    return web.json_response(body, headers=usage_headers(Usage.model_validate(body["usage"])))
+
+
+def usage_headers(usage: Usage) -> dict[str, str]:
+    """``x-moa-total-tokens``, and ``x-moa-cost-usd`` when every call was priced. A stream's headers leave
+    before its calls are made, so only whole answers carry them; a stream's usage chunk has the same figures."""
+    headers = {TOKENS_HEADER: str(usage.total_tokens)}
+    if usage.cost is not None:
+        headers[COST_HEADER] = f"{usage.cost:.10f}".rstrip("0").rstrip(".") or "0"
+    return headers
 
 
 def completion_body(parsed: ParsedChat, completions: list[Completion]) -> dict[str, Any]:
@@ -152,7 +166,7 @@ def completion_body(parsed: ParsedChat, completions: list[Completion]) -> dict[s
              "finish_reason": c.choices[0].finish_reason}
             for i, c in enumerate(completions)
         ],
-        "usage": Usage.total(calls).model_dump(),
+        "usage": Usage.total(calls).model_dump(exclude_none=True),
     }  # fmt: skip
     if parsed.trace:
         body["moa_trace"] = [

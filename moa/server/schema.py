@@ -3,7 +3,8 @@
 Honoured: ``model`` (an ensemble's name), ``messages``, ``stream``, ``stream_options.include_usage``, ``n``,
 ``temperature``, ``top_p``, ``max_tokens`` / ``max_completion_tokens``, ``stop``, ``seed``; they set the
 final answer's sampling (the proposers keep their configured sampling). Extensions: ``moa_trace`` (return the
-calls behind the answer), ``moa_deadline_s`` (this request's deadline) and ``stream_options.include_progress``
+calls behind the answer), ``moa_deadline_s`` (this request's deadline), ``moa_max_cost_usd`` (this request's
+budget in USD: it may lower the ensemble's ``max_cost_usd``, never raise it) and ``stream_options.include_progress``
 (stream a ``moa.progress`` chunk as each model call starts and ends).
 
 Ignored, because they cannot change the answer: ``user``, ``metadata``, ``store``, ``service_tier``,
@@ -84,6 +85,7 @@ class ChatCompletionRequest(BaseModel):
     seed: Int64Seed | None = None
     moa_trace: bool = False
     moa_deadline_s: Annotated[float, Field(gt=0)] | None = None
+    moa_max_cost_usd: Annotated[float, Field(gt=0)] | None = None  # lowers the ensemble's max_cost_usd, never raises
     # accepted and ignored: they do not change the answer
     user: str | None = None
     metadata: dict[str, str] | None = None
@@ -119,7 +121,10 @@ def parse_chat_request(body: Any) -> ParsedChat:
         raise ConfigError("only allowed when stream is true", "stream_options")
     max_tokens = _max_tokens(req)
     messages = build_messages([_normalize_message(m, i) for i, m in enumerate(req.messages)])
-    request = ChatRequest(messages, sampling_params(req, max_tokens=max_tokens), deadline_s=req.moa_deadline_s)
+    request = ChatRequest(
+        messages, sampling_params(req, max_tokens=max_tokens), deadline_s=req.moa_deadline_s,
+        max_cost_usd=req.moa_max_cost_usd,
+    )  # fmt: skip
     options = req.stream_options or StreamOptions()
     return ParsedChat(
         req.model, request, req.n, req.stream, options.include_usage, req.moa_trace, options.include_progress

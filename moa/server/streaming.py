@@ -76,7 +76,7 @@ class ChunkFormat:
         )
 
     def last(self, usage: Usage | None, trace: list[dict[str, Any]] | None) -> bytes:
-        extra: dict[str, Any] = {} if usage is None else {"usage": usage.model_dump()}
+        extra: dict[str, Any] = {} if usage is None else {"usage": usage.model_dump(exclude_none=True)}
         if trace is not None:
             extra["moa_trace"] = trace
         return self.event({**self.base, "choices": [], **extra})
