@@ -158,6 +158,8 @@ class CallRecord(_Model):
     error: str | None = None
     step: str | None = Field(default=None, description="what the call was for, when an aggregator makes several")
     generations: int | None = Field(default=None, description="how many generations came, when fewer than n")
+    reason: str | None = None  # why a call was cancelled or skipped ("straggler", "hedge lost")
+    hedge: bool = Field(default=False, description="a hedged call: the second, identical call of a slow one")
 
 
 class ProposalRecord(_Model):
@@ -165,6 +167,8 @@ class ProposalRecord(_Model):
     agent: str
     text: str
     deceptive: bool = Field(default=False, description="made by an agent the config marked deceptive (red-teaming)")
+    dropped: bool = Field(default=False, description="never arrived: the layer went on without it (text empty)")
+    reason: str | None = Field(default=None, description="why it was dropped (straggler)")
 
 
 class CandidateRecord(_Model):
