@@ -3,11 +3,13 @@
 Every call takes ``ttft_s`` before its first token and ``tpot_s`` per output token after that; it returns
 ``tokens`` words (fewer if ``max_tokens`` asks), ``n`` choices when asked, and streams when asked. With ``rps``
 set it admits that many requests a second (a token bucket holding ``burst`` requests) and answers 429 with
-Retry-After beyond it, like a hosted API.
+Retry-After beyond it, like a hosted API. With ``straggler_share`` set, that share of calls (drawn from a random
+generator seeded with ``seed``, in arrival order) takes ``straggler_factor`` times as long, first token and every
+token after it: a provider's latency tail.
 
 Run it in its own process so its work does not share the event loop being measured::
 
-    python -m benchmarks.sim_endpoint --ttft 0.2 --tpot 0.01 --tokens 100 [--rps 50] [--port 0]
+    python -m benchmarks.sim_endpoint --ttft 0.2 --tpot 0.01 --tokens 100 [--rps 50] [--stragglers 0.1] [--port 0]
 
 prints ``listening on http://127.0.0.1:PORT/v1`` once ready; ``GET /stats`` returns the counts.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import subprocess
 import sys
 import time
@@ -34,6 +37,9 @@ class SimSettings:
     tokens: int = 100
     rps: float | None = None
     burst: int = 1
+    straggler_share: float = 0.0
+    straggler_factor: float = 5.0
+    seed: int = 0
 
 
 class _Bucket:
@@ -53,8 +59,9 @@ class _Bucket:
 
 
 def build_app(settings: SimSettings) -> web.Application:
-    stats = {"requests": 0, "admitted": 0, "rejected": 0, "first": None, "last": None}
+    stats = {"requests": 0, "admitted": 0, "rejected": 0, "stragglers": 0, "first": None, "last": None}
     bucket = _Bucket(settings.rps, settings.burst) if settings.rps else None
+    draw = random.Random(settings.seed)
 
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -67,23 +74,27 @@ def build_app(settings: SimSettings) -> web.Application:
         stats["admitted"] += 1
         stats["first"] = stats["first"] or now
         stats["last"] = now
+        slow = settings.straggler_share > 0 and draw.random() < settings.straggler_share
+        stats["stragglers"] += slow
+        factor = settings.straggler_factor if slow else 1.0
+        ttft_s, tpot_s = settings.ttft_s * factor, settings.tpot_s * factor
         count = min(settings.tokens, body.get("max_tokens") or settings.tokens)
         words = [f"tok{i}" for i in range(count)]
         n = int(body.get("n", 1))
         usage = {"prompt_tokens": sum(len(m["content"]) for m in body["messages"]) // 4, "completion_tokens": count * n}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        await asyncio.sleep(settings.ttft_s)
+        await asyncio.sleep(ttft_s)
         if body.get("stream"):
             resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await resp.prepare(request)
             for i, word in enumerate(words):
                 chunk = {"choices": [{"index": 0, "delta": {"content": word if i == 0 else " " + word}}]}
                 await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                await asyncio.sleep(settings.tpot_s)
+                await asyncio.sleep(tpot_s)
             end = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage}
             await resp.write(f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode())
             return resp
-        await asyncio.sleep(settings.tpot_s * count)
+        await asyncio.sleep(tpot_s * count)
         text = " ".join(words)
         choices = [
             {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"} for i in range(n)
@@ -118,6 +129,9 @@ def launch(settings: SimSettings) -> Iterator[str]:
             str(settings.tpot_s), "--tokens", str(settings.tokens), "--burst", str(settings.burst)]  # fmt: skip
     if settings.rps:
         args += ["--rps", str(settings.rps)]
+    if settings.straggler_share:
+        args += ["--stragglers", str(settings.straggler_share), "--straggler-factor", str(settings.straggler_factor),
+                 "--seed", str(settings.seed)]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
@@ -136,10 +150,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=100, help="tokens per answer")
     parser.add_argument("--rps", type=float, default=None, help="admit this many requests a second (429 beyond)")
     parser.add_argument("--burst", type=int, default=1, help="requests the rate limiter lets through back to back")
+    parser.add_argument("--stragglers", type=float, default=0.0, help="share of calls that are slow (0.1: 10%%)")
+    parser.add_argument("--straggler-factor", type=float, default=5.0, help="how many times slower a straggler is")
+    parser.add_argument("--seed", type=int, default=0, help="seeds which calls are stragglers")
     parser.add_argument("--port", type=int, default=0)
     a = parser.parse_args()
+    settings = SimSettings(a.ttft, a.tpot, a.tokens, a.rps, a.burst, a.stragglers, a.straggler_factor, a.seed)
     try:
-        asyncio.run(_serve(SimSettings(a.ttft, a.tpot, a.tokens, a.rps, a.burst), a.port))
+        asyncio.run(_serve(settings, a.port))
     except KeyboardInterrupt:
         pass
 

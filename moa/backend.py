@@ -12,7 +12,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from contextlib import aclosing
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -20,9 +20,10 @@ from typing import Any, TypeVar
 
 from moa import registry
 from moa.budget import prompt_tokens_bound, request_budget
-from moa.config import BackendConfig, OpenAIBackendConfig, RateLimit, RetryPolicy
+from moa.config import BackendConfig, HedgePolicy, OpenAIBackendConfig, RateLimit, RetryPolicy
 from moa.defense_config import OpenAIEmbeddings
 from moa.errors import APITimeoutError, BackendError, BudgetExceededError, MalformedResponseError
+from moa.hedge import Hedging
 from moa.interfaces import CallSite as CallSite  # re-exported: callers build sites with the backend
 from moa.interfaces import Proposer
 from moa.limits import BackendLimits, Limits, estimate_tokens, tokens_from_chars
@@ -99,18 +100,24 @@ def _report(
         sink.event(kind, site.layer, site.role, site.agent, model, call=call, step=site.step, **fields)
 
 
+def _cancel_reason(outcome: Outcome, tally: _Tally) -> str | None:
+    """The reason a record gives: why the backend cancelled the call, for a call that was cancelled."""
+    return tally.reason if outcome == "cancelled" else None
+
+
 @dataclass(slots=True)
 class _Tally:
     """What the attempts of one logical call report to its trace record."""
 
     retries: int = 0
     usage: Usage | None = None
+    reason: str | None = None  # why the call was cancelled, when the backend cancelled it ("hedge lost")
 
 
 class Backend:
     def __init__(
         self, name: str, proposer: Proposer, limits: Limits, retry: RetryPolicy, timeout_s: float,
-        prices: Prices | None = None,
+        prices: Prices | None = None, hedge: HedgePolicy | None = None,
     ) -> None:  # fmt: skip
         self.name = name
         self.proposer = proposer
@@ -118,13 +125,15 @@ class Backend:
         self.retry = retry
         self.timeout_s = timeout_s
         self.prices = prices
+        self.hedge = hedge  # the default of calls that name no policy of their own
+        self.hedging = Hedging()
 
     @classmethod
     def from_config(cls, name: str, config: BackendConfig) -> Backend:
         """The registry's proposer for ``config.type`` behind the backend's configured limits and retries."""
         proposer = registry.resolve("backend", config.type)(name, config)
         limits = limits_for(name, config.rate_limit, getattr(config, "base_url", None))
-        return cls(name, proposer, limits, config.retry, config.timeout_s, config.prices)
+        return cls(name, proposer, limits, config.retry, config.timeout_s, config.prices, config.hedge)
 
     @classmethod
     def for_embeddings(cls, config: OpenAIEmbeddings) -> Backend:
@@ -161,7 +170,7 @@ class Backend:
     def _record(
         self, site: CallSite, model: str, n: int, started: float, retries: int, *, outcome: Outcome = "ok",
         error: str | None = None, prompt_tokens: int = 0, completion_tokens: int = 0, generations: int | None = None,
-        cached_prompt_tokens: int = 0, reason: str | None = None,
+        cached_prompt_tokens: int = 0, reason: str | None = None, hedge: bool = False,
     ) -> CallRecord:  # fmt: skip
         cost = (
             None
@@ -172,7 +181,7 @@ class Backend:
             layer=site.layer, role=site.role, agent=site.agent, step=site.step, backend=self.name, model=model,
             n=n, latency_s=time.monotonic() - started, retries=retries, outcome=outcome, error=error,
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, generations=generations,
-            cached_prompt_tokens=cached_prompt_tokens, cost_usd=cost, reason=reason,
+            cached_prompt_tokens=cached_prompt_tokens, cost_usd=cost, reason=reason, hedge=hedge,
         )  # fmt: skip
 
     def _hold(self, site: CallSite, model: str, n: int, trace: list[CallRecord], prompt_tokens: int,
@@ -225,13 +234,14 @@ class Backend:
     async def _non_streaming_call(
         self, site: CallSite, model: str, n: int, trace: list[CallRecord],
         attempt: Callable[[], AsyncGenerator[_T, None]], tokens: Callable[[_T], dict[str, int | None]],
-        worst: tuple[int, int],
+        worst: tuple[int, int], tally: _Tally | None = None, hedge: bool = False,
     ) -> _T:  # fmt: skip
         """One logical call answered whole (chat or embeddings) through the one retry loop; appends exactly one
         record to ``trace`` whatever happens (``tokens`` gives the record's token fields of the answer). ``worst``
-        (prompt, completion tokens) is held against the request's budget first."""
+        (prompt, completion tokens) is held against the request's budget first; ``hedge`` marks the second call
+        of a hedged pair."""
         held = self._hold(site, model, n, trace, *worst)
-        started, tally = time.monotonic(), _Tally()
+        started, tally = time.monotonic(), tally or _Tally()
         sink = progress_sink.get()
         call = sink.next_call() if sink is not None else 0
         _report(sink, "started", site, model, call)
@@ -240,21 +250,57 @@ class Backend:
             await self.start()
             async with aclosing(self._retrying(attempt, tally)) as it:
                 result = await anext(it)  # the first item is the answer: the loop ends with it
-            record = self._record(site, model, n, started, tally.retries, **tokens(result))  # type: ignore[arg-type]
+            record = self._record(site, model, n, started, tally.retries, hedge=hedge, **tokens(result))  # type: ignore[arg-type]
             _report(sink, "finished", site, model, call, tokens=record.completion_tokens)
             return result
         except asyncio.CancelledError:
-            record = self._record(site, model, n, started, tally.retries, outcome="cancelled")
+            record = self._record(
+                site, model, n, started, tally.retries, outcome="cancelled", reason=tally.reason, hedge=hedge
+            )
             _report(sink, "cancelled", site, model, call)
             raise
         except BackendError as e:
-            record = self._record(site, model, n, started, tally.retries, outcome="error", error=str(e))
+            record = self._record(site, model, n, started, tally.retries, outcome="error", error=str(e), hedge=hedge)
             _report(sink, "failed", site, model, call, error=str(e))
             raise
         finally:
             if record is not None:
                 trace.append(record)
             self._settle(held, record)
+
+    async def _hedged(
+        self, policy: HedgePolicy, model: str, call: Callable[[bool, _Tally], Coroutine[Any, Any, _T]]
+    ) -> _T:
+        """A whole call under ``policy``: ``call(hedge, tally)`` once, and once more if the first has not answered
+        within the policy's delay and ``max_extra`` allows; the first answer wins and the other call is cancelled
+        (its record says ``hedge lost``). When both fail, the first call's error."""
+        await self.start()  # a local engine's start is not a slow call
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        self.hedging.calls += 1
+        delay = self.hedging.delay(policy, model, "whole")
+        calls: dict[asyncio.Task[_T], _Tally] = {}
+        first = asyncio.create_task(call(False, tally := _Tally()))
+        calls[first] = tally
+        try:
+            if delay is not None:
+                await asyncio.wait({first}, timeout=delay)
+                if not first.done() and self.hedging.admit(policy):
+                    calls[asyncio.create_task(call(True, tally := _Tally()))] = tally
+            pending = set(calls)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                winner = next((t for t in calls if t in done and t.exception() is None), None)
+                if winner is not None:
+                    self.hedging.observe(model, "whole", loop.time() - began)
+                    for task in pending:
+                        calls[task].reason = "hedge lost"
+                    return winner.result()
+            raise next(e for t in calls if (e := t.exception()) is not None)
+        finally:
+            for task in calls:
+                task.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
 
     async def generate(
         self,
@@ -264,8 +310,10 @@ class Backend:
         model: str,
         site: CallSite,
         trace: list[CallRecord],
+        hedge: HedgePolicy | None = None,
     ) -> GenerateResult:
-        """One logical call with retries; appends exactly one record to ``trace`` whatever happens.
+        """One logical call with retries; appends exactly one record to ``trace`` whatever happens (two when it is
+        hedged: ``hedge``, else the backend's policy).
 
         A backend that returns fewer generations than ``n`` is taken at its word: the record's ``generations``
         says how many came; none at all is a malformed answer (retried).
@@ -278,10 +326,16 @@ class Backend:
                 "cached_prompt_tokens": result.usage.cached_prompt_tokens, "generations": came if came < n else None,
             }  # fmt: skip
 
-        return await self._non_streaming_call(
-            site, model, n, trace, lambda: self._generate_once(messages, params, n, model), tokens,
-            _worst_case(messages, params, n),
-        )  # fmt: skip
+        worst = _worst_case(messages, params, n)
+
+        def call(hedged: bool, tally: _Tally) -> Coroutine[Any, Any, GenerateResult]:
+            attempt = lambda: self._generate_once(messages, params, n, model)  # noqa: E731
+            return self._non_streaming_call(site, model, n, trace, attempt, tokens, worst, tally, hedged)
+
+        policy = hedge or self.hedge
+        if policy is None:
+            return await call(False, _Tally())
+        return await self._hedged(policy, model, call)
 
     async def _generate_once(
         self, messages: list[Message], params: SamplingParams, n: int, model: str
@@ -306,17 +360,100 @@ class Backend:
             raise MalformedResponseError(f"{self.name}: the answer has no choices", backend=self.name)
         yield result
 
-    async def stream(
+    def stream(
         self,
         messages: list[Message],
         params: SamplingParams,
         model: str,
         site: CallSite,
         trace: list[CallRecord],
+        hedge: HedgePolicy | None = None,
     ) -> AsyncGenerator[Delta, None]:
-        """A streamed call. Retried only until its first piece arrives: after that a failure ends the stream."""
+        """A streamed call. Retried only until its first piece arrives: after that a failure ends the stream.
+        Hedged (``hedge``, else the backend's policy) until its first piece arrives."""
+        policy = hedge or self.hedge
+        if policy is None:
+            return self._stream_call(messages, params, model, site, trace, _Tally(), False)
+        return self._hedged_stream(policy, messages, params, model, site, trace)
+
+    async def _hedged_stream(
+        self, policy: HedgePolicy, messages: list[Message], params: SamplingParams, model: str, site: CallSite,
+        trace: list[CallRecord],
+    ) -> AsyncGenerator[Delta, None]:  # fmt: skip
+        """A stream under ``policy``: a second, identical stream starts when the first has sent no piece within the
+        delay; the first to send one wins and the other is cancelled (``hedge lost``). Each stream runs in its
+        own task and hands its pieces over a queue."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        self.hedging.calls += 1
+        delay: float | None = self.hedging.delay(policy, model, "stream")
+        pieces: asyncio.Queue[tuple[int, Delta | BackendError | None]] = asyncio.Queue()
+        lanes: list[tuple[asyncio.Task[None], _Tally]] = []
+
+        def launch(hedged: bool) -> None:
+            lane, tally = len(lanes), _Tally()
+
+            async def pump() -> None:
+                try:
+                    stream = self._stream_call(messages, params, model, site, trace, tally, hedged)
+                    async with aclosing(stream) as it:
+                        async for delta in it:
+                            pieces.put_nowait((lane, delta))
+                    pieces.put_nowait((lane, None))
+                except BackendError as e:
+                    pieces.put_nowait((lane, e))
+
+            lanes.append((asyncio.create_task(pump()), tally))
+
+        winner: int | None = None
+        errors: dict[int, BackendError] = {}
+        try:
+            launch(False)
+            while True:
+                if winner is None and len(lanes) == 1 and delay is not None:
+                    try:
+                        async with asyncio.timeout(max(0.0, began + delay - loop.time())):
+                            lane, item = await pieces.get()
+                    except TimeoutError:
+                        if self.hedging.admit(policy):
+                            launch(True)
+                        delay = None
+                        continue
+                else:
+                    lane, item = await pieces.get()
+                if winner is not None and lane != winner:
+                    continue
+                if isinstance(item, BackendError):
+                    if winner is not None:
+                        raise item
+                    errors[lane] = item
+                    if len(errors) == len(lanes):
+                        raise errors[0]
+                    delay = None  # the other stream is the answer now
+                    continue
+                if winner is None:
+                    winner = lane
+                    self.hedging.observe(model, "stream", loop.time() - began)
+                    for other, (task, tally) in enumerate(lanes):
+                        if other != lane and not task.done():
+                            tally.reason = "hedge lost"
+                            task.cancel()
+                if item is None:
+                    return
+                yield item
+        finally:
+            for task, _ in lanes:
+                task.cancel()
+            await asyncio.gather(*(task for task, _ in lanes), return_exceptions=True)
+
+    async def _stream_call(
+        self, messages: list[Message], params: SamplingParams, model: str, site: CallSite, trace: list[CallRecord],
+        tally: _Tally, hedge: bool,
+    ) -> AsyncGenerator[Delta, None]:  # fmt: skip
+        """One streamed logical call with its retries; appends exactly one record to ``trace`` however it ends."""
         held = self._hold(site, model, 1, trace, *_worst_case(messages, params, 1))
-        started, tally = time.monotonic(), _Tally()
+        started = time.monotonic()
         outcome: Outcome = "cancelled"
         error: str | None = None
         sink = progress_sink.get()
@@ -340,7 +477,7 @@ class Backend:
             record = self._record(
                 site, model, 1, started, tally.retries, outcome=outcome, error=error,
                 prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                cached_prompt_tokens=usage.cached_prompt_tokens,
+                cached_prompt_tokens=usage.cached_prompt_tokens, reason=_cancel_reason(outcome, tally), hedge=hedge,
             )  # fmt: skip
             trace.append(record)
             self._settle(held, record)
@@ -427,12 +564,13 @@ class ModelCaller:
     params: SamplingParams
     site: CallSite
     trace: list[CallRecord]
+    hedge: HedgePolicy | None = None  # the calls' own hedge policy (default: the backend's)
 
     async def generate(self, messages: list[Message], n: int = 1, step: str | None = None) -> GenerateResult:
-        return await self.backend.generate(messages, self.params, n, self.model, self._at(step), self.trace)
+        return await self.backend.generate(messages, self.params, n, self.model, self._at(step), self.trace, self.hedge)
 
     def stream(self, messages: list[Message], step: str | None = None) -> AsyncGenerator[Delta, None]:
-        return self.backend.stream(messages, self.params, self.model, self._at(step), self.trace)
+        return self.backend.stream(messages, self.params, self.model, self._at(step), self.trace, self.hedge)
 
     def _at(self, step: str | None) -> CallSite:
         """The site of one call: ``step`` added to the site's own (a defense's subset, then an aggregator's window)."""

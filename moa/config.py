@@ -88,11 +88,53 @@ class RetryPolicy(_Strict):
     max_retry_after_s: Annotated[float, Field(ge=0)] = 60.0
 
 
+class HedgePolicy(_Strict):
+    """Hedged calls: a call with no answer (a stream: no first token) after a delay gets a second, identical call;
+    the first to answer wins and the other is cancelled. Only for idempotent calls (every chat call today)."""
+
+    after_s: Annotated[float, Field(gt=0)] | None = Field(default=None, description="a fixed delay")
+    after_quantile: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        default=None, description="the delay as this quantile of the latencies seen for the model"
+    )
+    min_samples: Annotated[int, Field(ge=1)] = Field(
+        default=20, description="after_quantile: latencies needed before it hedges"
+    )
+    max_extra: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.1, description="the share of calls that may be hedged"
+    )
+
+    @model_validator(mode="after")
+    def _one_delay(self) -> HedgePolicy:
+        if (self.after_s is None) == (self.after_quantile is None):
+            raise _PathError("after_s", "give exactly one of after_s and after_quantile")
+        return self
+
+
+class WaitPolicy(_Strict):
+    """Quorum: a layer goes on once ``min`` proposals are in and every call has answered or the grace has passed;
+    calls still running are cancelled. No grace given: it goes on at the ``min``-th proposal."""
+
+    min: Annotated[int, Field(ge=1)] = Field(description="proposals that let the layer go on")
+    grace_s: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="seconds to wait for the rest after the min-th proposal"
+    )
+    grace_ratio: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="wait for the rest up to this times the time the min-th proposal took"
+    )
+
+    @model_validator(mode="after")
+    def _one_grace(self) -> WaitPolicy:
+        if self.grace_s is not None and self.grace_ratio is not None:
+            raise _PathError("grace_ratio", "give at most one of grace_s and grace_ratio")
+        return self
+
+
 class _BackendBase(_Strict):
     rate_limit: RateLimit = RateLimit()
     retry: RetryPolicy = RetryPolicy()
     timeout_s: Annotated[float, Field(gt=0)] = Field(default=120.0, description="per-call timeout")
     prices: Prices | None = Field(default=None, description="USD per million tokens: each call's cost_usd")
+    hedge: HedgePolicy | None = Field(default=None, description="hedged calls (off by default)")
 
 
 class OpenAIBackendConfig(_BackendBase):
@@ -197,6 +239,7 @@ class AgentConfig(_Sampling):
     deceptive: DeceptionConfig | None = Field(
         default=None, description="red-teaming: true, or {target: B} to argue for an option of a multiple-choice"
     )
+    hedge: HedgePolicy | None = Field(default=None, description="hedged calls for this agent (default: its backend's)")
 
     @field_validator("deceptive", mode="before")
     @classmethod
@@ -209,6 +252,7 @@ class LayerConfig(_Strict):
     min_proposals: Annotated[int, Field(ge=1)] | None = Field(
         default=None, description="fewer survivors fail the request (default: the ensemble's)"
     )
+    wait: WaitPolicy | None = Field(default=None, description="quorum (default: the ensemble's; none: wait for all)")
 
 
 #: the aggregator types, each implemented by a class the registry names
@@ -223,6 +267,7 @@ class AggregatorConfig(_Sampling):
     window: Annotated[int, Field(ge=2)] = Field(
         default=3, description="self-moa-seq: samples seen per step, the running synthesis included"
     )
+    hedge: HedgePolicy | None = Field(default=None, description="hedged calls (default: its backend's)")
 
     @model_validator(mode="before")
     @classmethod
@@ -245,6 +290,7 @@ class EnsembleConfig(_Strict):
     max_cost_usd: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
         default=None, description="per-request budget in USD; a request may lower it, never raise it"
     )
+    wait: WaitPolicy | None = Field(default=None, description="every layer's quorum unless it sets its own")
 
     @model_validator(mode="after")
     def _check_references(self) -> EnsembleConfig:
@@ -254,6 +300,7 @@ class EnsembleConfig(_Strict):
                 self._check_backend(agent.backend, agent.model, f"layers[{li}].agents[{ai}]", known)
         self._check_backend(self.aggregator.backend, self.aggregator.model, "aggregator", known)
         self._check_min_proposals()
+        self._check_wait()
         self._check_names()
         self._check_budget()
         if self.red_team is not None:
@@ -303,6 +350,23 @@ class EnsembleConfig(_Strict):
                 if agent.max_tokens is None:
                     return f"layers[{li}].agents[{ai}].max_tokens"
         return "aggregator.max_tokens" if self.aggregator.max_tokens is None else None
+    def wait_for(self, li: int) -> WaitPolicy | None:
+        """The quorum of layer ``li`` (0-based): its own ``wait``, else the ensemble's; ``None``: wait for all."""
+        return self.layers[li].wait or self.wait
+
+    def _check_wait(self) -> None:
+        """A quorum's ``min`` lies between the layer's ``min_proposals`` and the proposals it can produce."""
+        for li, layer in enumerate(self.layers):
+            wait = self.wait_for(li)
+            if wait is None:
+                continue
+            where = f"layers[{li}].wait.min" if layer.wait is not None else "wait.min"
+            most = sum(agent.n for agent in layer.agents)
+            required = layer.min_proposals or self.min_proposals
+            if wait.min > most:
+                raise _PathError(where, f"must be <= {most}, the proposals layers[{li}] can produce")
+            if wait.min < required:
+                raise _PathError(where, f"must be >= {required}, the min_proposals of layers[{li}]")
 
     def _check_names(self) -> None:
         """Agent names (explicit or derived) and the names of their samples (``name#k`` when n > 1) are unique in

@@ -19,7 +19,7 @@ from typing import Any
 
 from moa.backend import Backend, ModelCaller, aclose_stream, request_deadline
 from moa.budget import RequestBudget, request_budget
-from moa.config import AgentConfig, EnsembleConfig
+from moa.config import AgentConfig, EnsembleConfig, HedgePolicy, WaitPolicy
 from moa.defense_config import DeceptionConfig
 from moa.errors import (
     BackendError,
@@ -33,6 +33,7 @@ from moa.errors import (
 from moa.interfaces import Aggregate, Aggregator, CallSite, Defense, traced_at
 from moa.progress import progress_sink
 from moa.prompts import SYNTHESIZE_INSTRUCTIONS, with_references, with_system_prompt
+from moa.quorum import wait_for_quorum
 from moa.sampling import sampling_params, seed_offset
 from moa.types import (
     CallRecord,
@@ -72,6 +73,7 @@ class Agent:
     n: int
     system_prompt: str | None
     deception: Deception | None = None  # red-teaming: this agent misleads
+    hedge: HedgePolicy | None = None  # its calls' hedge policy (default: the backend's)
 
     @classmethod
     def from_config(
@@ -79,7 +81,8 @@ class Agent:
         deception: Deception | None = None,
     ) -> Agent:  # fmt: skip
         params = sampling_params(config)
-        return cls(name, backend, config.model or default_model, params, config.n, config.system_prompt, deception)
+        model = config.model or default_model
+        return cls(name, backend, model, params, config.n, config.system_prompt, deception, config.hedge)
 
     def messages(self, request: ChatRequest, references: list[str]) -> list[Message]:
         """This agent's prompt: the conversation, and the previous layer's proposals after layer 1."""
@@ -94,6 +97,7 @@ class Layer:
     index: int  # 1-based
     agents: list[Agent]
     min_proposals: int
+    wait: WaitPolicy | None = None  # quorum; None: wait for every call
 
 
 #: when set, each request started in this context adds its trace list here, so a caller sees every call of a
@@ -109,6 +113,7 @@ class RequestState:
     trace: list[CallRecord]
     proposals: list[Proposal]
     defense: list[DefenseRecord] = field(default_factory=list)
+    dropped: list[ProposalRecord] = field(default_factory=list)  # the stragglers a quorum went on without
 
     def __post_init__(self) -> None:
         sink = TRACE_SINK.get()
@@ -137,17 +142,20 @@ class LayeredEngine:
         messages = agent.messages(state.request, references)
         site = CallSite(layer.index, "proposer", agent.name)
         deceptive = agent.deception is not None
+        hedge = agent.hedge
         if agent.n == 1:
-            result = await agent.backend.generate(messages, agent.params, 1, agent.model, site, state.trace)
+            result = await agent.backend.generate(messages, agent.params, 1, agent.model, site, state.trace, hedge)
             return [Proposal(layer.index, agent.name, result.generations[0].text, deceptive)]
         if agent.backend.supports_n:  # one call; a backend may return fewer than n (its record says so)
-            result = await agent.backend.generate(messages, agent.params, agent.n, agent.model, site, state.trace)
+            result = await agent.backend.generate(
+                messages, agent.params, agent.n, agent.model, site, state.trace, hedge
+            )
             samples = list(enumerate(g.text for g in result.generations[: agent.n]))
         else:  # the backend takes one sample a call: n calls at once, keeping the samples that arrive
             calls = [
                 agent.backend.generate(
                     messages, agent.params.merged(seed=seed_offset(agent.params.seed, i)), 1, agent.model,
-                    CallSite(layer.index, "proposer", f"{agent.name}#{i + 1}"), state.trace,
+                    CallSite(layer.index, "proposer", f"{agent.name}#{i + 1}"), state.trace, hedge,
                 )
                 for i in range(agent.n)
             ]  # fmt: skip
@@ -158,14 +166,49 @@ class LayeredEngine:
         # a sample keeps the name of the call that made it, whichever others failed
         return [Proposal(layer.index, f"{agent.name}#{i + 1}", text, deceptive) for i, text in samples]
 
+    async def _gather_quorum(
+        self, layer: Layer, wait: WaitPolicy, state: RequestState, texts: list[str]
+    ) -> list[tuple[Agent, list[Proposal] | BaseException]]:
+        """Every agent's outcome that came before ``wait`` let the layer go on; the calls still running then are
+        cancelled (traced ``reason: straggler``) and their agents listed in ``state.dropped``."""
+        tasks = [asyncio.create_task(self._propose(a, layer, state, texts)) for a in layer.agents]
+        try:
+            stragglers = await wait_for_quorum(tasks, wait, lambda ps: sum(1 for p in ps if p.text.strip()))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        mark = len(state.trace)
+        for task in stragglers:
+            task.cancel()
+        await asyncio.gather(*stragglers, return_exceptions=True)
+        state.trace[mark:] = [
+            r.model_copy(update={"reason": "straggler"}) if r.outcome == "cancelled" and r.reason is None else r
+            for r in state.trace[mark:]
+        ]
+        outcomes: list[tuple[Agent, list[Proposal] | BaseException]] = []
+        for agent, task in zip(layer.agents, tasks, strict=True):
+            if task in stragglers:
+                state.dropped.append(ProposalRecord(layer=layer.index, agent=agent.name, text="", dropped=True,
+                                                    deceptive=agent.deception is not None, reason="straggler"))  # fmt: skip
+            else:
+                outcomes.append((agent, task.exception() or task.result()))
+        return outcomes
+
     async def _run_layer(self, layer: Layer, state: RequestState, references: list[Proposal]) -> list[Proposal]:
         texts = [p.text for p in references]
-        outcomes = await asyncio.gather(
-            *(self._propose(a, layer, state, texts) for a in layer.agents), return_exceptions=True
-        )
+        if layer.wait is None:
+            gathered = await asyncio.gather(
+                *(self._propose(a, layer, state, texts) for a in layer.agents), return_exceptions=True
+            )
+            pairs = list(zip(layer.agents, gathered, strict=True))
+        else:
+            pairs = await self._gather_quorum(layer, layer.wait, state, texts)
+        outcomes = [outcome for _, outcome in pairs]
         survivors: list[Proposal] = []
         failures: dict[str, str] = {}
-        for agent, outcome in zip(layer.agents, outcomes, strict=True):
+        for agent, outcome in pairs:
             if isinstance(outcome, (BackendError, BudgetExceededError)):  # the layer goes on with the calls made
                 failures[agent.name] = str(outcome)
             elif isinstance(outcome, BaseException):
@@ -217,7 +260,7 @@ class LayeredEngine:
     def _caller(self, state: RequestState, site: CallSite | None = None) -> ModelCaller:
         params = self._agg_params.merged(**_as_overrides(state.request.params))
         site = site or CallSite(len(self.layers) + 1, "aggregator", "aggregator")
-        return ModelCaller(self._agg_backend, self._agg_model, params, site, state.trace)
+        return ModelCaller(self._agg_backend, self._agg_model, params, site, state.trace, self.config.aggregator.hedge)
 
     # ---- whole requests ------------------------------------------------------------------------------------
 
@@ -277,7 +320,8 @@ class LayeredEngine:
             proposals=[
                 ProposalRecord(layer=p.layer, agent=p.agent, text=p.text, deceptive=p.deceptive)
                 for p in state.proposals
-            ],
+            ]
+            + state.dropped,
             defense=state.defense,
         )
 

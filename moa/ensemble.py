@@ -92,7 +92,7 @@ def _build_engine(config: EnsembleConfig) -> LayeredEngine:
             dc = deceptive.get((li, ai))
             deception = None if dc is None else Deception(dc, deceptive_messages)
             agents.append(Agent.from_config(ac, name, backends[ac.backend], model, deception))
-        layers.append(Layer(li, agents, lc.min_proposals or config.min_proposals))
+        layers.append(Layer(li, agents, lc.min_proposals or config.min_proposals, config.wait_for(li - 1)))
     aggregator: Aggregator = registry.resolve("aggregator", config.aggregator.type)(config.aggregator)
     defense: Defense | None = None
     if config.defense is not None:

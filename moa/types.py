@@ -182,10 +182,13 @@ class CallRecord(_Model):
     latency_s: float = 0.0
     retries: int = 0
     outcome: Outcome = Field(default="ok", description="skipped: not made (see reason)")
-    reason: str | None = None
+    reason: str | None = Field(
+        default=None, description="why a call was cancelled or skipped: straggler, hedge lost, budget"
+    )
     error: str | None = None
     step: str | None = Field(default=None, description="what the call was for, when an aggregator makes several")
     generations: int | None = Field(default=None, description="how many generations came, when fewer than n")
+    hedge: bool = Field(default=False, description="a hedged call: the second, identical call of a slow one")
 
 
 class ProposalRecord(_Model):
@@ -193,6 +196,8 @@ class ProposalRecord(_Model):
     agent: str
     text: str
     deceptive: bool = Field(default=False, description="made by an agent the config marked deceptive (red-teaming)")
+    dropped: bool = Field(default=False, description="never arrived: the layer went on without it (text empty)")
+    reason: str | None = Field(default=None, description="why it was dropped (straggler)")
 
 
 class CandidateRecord(_Model):
