@@ -212,6 +212,17 @@ class AggregatorConfig(_Sampling):
         return data
 
 
+#: where prompts put the instructions and fenced references: a system turn after the conversation (which then
+#: stays a prefix every layer's and the aggregator's prompt shares), or the system message in front of it
+ReferencesAt = Literal["end", "system"]
+
+
+class ReferencesConfig(_Strict):
+    at: ReferencesAt = Field(
+        default="end", description="end: after the conversation (cache-friendly); system: in the system message"
+    )
+
+
 class EnsembleConfig(_Strict):
     name: Annotated[str, Field(min_length=1)]
     description: str | None = None
@@ -222,6 +233,9 @@ class EnsembleConfig(_Strict):
     defense: DefenseConfig | None = None
     min_proposals: Annotated[int, Field(ge=1)] = 1
     deadline_s: Annotated[float, Field(gt=0)] | None = Field(default=None, description="per-request deadline")
+    references: ReferencesConfig = Field(
+        default_factory=ReferencesConfig, description="where layers 2.. and the aggregator get their references"
+    )
 
     @model_validator(mode="after")
     def _check_references(self) -> EnsembleConfig:
