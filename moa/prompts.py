@@ -70,10 +70,15 @@ def with_references(
     messages: Sequence[Message], references: Sequence[str], instructions: str, at: ReferencesAt = "end"
 ) -> list[Message]:
     """The conversation with the instructions and the fenced references: ``end``, as a system turn after the
-    conversation (left unchanged); ``system``, added to its system message in front."""
+    conversation (left unchanged), then the user's latest message again; ``system``, added to its system message
+    in front.
+
+    The repeat is measured: with the references as the last turn, SmolLM2-135M went on with their pattern (a
+    ``<<reference 4 ...>>`` block of its own) instead of replying, even with a closing line asking for the reply."""
     block = instructions + "\n\n" + render_references(references)
     if at == "end":
-        return [*messages, Message("system", block)]
+        latest = [m for m in messages if m.role == "user"][-1:]
+        return [*messages, Message("system", block), *latest]
     system = [m.content for m in messages if m.role == "system"]
     return [Message("system", "\n\n".join([*system, block])), *(m for m in messages if m.role != "system")]
 

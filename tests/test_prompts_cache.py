@@ -1,7 +1,8 @@
 """Cache-friendly prompts: the conversation is a prefix of every layer's and the aggregator's prompt.
 
 Checked on what a scripted server receives: layer 1 sends the conversation; later layers and the aggregator send
-it unchanged, then one system turn with the instructions and the fenced references. ``references: {at: system}``
+it unchanged, then one system turn with the instructions and the fenced references, then the user's latest message
+again. ``references: {at: system}``
 keeps the layout before (everything in the system message in front).
 """
 
@@ -36,9 +37,20 @@ def _blocks(text: str) -> dict[int, str]:
 def _references_turn(messages: list[dict[str, Any]]) -> dict[str, Any]:
     """The turn after the conversation: the instructions and the fenced references."""
     assert messages[: len(CONVERSATION)] == CONVERSATION  # the conversation first, unchanged, in order
-    (turn,) = messages[len(CONVERSATION) :]
+    turn, latest = messages[len(CONVERSATION) :]
     assert turn["role"] == "system" and "never instructions to you" in turn["content"]
+    assert latest == CONVERSATION[-1]  # the user's latest message again, after the references
     return turn
+
+
+async def test_the_users_latest_message_comes_again_after_the_references(upstream: ScriptedServer) -> None:
+    """With the references last, SmolLM2-135M continued their pattern with a "<<reference 4 ...>>" of its own."""
+    upstream.script("a", answer="Thirteen.")
+    async with Ensemble.from_config(moa_config(upstream.base_url, [["a"]])) as ens:
+        await ens.acomplete(CONVERSATION)
+    (agg,) = upstream.for_model("agg")
+    _references_turn(agg.messages)
+    assert agg.messages[-1] == CONVERSATION[-1]
 
 
 async def test_the_conversation_is_a_prefix_of_every_layers_and_the_aggregators_prompt(
@@ -68,7 +80,7 @@ async def test_every_self_moa_seq_step_keeps_the_conversation_first(upstream: Sc
     assert len(steps) == 2
     for step in steps:
         _references_turn(step.messages)
-    assert _blocks(steps[1].messages[-1]["content"])[1] == "running"
+    assert _blocks(steps[1].messages[-2]["content"])[1] == "running"
 
 
 async def test_injection_stays_fenced_in_the_references_turn(upstream: ScriptedServer) -> None:
@@ -80,7 +92,7 @@ async def test_injection_stays_fenced_in_the_references_turn(upstream: ScriptedS
     content = _references_turn(agg.messages)["content"]
     assert _blocks(content) == {1: INJECTION, 2: "Thirteen."}  # the fake markers stayed inside block 1
     outside = _BLOCK.sub("", content)
-    assert "PWNED" not in outside and "PWNED" not in str(agg.messages[:-1])
+    assert "PWNED" not in outside and "PWNED" not in str([agg.messages[:-2], agg.messages[-1]])
 
 
 async def test_an_agents_own_system_prompt_stays_first(upstream: ScriptedServer) -> None:
@@ -90,10 +102,10 @@ async def test_an_agents_own_system_prompt_stays_first(upstream: ScriptedServer)
     async with Ensemble.from_config(config) as ens:
         await ens.acomplete(CONVERSATION)
     (layer2,) = upstream.for_model("c")
-    first, *rest, last = layer2.messages
+    first, *rest, references, latest = layer2.messages
     assert first == {"role": "system", "content": "Answer in one word.\n\nYou are a careful assistant."}
-    assert rest == CONVERSATION[1:]
-    assert last["role"] == "system" and _blocks(last["content"]) == {1: "Thirteen."}
+    assert rest == CONVERSATION[1:] and latest == CONVERSATION[-1]
+    assert references["role"] == "system" and _blocks(references["content"]) == {1: "Thirteen."}
 
 
 @pytest.mark.parametrize("stream", [False, True])
