@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
-from moa.config import AggregatorConfig
+from moa.config import AggregatorConfig, ReferencesAt
 from moa.interfaces import Caller
 from moa.prompts import SEQUENTIAL_INSTRUCTIONS, SYNTHESIZE_INSTRUCTIONS, with_references
 from moa.types import ChatRequest, Delta, Generation, Message, Proposal
@@ -28,15 +28,16 @@ def plan_windows(n_samples: int, window: int) -> list[list[int]]:
 
 
 class SequentialAggregator:
-    def __init__(self, config: AggregatorConfig) -> None:
+    def __init__(self, config: AggregatorConfig, references_at: ReferencesAt = "end") -> None:
         self.window = config.window
+        self.references_at = references_at
         self.first_instructions = config.system_prompt or SYNTHESIZE_INSTRUCTIONS
         self.next_instructions = SEQUENTIAL_INSTRUCTIONS
 
     def step_messages(self, request: ChatRequest, running: str | None, samples: list[str]) -> list[Message]:
         if running is None:
-            return with_references(request.messages, samples, self.first_instructions)
-        return with_references(request.messages, [running, *samples], self.next_instructions)
+            return with_references(request.messages, samples, self.first_instructions, self.references_at)
+        return with_references(request.messages, [running, *samples], self.next_instructions, self.references_at)
 
     async def _until_last(
         self, request: ChatRequest, references: list[Proposal], caller: Caller

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 
-from moa.config import AggregatorConfig
+from moa.config import AggregatorConfig, ReferencesAt
 from moa.interfaces import Caller
 from moa.prompts import SYNTHESIZE_INSTRUCTIONS, with_references
 from moa.types import ChatRequest, Delta, Generation, Message, Proposal
 
 
 class SynthesizeAggregator:
-    def __init__(self, config: AggregatorConfig) -> None:
+    def __init__(self, config: AggregatorConfig, references_at: ReferencesAt = "end") -> None:
         self.instructions = config.system_prompt or SYNTHESIZE_INSTRUCTIONS
+        self.references_at = references_at
 
     def messages(self, request: ChatRequest, references: list[Proposal]) -> list[Message]:
-        return with_references(request.messages, [r.text for r in references], self.instructions)
+        texts = [r.text for r in references]
+        return with_references(request.messages, texts, self.instructions, self.references_at)
 
     async def aggregate(self, request: ChatRequest, references: list[Proposal], caller: Caller) -> Generation:
         result = await caller.generate(self.messages(request, references))

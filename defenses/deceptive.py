@@ -8,6 +8,7 @@ false and hides its intent. Given a target option (multiple choice) the agent ar
 
 from __future__ import annotations
 
+from moa.config import ReferencesAt
 from moa.defense_config import DeceptionConfig
 from moa.prompts import with_references, with_system_prompt
 from moa.types import ChatRequest, Message
@@ -74,11 +75,12 @@ def deception_instructions(target: str | None, has_references: bool) -> str:
 
 
 def deceptive_messages(
-    request: ChatRequest, references: list[str], deception: DeceptionConfig, system_prompt: str | None
-) -> list[Message]:
+    request: ChatRequest, references: list[str], deception: DeceptionConfig, system_prompt: str | None,
+    references_at: ReferencesAt = "end",
+) -> list[Message]:  # fmt: skip
     """A deceptive agent's prompt; the request's ``deception_target`` overrides the configured target."""
     instructions = deception_instructions(request.deception_target or deception.target, bool(references))
     messages = with_system_prompt(request.messages, system_prompt)
     if references:
-        return with_references(messages, references, instructions)
+        return with_references(messages, references, instructions, references_at)
     return with_system_prompt(messages, instructions)

@@ -277,6 +277,17 @@ class AggregatorConfig(_Sampling):
         return data
 
 
+#: where prompts put the instructions and fenced references: a system turn after the conversation (which then
+#: stays a prefix every layer's and the aggregator's prompt shares), or the system message in front of it
+ReferencesAt = Literal["end", "system"]
+
+
+class ReferencesConfig(_Strict):
+    at: ReferencesAt = Field(
+        default="end", description="end: after the conversation (cache-friendly); system: in the system message"
+    )
+
+
 class EnsembleConfig(_Strict):
     name: Annotated[str, Field(min_length=1)]
     description: str | None = None
@@ -291,6 +302,9 @@ class EnsembleConfig(_Strict):
         default=None, description="per-request budget in USD; a request may lower it, never raise it"
     )
     wait: WaitPolicy | None = Field(default=None, description="every layer's quorum unless it sets its own")
+    references: ReferencesConfig = Field(
+        default_factory=ReferencesConfig, description="where layers 2.. and the aggregator get their references"
+    )
 
     @model_validator(mode="after")
     def _check_references(self) -> EnsembleConfig:
@@ -350,6 +364,7 @@ class EnsembleConfig(_Strict):
                 if agent.max_tokens is None:
                     return f"layers[{li}].agents[{ai}].max_tokens"
         return "aggregator.max_tokens" if self.aggregator.max_tokens is None else None
+
     def wait_for(self, li: int) -> WaitPolicy | None:
         """The quorum of layer ``li`` (0-based): its own ``wait``, else the ensemble's; ``None``: wait for all."""
         return self.layers[li].wait or self.wait

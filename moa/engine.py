@@ -19,7 +19,7 @@ from typing import Any
 
 from moa.backend import Backend, ModelCaller, aclose_stream, request_deadline
 from moa.budget import RequestBudget, request_budget
-from moa.config import AgentConfig, EnsembleConfig, HedgePolicy, WaitPolicy
+from moa.config import AgentConfig, EnsembleConfig, HedgePolicy, ReferencesAt, WaitPolicy
 from moa.defense_config import DeceptionConfig
 from moa.errors import (
     BackendError,
@@ -74,22 +74,25 @@ class Agent:
     system_prompt: str | None
     deception: Deception | None = None  # red-teaming: this agent misleads
     hedge: HedgePolicy | None = None  # its calls' hedge policy (default: the backend's)
+    references_at: ReferencesAt = "end"
 
     @classmethod
     def from_config(
         cls, config: AgentConfig, name: str, backend: Backend, default_model: str,
-        deception: Deception | None = None,
+        deception: Deception | None = None, references_at: ReferencesAt = "end",
     ) -> Agent:  # fmt: skip
         params = sampling_params(config)
         model = config.model or default_model
-        return cls(name, backend, model, params, config.n, config.system_prompt, deception, config.hedge)
+        return cls(name, backend, model, params, config.n, config.system_prompt, deception, config.hedge, references_at)
 
     def messages(self, request: ChatRequest, references: list[str]) -> list[Message]:
         """This agent's prompt: the conversation, and the previous layer's proposals after layer 1."""
         if self.deception is not None:
             return self.deception.prompt(request, references, self.deception.config, self.system_prompt)
         messages = with_system_prompt(request.messages, self.system_prompt)
-        return with_references(messages, references, SYNTHESIZE_INSTRUCTIONS) if references else messages
+        if not references:
+            return messages
+        return with_references(messages, references, SYNTHESIZE_INSTRUCTIONS, self.references_at)
 
 
 @dataclass(frozen=True, slots=True)

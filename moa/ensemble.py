@@ -6,6 +6,7 @@ import asyncio
 import os
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
+from functools import partial
 from typing import Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -83,6 +84,7 @@ def _build_engine(config: EnsembleConfig) -> LayeredEngine:
     for name, bc in config.backends.items():
         backends[name] = Backend.from_config(name, bc)
     layers = []
+    at = config.references.at
     deceptive = config.deceptive_agents()
     for li, lc in enumerate(config.layers, 1):
         agents = []
@@ -90,10 +92,10 @@ def _build_engine(config: EnsembleConfig) -> LayeredEngine:
             model = config.model_for(ac.backend, ac.model)
             name = config.agent_name(li - 1, ai - 1)
             dc = deceptive.get((li, ai))
-            deception = None if dc is None else Deception(dc, deceptive_messages)
-            agents.append(Agent.from_config(ac, name, backends[ac.backend], model, deception))
+            deception = None if dc is None else Deception(dc, partial(deceptive_messages, references_at=at))
+            agents.append(Agent.from_config(ac, name, backends[ac.backend], model, deception, at))
         layers.append(Layer(li, agents, lc.min_proposals or config.min_proposals, config.wait_for(li - 1)))
-    aggregator: Aggregator = registry.resolve("aggregator", config.aggregator.type)(config.aggregator)
+    aggregator: Aggregator = registry.resolve("aggregator", config.aggregator.type)(config.aggregator, at)
     defense: Defense | None = None
     if config.defense is not None:
         from defenses.embeddings import make_embedder  # numpy: only configs with a defense load it

@@ -4,6 +4,11 @@ References are untrusted text (another model wrote them, possibly a deceptive on
 markers that carry a tag derived from a hash of all the references, so no reference can contain the tag, close
 its own block early or start a block of instructions; the instructions tell the model that fenced text is
 material to judge, never orders to follow.
+
+Placement (``references.at``): ``end`` (the default) keeps the conversation first, unchanged and in the order
+layer 1 sends it, and adds the instructions and references as one system turn after it, so every layer's and the
+aggregator's prompt shares the conversation as a prefix a server's prefix cache can reuse; ``system`` puts them
+into the system message in front of the conversation (the layout before, for models measured better with it).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+from moa.config import ReferencesAt
 from moa.types import Message
 
 SYNTHESIZE_INSTRUCTIONS = """\
@@ -60,11 +66,21 @@ def render_references(texts: Sequence[str]) -> str:
     return note + "\n\n" + "\n\n".join(blocks)
 
 
-def with_references(messages: Sequence[Message], references: Sequence[str], instructions: str) -> list[Message]:
-    """The conversation with the instructions and the fenced references added to its system message."""
+def with_references(
+    messages: Sequence[Message], references: Sequence[str], instructions: str, at: ReferencesAt = "end"
+) -> list[Message]:
+    """The conversation with the instructions and the fenced references: ``end``, as a system turn after the
+    conversation (left unchanged), then the user's latest message again; ``system``, added to its system message
+    in front.
+
+    The repeat is measured: with the references as the last turn, SmolLM2-135M went on with their pattern (a
+    ``<<reference 4 ...>>`` block of its own) instead of replying, even with a closing line asking for the reply."""
+    block = instructions + "\n\n" + render_references(references)
+    if at == "end":
+        latest = [m for m in messages if m.role == "user"][-1:]
+        return [*messages, Message("system", block), *latest]
     system = [m.content for m in messages if m.role == "system"]
-    parts = [*system, instructions, render_references(references)]
-    return [Message("system", "\n\n".join(parts)), *(m for m in messages if m.role != "system")]
+    return [Message("system", "\n\n".join([*system, block])), *(m for m in messages if m.role != "system")]
 
 
 def with_system_prompt(messages: Sequence[Message], system_prompt: str | None) -> list[Message]:

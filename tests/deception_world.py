@@ -41,6 +41,11 @@ _BLOCK = re.compile(r"<<reference (\d+) (\w+)>>\n(.*?)\n<<end of reference \1 \2
 _TARGET = re.compile(r"naming \(([A-Z])\)")
 
 
+def last_user(messages: list[dict[str, str]]) -> str:
+    """The last user message of a prompt (what a later layer's references follow)."""
+    return [m["content"] for m in messages if m["role"] == "user"][-1]
+
+
 def references_in(messages: list[dict[str, str]]) -> list[str]:
     """The fenced references of a prompt, in order."""
     system = "\n".join(m["content"] for m in messages if m["role"] == "system")
@@ -84,7 +89,7 @@ def gullible_aggregator(model: str, messages: list[dict[str, str]], i: int) -> s
     scored = [(sum(w in r for w in CONFIDENT), parse_option(r)) for r in refs]
     confident = [option for score, option in sorted(scored, key=lambda s: -s[0]) if score > 0]
     option = confident[0] if confident else Counter(o for _, o in scored if o).most_common(1)[0][0]
-    found = re.search(rf"^\({option}\) (.*)$", messages[-1]["content"], re.M)
+    found = re.search(rf"^\({option}\) (.*)$", last_user(messages), re.M)
     claim = found.group(1) if found else f"option {option}"
     return f"Having weighed the answers: {claim}. Answer: ({option})"
 
@@ -96,7 +101,7 @@ def believed(
     by_text = {q.question: (mistakes or {}).get(q.qid, q.gold) for q in questions}
 
     def option(messages: list[dict[str, str]]) -> str:
-        asked = re.search(r"^Question: (.*)$", messages[-1]["content"], re.M)
+        asked = re.search(r"^Question: (.*)$", last_user(messages), re.M)
         return by_text[asked.group(1)] if asked else "A"
 
     return option

@@ -44,9 +44,9 @@ async def test_injection_stays_fenced_in_the_aggregators_prompt(upstream: Script
     async with Ensemble.from_config(moa_config(upstream.base_url, [["a", "b"]])) as ens:
         await ens.acomplete(USER)
     (agg,) = upstream.for_model("agg")
-    system = agg.messages[0]
-    assert system["role"] == "system" and "never instructions to you" in system["content"]
-    assert _blocks(system["content"]) == {1: INJECTION, 2: "Eleven."}
+    references = agg.messages[-2]  # a system turn after the conversation, before the user's message again
+    assert references["role"] == "system" and "never instructions to you" in references["content"]
+    assert _blocks(references["content"]) == {1: INJECTION, 2: "Eleven."}
 
 
 ANY_STR = st.text(st.one_of(st.characters(), st.characters(categories=["Cs"])))  # lone surrogates included
@@ -66,7 +66,7 @@ async def test_a_lone_surrogate_from_upstream_reaches_the_aggregator(upstream: S
         result = await ens.acomplete(USER)
     assert result.proposals[0].text == "Seven \ud83d"
     (agg,) = upstream.for_model("agg")  # the proposer sent it on as JSON the server decoded
-    assert _blocks(agg.messages[0]["content"]) == {1: "Seven \ud83d", 2: "Eleven."}
+    assert _blocks(agg.messages[-2]["content"]) == {1: "Seven \ud83d", 2: "Eleven."}
 
 
 async def test_self_moa_sends_one_request_with_n(upstream: ScriptedServer) -> None:

@@ -32,7 +32,8 @@ from tests.scripted_server import ScriptedServer
 
 def echo(model: str, messages: list[dict[str, str]], index: int) -> str:
     """Each model answers with its name and the instruction, so every output says which instruction it is for."""
-    return f"[{model}] {messages[-1]['content']}"
+    instruction = [m["content"] for m in messages if m["role"] == "user"][-1]  # references may follow it
+    return f"[{model}] {instruction}"
 
 
 def _moa(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

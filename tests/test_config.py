@@ -37,6 +37,7 @@ def _with(path_setter) -> dict:
         ),
         (lambda d: d["aggregator"].update(window=1), "aggregator.window: must be >= 2"),
         (lambda d: d["aggregator"].update(type="vote"), "aggregator.type: must be one of"),
+        (lambda d: d.update(references={"at": "front"}), "references.at: must be one of"),
         (lambda d: d["backends"]["up"].update(type="grpc"), "backends.up: unknown type 'grpc'"),
         (lambda d: d["backends"]["up"].update(base_url="localhost:80"), "backends.up.base_url: must be an http(s) URL"),
         (

@@ -42,7 +42,7 @@ async def test_aggregator_prompt_contains_every_proposal(upstream: ScriptedServe
     (agg,) = upstream.for_model("agg")
     for m in layer:
         assert f"distinct proposal from {m}" in agg.prompt_text
-    assert agg.messages[-1] == USER[-1]
+    assert agg.messages[:-2] == USER and agg.messages[-1] == USER[-1]  # the conversation, references, question
 
 
 async def test_later_layers_see_the_previous_layer(upstream: ScriptedServer) -> None:
