@@ -28,7 +28,9 @@ REFERENCES = [
     "The three primary colors are red, yellow and blue. Red is warm, yellow is bright and blue is calm.",
     "Red, yellow and blue are the primary colors: red is the color of fire, yellow of the sun, blue of the sea.",
 ]
-MESSAGES = with_references(QUESTION, REFERENCES, SYNTHESIZE_INSTRUCTIONS)  # an aggregator's prompt
+# an aggregator's prompt in the layout the embedded recipes use (SmolLM2-135M copies the fences when they
+# come after the question: see moa/prompts.py)
+MESSAGES = with_references(QUESTION, REFERENCES, SYNTHESIZE_INSTRUCTIONS, at="system")
 GREEDY = SamplingParams(temperature=0.0, max_tokens=16)
 SPEC = SelfDraftSpec(layers=4)
 VOCAB = torch.arange(4096)  # the draft's head covers the 4096 lowest ids (BPE's most common merges)
