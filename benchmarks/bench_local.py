@@ -212,6 +212,7 @@ async def e2e_figures(requests: int) -> dict[str, float]:
                 seconds[side].append(time.perf_counter() - t0)
                 final = result.trace[-1]
                 tokens[side].append(final.completion_tokens / final.latency_s if final.latency_s else 0.0)
+                print(f"  request {i + 1} {side}: {seconds[side][-1]:.1f} s, aggregator {tokens[side][-1]:.1f} tok/s")
     finally:
         for e in sides.values():
             await e.aclose()

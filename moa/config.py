@@ -443,7 +443,7 @@ def _choose_device(value: Any, device: Callable[[], Device], path: str = "") -> 
         chosen = choices[here]
         return _DROPPED if chosen is None else _choose_device(chosen, device, path)
     if isinstance(value, dict):
-        out = {}
+        out: dict[Any, Any] = {}
         for k, v in value.items():
             chosen = _choose_device(v, device, f"{path}.{k}" if path else str(k))
             if chosen is not _DROPPED:
