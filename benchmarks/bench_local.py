@@ -6,8 +6,8 @@
 2. VLLMProposer's overhead over calling vLLM's AsyncLLM directly, on the same engine with the same prompts and
    seeded sampling (goal: <= 5% slower), in tokens/s under load and in the latency of one-token calls.
    Rounds alternate which side goes first so that drift on a shared machine hits both alike.
-3. The shipped ``default`` recipe end to end (engines started), before and after its aggregator moved to the torch
-   backend with reference drafting on CPU: seconds per request, side by side, requests alternating between the
+3. The shipped ``default`` recipe end to end (engines started) against ``default-drafting``, its aggregator on the
+   torch backend with reference drafting on CPU: seconds per request, side by side, requests alternating between the
    two (goal: after >= 1.5x faster). Both ensembles run at once, each vLLM engine on 0.15 of RAM; their samples
    are seeded alike, so both aggregators read the same references.
 
@@ -166,13 +166,6 @@ async def latency_figures(proposer: VLLMProposer, calls: int = 40) -> dict[str, 
 
 # ---- 3. the default recipe end to end, before and after -----------------------------------------------------
 
-#: the default recipe before the faster aggregator: the vLLM engine samples and aggregates
-BEFORE: dict[str, Any] = {
-    "name": "default-before",
-    "backends": {"local": {"type": "vllm", "model": MODEL, "timeout_s": 120}},
-    "layers": [{"agents": [{"backend": "local", "n": 6, "temperature": 0.7, "max_tokens": 256}]}],
-    "aggregator": {"type": "synthesize", "backend": "local", "temperature": 0.3, "max_tokens": 384},
-}
 QUESTIONS = [
     "Why is the sky blue?",
     "Give three tips for a first job interview.",
@@ -193,8 +186,11 @@ def benched(data: dict[str, Any]) -> Ensemble:
 
 
 async def e2e_figures(requests: int) -> dict[str, float]:
-    after_data = yaml.safe_load(builtin_configs()["default"].read_text(encoding="utf-8"))
-    sides = {"before": benched(BEFORE), "after": benched(after_data)}
+    recipes = {"before": "default", "after": "default-drafting"}
+    sides = {
+        side: benched(yaml.safe_load(builtin_configs()[name].read_text(encoding="utf-8")))
+        for side, name in recipes.items()
+    }
     seconds: dict[str, list[float]] = {"before": [], "after": []}
     tokens: dict[str, list[float]] = {"before": [], "after": []}  # the aggregator's tokens/s
     try:
@@ -261,7 +257,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=["all", "proposer", "e2e"], default="all", help="which figures (see above)")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per comparison")
-    parser.add_argument("--requests", type=int, default=4, help="concurrent requests in the overhead comparison")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=4,
+        help="concurrent requests in the overhead comparison; e2e: requests per recipe",
+    )
     add_json_option(parser)
     args = parser.parse_args()
     write_figures(args.json, "bench_local", args, asyncio.run(main(args.part, args.rounds, args.requests)))

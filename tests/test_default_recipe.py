@@ -1,5 +1,5 @@
-"""The default recipe chooses its arrangement by device at load time (``by_device``), and the ``vllm`` backend
-takes vLLM's n-gram speculative decoding."""
+"""A recipe chooses its arrangement by device at load time (``by_device``, as ``default-drafting`` does), and the
+``vllm`` backend takes vLLM's n-gram speculative decoding."""
 
 from __future__ import annotations
 
@@ -35,29 +35,29 @@ BASE: dict[str, Any] = {
 }
 
 
-def test_the_default_recipe_on_cpu_aggregates_with_reference_drafting(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_drafting_recipe_on_cpu_aggregates_with_reference_drafting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(DEVICE_ENV, "cpu")
-    config = load_config("default")
+    config = load_config("default-drafting")
     proposers, aggregator = config.backends["local"], config.backends[config.aggregator.backend]
     assert isinstance(proposers, VLLMBackendConfig) and config.layers[0].agents[0].backend == "local"
     assert isinstance(aggregator, TorchBackendConfig) and aggregator.model == proposers.model
     assert aggregator.speculative is not None and aggregator.speculative.policy == "reference"
 
 
-def test_the_default_recipe_on_cuda_is_vllm_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_drafting_recipe_on_cuda_is_vllm_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(DEVICE_ENV, "cuda")
-    config = load_config("default")
+    config = load_config("default-drafting")
     assert sorted(config.backends) == ["local"] and config.aggregator.backend == "local"
 
 
 def test_moa_validate_default_passes_without_a_gpu(tmp_path: Path) -> None:
     env = {"PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
     run = subprocess.run(
-        [sys.executable, "-m", "moa.cli", "validate", "default"],
+        [sys.executable, "-m", "moa.cli", "validate", "default", "default-drafting"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "default: ok" in run.stdout
+    assert "default: ok" in run.stdout and "default-drafting: ok" in run.stdout
 
 
 def test_by_device_picks_the_machines_choice_and_null_leaves_a_backend_out(monkeypatch: pytest.MonkeyPatch) -> None:
