@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from moa import Ensemble
 from moa.config import (
     DEVICE_ENV,
     TorchBackendConfig,
@@ -156,3 +157,14 @@ def test_vllm_speculative_reaches_vllms_speculative_config() -> None:
     assert (vllm_side.prompt_lookup_min, vllm_side.prompt_lookup_max) == (4, 4)
     plain = engine_kwargs("local", VLLMBackendConfig(type="vllm", model="m"), "/models/m")
     assert "speculative_config" not in plain
+
+
+@pytest.mark.vllm
+async def test_the_drafting_recipe_answers_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
+    async with Ensemble.from_config("default-drafting") as ensemble:
+        result = await ensemble.acomplete([{"role": "user", "content": "Why is the sky blue?"}], max_tokens=32)
+    assert result.text.strip()
+    assert [(c.backend, c.n, c.outcome) for c in result.trace if c.role == "proposer"] == [("local", 6, "ok")]
+    final = result.trace[-1]
+    assert (final.role, final.backend, final.outcome) == ("aggregator", "drafting", "ok")
