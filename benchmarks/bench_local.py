@@ -6,8 +6,12 @@
 2. VLLMProposer's overhead over calling vLLM's AsyncLLM directly, on the same engine with the same prompts and
    seeded sampling (goal: <= 5% slower), in tokens/s under load and in the latency of one-token calls.
    Rounds alternate which side goes first so that drift on a shared machine hits both alike.
+3. The shipped ``default`` recipe end to end (engines started) against ``default-drafting``, its aggregator on the
+   torch backend with reference drafting on CPU: seconds per request, side by side, requests alternating between the
+   two (goal: after >= 1.5x faster). Both ensembles run at once, each vLLM engine on 0.15 of RAM; their samples
+   are seeded alike, so both aggregators read the same references.
 
-    python -m benchmarks.bench_local [--rounds 4] [--requests 4] [--json PATH]
+    python -m benchmarks.bench_local [--part all|proposer|e2e] [--rounds 4] [--requests 4] [--json PATH]
 """
 
 from __future__ import annotations
@@ -19,9 +23,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Any
+
+import yaml
 
 from benchmarks.figures import add_json_option, write_figures
-from moa.config import VLLMBackendConfig
+from moa import Ensemble
+from moa.config import VLLMBackendConfig, builtin_configs, local_device, parse_config
 from moa.types import Message, SamplingParams
 from proposers.vllm_engine import VLLMProposer
 
@@ -156,7 +164,73 @@ async def latency_figures(proposer: VLLMProposer, calls: int = 40) -> dict[str, 
     return {"latency.async_llm_median_ms": 1000 * a, "latency.proposer_median_ms": 1000 * b}
 
 
-async def main(rounds: int, requests: int) -> dict[str, float]:
+# ---- 3. the default recipe end to end, before and after -----------------------------------------------------
+
+QUESTIONS = [
+    "Why is the sky blue?",
+    "Give three tips for a first job interview.",
+    "Explain what a hash table is to a new programmer.",
+    "Write a short note inviting a neighbour to dinner.",
+]
+
+
+def benched(data: dict[str, Any]) -> Ensemble:
+    """``data`` as run here: vLLM on 0.15 of RAM (two engines at once) and the samples seeded."""
+    for backend in data["backends"].values():
+        if backend.get("type") == "vllm":
+            backend["gpu_memory_utilization"] = 0.15
+    for layer in data["layers"]:
+        for agent in layer["agents"]:
+            agent["seed"] = 7
+    return Ensemble(parse_config(data))
+
+
+async def e2e_figures(requests: int) -> dict[str, float]:
+    recipes = {"before": "default", "after": "default-drafting"}
+    sides = {
+        side: benched(yaml.safe_load(builtin_configs()[name].read_text(encoding="utf-8")))
+        for side, name in recipes.items()
+    }
+    seconds: dict[str, list[float]] = {"before": [], "after": []}
+    tokens: dict[str, list[float]] = {"before": [], "after": []}  # the aggregator's tokens/s
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(e.astart() for e in sides.values()))
+        print(f"default recipe on {local_device()}: both arrangements started in {time.perf_counter() - started:.0f} s")
+        for e in sides.values():  # warm-up
+            await e.acomplete([{"role": "user", "content": "Hi"}], max_tokens=8)
+        for i in range(requests):
+            order = ["before", "after"] if i % 2 == 0 else ["after", "before"]
+            for side in order:
+                question = [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
+                t0 = time.perf_counter()
+                result = await sides[side].acomplete(question, seed=i)
+                seconds[side].append(time.perf_counter() - t0)
+                final = result.trace[-1]
+                tokens[side].append(final.completion_tokens / final.latency_s if final.latency_s else 0.0)
+                print(f"  request {i + 1} {side}: {seconds[side][-1]:.1f} s, aggregator {tokens[side][-1]:.1f} tok/s")
+    finally:
+        for e in sides.values():
+            await e.aclose()
+    b, a = statistics.median(seconds["before"]), statistics.median(seconds["after"])
+    tb, ta = statistics.median(tokens["before"]), statistics.median(tokens["after"])
+    print(
+        f"default recipe before (vLLM aggregates), median of {requests}: {b:.1f} s a request, aggregator {tb:.1f} tok/s"
+    )
+    print(
+        f"default recipe after (torch + reference drafting aggregates): {a:.1f} s a request, aggregator {ta:.1f} tok/s"
+    )
+    print(f"default recipe end to end: after = {b / a:.2f}x faster (goal >= 1.5x)")
+    return {
+        "e2e.before_median_s": b,
+        "e2e.after_median_s": a,
+        "e2e.speedup": b / a,
+        "e2e.before_aggregator_tok_per_s": tb,
+        "e2e.after_aggregator_tok_per_s": ta,
+    }
+
+
+async def proposer_figures(rounds: int, requests: int) -> dict[str, float]:
     proposer = VLLMProposer("local", VLLMBackendConfig(type="vllm", model=MODEL))
     try:
         started = time.perf_counter()
@@ -172,10 +246,23 @@ async def main(rounds: int, requests: int) -> dict[str, float]:
         await proposer.aclose()
 
 
+async def main(part: str, rounds: int, requests: int) -> dict[str, float]:
+    figures = await proposer_figures(rounds, requests) if part in ("all", "proposer") else {}
+    if part in ("all", "e2e"):
+        figures.update(await e2e_figures(requests))
+    return figures
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["all", "proposer", "e2e"], default="all", help="which figures (see above)")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per comparison")
-    parser.add_argument("--requests", type=int, default=4, help="concurrent requests in the overhead comparison")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=4,
+        help="concurrent requests in the overhead comparison; e2e: requests per recipe",
+    )
     add_json_option(parser)
     args = parser.parse_args()
-    write_figures(args.json, "bench_local", args, asyncio.run(main(args.rounds, args.requests)))
+    write_figures(args.json, "bench_local", args, asyncio.run(main(args.part, args.rounds, args.requests)))

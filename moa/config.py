@@ -11,6 +11,14 @@ A config names its backends once and refers to them from agents and the aggregat
 
 String values may use ``${VAR}`` or ``${VAR:-default}`` to read the environment (for base URLs and model
 names). API keys are never written in a config: ``api_key_env`` names the variable that holds one.
+
+Any value may be ``{by_device: {cpu: A, cuda: B}}``: at load time it becomes the choice for this machine's device
+(``local_device()``: ``$MOA_DEVICE``, else ``cuda`` where torch sees a GPU, else ``cpu``). A backend whose choice
+is ``null`` is left out::
+
+    backends:
+      drafting: {by_device: {cpu: {type: torch, model: "embedded:smollm2-135m-instruct"}, cuda: null}}
+    aggregator: {backend: {by_device: {cpu: drafting, cuda: local}}}
 """
 
 from __future__ import annotations
@@ -156,6 +164,27 @@ class OpenAIBackendConfig(_BackendBase):
         return url.rstrip("/")
 
 
+class VLLMSpeculativeConfig(_Strict):
+    """vLLM's n-gram speculative decoding (prompt lookup): drafts are copied from the prompt, so an aggregator that
+    quotes its references gets several tokens per step. Lossless; the fields are vLLM's ``speculative_config``'s."""
+
+    method: Literal["ngram"] = "ngram"
+    num_speculative_tokens: Annotated[int, Field(ge=1, le=64)] = Field(default=4, description="tokens drafted a step")
+    prompt_lookup_max: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="longest n-gram matched in the prompt (default: prompt_lookup_min, else vLLM's 5)"
+    )
+    prompt_lookup_min: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="shortest n-gram matched in the prompt (default: prompt_lookup_max, else vLLM's 5)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> VLLMSpeculativeConfig:
+        low, high = self.prompt_lookup_min, self.prompt_lookup_max
+        if low is not None and high is not None and low > high:
+            raise _PathError("prompt_lookup_min", f"must be <= prompt_lookup_max ({high})")
+        return self
+
+
 class VLLMBackendConfig(_BackendBase):
     """In-process vLLM (CUDA or CPU). ``model`` is a path, a hub name or ``embedded:<name>``."""
 
@@ -171,6 +200,9 @@ class VLLMBackendConfig(_BackendBase):
     enforce_eager: bool | None = Field(default=None, description="skip graph capture (default: on for CPU only)")
     enable_prefix_caching: bool = True
     seed: int = 0
+    speculative: VLLMSpeculativeConfig | None = Field(
+        default=None, description="vLLM's own speculative decoding (its speculative_config)"
+    )
 
 
 class SpeculativeConfig(_Strict):
@@ -482,6 +514,83 @@ def _expand_env(value: Any, path: str = "") -> Any:
     return value
 
 
+#: the devices a ``by_device`` choice names; ``$MOA_DEVICE`` forces one
+Device = Literal["cpu", "cuda"]
+DEVICES: tuple[Device, ...] = ("cpu", "cuda")
+DEVICE_ENV = "MOA_DEVICE"
+_BY_DEVICE = "by_device"
+
+
+def local_device() -> Device:
+    """The device local backends run on: ``$MOA_DEVICE`` if set, else ``cuda`` where torch sees a GPU, else
+    ``cpu`` (torch is imported only here, and only when a config asks)."""
+    forced = os.environ.get(DEVICE_ENV, "")
+    if forced:
+        for device in DEVICES:
+            if forced == device:
+                return device
+        raise ConfigError(f"${DEVICE_ENV} must be one of {list(DEVICES)}, got {forced!r}")
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class _Dropped:
+    """A ``by_device`` choice of ``null``: the key that holds it is left out."""
+
+
+_DROPPED = _Dropped()
+
+
+def _choose_device(value: Any, device: Callable[[], Device], path: str = "") -> Any:
+    """``value`` with every ``{by_device: {...}}`` replaced by the choice for ``device()``."""
+    if isinstance(value, dict) and _BY_DEVICE in value:
+        where = f"{path}.{_BY_DEVICE}" if path else _BY_DEVICE
+        choices = value[_BY_DEVICE]
+        if len(value) != 1:
+            others = ", ".join(sorted(str(k) for k in value if k != _BY_DEVICE))
+            raise ConfigError(f"by_device stands alone; move {others} into each choice", path or None)
+        if not isinstance(choices, dict) or not choices:
+            raise ConfigError(f"must map devices ({', '.join(DEVICES)}) to values", where)
+        unknown = sorted(str(k) for k in choices if k not in DEVICES)
+        if unknown:
+            raise ConfigError(
+                f"unknown device {unknown[0]!r}, expected one of {list(DEVICES)}", f"{where}.{unknown[0]}"
+            )
+        here = device()
+        if here not in choices:
+            raise ConfigError(f"no choice for this machine's device {here!r} (${DEVICE_ENV} picks one)", where)
+        chosen = choices[here]
+        return _DROPPED if chosen is None else _choose_device(chosen, device, path)
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        for k, v in value.items():
+            chosen = _choose_device(v, device, f"{path}.{k}" if path else str(k))
+            if chosen is not _DROPPED:
+                out[k] = chosen
+        return out
+    if isinstance(value, list):
+        items = [_choose_device(v, device, f"{path}[{i}]") for i, v in enumerate(value)]
+        if any(item is _DROPPED for item in items):
+            raise ConfigError("a list item cannot be a by_device choice of null", path or None)
+        return items
+    return value
+
+
+def _once(make: Callable[[], Device]) -> Callable[[], Device]:
+    """``make``, called at most once."""
+    made: list[Device] = []
+
+    def get() -> Device:
+        if not made:
+            made.append(make())
+        return made[0]
+
+    return get
+
+
 # Where a discriminated union sits (the path so far) and its tags, which pydantic puts in an error's path.
 _UNION_TAGS = (
     (re.compile(r"backends\.[^.]+"), BACKEND_TYPES),
@@ -552,7 +661,7 @@ def parse_config(data: dict[str, Any]) -> EnsembleConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping, got {type(data).__name__}")
     try:
-        return EnsembleConfig.model_validate(_expand_env(data))
+        return EnsembleConfig.model_validate(_choose_device(_expand_env(data), _once(local_device)))
     except ValidationError as e:
         raise config_error(e, every=True) from None
 

@@ -10,6 +10,8 @@ vLLM picks its device when it is imported (the CUDA wheel runs on GPUs, ``vllm-c
     enforce_eager            True (no graph capture on CPU)           vLLM's (False)
     enable_chunked_prefill   False (see engine_kwargs)                vLLM's (True)
 
+``speculative: {method: ngram, ...}`` becomes vLLM's ``speculative_config`` as written.
+
 The same arguments serve the async engine of the ``vllm`` backend and the offline ``LLM`` of
 ``moa specdec sample``.
 """
@@ -71,6 +73,8 @@ def engine_kwargs(name: str, config: VLLMBackendConfig, model_path: str) -> dict
     if eager is not None:
         optional["enforce_eager"] = eager
     dtype = config.dtype if config.dtype != "auto" or not on_cpu else cpu_dtype()
+    if config.speculative is not None:  # vLLM's SpeculativeConfig takes these fields by name
+        optional["speculative_config"] = config.speculative.model_dump(exclude_none=True)
     if on_cpu:
         # vLLM 0.32 on CPU: a seeded request whose prompt is prefilled in chunks kills the engine (rewinding its
         # torch.Generator raises "CPU Generator does not use offset"). Whole prefills avoid that; vLLM then sizes
