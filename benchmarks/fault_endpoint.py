@@ -20,7 +20,6 @@ import asyncio
 import json
 import random
 import re
-import subprocess
 import sys
 from collections import defaultdict
 from collections.abc import Iterator
@@ -28,6 +27,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from aiohttp import web
+
+from benchmarks.sim_endpoint import launch_child, serve_app
 
 _TAG = re.compile(r"\[req (\d+)\]")
 
@@ -118,30 +119,13 @@ def build_app(fault_rate: float, seed: int, ttft_s: float, secret_header: str) -
     return app
 
 
-async def _serve(app: web.Application, port: int) -> None:
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    print(f"listening on http://127.0.0.1:{port}/v1", flush=True)
-    await asyncio.Event().wait()
-
-
 @contextmanager
 def launch(fault_rate: float, seed: int, ttft_s: float, secret_header: str) -> Iterator[str]:
     """Run the endpoint in a child process; yields its base URL."""
     args = [sys.executable, "-m", "benchmarks.fault_endpoint", "--fault-rate", str(fault_rate), "--seed", str(seed),
             "--ttft", str(ttft_s), "--secret-header", secret_header]  # fmt: skip
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        if not line.startswith("listening on "):
-            raise RuntimeError(f"fault endpoint did not start: {line!r}")
-        yield line.removeprefix("listening on ").strip()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with launch_child(args) as url:
+        yield url
 
 
 def main() -> None:
@@ -153,7 +137,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     a = parser.parse_args()
     try:
-        asyncio.run(_serve(build_app(a.fault_rate, a.seed, a.ttft, a.secret_header), a.port))
+        asyncio.run(serve_app(build_app(a.fault_rate, a.seed, a.ttft, a.secret_header), a.port))
     except KeyboardInterrupt:
         pass
 

@@ -112,8 +112,9 @@ def build_app(settings: SimSettings) -> web.Application:
     return app
 
 
-async def _serve(settings: SimSettings, port: int) -> None:
-    runner = web.AppRunner(build_app(settings), access_log=None, handler_cancellation=True)
+async def serve_app(app: web.Application, port: int) -> None:
+    """Serve ``app`` on 127.0.0.1 until killed; prints ``listening on URL`` once ready (what ``launch_child`` reads)."""
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port, backlog=4096)
     await site.start()
@@ -132,11 +133,18 @@ def launch(settings: SimSettings) -> Iterator[str]:
     if settings.straggler_share:
         args += ["--stragglers", str(settings.straggler_share), "--straggler-factor", str(settings.straggler_factor),
                  "--seed", str(settings.seed)]  # fmt: skip
+    with launch_child(args) as url:
+        yield url
+
+
+@contextmanager
+def launch_child(args: list[str]) -> Iterator[str]:
+    """Run an endpoint module (``serve_app`` in a child process, started with ``args``); yields its base URL."""
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         if not line.startswith("listening on "):
-            raise RuntimeError(f"sim endpoint did not start: {line!r}")
+            raise RuntimeError(f"{args[2]} did not start: {line!r}")
         yield line.removeprefix("listening on ").strip()
     finally:
         proc.terminate()
@@ -157,7 +165,7 @@ def main() -> None:
     a = parser.parse_args()
     settings = SimSettings(a.ttft, a.tpot, a.tokens, a.rps, a.burst, a.stragglers, a.straggler_factor, a.seed)
     try:
-        asyncio.run(_serve(settings, a.port))
+        asyncio.run(serve_app(build_app(settings), a.port))
     except KeyboardInterrupt:
         pass
 
