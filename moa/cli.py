@@ -15,11 +15,12 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TextIO
 
 from moa.config import builtin_configs, describe_config, load_config
 from moa.errors import ConfigError, MoaError
-from moa.logs import configure_logging
+from moa.logs import configure_logging, native_output_to
 from moa.types import Completion
 
 DEFAULT_CONFIG = "default"
@@ -94,9 +95,24 @@ def quiet_third_party() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if not args.verbose:
-        quiet_third_party()
-    return asyncio.run(_run(args))
+    if args.verbose:
+        return asyncio.run(_run(args))
+    quiet_third_party()
+    log = engine_log_path()
+    try:
+        with native_output_to(log):
+            return asyncio.run(_run(args))
+    except BaseException:
+        if log.is_file() and log.stat().st_size:
+            print(f"moa: what local engines printed is in {log}", file=sys.stderr)
+        raise
+
+
+def engine_log_path() -> Path:
+    """Where ``moa run`` keeps what local engines and native code print (their stderr) unless ``--verbose``."""
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("moa")) / "logs" / "run-engines.log"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

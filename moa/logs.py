@@ -10,7 +10,11 @@ own on the loggers in ``LOGGERS``.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TextIO
 
 #: the top-level loggers of moa's packages; every module's ``__name__`` logger is under one of them
@@ -44,4 +48,32 @@ def configure_logging(
     return handler
 
 
-__all__ = ["CLI_FORMAT", "LOGGERS", "configure_logging"]
+@contextmanager
+def native_output_to(path: Path) -> Iterator[None]:
+    """Point file descriptor 2 at ``path`` while the block runs, and keep Python's ``sys.stderr`` (moa's log lines,
+    the CLI's progress) on the terminal it was: what native code and child processes write to their stderr
+    (vLLM's engine processes, torch's C++ warnings, Triton) goes to the file instead. The log handler installed
+    by ``configure_logging`` follows ``sys.stderr``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(log, 2)
+    os.close(log)
+    before = sys.stderr
+    sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding=before.encoding, errors="backslashreplace")
+    if _installed is not None and isinstance(_installed, logging.StreamHandler):
+        _installed.setStream(sys.stderr)
+    try:
+        yield
+    finally:
+        ours = sys.stderr
+        if _installed is not None and isinstance(_installed, logging.StreamHandler):
+            _installed.setStream(before)  # flushes ours first
+        ours.flush()
+        os.dup2(ours.fileno(), 2)  # the terminal again
+        sys.stderr = before
+        ours.close()
+
+
+__all__ = ["CLI_FORMAT", "LOGGERS", "configure_logging", "native_output_to"]

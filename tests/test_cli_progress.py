@@ -108,3 +108,26 @@ def test_third_party_warnings_and_log_levels_stay_quiet_unless_verbose() -> None
     loud = subprocess.run([sys.executable, "-c", code, "verbose"], capture_output=True, text=True, env=env, timeout=60)
     assert quiet.stdout == "ERROR\n" and "torch noise" not in quiet.stderr and "moa warning" in quiet.stderr
     assert loud.stdout == "None\n" and "torch noise" in loud.stderr
+
+
+def test_what_child_processes_print_goes_to_the_log_not_the_terminal(tmp_path) -> None:
+    """vLLM's engine processes, torch's C++ warnings and Triton write to file descriptor 2 directly: while moa
+    runs quietly that descriptor is a log file, and moa's own lines still reach the real stderr."""
+    log = tmp_path / "engines.log"
+    code = (
+        "import logging, subprocess, sys\n"
+        "from pathlib import Path\n"
+        "from moa.logs import configure_logging, native_output_to\n"
+        "configure_logging()\n"
+        f"with native_output_to(Path({str(log)!r})):\n"
+        "    subprocess.run(['sh', '-c', 'echo engine-noise >&2'], check=True)\n"
+        "    logging.getLogger('moa.test').info('starting engine')\n"
+        "    print('progress line', file=sys.stderr)\n"
+        "print('after the block', file=sys.stderr)\n"
+        "subprocess.run(['sh', '-c', 'echo child-after >&2'], check=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "engine-noise" not in done.stderr and "engine-noise" in log.read_text()
+    assert "moa: starting engine" in done.stderr and "progress line" in done.stderr
+    assert "after the block" in done.stderr and "child-after" in done.stderr  # the terminal is back afterwards
