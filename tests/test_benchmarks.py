@@ -45,3 +45,20 @@ def test_a_benchmark_writes_what_it_prints_as_json(tmp_path: Path) -> None:
     assert figures["figures"]["moa.grants_per_s"] > 0
     assert figures["figures"]["moa.cpu_s"] >= 0
     assert "moa RequestRateLimiter: 20 grants" in done.stdout
+
+
+def test_bench_cost_parses_its_options_and_sums_a_turns_calls() -> None:
+    from benchmarks.bench_cost import parser, turn_figures
+    from moa.types import CallRecord
+
+    args = parser().parse_args(["--turns", "2", "--max-tokens", "16", "--n", "2"])
+    assert (args.turns, args.max_tokens, args.n, args.json) == (2, 16, 2, None)
+    calls = [
+        CallRecord(layer=1, role="proposer", agent="a", backend="local", model="m", prompt_tokens=100,
+                   cached_prompt_tokens=90),
+        CallRecord(layer=3, role="aggregator", agent="agg", backend="local", model="m", prompt_tokens=200,
+                   cached_prompt_tokens=100),
+        CallRecord(layer=2, role="proposer", agent="b", backend="local", model="m", outcome="skipped"),
+    ]  # fmt: skip
+    turn = turn_figures(calls, 1.5)
+    assert (turn.prompt_tokens, turn.cached_tokens, turn.min_share, turn.seconds) == (300, 190, 0.5, 1.5)
