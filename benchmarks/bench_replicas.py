@@ -33,6 +33,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from benchmarks.figures import add_json_option, write_figures
 from moa.config import RateLimit
 from moa.shared_limits import SharedLimits
 
@@ -158,7 +159,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--replicas", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--store", help="a running Redis (default: start redis-server on a free port)")
+    add_json_option(parser)
     args = parser.parse_args()
+    figures: dict[str, object] = {}
 
     redis_proc, tmp = None, tempfile.TemporaryDirectory()
     store = args.store
@@ -194,11 +197,17 @@ def main() -> None:
             results = _phase(bursty, n, args.rate / 2, args.seconds, f"{base}/v1/chat/completions")
             asyncio.run(_stats(base))
             waits = [w for r in results for w in r[0]]
+            figures.update({
+                f"{n}.achieved_over_r": achieved / args.rate, f"{n}.busiest_second_over_r": _max_window(starts) / args.rate,
+                f"{n}.upstream_429s": seen["rejected"], f"{n}.limiter_p50_ms": _pct(waits, 0.5) * 1e3,
+                f"{n}.limiter_p99_ms": _pct(waits, 0.99) * 1e3,
+            })  # fmt: skip
             print(
                 f"{n} replicas, offered 2R: achieved {achieved / args.rate:.3f} R, busiest second "
                 f"{_max_window(starts) / args.rate:.3f} R, 429s {seen['rejected']}; limiter at 0.5R: "
                 f"p50 {_pct(waits, 0.5) * 1e3:.2f} ms, p99 {_pct(waits, 0.99) * 1e3:.2f} ms"
             )
+        write_figures(args.json, "bench_replicas", args, figures)
     finally:
         upstream.terminate()
         if redis_proc is not None:
