@@ -65,3 +65,16 @@ def upstream_thread(_upstream_thread_session: ScriptedServer) -> Iterator[Script
     _upstream_thread_session.reset()
     yield _upstream_thread_session
     _upstream_thread_session.reset()
+
+
+async def stream_text_and_trace(ens: Any, messages: list[dict[str, str]], timeout: float = 5) -> tuple[str, list[Any]]:
+    """An ensemble's streamed answer joined, and the trace its last delta carries (within ``timeout`` seconds)."""
+
+    async def collect() -> tuple[str, list[Any]]:
+        text, trace = "", []
+        async for delta in ens.astream(messages):
+            text += delta.content
+            trace = delta.trace or trace
+        return text, trace
+
+    return await asyncio.wait_for(collect(), timeout=timeout)

@@ -12,7 +12,7 @@ from moa import Ensemble
 from moa.config import load_config
 from moa.errors import ConfigError
 from moa.types import CallRecord
-from tests.conftest import moa_config
+from tests.conftest import moa_config, stream_text_and_trace
 from tests.scripted_server import Recorded, ScriptedServer
 
 USER = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -56,15 +56,7 @@ async def test_a_streamed_call_is_hedged_until_its_first_piece(upstream: Scripte
     upstream.script("agg", answer="streamed hedged final", faults=["hang"])
     cfg = moa_config(upstream.base_url, [["a"]], aggregator_extra={"hedge": {"after_s": 0.2, "max_extra": 1.0}})
     async with Ensemble.from_config(cfg) as ens:
-
-        async def collect() -> tuple[str, list[CallRecord]]:
-            text, trace = "", []
-            async for delta in ens.astream(USER):
-                text += delta.content
-                trace = delta.trace or trace
-            return text, trace
-
-        text, trace = await asyncio.wait_for(collect(), timeout=5)
+        text, trace = await stream_text_and_trace(ens, USER)
     assert text == "streamed hedged final"
     first, second = await _settled(upstream, "agg", 2)
     assert (first.outcome, second.outcome) == ("cancelled", "ok")

@@ -11,7 +11,7 @@ import pytest
 from moa import Ensemble
 from moa.config import load_config
 from moa.errors import ConfigError
-from tests.conftest import moa_config
+from tests.conftest import moa_config, stream_text_and_trace
 from tests.scripted_server import ScriptedServer
 
 USER = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -115,15 +115,7 @@ async def test_the_streamed_answer_also_goes_on_without_the_straggler(upstream: 
         upstream.script(m, latency_s=10 if m == "p5" else 0.05)
     upstream.script("agg", answer="streamed final")
     async with Ensemble.from_config(_quorum_config(upstream.base_url, {"min": 5})) as ens:
-
-        async def collect() -> tuple[str, list[Any]]:
-            text, trace = "", []
-            async for delta in ens.astream(USER):
-                text += delta.content
-                trace = delta.trace or trace
-            return text, trace
-
-        text, trace = await asyncio.wait_for(collect(), timeout=5)
+        text, trace = await stream_text_and_trace(ens, USER)
     assert text == "streamed final"
     assert [(r.agent, r.reason) for r in trace if r.outcome == "cancelled"] == [("p5", "straggler")]
 
