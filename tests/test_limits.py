@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import pytest
 
@@ -166,6 +168,17 @@ def _backend(upstream: ScriptedServer, **config: object) -> Backend:
     return Backend.from_config("up", cfg)
 
 
+async def _waits_for_tokens(call: Coroutine[Any, Any, object], upstream: ScriptedServer, why: str) -> None:
+    """``call`` (the seventh) waits for tokens and sends nothing while it waits; then it is cancelled."""
+    seventh = asyncio.create_task(call)
+    done, _ = await asyncio.wait({seventh}, timeout=1.0)
+    assert not done, why
+    assert len(upstream.for_model("m")) == 6
+    seventh.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await seventh
+
+
 async def test_calls_without_usage_are_charged_their_characters(upstream: ScriptedServer) -> None:
     upstream.script("m", faults=[_no_usage_body() for _ in range(7)])
     backend = _backend(upstream)
@@ -173,13 +186,8 @@ async def test_calls_without_usage_are_charged_their_characters(upstream: Script
     try:
         for _ in range(6):  # 6 calls of ~100 tokens empty the 600-token bucket
             await backend.generate(PROMPT, PARAMS, 1, "m", CallSite(1, "proposer", "m"), trace)
-        seventh = asyncio.create_task(backend.generate(PROMPT, PARAMS, 1, "m", CallSite(1, "proposer", "m"), trace))
-        done, _ = await asyncio.wait({seventh}, timeout=1.0)
-        assert not done, "the calls were refunded their whole estimate because the upstream sent no usage"
-        assert len(upstream.for_model("m")) == 6
-        seventh.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await seventh
+        seventh = backend.generate(PROMPT, PARAMS, 1, "m", CallSite(1, "proposer", "m"), trace)
+        await _waits_for_tokens(seventh, upstream, "the calls were refunded their whole estimate: no usage came")
     finally:
         await backend.aclose()
 
@@ -197,13 +205,7 @@ async def test_streams_that_count_only_pieces_are_charged_their_characters(upstr
     try:
         for _ in range(6):
             assert await stream() == ANSWER
-        seventh = asyncio.create_task(stream())
-        done, _ = await asyncio.wait({seventh}, timeout=1.0)
-        assert not done, "streamed calls were charged one token a piece"
-        assert len(upstream.for_model("m")) == 6
-        seventh.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await seventh
+        await _waits_for_tokens(stream(), upstream, "streamed calls were charged one token a piece")
     finally:
         await backend.aclose()
 

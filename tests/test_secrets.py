@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,20 @@ AZURE = "sk-azure-SECRET-123"
 
 def _error(message: str, status: int) -> Raw:
     return Raw(json.dumps({"error": {"message": message, "type": "x"}}), status=status)
+
+
+async def _raised(config: OpenAIBackendConfig, expected: type[BackendError], *, stream: bool = False) -> Any:
+    """The error one call of a real proposer on ``config`` raises (a ``pytest.ExceptionInfo``)."""
+    proposer = OpenAIProposer("up", config)
+    try:
+        with pytest.raises(expected) as info:
+            if stream:
+                [d async for d in proposer.stream([Message("user", "hi")], SamplingParams())]
+            else:
+                await proposer.generate([Message("user", "hi")], SamplingParams())
+    finally:
+        await proposer.aclose()
+    return info
 
 
 def test_long_secrets_are_masked_anywhere_short_ones_as_whole_tokens() -> None:
@@ -73,12 +88,7 @@ async def test_a_bearer_header_value_and_its_token_are_masked(upstream: Scripted
     config = OpenAIBackendConfig(
         type="openai", base_url=upstream.base_url, model="m", headers={"X-Auth": f"Bearer {token}"}
     )
-    proposer = OpenAIProposer("up", config)
-    try:
-        with pytest.raises(BackendError) as info:
-            await proposer.generate([Message("user", "hi")], SamplingParams())
-    finally:
-        await proposer.aclose()
+    info = await _raised(config, BackendError, stream=False)
     assert str(info.value) == "up: HTTP 403: bad Authorization '***' (token ***)"
 
 
@@ -86,12 +96,7 @@ async def test_a_secret_in_an_error_sent_mid_stream_is_masked(upstream: Scripted
     events = f'data: {{"error": {{"message": "key {AZURE} revoked"}}}}\n\n'
     upstream.script("m", faults=[Raw(events, content_type="text/event-stream")])
     config = OpenAIBackendConfig(type="openai", base_url=upstream.base_url, model="m", headers={"api-key": AZURE})
-    proposer = OpenAIProposer("up", config)
-    try:
-        with pytest.raises(ServerError) as info:
-            [d async for d in proposer.stream([Message("user", "hi")], SamplingParams())]
-    finally:
-        await proposer.aclose()
+    info = await _raised(config, ServerError, stream=True)
     assert str(info.value) == "up: error in stream: key *** revoked"
 
 
@@ -101,12 +106,7 @@ async def test_a_short_key_does_not_mangle_the_message(
     monkeypatch.setenv("MOA_SHORT_KEY", "1")
     upstream.script("m", faults=[_error("key 1 refused by 127.0.0.1:8000", 401)])
     config = OpenAIBackendConfig(type="openai", base_url=upstream.base_url, model="m", api_key_env="MOA_SHORT_KEY")
-    proposer = OpenAIProposer("up", config)
-    try:
-        with pytest.raises(AuthenticationError) as info:
-            await proposer.generate([Message("user", "hi")], SamplingParams())
-    finally:
-        await proposer.aclose()
+    info = await _raised(config, AuthenticationError, stream=False)
     assert str(info.value) == "up: HTTP 401: key *** refused by 127.0.0.1:8000"
 
 
@@ -116,12 +116,7 @@ async def test_context_length_is_recognised_before_the_key_is_masked(
     monkeypatch.setenv("MOA_WORD_KEY", "context")
     upstream.script("m", faults=[_error("This model's maximum context length is 2048 tokens.", 400)])
     config = OpenAIBackendConfig(type="openai", base_url=upstream.base_url, model="m", api_key_env="MOA_WORD_KEY")
-    proposer = OpenAIProposer("up", config)
-    try:
-        with pytest.raises(ContextLengthError) as info:
-            await proposer.generate([Message("user", "hi")], SamplingParams())
-    finally:
-        await proposer.aclose()
+    info = await _raised(config, ContextLengthError, stream=False)
     assert "context" not in str(info.value) and "maximum *** length" in str(info.value)
 
 
@@ -129,10 +124,5 @@ async def test_a_secret_across_the_cut_of_a_long_error_body_is_not_half_shown(up
     body = "x" * 490 + f" {AZURE} " + "y" * 100  # not JSON: the text itself, cut to 500 characters
     upstream.script("m", faults=[Raw(body, status=502, content_type="text/plain")])
     config = OpenAIBackendConfig(type="openai", base_url=upstream.base_url, model="m", headers={"api-key": AZURE})
-    proposer = OpenAIProposer("up", config)
-    try:
-        with pytest.raises(ServerError) as info:
-            await proposer.generate([Message("user", "hi")], SamplingParams())
-    finally:
-        await proposer.aclose()
+    info = await _raised(config, ServerError, stream=False)
     assert "sk-azure" not in str(info.value) and str(info.value).endswith(" *** " + "y" * 5)
