@@ -5,6 +5,7 @@
     ├── BackendError                 a model call failed (carries backend name and HTTP status if any)
     │   ├── APIStatusError           the backend answered with an error status
     │   │   ├── BadRequestError          400, 422: the request itself is wrong (not retried)
+    │   │   │   └── ContextLengthError       the prompt does not fit the model's context
     │   │   ├── AuthenticationError      401 (not retried)
     │   │   ├── PermissionDeniedError    403 (not retried)
     │   │   ├── NotFoundError            404 (not retried)
@@ -15,7 +16,6 @@
     │   ├── MalformedResponseError   the body is not what the protocol says (wrong shape, bad JSON): retried
     │   ├── APIConnectionError       connection refused, reset or dropped: retried
     │   ├── APITimeoutError          one call ran past its timeout: retried
-    │   ├── ContextLengthError       the prompt does not fit the model's context (not retried)
     │   └── EngineError              a local engine failed (not retried)
     ├── InsufficientProposalsError   fewer agents of a layer survived than ``min_proposals``
     ├── BudgetExceededError          the next call would take the request past its ``max_cost_usd``
