@@ -11,8 +11,9 @@ Conversation roles must alternate ...``. ``refusal`` reads which constraint such
 call reports back. A refusal makes the call retry once with ``STRICT`` (the layout every template takes) and
 the refused constraint is kept for the model (logged once; the call's trace record says so). No refusal storm:
 while nothing is known of a constraint, one call at a time puts it to the upstream; concurrent calls that would
-too wait for that call's answer (one round trip, once per model and constraint), so each constraint is refused
-at most once per backend and model.
+too wait for that call's verdict, so each constraint is refused at most once per backend and model. A template
+refuses before any token is generated, so the wait is short: a refusal, a stream's first bytes, or
+``VERDICT_WAIT_S`` without a refusal (a whole call's answer takes its whole generation) let them go on.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from moa.types import Message
 from proposers.chat_template import CONSTRAINTS, STRICT, Constraint, TemplateRules, adapt, exercised
 
 logger = logging.getLogger(__name__)
+
+#: how long calls wait for another call's verdict on a constraint before they go ahead (a refusal comes at once)
+VERDICT_WAIT_S = 1.0
 
 #: statuses a template refusal comes with: vLLM's server 400, TGI 422, llama.cpp's server 500
 REFUSAL_STATUSES = (400, 422, 500)
@@ -74,6 +78,7 @@ class _Model:
     refused: set[Constraint] = field(default_factory=set)
     accepted: set[Constraint] = field(default_factory=set)
     testing: dict[Constraint, asyncio.Future[None]] = field(default_factory=dict)  # put to the upstream now
+    since: dict[Constraint, float] = field(default_factory=dict)  # when each test began (loop time)
 
     def unknown(self, constraints: frozenset[Constraint]) -> set[Constraint]:
         return set(constraints) - self.refused - self.accepted
@@ -116,16 +121,22 @@ class TemplateLayouts:
         """One call's layout: ``messages`` fitted to the known rules. The call sends ``layout.messages``, asks
         ``retry(error)`` after a failure and calls ``accepted()`` once the upstream took the prompt."""
         known = self._model(model)
+        loop = asyncio.get_running_loop()
         while True:
             sent, note = adapt(messages, self.rules(model))
             unknown = known.unknown(exercised(sent))
-            busy = [known.testing[c] for c in unknown if c in known.testing]
+            busy = {c: known.testing[c] for c in unknown if c in known.testing}
             if not busy:
                 break
-            await asyncio.wait(busy)  # another call is putting one of these to the upstream: wait for its answer
-        loop = asyncio.get_running_loop()
+            # another call is putting one of these to the upstream: wait for its verdict
+            until = min(known.since[c] for c in busy) + VERDICT_WAIT_S
+            done, _ = await asyncio.wait(busy.values(), timeout=max(0.0, until - loop.time()))
+            if not done:  # no refusal in time: the template took it; go ahead without testing these again
+                unknown -= set(busy)
+                break
         layout = Layout(sent, note, list(messages), {c: loop.create_future() for c in unknown})
         known.testing.update(layout.testing)
+        known.since.update(dict.fromkeys(layout.testing, loop.time()))
         try:
             yield layout
         finally:
@@ -136,7 +147,7 @@ class TemplateLayouts:
         """The call's verdict is in (or it ended without one): calls waiting on its constraints go on."""
         for constraint, future in layout.testing.items():
             if known.testing.get(constraint) is future:
-                del known.testing[constraint]
+                del known.testing[constraint], known.since[constraint]
             if not future.done():
                 future.set_result(None)
 
