@@ -112,6 +112,7 @@ class _Tally:
     retries: int = 0
     usage: Usage | None = None
     reason: str | None = None  # why the call was cancelled, when the backend cancelled it ("hedge lost")
+    template: str | None = None  # how the proposer fitted the prompt to its chat template (a stream's last delta)
 
 
 class Backend:
@@ -170,7 +171,7 @@ class Backend:
     def _record(
         self, site: CallSite, model: str, n: int, started: float, retries: int, *, outcome: Outcome = "ok",
         error: str | None = None, prompt_tokens: int = 0, completion_tokens: int = 0, generations: int | None = None,
-        cached_prompt_tokens: int = 0, reason: str | None = None, hedge: bool = False,
+        cached_prompt_tokens: int = 0, reason: str | None = None, hedge: bool = False, template: str | None = None,
     ) -> CallRecord:  # fmt: skip
         cost = (
             None
@@ -181,7 +182,7 @@ class Backend:
             layer=site.layer, role=site.role, agent=site.agent, step=site.step, backend=self.name, model=model,
             n=n, latency_s=time.monotonic() - started, retries=retries, outcome=outcome, error=error,
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, generations=generations,
-            cached_prompt_tokens=cached_prompt_tokens, cost_usd=cost, reason=reason, hedge=hedge,
+            cached_prompt_tokens=cached_prompt_tokens, cost_usd=cost, reason=reason, hedge=hedge, template=template,
         )  # fmt: skip
 
     def _hold(self, site: CallSite, model: str, n: int, trace: list[CallRecord], prompt_tokens: int,
@@ -233,7 +234,7 @@ class Backend:
 
     async def _non_streaming_call(
         self, site: CallSite, model: str, n: int, trace: list[CallRecord],
-        attempt: Callable[[], AsyncGenerator[_T, None]], tokens: Callable[[_T], dict[str, int | None]],
+        attempt: Callable[[], AsyncGenerator[_T, None]], tokens: Callable[[_T], dict[str, int | str | None]],
         worst: tuple[int, int], tally: _Tally | None = None, hedge: bool = False,
     ) -> _T:  # fmt: skip
         """One logical call answered whole (chat or embeddings) through the one retry loop; appends exactly one
@@ -319,11 +320,12 @@ class Backend:
         says how many came; none at all is a malformed answer (retried).
         """
 
-        def tokens(result: GenerateResult) -> dict[str, int | None]:
+        def tokens(result: GenerateResult) -> dict[str, int | str | None]:
             came = len(result.generations)
             return {
                 "prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens,
                 "cached_prompt_tokens": result.usage.cached_prompt_tokens, "generations": came if came < n else None,
+                "template": result.template,
             }  # fmt: skip
 
         worst = _worst_case(messages, params, n)
@@ -478,6 +480,7 @@ class Backend:
                 site, model, 1, started, tally.retries, outcome=outcome, error=error,
                 prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
                 cached_prompt_tokens=usage.cached_prompt_tokens, reason=_cancel_reason(outcome, tally), hedge=hedge,
+                template=tally.template,
             )  # fmt: skip
             trace.append(record)
             self._settle(held, record)
@@ -509,6 +512,8 @@ class Backend:
                         completion_chars += len(delta.content)
                         if delta.finish_reason is not None and delta.usage is not None:
                             tally.usage = delta.usage
+                        if delta.template is not None:
+                            tally.template = delta.template
                         yield delta
             except TimeoutError:
                 if timer.expired():

@@ -145,6 +145,21 @@ class _BackendBase(_Strict):
     hedge: HedgePolicy | None = Field(default=None, description="hedged calls (off by default)")
 
 
+class ChatTemplateRules(_Strict):
+    """What the chat template behind a backend accepts (``chat_template:`` of an ``openai`` backend). moa fits every
+    prompt to these rules just before sending it (``proposers.chat_template``)."""
+
+    system: bool | Literal["first", "fold"] = Field(
+        default=True,
+        description="true: system turns anywhere; first: only as the first turn; fold (or false): no system role, "
+        "its text goes into the next user turn",
+    )
+    alternate: bool = Field(
+        default=False, description="turns must alternate user/assistant, starting with the user (Gemma, Mistral)"
+    )
+    tool: bool = Field(default=True, description="the tool role is accepted (false: tool results go into user turns)")
+
+
 class OpenAIBackendConfig(_BackendBase):
     """Any OpenAI-compatible chat completions API (OpenAI, Together, a vLLM server, ...)."""
 
@@ -155,6 +170,11 @@ class OpenAIBackendConfig(_BackendBase):
     supports_n: bool = Field(default=True, description="one request may ask for n samples")
     stream_usage: bool = Field(default=True, description="send stream_options.include_usage when streaming")
     headers: dict[str, str] = Field(default_factory=dict)
+    chat_template: ChatTemplateRules | None = Field(
+        default=None,
+        description="the upstream chat template's rules; unset: learned from its first refusal of a layout (an HTTP "
+        "400 such as 'System role not supported'), per model",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -202,6 +222,10 @@ class VLLMBackendConfig(_BackendBase):
     seed: int = 0
     speculative: VLLMSpeculativeConfig | None = Field(
         default=None, description="vLLM's own speculative decoding (its speculative_config)"
+    )
+    chat_template: str | None = Field(
+        default=None,
+        description="a Jinja chat template used instead of the model's own: a file path, or the template itself",
     )
 
 

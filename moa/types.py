@@ -17,7 +17,9 @@ from typing import Literal, TypedDict, Unpack
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Role = Literal["system", "user", "assistant"]
+#: ``tool``: a tool's result; moa's edges (server, SDK) refuse tool history today, but a backend fits one to its chat
+#: template like any turn (``proposers.chat_template``)
+Role = Literal["system", "user", "assistant", "tool"]
 TopLogprobs = tuple[tuple[str, float], ...]
 
 
@@ -73,6 +75,7 @@ class GenerateResult:
 
     generations: list[Generation]
     usage: Usage
+    template: str | None = None  # how the backend fitted the prompt to its chat template, when it changed it
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,7 @@ class Delta:
     usage: Usage | None = None
     trace: list[CallRecord] | None = None
     defense: list[DefenseRecord] | None = None
+    template: str | None = None  # on a proposer's last delta: how it fitted the prompt to its chat template
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +193,11 @@ class CallRecord(_Model):
     step: str | None = Field(default=None, description="what the call was for, when an aggregator makes several")
     generations: int | None = Field(default=None, description="how many generations came, when fewer than n")
     hedge: bool = Field(default=False, description="a hedged call: the second, identical call of a slow one")
+    template: str | None = Field(
+        default=None,
+        description="how the prompt was fitted to the backend's chat template (system folded, turns merged), when "
+        "it was; a rule learned from the upstream's refusal says so",
+    )
 
 
 class ProposalRecord(_Model):

@@ -32,6 +32,7 @@ from moa.errors import (
 )
 from moa.redact import MIN_FREE_LENGTH, Redactor
 from moa.types import Delta, GenerateResult, Generation, Message, SamplingParams, TopLogprobs, Usage
+from proposers.chat_template import TemplateRules
 from proposers.openai_schema import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -43,6 +44,7 @@ from proposers.openai_schema import (
     parse_body,
 )
 from proposers.sse import iter_sse_data
+from proposers.template_learning import TemplateLayouts
 
 _MAX_ERROR_CHARS = 500
 _CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too long", "max_model_len")
@@ -60,6 +62,8 @@ class OpenAIProposer:
         self._api_key = self._read_key(config, config_path or f"backends.{name}")
         self._redact = Redactor(_secrets(self._api_key, config.headers))
         self._session: aiohttp.ClientSession | None = None
+        declared = None if config.chat_template is None else TemplateRules.of(config.chat_template)
+        self.templates = TemplateLayouts(name, declared)  # each model's chat-template rules: declared or learned
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAIProposer(name={self.name!r}, base_url={self.config.base_url!r})"
@@ -158,9 +162,19 @@ class OpenAIProposer:
     async def generate(
         self, messages: list[Message], params: SamplingParams, n: int = 1, *, model: str | None = None
     ) -> GenerateResult:
-        body = self._body(messages, params, n, model, stream=False)
-        with self._mapped_errors():
-            raw = await self._post(self._url, body)
+        model = model or self.config.model
+        async with self.templates.layout(model or "", messages) as layout:
+            while True:
+                body = self._body(layout.messages, params, n, model, stream=False)
+                try:
+                    with self._mapped_errors():
+                        raw = await self._post(self._url, body)
+                except BackendError as e:
+                    if self.templates.retry(model or "", layout, e):
+                        continue
+                    raise
+                self.templates.accepted(model or "", layout)
+                break
         try:
             data = parse_body(ChatCompletion, raw)
         except ValidationError as e:
@@ -173,18 +187,30 @@ class OpenAIProposer:
             for c in choices
         ]
         usage = data.usage.to_usage() if data.usage is not None else Usage.of(0, 0)
-        return GenerateResult(generations=generations, usage=usage)
+        return GenerateResult(generations=generations, usage=usage, template=layout.note)
 
     async def stream(
         self, messages: list[Message], params: SamplingParams, *, model: str | None = None
     ) -> AsyncIterator[Delta]:
-        body = self._body(messages, params, 1, model, stream=True)
+        model = model or self.config.model
         finish_reason: str | None = None
         usage: Usage | None = None
         pieces = 0
         with self._mapped_errors():
-            async with self._get_session().post(self._url, json=body) as resp:
-                await self._raise_for_status(resp)
+            async with self.templates.layout(model or "", messages) as layout:
+                while True:
+                    body = self._body(layout.messages, params, 1, model, stream=True)
+                    resp = await self._get_session().post(self._url, json=body)
+                    try:
+                        await self._raise_for_status(resp)
+                    except BaseException as e:
+                        resp.release()
+                        if isinstance(e, BackendError) and self.templates.retry(model or "", layout, e):
+                            continue
+                        raise
+                    self.templates.accepted(model or "", layout)
+                    break
+            async with resp:
                 async for data in iter_sse_data(resp.content.iter_any()):
                     if data == "[DONE]":
                         break
@@ -211,7 +237,7 @@ class OpenAIProposer:
                         raise APIConnectionError(f"{self.name}: stream ended before it finished", backend=self.name)
         if usage is None:  # the server reports none: count pieces, the closest thing we can see
             usage = Usage.of(0, pieces)
-        yield Delta(finish_reason=finish_reason or "stop", usage=usage)
+        yield Delta(finish_reason=finish_reason or "stop", usage=usage, template=layout.note)
 
     async def embed(self, texts: list[str], *, model: str | None = None) -> EmbeddingResult:
         """One POST to ``{base_url}/embeddings``: a vector per text, in order."""

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 from moa.config import TorchBackendConfig
 from moa.errors import BackendError, ConfigError, EngineError, NotFoundError
 from moa.types import Delta, GenerateResult, Generation, Message, SamplingParams, Usage
+from proposers.chat_template import TemplateRules, adapt
+from proposers.local_template import probe_tokenizer
 from proposers.specdec.runner import Runner
 
 T = TypeVar("T")
@@ -76,6 +78,7 @@ class TorchProposer:
         self._check_files(name, config)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"moa-torch-{name}")
         self._runner: Runner | None = None
+        self.template_rules: TemplateRules | None = None  # probed from the model's template when it loads
 
     @staticmethod
     def _check_files(name: str, config: TorchBackendConfig) -> None:
@@ -93,7 +96,13 @@ class TorchProposer:
     def _load(self) -> Runner:
         if self._runner is None:
             self._runner = Runner.load(self.name, self.config)
+            self.template_rules = probe_tokenizer(self._runner.tokenizer, None, self.name)
         return self._runner
+
+    def _encode(self, runner: Runner, messages: list[Message]) -> tuple[list[int], str | None]:
+        """The prompt's token ids, the conversation fitted to the template's rules first; and how it was fitted."""
+        messages, note = adapt(messages, self.template_rules or TemplateRules())
+        return runner.encode(messages), note
 
     def _check_model(self, model: str | None) -> None:
         if model is not None and model != self.config.model:
@@ -123,9 +132,9 @@ class TorchProposer:
     def _decode_one(
         self, messages: list[Message], params: SamplingParams, emit: Callable[[str], None] | None,
         cancelled: threading.Event,
-    ) -> tuple[Generation, Usage]:  # fmt: skip
+    ) -> tuple[Generation, Usage, str | None]:  # fmt: skip
         runner = self._load()
-        prompt = runner.encode(messages)
+        prompt, note = self._encode(runner, messages)
         detok = Detokenizer(runner.tokenizer, params.stop or ())
         text, steps, finish = [], runner.tokens(prompt, params), "length"
         for new in steps:
@@ -145,7 +154,7 @@ class TorchProposer:
             text.append(rest)
             if emit is not None:
                 emit(rest)
-        return Generation("".join(text), finish), Usage.of(len(prompt), len(detok.ids))
+        return Generation("".join(text), finish), Usage.of(len(prompt), len(detok.ids)), note
 
     def _generate(
         self, messages: list[Message], params: SamplingParams, n: int, cancelled: threading.Event
@@ -153,14 +162,14 @@ class TorchProposer:
         runner = self._load()
         sampled = params.temperature is None or params.temperature > 0
         if n == 1 or not sampled:
-            generation, usage = self._decode_one(messages, params, None, cancelled)
-            return GenerateResult([generation] * n, Usage.of(usage.prompt_tokens, usage.completion_tokens * n))
-        prompt = runner.encode(messages)
+            generation, usage, note = self._decode_one(messages, params, None, cancelled)
+            return GenerateResult([generation] * n, Usage.of(usage.prompt_tokens, usage.completion_tokens * n), note)
+        prompt, note = self._encode(runner, messages)
         rows = runner.samples(prompt, params, n, cancelled.is_set)
         if cancelled.is_set():
             raise Cancelled
         generations = [self._finish(runner, row, params) for row in rows]
-        return GenerateResult(generations, Usage.of(len(prompt), sum(map(len, rows))))
+        return GenerateResult(generations, Usage.of(len(prompt), sum(map(len, rows))), note)
 
     @staticmethod
     def _finish(runner: Runner, row: list[int], params: SamplingParams) -> Generation:
@@ -194,8 +203,8 @@ class TorchProposer:
         try:
             while (piece := await pieces.get()) is not None:
                 yield Delta(content=piece)
-            generation, usage = done.result()
-            yield Delta(finish_reason=generation.finish_reason, usage=usage)
+            generation, usage, note = done.result()
+            yield Delta(finish_reason=generation.finish_reason, usage=usage, template=note)
         finally:
             done.cancel()
 

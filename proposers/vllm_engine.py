@@ -41,7 +41,9 @@ from moa.errors import (
     NotFoundError,
 )
 from moa.types import Delta, GenerateResult, Generation, Message, SamplingParams, TopLogprobs, Usage
+from proposers.chat_template import TemplateRules, adapt
 from proposers.embedded import resolve_model
+from proposers.local_template import chat_template_text, probe_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ class VLLMProposer:
         self._engine: AsyncLLM | None = None
         self._starting: asyncio.Task[AsyncLLM] | None = None
         self._restarted = False  # the engine was restarted and the new one has not served a request yet
+        self._chat_template = chat_template_text(config.chat_template, f"backends.{name}.chat_template")
+        self.template_rules: TemplateRules | None = None  # probed from the template on the engine's first prompt
 
     def __repr__(self) -> str:
         return f"VLLMProposer(name={self.name!r}, model={self.config.model!r})"
@@ -84,7 +88,7 @@ class VLLMProposer:
         self, messages: list[Message], params: SamplingParams, n: int = 1, *, model: str | None = None
     ) -> GenerateResult:
         engine = await self._ready(model)
-        prompt = self._prompt_ids(engine, messages)  # prompt: [P]
+        prompt, note = self._prompt_ids(engine, messages)  # prompt: [P]
         sampling = self._sampling(engine, params, n, len(prompt), RequestOutputKind.FINAL_ONLY)
         final = None
         with self._mapped_errors():
@@ -101,13 +105,14 @@ class VLLMProposer:
                 for s in samples
             ],
             usage=Usage.of(len(prompt), sum(len(s.token_ids) for s in samples), _cached(final, len(prompt))),
+            template=note,
         )
 
     async def stream(
         self, messages: list[Message], params: SamplingParams, *, model: str | None = None
     ) -> AsyncIterator[Delta]:
         engine = await self._ready(model)
-        prompt = self._prompt_ids(engine, messages)
+        prompt, note = self._prompt_ids(engine, messages)
         sampling = self._sampling(engine, params, 1, len(prompt), RequestOutputKind.DELTA)
         completion_tokens, finish_reason, cached = 0, None, 0
         with self._mapped_errors():
@@ -120,19 +125,25 @@ class VLLMProposer:
                     if piece.text:
                         yield Delta(content=piece.text)
         self._restarted = False
-        yield Delta(finish_reason=finish_reason or "stop", usage=Usage.of(len(prompt), completion_tokens, cached))
+        usage = Usage.of(len(prompt), completion_tokens, cached)
+        yield Delta(finish_reason=finish_reason or "stop", usage=usage, template=note)
 
     # ---- one phase each ------------------------------------------------------------------------------------
 
-    def _prompt_ids(self, engine: AsyncLLM, messages: list[Message]) -> list[int]:
-        """Token ids of the conversation plus the assistant's opening, the way vLLM's chat API renders it."""
+    def _prompt_ids(self, engine: AsyncLLM, messages: list[Message]) -> tuple[list[int], str | None]:
+        """Token ids of the conversation fitted to the chat template's rules plus the assistant's opening, the way
+        vLLM's chat API renders it; and how the conversation was fitted (``None``: unchanged)."""
         tokenizer = engine.tokenizer
         if tokenizer is None:  # an engine started with skip_tokenizer_init, which moa's engine args never set
             raise EngineError(f"{self.name}: the vLLM engine has no tokenizer", backend=self.name)
+        if self.template_rules is None:
+            self.template_rules = probe_tokenizer(tokenizer, self._chat_template, self.name)
+        messages, note = adapt(messages, self.template_rules)
         try:
             ids = tokenizer.apply_chat_template(
-                [m.to_dict() for m in messages], add_generation_prompt=True, tokenize=True, return_dict=False
-            )
+                [m.to_dict() for m in messages], add_generation_prompt=True, tokenize=True, return_dict=False,
+                chat_template=self._chat_template,
+            )  # fmt: skip
         except Exception as e:  # a template may raise anything on a conversation it rejects
             raise BadRequestError(
                 f"{self.name}: the chat template rejected the messages: {e}", backend=self.name
@@ -147,7 +158,7 @@ class VLLMProposer:
                 f"backends.{self.name}.max_model_len",
                 backend=self.name,
             )
-        return list(ids)
+        return list(ids), note
 
     def _sampling(
         self, engine: AsyncLLM, params: SamplingParams, n: int, prompt_len: int, kind: RequestOutputKind

@@ -7,6 +7,8 @@ any status, headers and body bytes, for upstreams that send the wrong shape), an
 likely first tokens with their log-probabilities, sent when a request asks for ``logprobs``. It records every
 request it got (body, start and end time, outcome, including ``cancelled`` when the client went away) and the
 peak number of requests in flight. ``/v1/embeddings`` answers with deterministic vectors from the text.
+A model scripted with a ``template`` (``tests/chat_templates.py``) renders each request's messages through it, as
+vLLM's server does, and answers a conversation the template refuses with vLLM's 400 (the template's own words).
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class ModelScript:
     usage_prompt: int = 10
     top_logprobs: TopLogprobs | None = None
     cached_tokens: int | None = None  # sent as usage.prompt_tokens_details.cached_tokens when set
+    template: str | None = None  # a chat template the messages must pass, else a 400 as vLLM's server sends it
+    refusals: int = 0  # the 400s its template caused
 
 
 @dataclass
@@ -84,9 +88,12 @@ class ScriptedServer:
     # ---- scripting -----------------------------------------------------------------------------------
 
     def script(self, model: str, *, answer: Answer | str | None = None, latency_s: float = 0.0,
-               faults: list[Fault] | None = None, top_logprobs: TopLogprobs | None = None) -> ModelScript:  # fmt: skip
+               faults: list[Fault] | None = None, top_logprobs: TopLogprobs | None = None,
+               template: str | None = None) -> ModelScript:  # fmt: skip
         fn = (lambda m, msgs, i, s=answer: s) if isinstance(answer, str) else (answer or default_answer)
-        self.scripts[model] = ModelScript(fn, latency_s, deque(faults or []), top_logprobs=top_logprobs)
+        self.scripts[model] = ModelScript(
+            fn, latency_s, deque(faults or []), top_logprobs=top_logprobs, template=template
+        )
         return self.scripts[model]
 
     def reset(self) -> None:
@@ -184,6 +191,13 @@ class ScriptedServer:
             headers = {"Retry-After": retry_after} if retry_after else {}
             error = {"error": {"message": message, "type": "scripted", "param": None, "code": None}}
             return web.json_response(error, status=int(status), headers=headers)
+        if script.template is not None:
+            refused = _template_refusal(script.template, body["messages"])
+            if refused is not None:
+                script.refusals += 1
+                rec.outcome = "status 400"
+                error = {"error": {"message": refused, "type": "BadRequestError", "param": None, "code": 400}}
+                return web.json_response(error, status=400)
         await asyncio.sleep(script.latency_s)
         n = int(body.get("n", 1))
         texts = [script.answer(rec.model, body["messages"], i) for i in range(n)]
@@ -237,3 +251,17 @@ class ScriptedServer:
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
+
+
+def _template_refusal(template: str, messages: list[dict[str, str]]) -> str | None:
+    """What vLLM's server says when ``template`` refuses ``messages`` (the template's own exception text, as its
+    ``safe_apply_chat_template`` reports it); ``None`` when the template renders them."""
+    import jinja2
+
+    from tests.chat_templates import render
+
+    try:
+        render(template, messages)
+    except jinja2.TemplateError as e:
+        return str(e)
+    return None

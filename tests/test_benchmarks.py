@@ -11,6 +11,8 @@ import pytest
 
 from benchmarks.data import alpaca_eval_instructions, shared_path
 from moa.alpaca_eval.data import load_instructions
+from moa.config import OpenAIBackendConfig
+from tests.scripted_server import ScriptedServer
 
 
 def test_benchmarks_read_the_packaged_alpaca_eval_instructions() -> None:
@@ -62,3 +64,22 @@ def test_bench_cost_parses_its_options_and_sums_a_turns_calls() -> None:
     ]  # fmt: skip
     turn = turn_figures(calls, 1.5)
     assert (turn.prompt_tokens, turn.cached_tokens, turn.min_share, turn.seconds) == (300, 190, 0.5, 1.5)
+
+
+async def test_bench_cost_sends_the_gemma_side_fitted_to_gemmas_rules(upstream: ScriptedServer) -> None:
+    """The end-gemma side wraps the one engine's proposer: what reaches it has no system turn and alternates."""
+    from benchmarks.bench_cost import GEMMA_RULES, Conformed, layout_of, parser
+    from moa.types import Message, SamplingParams
+    from proposers.openai_http import OpenAIProposer
+    from tests.chat_templates import GEMMA_LIKE
+
+    assert parser().parse_args(["--sides", "end,end-gemma"]).sides == "end,end-gemma"
+    assert layout_of("end-gemma") == "end"
+    upstream.script("m", answer="ok", template=GEMMA_LIKE)
+    inner = OpenAIProposer("up", OpenAIBackendConfig(type="openai", base_url=upstream.base_url, model="m"))
+    prompt = [Message("user", "q"), Message("system", "references"), Message("user", "q")]
+    try:
+        result = await Conformed(inner, GEMMA_RULES).generate(prompt, SamplingParams())
+    finally:
+        await inner.aclose()
+    assert result.generations[0].text == "ok" and upstream.scripts["m"].refusals == 0
