@@ -61,6 +61,8 @@ class OpenAIProtocol(web.RequestHandler):
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:  # the response began: only closing is left (aiohttp's own rule)
             raise ConnectionError("the response was already sent in part")
+        if isinstance(exc, ConnectionError):  # the client went away (ClientClosed): nothing to answer it
+            raise ConnectionError("the client closed the connection")
         ids.bind(request)
         if status == 400:
             reason = describe(exc, message)

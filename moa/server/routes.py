@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from contextlib import aclosing
 from typing import Any
@@ -29,8 +30,10 @@ from moa.server.errors import (
 from moa.server.protocol import describe
 from moa.server.schema import ParsedChat, parse_chat_request
 from moa.server.state import STATE, ServerSettings, ServerState
-from moa.server.streaming import ChunkFormat, StreamResult, trace_entry, write_stream
+from moa.server.streaming import ChunkFormat, StreamResult, trace_entry, uncancel, write_stream
 from moa.types import CallRecord, Completion, Usage
+
+log = logging.getLogger(__name__)
 
 #: status recorded for a request whose client went away before the answer (nginx's convention)
 CLIENT_CLOSED = 499
@@ -68,6 +71,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             state.admitted -= 1
             state.metrics.in_flight.set(state.admitted)
         return response
+    except asyncio.CancelledError:
+        if not state.cut_off:
+            raise  # the client went away (aiohttp cancels the handler of a closed connection): 499
+        uncancel()  # the drain timeout passed: this request still gets its answer, a 503
+        status = 503
+        raise ShuttingDown(
+            "the server shut down before the answer was ready (--drain-timeout); retry on another replica"
+        ) from None
     except Exception as e:
         status = error_for(e)[0]
         raise
@@ -75,6 +86,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         TRACE_SINK.reset(sink)
         if task is not None:
             state.handlers.discard(task)
+        if status == CLIENT_CLOSED:
+            log.info("the client closed the connection before the answer was complete (%d)", CLIENT_CLOSED)
         state.metrics.record_calls(label, [r for trace in traces for r in trace])
         state.metrics.record_request(label, status, time.monotonic() - started)
 
