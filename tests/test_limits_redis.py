@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -16,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from moa.config import RateLimit, load_config
 from moa.ensemble import Ensemble
@@ -181,6 +184,27 @@ def test_config_names_a_bad_store_and_keys_default_to_backend_and_host(tmp_path:
     assert "pw" not in str(info.value)
     assert default_key_prefix("up", "http://user:pw@10.0.0.5:8000/v1") == "moa:limits:up@10.0.0.5:8000"
     assert limits_for("up", RateLimit(rps=1)).state == "local"
+
+
+@pytest.mark.parametrize(
+    ("store", "says"),
+    [("redis://:pw-9f3e@127.0.0.1:notaport/0", "the port must be a number"),
+     ("redis://:pw-9f3e@127.0.0.1:6379/zero", "the database must be a number"),
+     ("redis://:pw-9f3e@:6379/0", "it names no host")],
+)  # fmt: skip
+def test_validate_and_serve_refuse_the_same_bad_store_url(tmp_path: Path, store: str, says: str) -> None:
+    """One check of the store URL, in the config model: ``moa validate`` no longer accepts what ``serve`` refuses."""
+    config = _replica_config("http://127.0.0.1:1/v1", {"rps": 5, "store": store})
+    path = tmp_path / "share.yaml"
+    path.write_text(yaml.safe_dump(config))
+    for command in (["validate", str(path)], ["serve", "--port", "0", "-c", str(path)]):
+        done = subprocess.run(
+            [sys.executable, "-m", "moa.cli", *command], capture_output=True, text=True, timeout=60,
+            cwd=Path(__file__).resolve().parents[1],
+        )  # fmt: skip
+        assert done.returncode != 0, (command, done.stdout)
+        assert f"backends.up.rate_limit.store: not a valid Redis URL: {says}" in done.stderr, done.stderr
+        assert "pw-9f3e" not in done.stderr + done.stdout and "Traceback" not in done.stderr
 
 
 # ---- replicas: `moa serve` processes ----------------------------------------------------------------------
