@@ -365,3 +365,42 @@ def test_without_a_store_health_is_unchanged_and_ready_needs_no_key(
         status, _, body = serve.request("GET", "/ready")
         assert status == 200 and json.loads(body) == {"status": "ready"}  # probes need no key
         assert serve.request("GET", "/v1/models")[0] == 401
+
+
+def test_a_key_of_the_wrong_type_is_one_fallback_with_its_reason_not_a_flip_per_probe(
+    redis_store: RedisServer, upstream_thread: ScriptedServer, tmp_path: Path
+) -> None:
+    prefix = _prefix()
+    with redis_store.client() as c:
+        c.rpush(f"{prefix}:rps", "not", "a", "schedule")  # a list where the GCRA script keeps a string
+    config = _replica_config(
+        upstream_thread.base_url, {"rps": 200, "tpm": 10**6, "store": redis_store.url, "key_prefix": prefix}
+    )
+    with moa_serve(tmp_path, [config]) as serve:
+        with serve.client(timeout=10) as client:
+            until = time.monotonic() + 3
+            while time.monotonic() < until:  # calls for 3 s: each would flip the backend under the old probe
+                answer = client.chat.completions.create(model="share", messages=[{"role": "user", "content": "hi"}])
+                assert answer.choices[0].message.content == "agg answer 0"
+                time.sleep(0.05)
+            for path in ("/health", "/ready"):
+                status, _, raw = serve.request("GET", path)
+                body = json.loads(raw)
+                assert status == 200 and body["limits"] == "local-fallback", (path, body)
+                [fallback] = body["limits_fallback"]
+                assert fallback["ensemble"] == "share" and fallback["backend"] == "up", fallback
+                assert "refused" in fallback["reason"] and "WRONGTYPE" in fallback["reason"], fallback
+            metrics = serve.request("GET", "/metrics")[2].decode()
+            assert 'moa_limits_store{backend="up",ensemble="share",state="local-fallback"} 1' in metrics
+
+            with redis_store.client() as c:
+                c.delete(f"{prefix}:rps")  # repaired: the probe (with backoff) finds it and calls try the store
+            wait_until(lambda: json.loads(serve.request("GET", "/health")[2])["limits"] == "shared", 15, "shared")
+            client.chat.completions.create(model="share", messages=[{"role": "user", "content": "hi"}])
+            with redis_store.client() as c:
+                assert c.type(f"{prefix}:rps") == b"string"  # the schedule is on the store again
+            assert "limits_fallback" not in json.loads(serve.request("GET", "/health")[2])
+    out = serve.output
+    assert out.count("WRONGTYPE") == 1, out  # logged once, not once per probe
+    assert out.count("shared limits resume") == 1, out
+    assert "unreachable" not in out and "Traceback" not in out

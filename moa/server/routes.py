@@ -221,8 +221,7 @@ async def health(request: web.Request) -> web.Response:
     if state.draining:
         return web.json_response({"status": "draining"}, status=503)
     body: dict[str, Any] = {"status": "ok", "ensembles": list(state.ensembles)}
-    if (limits := limits_status.summary(state)) is not None:
-        body["limits"] = limits
+    limits_status.describe(state, body)
     return web.json_response(body)
 
 
