@@ -114,6 +114,7 @@ async def _read_json(request: web.Request, settings: ServerSettings) -> Any:
         sent = request.headers.get("Content-Type")
         got = f"got {sent[:100]!r}" if sent else "none was sent"
         raise UnsupportedMediaType(f"the request body must be sent with Content-Type: {JSON} ({got})")
+    _check_coding(request)
     limit = settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"the request body is larger than {limit} bytes")
@@ -130,6 +131,23 @@ async def _read_json(request: web.Request, settings: ServerSettings) -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ConfigError(f"the request body is not valid JSON ({type(e).__name__})") from None
+
+
+#: the codings aiohttp decodes (``br`` and ``zstd`` need their packages; without them decoding fails with a 400)
+CODINGS = frozenset({"gzip", "deflate", "br", "zstd"})
+
+
+def _check_coding(request: web.Request) -> None:
+    """One coding aiohttp decodes, or none: anything else it would read as identity (``zz``, ``gzip, br``)."""
+    sent = request.headers.getall("Content-Encoding", [])
+    codings = [c.strip().lower() for value in sent for c in value.split(",") if c.strip()]
+    codings = [c for c in codings if c != "identity"]
+    if not codings or (len(codings) == 1 and codings[0] in CODINGS):
+        return
+    what = "more than one coding" if len(codings) > 1 else "a coding this server does not decode"
+    raise MalformedRequest(
+        f"Content-Encoding: {what}; send the body as gzip, deflate, br, zstd or identity", "Content-Encoding"
+    )
 
 
 def _ensemble_of(state: ServerState, body: Any) -> tuple[str, Ensemble]:
