@@ -18,13 +18,13 @@ Goal: 0 x 500, 0 hangs, 0 leaks, and every request that should have succeeded di
 Then the cases of issue 19 (``--cases issue19``), each against a fresh ``moa serve`` on the same endpoint:
 budgets under a dense tokenizer (an upstream that bills a token a character, CJK prompts, three budgets),
 ``n: 3`` with a budget that one choice fits, a hedged aggregator's stream that the budget cannot fit, streams
-whose upstream sends no usage, 40 clients that close their stream at its first token (half with progress
-events), and a drain under load (20 streams and 10 whole requests still running at ``--drain-timeout 1``).
+whose upstream sends no usage, 120 clients that close their stream at its first token (half with progress
+events, half with a reset), and a drain under load (20 streams and 10 whole requests still running at ``--drain-timeout 1``).
 With ``--before DIR`` they also run against moa from another checkout (``git archive 344620d | tar -x -C DIR``)
 and print side by side: spend above budget (requests whose upstream bill exceeds their budget), hangs (no
 answer in 10 s), 500s (answered or counted in /metrics), tracebacks logged, streams ended without [DONE], streams
 undercharged (usage cost below the upstream's bill), whole requests unanswered at the drain timeout, and the
-clients that left counted 499. Goal: 0 for each (40 for the last).
+clients that left counted 499. Goal: 0 for each (120 for the last).
 
     python -m benchmarks.bench_faults [--requests 300] [--concurrency 20] [--fault-rate 0.2] [--seed 1]
         [--cases faults issue19] [--before DIR] [--json PATH]
@@ -37,6 +37,8 @@ import asyncio
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -248,7 +250,7 @@ DENSE_PROMPT = "请用中文详细回答这个问题" * 80
 DENSE_BUDGETS = (0.002, 0.004, 0.008)
 HEDGED_BUDGET = 0.0005  # the proposer's worst case fits, the aggregator's (max_tokens 1000) does not
 CLIENT_TIMEOUT_S = 10.0  # no answer by then is a hang (every case answers within a few seconds)
-DISCONNECTS = 40
+DISCONNECTS = 120
 DRAIN_STREAMS, DRAIN_WHOLE, DRAIN_TIMEOUT_S = 20, 10, 1.0
 
 
@@ -330,8 +332,9 @@ async def ask(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) ->
         return Reply(0, str(e).encode(), stream)
 
 
-async def leave_mid_stream(url: str, tag: int, progress: bool) -> None:
-    """A streamed request whose client closes the connection at the first token of the answer."""
+async def leave_mid_stream(url: str, tag: int, progress: bool, reset: bool) -> None:
+    """A streamed request whose client closes the connection at the first token of the answer (with a RST when
+    ``reset``)."""
     split = urlsplit(url)
     options = {"include_progress": True} if progress else {}
     body = json.dumps(chat_body("rapid", tag, stream=True, stream_options=options)).encode()
@@ -345,6 +348,8 @@ async def leave_mid_stream(url: str, tag: int, progress: bool) -> None:
             if not chunk:
                 break
             seen += chunk
+    if reset:
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.close()
 
 
@@ -432,7 +437,9 @@ async def run_cases(upstream: str, source: Path, log_dir: Path, tag: int) -> dic
             nousage = await asyncio.gather(*calls)
             lap("nousage")
             # clients that leave mid-stream (half of them with progress events)
-            await asyncio.gather(*(leave_mid_stream(url, tag + i + 1, i % 2 == 1) for i in range(DISCONNECTS)))
+            await asyncio.gather(
+                *(leave_mid_stream(url, tag + i + 1, i % 2 == 1, i % 4 >= 2) for i in range(DISCONNECTS))
+            )
             tag += DISCONNECTS
             await asyncio.sleep(1.0)  # their handlers notice and count them
             lap("disconnects")
