@@ -8,6 +8,9 @@ requests completed before a piece that fails are returned with the error after t
 answers and then a 400 for the garbage. A request line without a version (HTTP/0.9), which aiohttp would wait
 on until the keep-alive timeout, is refused as soon as its line ends.
 
+Cutting costs about 9 us a request (a POST with 8 headers and a JSON body: 17 us against 8.6 us for the parser
+alone, measured in process on the 2-core dev machine), against the server's ~5 ms of CPU a request.
+
 When it cannot follow the framing (an upgrade, a parser paused with bytes of its own, a read of more than
 ``MAX_PIECES`` pieces) it hands bytes over as they come, as aiohttp does, for the rest of the connection.
 """
