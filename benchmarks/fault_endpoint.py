@@ -5,8 +5,18 @@ A seeded share of calls (``--fault-rate``) gets one fault, drawn evenly from ``F
 (whole and streamed), a stream cut off midway, and errors that quote the caller's secret header back. The rest
 answer normally after ``--ttft`` seconds.
 
-Each call is filed under the request tag found in its prompt (``[req N]``), with its model and whether it was
-good, so the benchmark can tell which requests had enough good proposals to succeed. Run in its own process:
+Models named with a scenario prefix get no faults and behave as the issue's other cases need:
+
+- ``dense-``: bills one token a character (CJK text), prompt and answer; the answer fills ``max_tokens``.
+- ``nousage-``: streams without a usage chunk (whole answers still carry usage); it bills all the same.
+- ``slow-``: streams 100 tokens 20 ms apart (a whole answer after 2 s), for drains.
+- ``rapid-``: streams 400 tokens 2 ms apart, for clients that leave mid-stream (writes race the close).
+- ``ok-``: answers normally, never a fault.
+
+Each call is filed under the request tag found in its prompt (``[req N]``), with its model, whether it was
+good and what it billed (``billed``: prompt and completion tokens, also for a stream the client left), so the
+benchmark can tell which requests had enough good proposals to succeed and what each cost. Run in its own
+process:
 
     python -m benchmarks.fault_endpoint --fault-rate 0.2 --seed 1 [--port 0]
 
@@ -53,6 +63,12 @@ WRONG_STREAMS = [
     'data: {"choices":[{"delta":{"content":7}}]}\n\n',
 ]
 FAULTS = ["500", "429", "429-zero", "429-negative", "reset", "hang", "wrong-shape", "midstream-drop", "echo-secret"]
+#: model name prefixes of the scenarios (no faults)
+SCENARIOS = ("dense-", "nousage-", "slow-", "rapid-", "ok-")
+#: the dense scenario's answer text: one token a character, as a CJK tokenizer counts it
+DENSE_TEXT = "这是一个很长的回答" * 200
+SLOW_TOKENS, SLOW_TPOT_S, SLOW_WHOLE_S = 100, 0.02, 2.0
+RAPID_TOKENS, RAPID_TPOT_S = 400, 0.002
 
 
 def build_app(fault_rate: float, seed: int, ttft_s: float, secret_header: str) -> web.Application:
@@ -65,10 +81,15 @@ def build_app(fault_rate: float, seed: int, ttft_s: float, secret_header: str) -
         found = _TAG.search(prompt)
         tag = found.group(1) if found else "?"
         stream = bool(body.get("stream"))
-        fault = rng.choice(FAULTS) if rng.random() < fault_rate else None
+        model = str(body.get("model"))
+        scenario = next((p for p in SCENARIOS if model.startswith(p)), None)
+        if scenario is None:
+            fault = rng.choice(FAULTS) if rng.random() < fault_rate else None
+        else:
+            fault = None
         # a cut-off stream is a fault of streamed answers only; a whole answer with that draw is served whole
         good = fault is None or (fault == "midstream-drop" and not stream)
-        call = {"model": body.get("model"), "fault": fault, "good": good}
+        call: dict[str, Any] = {"model": body.get("model"), "fault": fault, "good": good}
         calls[tag].append(call)
         if fault == "hang":
             await asyncio.sleep(3600)
@@ -91,22 +112,46 @@ def build_app(fault_rate: float, seed: int, ttft_s: float, secret_header: str) -
                 return web.Response(body=text.encode(), headers={"Content-Type": "text/event-stream"})
             return web.Response(body=rng.choice(WRONG_BODIES).encode(), headers={"Content-Type": "application/json"})
         await asyncio.sleep(ttft_s)
-        text = f"answer of {body.get('model')} for request {tag}"
-        usage = {"prompt_tokens": len(prompt) // 4, "completion_tokens": 6, "total_tokens": len(prompt) // 4 + 6}
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        if scenario == "dense-":
+            text = DENSE_TEXT[: int(max_tokens or 100)]
+            words = list(text)  # a token a character
+            prompt_tokens, completion_tokens = len(prompt), len(text)
+        elif scenario in ("slow-", "rapid-"):
+            count = SLOW_TOKENS if scenario == "slow-" else RAPID_TOKENS
+            words = [f" t{i}" if i else "t0" for i in range(count)]
+            text = "".join(words)
+            prompt_tokens, completion_tokens = len(prompt) // 4, len(words)
+        else:
+            text = f"answer of {body.get('model')} for request {tag}"
+            words = text.split(" ")
+            words = [w if i == 0 else " " + w for i, w in enumerate(words)]
+            prompt_tokens, completion_tokens = len(prompt) // 4, 6
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+        call["billed"] = {"prompt": prompt_tokens, "completion": completion_tokens}
         if not stream:
+            if scenario == "slow-":
+                await asyncio.sleep(SLOW_WHOLE_S)
             choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
             n = int(body.get("n", 1))
             return web.json_response({"choices": [{**choice, "index": i} for i in range(n)], "usage": usage})
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        for i, word in enumerate(text.split(" ")):
-            chunk = {"choices": [{"index": 0, "delta": {"content": word if i == 0 else " " + word}}]}
+        call["billed"] = {"prompt": prompt_tokens, "completion": 0}  # what was generated, should the client leave
+        for i, word in enumerate(words):
+            chunk = {"choices": [{"index": 0, "delta": {"content": word}}]}
             await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            call["billed"]["completion"] = (i + 1) * completion_tokens // len(words)
+            if scenario in ("slow-", "rapid-"):
+                await asyncio.sleep(SLOW_TPOT_S if scenario == "slow-" else RAPID_TPOT_S)
             if fault == "midstream-drop" and i == 2:
                 assert request.transport is not None
                 request.transport.close()
                 return resp
-        end = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage}
+        end: dict[str, Any] = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        if scenario != "nousage-":
+            end["usage"] = usage
         await resp.write(f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode())
         return resp
 

@@ -30,6 +30,7 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -82,8 +83,25 @@ class RateLimit(_Strict):
     @field_validator("store")
     @classmethod
     def _check_store(cls, url: str | None) -> str | None:
-        if url is not None and not re.match(r"^(rediss?|unix)://\S+$", url):
+        """The one check of a store URL (``moa validate`` and ``moa serve`` alike); it never quotes the URL,
+        which may hold a password."""
+        if url is None:
+            return url
+        if not re.match(r"^(rediss?|unix)://\S+$", url):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        if url.startswith("unix://"):
+            return url
+        try:
+            split = urlsplit(url)
+            split.port  # noqa: B018 - raises for a port that is not a number from 0 to 65535
+        except ValueError:
+            raise ValueError(
+                "not a valid Redis URL: the port must be a number from 0 to 65535 (redis://[:password@]host:port/db)"
+            ) from None
+        if not split.hostname:
+            raise ValueError("not a valid Redis URL: it names no host (redis://[:password@]host:port/db)")
+        if split.path not in ("", "/") and not re.fullmatch(r"/\d+", split.path):
+            raise ValueError("not a valid Redis URL: the database must be a number (redis://[:password@]host:port/db)")
         return url
 
 

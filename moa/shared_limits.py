@@ -14,9 +14,16 @@ Each limit is one key of the store, changed only by Lua scripts that read the st
   and removed at its end; the leases of a replica that died expire after ``lease_ttl_s``. Waiting for a lease
   backs off (5 ms doubling to 100 ms) and only ``concurrency`` calls of a process ask at once.
 
-Any store error (unreachable, timed out, refused) switches the backend to its in-process limits divided by
-``replicas``; it is logged once, and a probe switches back when the store answers again. No call fails because
-the store is down.
+Any store error switches the backend to its in-process limits divided by ``replicas`` (state
+``local-fallback``, with the reason in ``reason``); no call fails because of the store. Two kinds:
+
+- unreachable (no connection, timed out): logged once; a ping every ``PROBE_INTERVAL_S`` switches back when the
+  store answers again.
+- refused (the store answers, but with an error: a key of the wrong type at the prefix, out of memory, a
+  read-only replica, no permission): a ping would succeed while every call keeps failing, so this is its own
+  state. It is logged once per reason and probed with backoff (``REFUSED_BACKOFF_S``, doubling): the probe
+  checks the keys' types, then lets calls try the store again; a call refused again goes back to local limits
+  without a new log line, and the backoff keeps doubling until a call succeeds.
 """
 
 from __future__ import annotations
@@ -47,6 +54,10 @@ MAX_CONNECTIONS = 64
 POOL_TIMEOUT_S = 1.0
 #: seconds between probes of an unreachable store
 PROBE_INTERVAL_S = 0.5
+#: seconds before the first probe of a store that refused a command, doubling after each refusal, up to the second
+REFUSED_BACKOFF_S = (0.5, 30.0)
+#: the Redis type each key must have (or ``none``: not there yet)
+KEY_TYPES = {"rps": "string", "rps:given-back": "zset", "tpm": "hash", "leases": "zset"}
 LEASE_BACKOFF_S = (0.005, 0.1)
 
 # KEYS[1] the schedule (the next free place), KEYS[2] places given back; ARGV interval, tolerance (microseconds).
@@ -188,6 +199,11 @@ class SharedLimits:
         self._gate = asyncio.Semaphore(config.concurrency) if config.concurrency else None
         self._token_lock = asyncio.Lock()
         self._shared = True
+        #: why the limits are local (None while shared): what the store did, never its URL
+        self.reason: str | None = None
+        self._refused: str | None = None  # the refusal last logged; not logged again until a call succeeds
+        self._backoff = REFUSED_BACKOFF_S[0]
+        self._trial = False  # shared again after a refusal, on probation until a call succeeds
         self.answered = False  # the store has answered once
         self._started = False
         self._closed = False
@@ -206,22 +222,79 @@ class SharedLimits:
 
         return (RedisError, OSError)
 
+    @staticmethod
+    def _unreachable(err: BaseException) -> bool:
+        """No answer (connection, timeout), as opposed to an answer that is an error (the store refused)."""
+        from redis.exceptions import ConnectionError, TimeoutError
+
+        return isinstance(err, (ConnectionError, TimeoutError, OSError))
+
     def _down(self, err: BaseException) -> None:
         """The store failed: local limits from now on (logged once), a probe to come back."""
-        if self._shared:
-            self._shared = False
+        if self._unreachable(err):
+            self._fall_back(f"unreachable ({type(err).__name__})", refused=False)
+        else:
+            message = " ".join(str(err).split())[:200]
+            self._fall_back(f"the store refused a command ({type(err).__name__}: {message})", refused=True)
+
+    def _fall_back(self, reason: str, refused: bool) -> None:
+        was_shared, self._shared = self._shared, False
+        if refused:
+            if self._trial:  # refused again after a probe let calls back: wait longer before the next
+                self._backoff = min(2 * self._backoff, REFUSED_BACKOFF_S[1])
+            self._trial = False
+            if was_shared and reason != self._refused:
+                self._refused = reason
+                log.warning(
+                    "backend %s: limits store %s %s; using local limits (divided by replicas=%d), probing again "
+                    "in %g s (doubling while it refuses)", self.name, self.store, reason, self.config.replicas,
+                    self._backoff,
+                )  # fmt: skip
+        elif was_shared:
             log.warning(
-                "backend %s: limits store %s unreachable (%s); using local limits (divided by replicas=%d) until it "
-                "answers", self.name, self.store, type(err).__name__, self.config.replicas,
+                "backend %s: limits store %s %s; using local limits (divided by replicas=%d) until it answers",
+                self.name, self.store, reason, self.config.replicas,
             )  # fmt: skip
+        if was_shared or self.reason is None:
+            self.reason = reason
         if not self._closed and (self._probe is None or self._probe.done()):
-            self._probe = asyncio.get_running_loop().create_task(self._probe_until_up())
+            probe = self._probe_refused() if refused else self._probe_until_up()
+            self._probe = asyncio.get_running_loop().create_task(probe)
 
     async def _probe_until_up(self) -> None:
         while not await self._ping():
             await asyncio.sleep(PROBE_INTERVAL_S)
-        self._shared = True
+        self._shared, self.reason = True, None
         log.warning("backend %s: limits store %s answers again; shared limits resume", self.name, self.store)
+
+    async def _probe_refused(self) -> None:
+        """After the backoff, and each time the keys still have the wrong types, again after twice as long; then
+        calls try the store again (on probation: the next refusal doubles the backoff)."""
+        while True:
+            await asyncio.sleep(self._backoff)
+            if await self._keys_fit():
+                break
+            self._backoff = min(2 * self._backoff, REFUSED_BACKOFF_S[1])
+        self._shared, self.reason, self._trial = True, None, True
+
+    async def _keys_fit(self) -> bool:
+        """The store answers and none of this backend's keys has a type its scripts cannot use."""
+        try:
+            for kind, key in self.keys.items():
+                found = await self._redis.type(key)
+                found = found.decode() if isinstance(found, bytes) else str(found)
+                if found not in ("none", KEY_TYPES[kind]):
+                    return False
+        except self._errors():
+            return False
+        return True
+
+    def _succeeded(self) -> None:
+        self.answered = True
+        if self._trial:
+            self._trial, self._refused, self._backoff = False, None, REFUSED_BACKOFF_S[0]
+            log.warning("backend %s: limits store %s accepts commands again; shared limits resume", self.name,
+                        self.store)  # fmt: skip
 
     async def _ping(self) -> bool:
         try:
@@ -238,7 +311,7 @@ class SharedLimits:
         except self._errors() as e:
             self._down(e)
             return None
-        self.answered = True
+        self._succeeded()
         return int(answer)
 
     def _spawn(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
@@ -348,7 +421,7 @@ class SharedLimits:
             except self._errors() as e:
                 self._down(e)
             else:
-                self.answered = True
+                self._succeeded()
                 if wait > 0:
                     try:
                         await asyncio.sleep(wait / 1e6)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -16,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from moa.config import RateLimit, load_config
 from moa.ensemble import Ensemble
@@ -183,6 +186,27 @@ def test_config_names_a_bad_store_and_keys_default_to_backend_and_host(tmp_path:
     assert limits_for("up", RateLimit(rps=1)).state == "local"
 
 
+@pytest.mark.parametrize(
+    ("store", "says"),
+    [("redis://:pw-9f3e@127.0.0.1:notaport/0", "the port must be a number"),
+     ("redis://:pw-9f3e@127.0.0.1:6379/zero", "the database must be a number"),
+     ("redis://:pw-9f3e@:6379/0", "it names no host")],
+)  # fmt: skip
+def test_validate_and_serve_refuse_the_same_bad_store_url(tmp_path: Path, store: str, says: str) -> None:
+    """One check of the store URL, in the config model: ``moa validate`` no longer accepts what ``serve`` refuses."""
+    config = _replica_config("http://127.0.0.1:1/v1", {"rps": 5, "store": store})
+    path = tmp_path / "share.yaml"
+    path.write_text(yaml.safe_dump(config))
+    for command in (["validate", str(path)], ["serve", "--port", "0", "-c", str(path)]):
+        done = subprocess.run(
+            [sys.executable, "-m", "moa.cli", *command], capture_output=True, text=True, timeout=60,
+            cwd=Path(__file__).resolve().parents[1],
+        )  # fmt: skip
+        assert done.returncode != 0, (command, done.stdout)
+        assert f"backends.up.rate_limit.store: not a valid Redis URL: {says}" in done.stderr, done.stderr
+        assert "pw-9f3e" not in done.stderr + done.stdout and "Traceback" not in done.stderr
+
+
 # ---- replicas: `moa serve` processes ----------------------------------------------------------------------
 
 
@@ -341,3 +365,42 @@ def test_without_a_store_health_is_unchanged_and_ready_needs_no_key(
         status, _, body = serve.request("GET", "/ready")
         assert status == 200 and json.loads(body) == {"status": "ready"}  # probes need no key
         assert serve.request("GET", "/v1/models")[0] == 401
+
+
+def test_a_key_of_the_wrong_type_is_one_fallback_with_its_reason_not_a_flip_per_probe(
+    redis_store: RedisServer, upstream_thread: ScriptedServer, tmp_path: Path
+) -> None:
+    prefix = _prefix()
+    with redis_store.client() as c:
+        c.rpush(f"{prefix}:rps", "not", "a", "schedule")  # a list where the GCRA script keeps a string
+    config = _replica_config(
+        upstream_thread.base_url, {"rps": 200, "tpm": 10**6, "store": redis_store.url, "key_prefix": prefix}
+    )
+    with moa_serve(tmp_path, [config]) as serve:
+        with serve.client(timeout=10) as client:
+            until = time.monotonic() + 3
+            while time.monotonic() < until:  # calls for 3 s: each would flip the backend under the old probe
+                answer = client.chat.completions.create(model="share", messages=[{"role": "user", "content": "hi"}])
+                assert answer.choices[0].message.content == "agg answer 0"
+                time.sleep(0.05)
+            for path in ("/health", "/ready"):
+                status, _, raw = serve.request("GET", path)
+                body = json.loads(raw)
+                assert status == 200 and body["limits"] == "local-fallback", (path, body)
+                [fallback] = body["limits_fallback"]
+                assert fallback["ensemble"] == "share" and fallback["backend"] == "up", fallback
+                assert "refused" in fallback["reason"] and "WRONGTYPE" in fallback["reason"], fallback
+            metrics = serve.request("GET", "/metrics")[2].decode()
+            assert 'moa_limits_store{backend="up",ensemble="share",state="local-fallback"} 1' in metrics
+
+            with redis_store.client() as c:
+                c.delete(f"{prefix}:rps")  # repaired: the probe (with backoff) finds it and calls try the store
+            wait_until(lambda: json.loads(serve.request("GET", "/health")[2])["limits"] == "shared", 15, "shared")
+            client.chat.completions.create(model="share", messages=[{"role": "user", "content": "hi"}])
+            with redis_store.client() as c:
+                assert c.type(f"{prefix}:rps") == b"string"  # the schedule is on the store again
+            assert "limits_fallback" not in json.loads(serve.request("GET", "/health")[2])
+    out = serve.output
+    assert out.count("WRONGTYPE") == 1, out  # logged once, not once per probe
+    assert out.count("shared limits resume") == 1, out
+    assert "unreachable" not in out and "Traceback" not in out

@@ -17,6 +17,7 @@ from moa.server.errors import (
     CLOSES_CONNECTION,
     BodyReadTimeout,
     BodyTooLarge,
+    ClientClosed,
     MethodNotAllowed,
     QueueFull,
     RouteNotFound,
@@ -75,9 +76,12 @@ def _from_aiohttp(e: web.HTTPException, request: web.Request) -> Exception:
 
 @web.middleware
 async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure becomes an OpenAI error body with its status; nothing else reaches the client."""
+    """Every failure becomes an OpenAI error body with its status; nothing else reaches the client. A client
+    that went away (``ClientClosed``) gets nothing: aiohttp drops its connection without a word."""
     try:
         return await handler(request)
+    except ClientClosed:
+        raise
     except web.HTTPException as e:
         if e.status < 400:
             raise

@@ -75,6 +75,11 @@ class ExpectationFailed(Rejected):
     """An ``Expect`` header other than ``100-continue``."""
 
 
+class ClientClosed(ConnectionResetError):
+    """The client closed its connection before its answer was complete: nothing more is written to it. Counted
+    with status 499 (nginx's "client closed request"); aiohttp drops the connection quietly."""
+
+
 #: exception class -> (HTTP status, OpenAI error type, code)
 STATUS_MAP: dict[type[BaseException], tuple[int, str, str | None]] = {
     ConfigError: (400, "invalid_request_error", None),
@@ -89,6 +94,7 @@ STATUS_MAP: dict[type[BaseException], tuple[int, str, str | None]] = {
     BodyTooLarge: (413, "invalid_request_error", "request_too_large"),
     UnsupportedMediaType: (415, "invalid_request_error", "unsupported_media_type"),
     ExpectationFailed: (417, "invalid_request_error", "expectation_failed"),
+    ClientClosed: (499, "invalid_request_error", "client_closed_request"),
     QueueFull: (429, "rate_limit_error", "queue_full"),
     BackendError: (502, "upstream_error", "upstream_failed"),
     RateLimitError: (503, "upstream_error", "upstream_rate_limited"),

@@ -9,6 +9,7 @@ from aiohttp import web
 from moa.limits import Limits, LimitsState
 from moa.server.metrics import ServerMetrics
 from moa.server.state import STATE, ServerState
+from moa.shared_limits import SharedLimits
 
 #: seconds ``/ready`` waits for the stores to answer
 READY_TIMEOUT_S = 2.0
@@ -33,6 +34,23 @@ def summary(state: ServerState) -> LimitsState | None:
     return "local-fallback" if "local-fallback" in states else "shared"
 
 
+def fallbacks(state: ServerState) -> list[dict[str, str]]:
+    """Each store-backed backend on local limits now, and why (``unreachable (...)``, ``the store refused ...``)."""
+    return [
+        {"ensemble": ensemble, "backend": backend, "reason": limits.reason or "unknown"}
+        for (ensemble, backend), limits in shared_limits(state).items()
+        if limits.state == "local-fallback" and isinstance(limits, SharedLimits)
+    ]
+
+
+def describe(state: ServerState, body: dict[str, object]) -> None:
+    """Add ``limits`` (and, in fallback, ``limits_fallback`` with the reasons) to a probe's body."""
+    if (limits := summary(state)) is not None:
+        body["limits"] = limits
+        if limits == "local-fallback":
+            body["limits_fallback"] = fallbacks(state)
+
+
 def record(metrics: ServerMetrics, state: ServerState) -> None:
     """``moa_limits_store{ensemble,backend,state}``: 1 for each store-backed backend's current state, else 0."""
     for (ensemble, backend), limits in shared_limits(state).items():
@@ -51,6 +69,5 @@ async def ready(request: web.Request) -> web.Response:
     except TimeoutError:
         answers = [False]
     body: dict[str, object] = {"status": "ready" if all(answers) else "waiting for the limits store"}
-    if (limits := summary(state)) is not None:
-        body["limits"] = limits
+    describe(state, body)
     return web.json_response(body, status=200 if all(answers) else 503)

@@ -1,7 +1,8 @@
 """aiohttp's connection layer with moa's answers: what aiohttp refuses itself gets an OpenAI error body too.
 
 aiohttp answers a message it cannot parse (oversized headers, Content-Length with Transfer-Encoding, a bad
-chunk size, an undecodable Content-Encoding) from ``RequestHandler.handle_error`` in plain text, and an
+chunk size, an undecodable Content-Encoding, an HTTP/0.9 request line) from ``RequestHandler.handle_error`` in
+plain text, and an
 ``Expect`` it refuses from outside the application's middlewares. ``Runner`` serves the application through
 ``OpenAIServer``, whose connections (``OpenAIProtocol``) answer both with the body of ``moa.server.errors``
 and an ``x-request-id``, log one line without a traceback, and close the connection.
@@ -19,6 +20,7 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from moa.server import ids
 from moa.server.errors import ExpectationFailed, MalformedRequest, error_for
+from moa.server.framing import MessageFramer
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +56,21 @@ def refusal(request: web.BaseRequest, exc: BaseException) -> web.Response:
 
 
 class OpenAIProtocol(web.RequestHandler):
-    """One connection; its parse errors are OpenAI error bodies, and nothing it logs carries a traceback."""
+    """One connection; its parse errors are OpenAI error bodies, and nothing it logs carries a traceback. Its
+    parser is fed one request at a time (``MessageFramer``): a request before garbage is answered, then the
+    garbage gets its 400."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._parser = MessageFramer(self._parser)  # type: ignore[assignment]
 
     def handle_error(
         self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:  # the response began: only closing is left (aiohttp's own rule)
             raise ConnectionError("the response was already sent in part")
+        if isinstance(exc, ConnectionError):  # the client went away (ClientClosed): nothing to answer it
+            raise ConnectionError("the client closed the connection")
         ids.bind(request)
         if status == 400:
             reason = describe(exc, message)

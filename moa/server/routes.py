@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from contextlib import aclosing
 from typing import Any
@@ -29,8 +30,10 @@ from moa.server.errors import (
 from moa.server.protocol import describe
 from moa.server.schema import ParsedChat, parse_chat_request
 from moa.server.state import STATE, ServerSettings, ServerState
-from moa.server.streaming import ChunkFormat, StreamResult, trace_entry, write_stream
+from moa.server.streaming import ChunkFormat, StreamResult, trace_entry, uncancel, write_stream
 from moa.types import CallRecord, Completion, Usage
+
+log = logging.getLogger(__name__)
 
 #: status recorded for a request whose client went away before the answer (nginx's convention)
 CLIENT_CLOSED = 499
@@ -68,6 +71,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             state.admitted -= 1
             state.metrics.in_flight.set(state.admitted)
         return response
+    except asyncio.CancelledError:
+        if not state.cut_off:
+            raise  # the client went away (aiohttp cancels the handler of a closed connection): 499
+        uncancel()  # the drain timeout passed: this request still gets its answer, a 503
+        status = 503
+        raise ShuttingDown(
+            "the server shut down before the answer was ready (--drain-timeout); retry on another replica"
+        ) from None
     except Exception as e:
         status = error_for(e)[0]
         raise
@@ -75,6 +86,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         TRACE_SINK.reset(sink)
         if task is not None:
             state.handlers.discard(task)
+        if status == CLIENT_CLOSED:
+            log.info("the client closed the connection before the answer was complete (%d)", CLIENT_CLOSED)
         state.metrics.record_calls(label, [r for trace in traces for r in trace])
         state.metrics.record_request(label, status, time.monotonic() - started)
 
@@ -101,6 +114,7 @@ async def _read_json(request: web.Request, settings: ServerSettings) -> Any:
         sent = request.headers.get("Content-Type")
         got = f"got {sent[:100]!r}" if sent else "none was sent"
         raise UnsupportedMediaType(f"the request body must be sent with Content-Type: {JSON} ({got})")
+    _check_coding(request)
     limit = settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"the request body is larger than {limit} bytes")
@@ -117,6 +131,23 @@ async def _read_json(request: web.Request, settings: ServerSettings) -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ConfigError(f"the request body is not valid JSON ({type(e).__name__})") from None
+
+
+#: the codings aiohttp decodes (``br`` and ``zstd`` need their packages; without them decoding fails with a 400)
+CODINGS = frozenset({"gzip", "deflate", "br", "zstd"})
+
+
+def _check_coding(request: web.Request) -> None:
+    """One coding aiohttp decodes, or none: anything else it would read as identity (``zz``, ``gzip, br``)."""
+    sent = request.headers.getall("Content-Encoding", [])
+    codings = [c.strip().lower() for value in sent for c in value.split(",") if c.strip()]
+    codings = [c for c in codings if c != "identity"]
+    if not codings or (len(codings) == 1 and codings[0] in CODINGS):
+        return
+    what = "more than one coding" if len(codings) > 1 else "a coding this server does not decode"
+    raise MalformedRequest(
+        f"Content-Encoding: {what}; send the body as gzip, deflate, br, zstd or identity", "Content-Encoding"
+    )
 
 
 def _ensemble_of(state: ServerState, body: Any) -> tuple[str, Ensemble]:
@@ -208,8 +239,7 @@ async def health(request: web.Request) -> web.Response:
     if state.draining:
         return web.json_response({"status": "draining"}, status=503)
     body: dict[str, Any] = {"status": "ok", "ensembles": list(state.ensembles)}
-    if (limits := limits_status.summary(state)) is not None:
-        body["limits"] = limits
+    limits_status.describe(state, body)
     return web.json_response(body)
 
 

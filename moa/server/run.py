@@ -1,8 +1,9 @@
 """Running the server: listen, print where, and on SIGTERM or SIGINT drain in-flight requests, then exit.
 
-Draining stops listening, lets the running chat requests finish for up to the drain timeout, cancels the
-ones still running, and closes the connections: the whole takes the drain timeout plus at most
-``CLOSE_GRACE_S``.
+Draining stops listening, lets the running chat requests finish for up to the drain timeout, then cuts off
+the ones still running: their upstream calls are cancelled, a stream gets an error event (``shutting_down``)
+and ``data: [DONE]``, a whole request a 503 with the OpenAI error body. Only then are the connections
+closed: the whole takes the drain timeout plus at most ``CLOSE_GRACE_S``.
 """
 
 from __future__ import annotations
@@ -70,11 +71,15 @@ async def serve(
 
 
 async def drain(state: ServerState, timeout_s: float) -> None:
-    """Wait up to ``timeout_s`` for the running chat requests; cancel those still running."""
+    """Wait up to ``timeout_s`` for the running chat requests; cut off those still running (each answers 503
+    or ends its stream with an error event) and give them ``CLOSE_GRACE_S`` to send that."""
     running = set(state.handlers)
     if running:
         _, running = await asyncio.wait(running, timeout=timeout_s)
+    running |= state.handlers  # requests that came in on open keep-alive connections meanwhile
+    if not running:
+        return
+    state.cut_off = True  # the handlers read it when their cancellation arrives
     for task in running:
         task.cancel()
-    if running:
-        await asyncio.wait(running, timeout=CLOSE_GRACE_S)
+    await asyncio.wait(running, timeout=CLOSE_GRACE_S)

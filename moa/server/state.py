@@ -44,6 +44,8 @@ class ServerState:
         self.metrics = ServerMetrics()
         self.admitted = 0  # chat requests running or waiting inside the ensembles
         self.draining = False
+        #: the drain timeout passed: the requests still running are being cancelled and answer 503 / an error event
+        self.cut_off = False
         #: the tasks serving chat requests, from their first byte of body to their last of answer (drain waits)
         self.handlers: set[asyncio.Task[object]] = set()
 

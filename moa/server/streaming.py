@@ -5,7 +5,9 @@ that still gets a proper HTTP status. The first chunk of each choice carries the
 one chunk each; then one chunk with its ``finish_reason``. A last chunk with no choices carries ``usage`` when
 ``stream_options.include_usage`` asked and ``moa_trace`` when the request asked. A failure after the response
 began is sent as an ``{"error": ...}`` event, and logged (the event may say the details are in the log).
-The stream always ends with ``data: [DONE]``.
+The stream always ends with ``data: [DONE]``, also when the server's drain timeout cuts it off (an error event
+``shutting_down`` first). A client that went away gets nothing more: ``ClientClosed`` (status 499) is raised
+before any write to a closing connection, and the ensemble's stream is closed, cancelling its calls.
 
 With ``stream_options.include_progress`` (moa's extension) the response starts at once, and each progress event
 (``moa.progress.ProgressEvent``) goes out as a chunk of ``object: "moa.progress"`` with ``choices: []`` and the
@@ -14,6 +16,7 @@ event under ``moa_progress``; a failure before the first token is then an ``{"er
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -24,7 +27,8 @@ from typing import Any
 from aiohttp import web
 
 from moa.progress import ProgressEvent
-from moa.server.errors import error_for
+from moa.server.errors import ClientClosed, ShuttingDown, error_for
+from moa.server.state import STATE
 from moa.types import CallRecord, DefenseRecord, Delta, Usage
 
 log = logging.getLogger(__name__)
@@ -98,6 +102,21 @@ class StreamResult:
         self.error_status: int | None = None
 
 
+#: what a stream cut off at the drain timeout says
+CUT_OFF = "the server shut down before this stream finished (--drain-timeout); retry on another replica"
+
+
+async def send(request: web.Request, response: web.StreamResponse, data: bytes) -> None:
+    """Write ``data``, or raise ``ClientClosed`` (writing nothing) when the client's connection is closing."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ClientClosed("the client closed the connection")
+    try:
+        await response.write(data)
+    except ConnectionError:  # aiohttp's ClientConnectionResetError, a reset socket
+        raise ClientClosed("the client closed the connection") from None
+
+
 async def write_stream(
     request: web.Request,
     deltas: AsyncIterator[tuple[int, Delta | ProgressEvent]],
@@ -122,7 +141,7 @@ async def write_stream(
                 if response is None:
                     response = await _start(request)
                     pending = _roles(fmt, n)
-                await response.write(fmt.progress(index, delta))
+                await send(request, response, fmt.progress(index, delta))
                 continue
             if result.first_token_s is None:
                 result.first_token_s = time.monotonic() - started
@@ -130,12 +149,23 @@ async def write_stream(
                 response = await _start(request)
                 pending = _roles(fmt, n)
             if delta.content:
-                await response.write(pending + fmt.token(index, delta.content))
+                await send(request, response, pending + fmt.token(index, delta.content))
                 pending = b""
             if delta.finish_reason is not None:
                 finished[index] = delta
                 result.calls.extend(delta.trace or [])
                 pending += fmt.chunk(index, {}, delta.finish_reason)
+    except ClientClosed:
+        raise
+    except asyncio.CancelledError:
+        if response is None or not request.app[STATE].cut_off:
+            raise  # the client left (aiohttp cancels its handler), or the stream had not begun
+        uncancel()
+        status, body = error_for(ShuttingDown(CUT_OFF))
+        result.error_status = status
+        log.warning("the stream was cut off at the drain timeout (%s)", status)
+        await send(request, response, pending + fmt.event(body) + DONE)
+        return response
     except Exception as e:
         if response is None:
             raise
@@ -145,7 +175,7 @@ async def write_stream(
             log.error("the stream failed after the response began", exc_info=e)
         else:
             log.warning("the stream failed after the response began: %s (%s)", body["error"]["message"], status)
-        await response.write(pending + fmt.event(body) + DONE)
+        await send(request, response, pending + fmt.event(body) + DONE)
         return response
     assert response is not None, "an ensemble's stream always ends with a finish delta"
     result.usage = Usage.total(result.calls)
@@ -154,13 +184,26 @@ async def write_stream(
         if want_trace:
             trace = [trace_entry(i, d.trace or [], d.defense or []) for i, d in sorted(finished.items())]
         pending += fmt.last(result.usage if want_usage else None, trace)
-    await response.write(pending + DONE)
+    await send(request, response, pending + DONE)
     return response
 
 
+def uncancel() -> None:
+    """Take back the cancellation this task was sent (the drain's), so that what follows may await."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
 async def _start(request: web.Request) -> web.StreamResponse:
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ClientClosed("the client closed the connection")
     response = web.StreamResponse(headers=SSE_HEADERS)
-    await response.prepare(request)
+    try:
+        await response.prepare(request)
+    except ConnectionError:
+        raise ClientClosed("the client closed the connection") from None
     return response
 
 
