@@ -167,7 +167,7 @@ class ChatTemplateRules(_Strict):
     """What the chat template behind a backend accepts (``chat_template:`` of an ``openai`` backend). moa fits every
     prompt to these rules just before sending it (``proposers.chat_template``)."""
 
-    system: bool | Literal["first", "fold"] = Field(
+    system: Literal[True, False, "first", "fold"] = Field(
         default=True,
         description="true: system turns anywhere; first: only as the first turn; fold (or false): no system role, "
         "its text goes into the next user turn",
