@@ -3,6 +3,7 @@ listed and retried, refusal of another run's checkpoint, and resume after SIGKIL
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import fcntl
 import io
@@ -204,3 +205,33 @@ def test_sigkill_at_random_moments_then_resume(upstream_thread: ScriptedServer, 
     assert sorted(set(_checkpointed(out))) == list(range(limit))
     # each kill loses at most the instructions in flight: the aggregator answered each one at most once more
     assert len(upstream_thread.for_model("agg")) <= limit + kills * concurrency
+
+
+async def test_progress_gives_no_rate_or_eta_before_anything_is_known_and_prints_on_change() -> None:
+    plain = io.StringIO()
+    progress = Progress("evaluate", 3, plain, tty=False, concurrency=3, interval_s=0.01, quiet_s=3600)
+    items = [progress.begin() for _ in range(3)]
+    first = progress.line()
+    assert "0/3 done" in first and "3 in flight" in first and "rate -" in first and "ETA -" in first
+    assert "0.00/s" not in first
+
+    task = asyncio.create_task(progress.heartbeat())  # ~30 heartbeats without a change print one line, not 30
+    await asyncio.sleep(0.3)
+    task.cancel()
+    assert len(plain.getvalue().splitlines()) == 1
+    time.sleep(0.05)
+    progress.advance(done=1, item=items[0])
+    # the other two started with the first and take about as long: they end about now, not in 2 x its time
+    eta = progress.eta_s()
+    assert eta is not None and eta < 0.05
+    assert "2 in flight" in progress.line() and "ETA 0s" in progress.line()
+    assert progress.changed()
+
+
+def test_progress_eta_counts_queued_waves() -> None:
+    progress = Progress("generate", 10, io.StringIO(), tty=False, concurrency=2)
+    a, b = progress.begin(), progress.begin()
+    time.sleep(0.2)
+    progress.advance(done=1, item=a)
+    progress.advance(done=1, item=b)  # mean 0.2 s an item; 8 queued in waves of 2: 0.8 s
+    assert progress.eta_s() == pytest.approx(0.8, abs=0.1)
