@@ -343,16 +343,16 @@ class EnsembleConfig(_Strict):
         known = sorted(self.backends)
         found: list[_PathError] = []  # every check runs, so one validation names every problem
 
-        def check(run: Callable[[], None]) -> None:
+        def check(run: Callable[..., None], *args: Any) -> None:
             try:
-                run()
+                run(*args)
             except _PathError as e:
                 found.append(e)
 
         for li, layer in enumerate(self.layers):
             for ai, agent in enumerate(layer.agents):
-                check(lambda a=agent, w=f"layers[{li}].agents[{ai}]": self._check_backend(a.backend, a.model, w, known))
-        check(lambda: self._check_backend(self.aggregator.backend, self.aggregator.model, "aggregator", known))
+                check(self._check_backend, agent.backend, agent.model, f"layers[{li}].agents[{ai}]", known)
+        check(self._check_backend, self.aggregator.backend, self.aggregator.model, "aggregator", known)
         unknown_backends = bool(found)
         check(self._check_min_proposals)
         check(self._check_wait)
@@ -361,8 +361,7 @@ class EnsembleConfig(_Strict):
         check(self._check_names)
         check(self._check_budget)
         if self.red_team is not None:
-            placement = self.red_team.placement
-            check(lambda: self._check_placement(placement))
+            check(self._check_placement, self.red_team.placement)
         if found:
             raise _PathErrors(found)
         return self
