@@ -235,3 +235,22 @@ def test_progress_eta_counts_queued_waves() -> None:
     progress.advance(done=1, item=a)
     progress.advance(done=1, item=b)  # mean 0.2 s an item; 8 queued in waves of 2: 0.8 s
     assert progress.eta_s() == pytest.approx(0.8, abs=0.1)
+
+
+def test_estimate_states_time_and_costs_local_backends_nothing() -> None:
+    from moa.alpaca_eval.estimate import LOCAL_TOKENS_PER_S, REMOTE_CALL_S, REMOTE_TOKENS_PER_S, estimate_job
+    from moa.config import load_config
+
+    local = estimate_job(load_config("default"), ["q"] * 4)  # 4 x (6 x 256 + 384) completion tokens, all local
+    assert local.cost_usd == 0.0 and local.wall_s() == pytest.approx(4 * (6 * 256 + 384) / LOCAL_TOKENS_PER_S)
+    assert "cost unknown" not in local.line() and "(local backends: $0)" in local.line()
+    assert "about 3m53s at worst (assumes local models at 33 tokens/s in all)" in local.line()
+
+    config = moa_config("http://127.0.0.1:9/v1", [["p1", "p2"], ["p3"]])  # remote, no prices, rps unset
+    for agent in [a for layer in config["layers"] for a in layer["agents"]]:
+        agent["max_tokens"] = 100
+    config["aggregator"]["max_tokens"] = 50
+    remote = estimate_job(load_config(config), ["q"] * 64, concurrency=32)
+    per_instruction = 2 * (REMOTE_CALL_S + 100 / REMOTE_TOKENS_PER_S) + REMOTE_CALL_S + 50 / REMOTE_TOKENS_PER_S
+    assert remote.wall_s() == pytest.approx(2 * per_instruction)  # two waves of 32 instructions
+    assert remote.line().count("no prices") == 1 and "no prices for backend(s) up" in remote.line()

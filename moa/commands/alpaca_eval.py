@@ -46,7 +46,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     every = load_instructions(args.instructions)
     chosen = every[: args.limit] if args.limit else every
-    print(estimate_job(config, [i.instruction for i in chosen]).line())
+    print(estimate_job(config, [i.instruction for i in chosen], args.concurrency).line())
     return 0
 
 
