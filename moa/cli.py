@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from moa.config import builtin_configs, describe_config, load_config
+from moa.config import ConfigProblems, builtin_configs, describe_config, load_config
 from moa.errors import ConfigError, MoaError
 from moa.logs import configure_logging, native_output_to
 from moa.types import Completion
@@ -116,15 +116,30 @@ def engine_log_path() -> Path:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Every config, every problem of each: one line a problem, naming its field."""
+    failed = 0
     for source in args.configs:
-        print(f"{source}: ok ({describe_config(load_config(source))})")
-    return 0
+        try:
+            config = load_config(source)
+        except ConfigProblems as e:
+            failed += 1
+            print(f"error: {source}: {len(e.problems)} error(s)", file=sys.stderr)
+            for path, message in e.problems:
+                print(f"  {path}: {message}" if path else f"  {message}", file=sys.stderr)
+            continue
+        except ConfigError as e:
+            failed += 1
+            print(f"error: {source}: {e}", file=sys.stderr)
+            continue
+        print(f"{source}: ok ({describe_config(config)})")
+    return 2 if failed else 0
 
 
 def cmd_configs(args: argparse.Namespace) -> int:
     for name, path in builtin_configs().items():
         cfg = load_config(path)
-        print(f"{name:<16} {cfg.description or ''}")
+        shape = describe_config(cfg).removeprefix(f"{cfg.name}: ")  # the shape moa validate and moa serve print
+        print(f"{name:<17} {shape}: {cfg.description or ''}")
     return 0
 
 

@@ -383,16 +383,29 @@ class EnsembleConfig(_Strict):
     @model_validator(mode="after")
     def _check_references(self) -> EnsembleConfig:
         known = sorted(self.backends)
+        found: list[_PathError] = []  # every check runs, so one validation names every problem
+
+        def check(run: Callable[..., None], *args: Any) -> None:
+            try:
+                run(*args)
+            except _PathError as e:
+                found.append(e)
+
         for li, layer in enumerate(self.layers):
             for ai, agent in enumerate(layer.agents):
-                self._check_backend(agent.backend, agent.model, f"layers[{li}].agents[{ai}]", known)
-        self._check_backend(self.aggregator.backend, self.aggregator.model, "aggregator", known)
-        self._check_min_proposals()
-        self._check_wait()
-        self._check_names()
-        self._check_budget()
+                check(self._check_backend, agent.backend, agent.model, f"layers[{li}].agents[{ai}]", known)
+        check(self._check_backend, self.aggregator.backend, self.aggregator.model, "aggregator", known)
+        unknown_backends = bool(found)
+        check(self._check_min_proposals)
+        check(self._check_wait)
+        if unknown_backends:  # the checks below read the agents' backends
+            raise _PathErrors(found)
+        check(self._check_names)
+        check(self._check_budget)
         if self.red_team is not None:
-            self._check_placement(self.red_team.placement)
+            check(self._check_placement, self.red_team.placement)
+        if found:
+            raise _PathErrors(found)
         return self
 
     def agent_name(self, li: int, ai: int) -> str:
@@ -530,6 +543,14 @@ class _PathError(ValueError):
         self.path = path
         self.message = message
         super().__init__(message)
+
+
+class _PathErrors(ValueError):
+    """Several ``_PathError`` found by one validator, reported one by one."""
+
+    def __init__(self, errors: list[_PathError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{e.path}: {e.message}" for e in errors))
 
 
 # ---- loading -----------------------------------------------------------------------------------------------
@@ -681,6 +702,15 @@ def describe_error(err: ErrorDetails | Mapping[str, Any]) -> tuple[str, str]:
     return path, make() if make else err["msg"].removeprefix("Value error, ")
 
 
+def _described(err: ErrorDetails) -> list[tuple[str, str]]:
+    """``describe_error``, with a validator's several problems (``_PathErrors``) one by one."""
+    several = (err.get("ctx") or {}).get("error")
+    if err["type"] == "value_error" and isinstance(several, _PathErrors):
+        base = _format_loc(err["loc"])
+        return [(f"{base}.{e.path}" if base else e.path, e.message) for e in several.errors]
+    return [describe_error(err)]
+
+
 def config_error(error: ValidationError, at: str | None = None, *, every: bool = False) -> ConfigError:
     """A pydantic ``ValidationError`` as a ``ConfigError`` naming the field: its first problem, at a path under
     ``at`` (``messages[1]`` + ``role``); with ``every``, all its problems as ``path: message`` joined by ``; ``
@@ -689,13 +719,21 @@ def config_error(error: ValidationError, at: str | None = None, *, every: bool =
     def under(path: str) -> str:
         return f"{at}.{path}" if at and path else at or path
 
-    problems = [(under(path), message) for path, message in (describe_error(e) for e in error.errors())]
+    problems = [(under(path), message) for e in error.errors() for path, message in _described(e)]
     first_path = problems[0][0] or None
     if not every:
         return ConfigError(problems[0][1], first_path)
-    err = ConfigError("; ".join(f"{p}: {m}" if p else m for p, m in problems))
+    err = ConfigProblems(problems)
     err.path = first_path
     return err
+
+
+class ConfigProblems(ConfigError):
+    """Every problem of one config, each as (dotted path, message); ``str()`` joins them with ``; ``."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{p}: {m}" if p else m for p, m in problems))
 
 
 def parse_config(data: dict[str, Any]) -> EnsembleConfig:
@@ -736,6 +774,7 @@ def load_config(source: str | os.PathLike[str] | dict[str, Any] | EnsembleConfig
 
 def describe_config(config: EnsembleConfig) -> str:
     """One line on what ``config`` runs, as ``moa validate`` and ``moa serve`` print it:
-    ``name: <L> layer(s), <N> proposal(s), aggregator <type>`` (N counts every agent's ``n``)."""
+    ``name: <L> layer(s), <N> proposal(s), aggregator <type>`` (L counts the proposer layers, not the aggregator;
+    N counts every agent's ``n``). ``moa configs`` prints the same shape, so the two never disagree."""
     calls = sum(agent.n for layer in config.layers for agent in layer.agents)
     return f"{config.name}: {len(config.layers)} layer(s), {calls} proposal(s), aggregator {config.aggregator.type}"

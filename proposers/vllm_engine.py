@@ -44,6 +44,7 @@ from moa.types import Delta, GenerateResult, Generation, Message, SamplingParams
 from proposers.chat_template import TemplateRules, adapt
 from proposers.embedded import resolve_model
 from proposers.local_template import chat_template_text, probe_tokenizer
+from proposers.main_module import MAIN_GUARD_HINT, importing_main_of_a_spawned_process, main_module_not_reimported
 
 logger = logging.getLogger(__name__)
 
@@ -236,6 +237,8 @@ class VLLMProposer:
 
     def _build_engine(self) -> AsyncLLM:
         """Runs in a worker thread: resolves the model (converting an embedded one) and starts vLLM."""
+        if importing_main_of_a_spawned_process():
+            raise EngineError(f"{self.name}: {MAIN_GUARD_HINT}", backend=self.name)
         path = resolve_model(self.config.model, field=f"backends.{self.name}.model")
         args = engine_args(self.name, self.config, path)
         logger.info(
@@ -243,7 +246,8 @@ class VLLMProposer:
         )
         started = time.perf_counter()
         try:
-            engine = AsyncLLM.from_engine_args(args)
+            with main_module_not_reimported():  # a script needs no __main__ guard (proposers/main_module.py)
+                engine = AsyncLLM.from_engine_args(args)
         except Exception as e:
             raise EngineError(
                 f"{self.name}: vLLM could not start {self.config.model}: {type(e).__name__}: {e}", backend=self.name

@@ -3,6 +3,7 @@ listed and retried, refusal of another run's checkpoint, and resume after SIGKIL
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import fcntl
 import io
@@ -204,3 +205,52 @@ def test_sigkill_at_random_moments_then_resume(upstream_thread: ScriptedServer, 
     assert sorted(set(_checkpointed(out))) == list(range(limit))
     # each kill loses at most the instructions in flight: the aggregator answered each one at most once more
     assert len(upstream_thread.for_model("agg")) <= limit + kills * concurrency
+
+
+async def test_progress_gives_no_rate_or_eta_before_anything_is_known_and_prints_on_change() -> None:
+    plain = io.StringIO()
+    progress = Progress("evaluate", 3, plain, tty=False, concurrency=3, interval_s=0.01, quiet_s=3600)
+    items = [progress.begin() for _ in range(3)]
+    first = progress.line()
+    assert "0/3 done" in first and "3 in flight" in first and "rate -" in first and "ETA -" in first
+    assert "0.00/s" not in first
+
+    task = asyncio.create_task(progress.heartbeat())  # ~30 heartbeats without a change print one line, not 30
+    await asyncio.sleep(0.3)
+    task.cancel()
+    assert len(plain.getvalue().splitlines()) == 1
+    time.sleep(0.05)
+    progress.advance(done=1, item=items[0])
+    # the other two started with the first and take about as long: they end about now, not in 2 x its time
+    eta = progress.eta_s()
+    assert eta is not None and eta < 0.05
+    assert "2 in flight" in progress.line() and "ETA 0s" in progress.line()
+    assert progress.changed()
+
+
+def test_progress_eta_counts_queued_waves() -> None:
+    progress = Progress("generate", 10, io.StringIO(), tty=False, concurrency=2)
+    a, b = progress.begin(), progress.begin()
+    time.sleep(0.2)
+    progress.advance(done=1, item=a)
+    progress.advance(done=1, item=b)  # mean 0.2 s an item; 8 queued in waves of 2: 0.8 s
+    assert progress.eta_s() == pytest.approx(0.8, abs=0.1)
+
+
+def test_estimate_states_time_and_costs_local_backends_nothing() -> None:
+    from moa.alpaca_eval.estimate import LOCAL_TOKENS_PER_S, REMOTE_CALL_S, REMOTE_TOKENS_PER_S, estimate_job
+    from moa.config import load_config
+
+    local = estimate_job(load_config("default"), ["q"] * 4)  # 4 x (6 x 256 + 384) completion tokens, all local
+    assert local.cost_usd == 0.0 and local.wall_s() == pytest.approx(4 * (6 * 256 + 384) / LOCAL_TOKENS_PER_S)
+    assert "cost unknown" not in local.line() and "(local backends: $0)" in local.line()
+    assert "about 3m53s at worst (assumes local models at 33 tokens/s in all)" in local.line()
+
+    config = moa_config("http://127.0.0.1:9/v1", [["p1", "p2"], ["p3"]])  # remote, no prices, rps unset
+    for agent in [a for layer in config["layers"] for a in layer["agents"]]:
+        agent["max_tokens"] = 100
+    config["aggregator"]["max_tokens"] = 50
+    remote = estimate_job(load_config(config), ["q"] * 64, concurrency=32)
+    per_instruction = 2 * (REMOTE_CALL_S + 100 / REMOTE_TOKENS_PER_S) + REMOTE_CALL_S + 50 / REMOTE_TOKENS_PER_S
+    assert remote.wall_s() == pytest.approx(2 * per_instruction)  # two waves of 32 instructions
+    assert remote.line().count("no prices") == 1 and "no prices for backend(s) up" in remote.line()

@@ -103,3 +103,37 @@ async def test_astream_rejects_bad_input_before_iterating() -> None:
     async with Ensemble.from_config(moa_config("http://127.0.0.1:9/v1", [["a"]])) as ens:
         with pytest.raises(ConfigError, match="messages"):
             ens.astream([])
+
+
+def test_validate_lists_every_error_of_every_config_at_once(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: bad\nbackends:\n  up: {type: openai, base_url: 'http://127.0.0.1:9/v1', model: m}\n"
+        "layers:\n  - agents:\n      - {backend: nope}\n      - {backend: up, n: 2}\n"
+        "aggregator: {backend: missing}\nmin_proposals: 5\n"
+    )
+    cross = tmp_path / "cross.yaml"
+    cross.write_text(
+        "name: cross\nbackends:\n  up: {type: openai, base_url: 'http://127.0.0.1:9/v1', model: m}\n"
+        "layers:\n  - agents:\n      - {backend: up, n: 2, name: x}\n      - {backend: up, name: x}\n"
+        "aggregator: {backend: up}\nmin_proposals: 5\nmax_cost_usd: 1\n"
+    )
+    done = _moa("validate", str(bad), str(cross), "together-moa")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"error: {bad}: 3 error(s)\n" in done.stderr and f"error: {cross}: 3 error(s)\n" in done.stderr
+    for line in (
+        "  layers[0].agents[0].backend: unknown backend 'nope' (known: up)",
+        "  aggregator.backend: unknown backend 'missing' (known: up)",
+        "  min_proposals: must be <= 3, the proposals layers[0] can produce (the sum of its agents' n)",
+        "  layers[0].agents[1].name: 'x' names both this agent and layers[0].agents[0]",
+        "  backends.up.prices: required when max_cost_usd is set",
+    ):
+        assert line in done.stderr
+    assert "together-moa: ok (together-moa: 2 layer(s), 12 proposal(s)" in done.stdout  # the others still checked
+
+
+def test_configs_and_validate_describe_a_recipe_alike() -> None:
+    listed = {line.split()[0]: line for line in _moa("configs").stdout.splitlines()}
+    shape = describe_config(load_config("together-moa")).removeprefix("together-moa: ")
+    assert listed["together-moa"].split(None, 1)[1].startswith(shape + ": ")
+    assert "3 layers" not in listed["together-moa"]  # the aggregator is no proposer layer

@@ -36,15 +36,17 @@ async def run_batch(
 
     async def worker() -> None:
         for index in queue:
+            item = progress.begin()
             try:
                 record, tokens = await work(index)
             except MoaError as e:
                 failures.append(Failure(index, str(e)))
-                progress.advance(failed=1)
+                progress.advance(failed=1, item=item)
                 continue
             await asyncio.to_thread(checkpoint.append, record)  # fsync off the event loop
-            progress.advance(done=1, tokens=tokens)
+            progress.advance(done=1, tokens=tokens, item=item)
 
+    progress.concurrency = max(1, min(concurrency, len(pending)))  # the ETA's waves
     heartbeat = asyncio.create_task(progress.heartbeat())
     try:
         async with asyncio.TaskGroup() as group:

@@ -1,14 +1,22 @@
-"""``moa alpaca-eval generate --estimate``: the calls, worst-case tokens and cost of a whole job, before it runs.
+"""``moa alpaca-eval generate --estimate``: the calls, worst-case tokens, cost and time of a whole job, before it
+runs.
 
 Worst case: every call writes its ``max_tokens`` (512 where unset, the limiter's guess), each later layer and the
 aggregator read every proposal of the layer before at that length, and prompts are estimated at 4 characters a
 token plus a few a message (``moa.budget.prompt_tokens_bound``). A defense's extra calls are not counted.
+
+Cost: local backends (``vllm``, ``torch``) cost $0; a remote one without ``prices`` makes the cost unknown, and
+the line names it. Time is a stated model, not a measurement: a remote call takes ``REMOTE_CALL_S`` plus its
+completion at ``REMOTE_TOKENS_PER_S``, ``concurrency`` instructions run at once, each waiting for its layers one
+after the other (a layer as long as its longest call), and no backend goes faster than its ``rate_limit.rps``;
+local backends decode ``LOCAL_TOKENS_PER_S`` completion tokens a second in all (SmolLM2-135M in CPU vLLM here:
+6 x 256 tokens in ~46 s on 2 AVX2 cores), one after the other with the remote work.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from moa.budget import prompt_tokens_bound
 from moa.config import EnsembleConfig
@@ -18,6 +26,11 @@ from moa.prompts import SYNTHESIZE_INSTRUCTIONS
 UNSET_MAX_TOKENS = 512
 #: characters of fencing around each reference in a prompt
 FENCE_CHARS = 64
+#: the time model (see the module's docstring)
+REMOTE_CALL_S = 1.0
+REMOTE_TOKENS_PER_S = 50.0
+LOCAL_TOKENS_PER_S = 33.0
+LOCAL_TYPES = ("vllm", "torch")
 
 
 @dataclass(slots=True)
@@ -26,7 +39,13 @@ class JobEstimate:
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cost_usd: float | None = 0.0  # None when a backend has no prices
+    cost_usd: float | None = 0.0  # None when a remote backend has no prices
+    unpriced: list[str] = field(default_factory=list)  # remote backends without prices
+    local_tokens: int = 0  # completion tokens written by local backends
+    remote_path_s: float = 0.0  # summed over instructions: each one's remote critical path
+    calls_by_backend: dict[str, int] = field(default_factory=dict)
+    concurrency: int = 32
+    rps: dict[str, float] = field(default_factory=dict)
 
     @property
     def total_tokens(self) -> int:
@@ -38,31 +57,77 @@ class JobEstimate:
         self.calls += calls
         self.prompt_tokens += calls * prompt
         self.completion_tokens += calls * completion
-        prices = config.backends[backend].prices
-        if prices is None or self.cost_usd is None:
+        self.calls_by_backend[backend] = self.calls_by_backend.get(backend, 0) + calls
+        settings = config.backends[backend]
+        if settings.type in LOCAL_TYPES:
+            self.local_tokens += calls * completion
+            return  # local: no money spent
+        if settings.rate_limit is not None and settings.rate_limit.rps is not None:
+            self.rps[backend] = settings.rate_limit.rps
+        prices = settings.prices
+        if prices is None:
+            if backend not in self.unpriced:
+                self.unpriced.append(backend)
             self.cost_usd = None
             return
-        self.cost_usd += calls * prices.for_model(config.model_for(backend, model)).cost_usd(prompt, completion)
+        if self.cost_usd is not None:
+            self.cost_usd += calls * prices.for_model(config.model_for(backend, model)).cost_usd(prompt, completion)
+
+    def wall_s(self) -> float:
+        """The time model's figure for the whole job (module docstring)."""
+        waves = math.ceil(self.instructions / max(1, self.concurrency))
+        remote = self.remote_path_s / max(1, self.instructions) * waves
+        limited = max((self.calls_by_backend[b] / rps for b, rps in self.rps.items()), default=0.0)
+        return max(remote, limited) + self.local_tokens / LOCAL_TOKENS_PER_S
 
     def line(self) -> str:
-        cost = "cost unknown (a backend has no prices)" if self.cost_usd is None else f"at most ${self.cost_usd:.4f}"
+        if self.cost_usd is None:
+            cost = f"cost unknown (no prices for backend(s) {', '.join(self.unpriced)})"
+        else:
+            cost = f"at most ${self.cost_usd:.4f}" + (" (local backends: $0)" if self.local_tokens else "")
+        assumed = []
+        if self.local_tokens:
+            assumed.append(f"local models at {LOCAL_TOKENS_PER_S:g} tokens/s in all")
+        if self.local_tokens < self.completion_tokens:
+            assumed.append(
+                f"remote calls {REMOTE_CALL_S:g} s + {REMOTE_TOKENS_PER_S:g} tokens/s, {self.concurrency} instructions "
+                "at once, each backend's rps"
+            )
         return (
             f"estimate for {self.instructions} instruction(s): {self.calls} calls, at most {self.total_tokens} tokens "
-            f"({self.prompt_tokens} prompt, {self.completion_tokens} completion), {cost}"
+            f"({self.prompt_tokens} prompt, {self.completion_tokens} completion), {cost}, about "
+            f"{_duration(self.wall_s())} at worst (assumes {'; '.join(assumed)})"
         )
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def _remote_s(config: EnsembleConfig, backend: str, completion: int) -> float:
+    """The time model's seconds for one call (0 for a local backend: its tokens are timed in all)."""
+    if config.backends[backend].type in LOCAL_TYPES:
+        return 0.0
+    return REMOTE_CALL_S + completion / REMOTE_TOKENS_PER_S
 
 
 def _self_moa_seq_steps(samples: int, window: int) -> int:
     return 1 if samples <= window else math.ceil((samples - 1) / (window - 1))
 
 
-def estimate_job(config: EnsembleConfig, instructions: list[str]) -> JobEstimate:
-    """The worst case of answering every one of ``instructions`` with ``config``."""
-    job = JobEstimate(len(instructions))
+def estimate_job(config: EnsembleConfig, instructions: list[str], concurrency: int = 32) -> JobEstimate:
+    """The worst case of answering every one of ``instructions`` with ``config``, ``concurrency`` at a time."""
+    job = JobEstimate(len(instructions), concurrency=concurrency)
     for text in instructions:
         references: list[int] = []  # the previous layer's proposals, in tokens
         for layer in config.layers:
             made: list[int] = []
+            job.remote_path_s += max(
+                _remote_s(config, a.backend, a.max_tokens or UNSET_MAX_TOKENS) for a in layer.agents
+            )
             for agent in layer.agents:
                 completion = agent.max_tokens or UNSET_MAX_TOKENS
                 prompt = _prompt(text, references, agent.system_prompt)
@@ -75,9 +140,11 @@ def estimate_job(config: EnsembleConfig, instructions: list[str]) -> JobEstimate
         completion = agg.max_tokens or UNSET_MAX_TOKENS
         if agg.type == "self-moa-seq":
             steps = _self_moa_seq_steps(len(references), agg.window)
+            job.remote_path_s += steps * _remote_s(config, agg.backend, completion)
             window = [completion] * min(agg.window, len(references))
             job.add(config, agg.backend, agg.model, steps, _prompt(text, window, agg.system_prompt), completion)
         else:
+            job.remote_path_s += _remote_s(config, agg.backend, completion)
             job.add(config, agg.backend, agg.model, 1, _prompt(text, references, agg.system_prompt), completion)
     return job
 

@@ -1,10 +1,12 @@
 """A pairwise judge: which of two answers to an instruction is better, as a probability.
 
 The judge is one model of a configured backend (any type the registry knows), called through the engine's
-``Backend`` so its rate limits, retries and timeout apply. The two answers are shown in an order drawn per
-instruction from a seed (so position bias averages out, and a rerun draws the same order). The judge is asked
-for a single letter; when the backend returns log-probabilities the preference is the probability mass on
-the model's letter against the other's, else the letter it wrote decides (1 or 0).
+``Backend`` so its rate limits, retries and timeout apply. Small judges prefer a position (a 135M model wrote
+"A" to every pair), so each pair is shown in both orders by default, or, to halve the calls, in a balanced
+order (exactly half the pairs with the model's answer first, which half drawn from a seed); either way a
+judge's position bias cancels out of the win rate instead of deciding it, and the report shows the bias. The
+judge is asked for a single letter; when the backend returns log-probabilities the preference is the
+probability mass on the model's letter against the other's, else the letter it wrote decides (1 or 0).
 """
 
 from __future__ import annotations
@@ -59,11 +61,34 @@ class JudgeVerdict:
     source: Literal["logprobs", "verdict"]
     text: str
     tokens: int
+    model_first: bool  # the model's answer was shown as A
+
+    @property
+    def preferred_position(self) -> Literal["A", "B"] | None:
+        """The letter the judge preferred (None for an even split of its probability)."""
+        p_model_position = self.p_model if self.model_first else 1.0 - self.p_model  # P(A is better)
+        return "A" if p_model_position > 0.5 else "B" if p_model_position < 0.5 else None
 
 
-def model_goes_first(seed: int, instruction: str) -> bool:
-    """The drawn order of one instruction: a fair coin keyed by seed and instruction, stable across runs."""
-    return hashlib.sha256(f"{seed}\x00{instruction}".encode()).digest()[0] & 1 == 1
+#: how each pair is shown: both orders (two calls a pair) or one, with exactly half of the pairs each way
+ORDERS = ("both", "balanced")
+JudgeOrder = Literal["both", "balanced"]
+
+
+def balanced_orders(seed: int, instructions: list[str]) -> list[bool]:
+    """Whether the model's answer goes first, per instruction: exactly half (rounded up) of them, chosen by a
+    hash of seed and instruction, so a rerun draws the same orders."""
+    keys = [hashlib.sha256(f"{seed}\x00{text}".encode()).digest() for text in instructions]
+    ranked = sorted(range(len(instructions)), key=lambda i: keys[i])
+    first = set(ranked[: (len(instructions) + 1) // 2])
+    return [i in first for i in range(len(instructions))]
+
+
+def orders_of(order: JudgeOrder, seed: int, instructions: list[str]) -> list[tuple[bool, ...]]:
+    """Per instruction, the orders its pair is judged in (``True``: the model's answer is shown as A)."""
+    if order == "both":
+        return [(True, False)] * len(instructions)
+    return [(first,) for first in balanced_orders(seed, instructions)]
 
 
 def judge_messages(instruction: str, first: str, second: str) -> list[Message]:
@@ -145,10 +170,13 @@ class PairwiseJudge:
         if p_second is None:
             raise MoaError(f"the judge's answer names neither A nor B: {generation.text[:80]!r}")
         p_model = 1.0 - p_second if model_first else p_second
-        return JudgeVerdict(p_model, source, generation.text, result.usage.total_tokens)
+        return JudgeVerdict(p_model, source, generation.text, result.usage.total_tokens, model_first)
 
     async def aclose(self) -> None:
         await self.backend.aclose()
 
 
-__all__ = ["JUDGE_PROMPT", "JUDGE_SYSTEM", "PairwiseJudge", "JudgeVerdict", "judge_messages", "model_goes_first"]
+__all__ = [
+    "JUDGE_PROMPT", "JUDGE_SYSTEM", "ORDERS", "JudgeOrder", "JudgeVerdict", "PairwiseJudge", "balanced_orders",
+    "judge_messages", "orders_of",
+]  # fmt: skip

@@ -12,8 +12,12 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from moa.alpaca_eval.batch import Failure
+
+if TYPE_CHECKING:
+    from moa.alpaca_eval.evaluate import EvaluationReport
 
 
 def _positive(text: str) -> int:
@@ -42,7 +46,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     every = load_instructions(args.instructions)
     chosen = every[: args.limit] if args.limit else every
-    print(estimate_job(config, [i.instruction for i in chosen]).line())
+    print(estimate_job(config, [i.instruction for i in chosen], args.concurrency).line())
     return 0
 
 
@@ -69,13 +73,43 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 1 if report.done < report.total else 0
 
 
+def report_lines(report: EvaluationReport) -> list[str]:
+    """The judge, its position bias and the raw win rate, each caveat on its own line."""
+    from moa.alpaca_eval.checks import position_bias_warning
+
+    how = "each pair in both orders" if report.order == "both" else "one order a pair, half of the pairs each way"
+    lines = [
+        f"judge: {report.judge} ({report.judged}/{report.total} instructions judged, {report.judgements} "
+        f"judgements: {how}; {report.from_logprobs} from log-probabilities)",
+        report.judge_note,
+    ]
+    if report.position_a_share is not None:
+        lines.append(f"position bias: {100 * report.position_a_share:.0f}% of the verdicts chose answer A")
+        if (warning := position_bias_warning(report.position_a_share)) is not None:
+            lines.append(warning)
+    if report.consistent is not None:
+        lines.append(
+            f"order consistency: {report.consistent} of {report.judged} pairs had the same winner in both orders"
+        )
+    if report.judged:
+        se = "" if math.isnan(report.standard_error) else f" ± {report.standard_error:.2f}"
+        low, high = report.win_rate_ci95
+        lines.append(
+            f"win rate: {report.win_rate:.2f}{se} (95% bootstrap interval {low:.2f}-{high:.2f}; discrete "
+            f"{report.discrete_win_rate:.2f})"
+        )
+    if report.lc_note is not None:
+        lines.append(report.lc_note)
+    return lines
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from moa.alpaca_eval.evaluate import EvaluateOptions, evaluate
 
     options = EvaluateOptions(
         submission=args.submission, config=args.config, judge_backend=args.judge_backend, judge_model=args.judge_model,
         reference=args.reference, annotations=args.annotations, seed=args.seed, limit=args.limit,
-        concurrency=args.concurrency, logprobs=None if args.no_logprobs else args.top_logprobs,
+        concurrency=args.concurrency, logprobs=None if args.no_logprobs else args.top_logprobs, order=args.order,
     )  # fmt: skip
     report = asyncio.run(evaluate(options, sys.stderr))
     if report.failures:
@@ -83,12 +117,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.summary(), indent=2))
         return 1 if report.failures else 0
-    print(
-        f"judge: {report.judge} ({report.judged}/{report.total} judged, {report.from_logprobs} from log-probabilities)"
-    )
-    if report.judged:
-        se = "" if math.isnan(report.standard_error) else f" ± {report.standard_error:.2f}"
-        print(f"win rate: {report.win_rate:.2f}{se} (discrete {report.discrete_win_rate:.2f})")
+    for line in report_lines(report):
+        print(line)
     if report.lc is not None:
         w = report.lc.weights
         terms = f"length {w.length:.3f}, difficulty {w.difficulty:.3f}, baseline {w.baseline:.3f}"
@@ -126,7 +156,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ev.add_argument("--reference", type=Path, help="the outputs to compare with (default: gpt4_1106_preview's)")
     ev.add_argument("--annotations", type=Path,
                     help="where the judgements go (default: SUBMISSION_STEM.annotations.json beside it)")  # fmt: skip
-    ev.add_argument("--seed", type=int, default=0, help="seed of the per-instruction order of the two outputs")
+    ev.add_argument("--order", choices=("both", "balanced"), default="both",
+                    help="both: every pair in both orders (2 calls a pair, the default); balanced: one call a pair, "
+                         "the model's answer first in exactly half of them")  # fmt: skip
+    ev.add_argument("--seed", type=int, default=0,
+                    help="with --order balanced: seed of which half of the pairs shows the model's answer first")  # fmt: skip
     ev.add_argument("--limit", type=_positive, help="only the first N rows of the submission")
     ev.add_argument("--concurrency", type=_positive, default=16, help="judgements in flight at once (default 16)")
     ev.add_argument("--top-logprobs", type=_positive, default=5, help="alternatives per token to ask for (default 5)")
