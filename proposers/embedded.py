@@ -19,6 +19,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -92,7 +93,7 @@ def ensure_converted(name: str, gguf: Path, *, root: Path | None = None) -> Path
         _sweep_stale(root, final.name)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
         try:
-            logger.info("converting %s to %s (once, ~20 s)", gguf.name, final)
+            logger.info("converting %s to %s (once, ~35 s on 2 CPU cores)", gguf.name, final)
             started = time.perf_counter()
             convert_gguf(gguf, tmp)
             fsync_tree(tmp)
@@ -110,6 +111,11 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     folder, file = str(gguf.parent), gguf.name
+    if not sys.stderr.isatty():  # a bar redrawn with carriage returns is one unreadable line in a log or pipe
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        logger.info("dequantizing %s (no progress bar: stderr is not a terminal)", gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
     if not tokenizer.chat_template:
         raise ConfigError(f"{gguf.name} carries no chat template; it cannot serve chat requests")
