@@ -13,9 +13,11 @@ A file lock makes a second process wait for the first one's conversion instead o
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import importlib.util
+import io
 import logging
 import os
 import shutil
@@ -26,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import platformdirs
 
@@ -111,19 +114,36 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     folder, file = str(gguf.parent), gguf.name
-    if not sys.stderr.isatty():  # a bar redrawn with carriage returns is one unreadable line in a log or pipe
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        logger.info("dequantizing %s (no progress bar: stderr is not a terminal)", gguf.name)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
-    if not tokenizer.chat_template:
-        raise ConfigError(f"{gguf.name} carries no chat template; it cannot serve chat requests")
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=file, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
-    )
+    # transformers' progress bars redraw one line with carriage returns: in a log or a pipe, plain lines instead
+    plain = contextlib.nullcontext() if sys.stderr.isatty() else contextlib.redirect_stderr(PlainLines(sys.stderr))
+    with plain:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+        if not tokenizer.chat_template:
+            raise ConfigError(f"{gguf.name} carries no chat template; it cannot serve chat requests")
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=file, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+        )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+class PlainLines(io.TextIOBase):
+    """A text stream that writes each carriage-return redraw (a progress bar's) as a line of its own."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def write(self, text: str) -> int:
+        for part in text.replace("\r", "\n").split("\n"):
+            if part.strip():
+                self._out.write(part.rstrip() + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def isatty(self) -> bool:
+        return False
 
 
 # ---- the file's hash, remembered by path, size and mtime --------------------------------------------------
