@@ -11,7 +11,13 @@
    two (goal: after >= 1.5x faster). Both ensembles run at once, each vLLM engine on 0.15 of RAM; their samples
    are seeded alike, so both aggregators read the same references.
 
-    python -m benchmarks.bench_local [--part all|proposer|e2e] [--rounds 4] [--requests 4] [--json PATH]
+4. ``--part cold``: cold ``moa run`` processes, per phase (first line, conversion, engine start, samples,
+   aggregation, shutdown), before (``--before DIR``: a checkout of commit 344620d, e.g. ``git worktree add
+   /tmp/before 344620d``) and after, side by side; the very first run converts the model into a fresh cache
+   (``XDG_CACHE_HOME``), later runs find it converted. Then the warm path: ``moa run --server`` against a
+   ``moa serve`` of the default recipe started once. Run it under ``flock /tmp/moa-heavy.lock``.
+
+    python -m benchmarks.bench_local [--part all|proposer|e2e|cold] [--rounds 4] [--requests 4] [--json PATH]
 """
 
 from __future__ import annotations
@@ -246,6 +252,113 @@ async def proposer_figures(rounds: int, requests: int) -> dict[str, float]:
         await proposer.aclose()
 
 
+# ---- 4. cold and warm `moa run`, per phase, before and after ------------------------------------------------
+
+QUESTION = "Why is the sky blue?"
+#: (phase, the stderr line that ends it); a phase lasts from the end of the one before
+PHASES = (
+    ("first line", ""),
+    ("conversion", "moa: converted "),
+    ("engine start", "ready in "),
+    ("samples", "layer 1 done"),
+    ("aggregation", "aggregator aggregator"),
+)
+
+
+def timed_lines(command: list[str], env: dict[str, str], cwd: str) -> tuple[list[tuple[float, str]], float]:
+    """Run ``command``; every stderr line (split at CR too) with the seconds since the start, and the exit time."""
+    import subprocess
+
+    started = time.monotonic()
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd)
+    assert proc.stderr is not None
+    lines: list[tuple[float, str]] = []
+    buf = b""
+    while chunk := proc.stderr.read1(4096):
+        buf += chunk
+        *done, buf = buf.replace(b"\r", b"\n").split(b"\n")
+        lines += [(time.monotonic() - started, x.decode(errors="replace")) for x in done if x.strip()]
+    proc.wait()
+    return lines, time.monotonic() - started
+
+
+def phases(lines: list[tuple[float, str]], exit_s: float) -> dict[str, float]:
+    """Seconds per phase of one run's stderr (a phase not seen, such as a conversion already done, is 0)."""
+    out: dict[str, float] = {}
+    at = 0.0
+    for name, marker in PHASES:
+        hits = [t for t, line in lines if marker in line and t >= at and (name != "aggregation" or "done" in line)]
+        if name == "first line":
+            hits = [lines[0][0]] if lines else []
+        if hits:
+            out[name], at = hits[0] - at, hits[0]
+        else:
+            out[name] = 0.0
+    out["shutdown"] = exit_s - at
+    out["total"] = exit_s
+    return out
+
+
+def cold_run(root: str, env: dict[str, str]) -> dict[str, float]:
+    import os
+    import sys
+
+    lines, exit_s = timed_lines(
+        [sys.executable, "-m", "moa.cli", "run", QUESTION], {**os.environ, **env, "PYTHONPATH": root}, root
+    )
+    return phases(lines, exit_s)
+
+
+def warm_runs(root: str, runs: int = 2) -> list[float]:
+    """Seconds of ``moa run --server`` against a ``moa serve`` (default recipe) started once."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": root}
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "moa.cli", "serve", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True, env=env, cwd=root,
+    )  # fmt: skip
+    try:
+        assert serve.stdout is not None
+        url = next(x for x in serve.stdout if x.startswith("moa serve: listening on ")).split()[-1]
+        seconds = []
+        for _ in range(runs):
+            started = time.monotonic()
+            subprocess.run([sys.executable, "-m", "moa.cli", "run", "--server", url, QUESTION], env=env, cwd=root,
+                           capture_output=True, check=True)  # fmt: skip
+            seconds.append(time.monotonic() - started)
+        return seconds
+    finally:
+        serve.terminate()
+        serve.wait(timeout=120)
+
+
+def cold_figures(before: str | None) -> dict[str, float]:
+    import tempfile
+    from pathlib import Path
+
+    after = str(Path(__file__).resolve().parents[1])
+    sides = {"after": after, **({"before": before} if before else {})}
+    figures: dict[str, float] = {}
+    table: dict[str, dict[str, float]] = {}
+    for side, root in sides.items():
+        with tempfile.TemporaryDirectory() as cache:
+            table[f"{side} first"] = cold_run(root, {"XDG_CACHE_HOME": cache})  # converts into a fresh cache
+        table[f"{side} cold"] = cold_run(root, {})
+    columns = list(table)
+    print(f"{'phase (s)':<14}" + "".join(f"{c:>14}" for c in columns))
+    for phase in [p for p, _ in PHASES] + ["shutdown", "total"]:
+        print(f"{phase:<14}" + "".join(f"{table[c][phase]:>14.1f}" for c in columns))
+        for c in columns:
+            figures[f"cold.{c.replace(' ', '_')}.{phase.replace(' ', '_')}_s"] = table[c][phase]
+    warm = warm_runs(after)
+    print(f"warm moa run --server (after): {', '.join(f'{s:.1f} s' for s in warm)} (goal <= 15 s)")
+    figures["warm.after_median_s"] = statistics.median(warm)
+    return figures
+
+
 async def main(part: str, rounds: int, requests: int) -> dict[str, float]:
     figures = await proposer_figures(rounds, requests) if part in ("all", "proposer") else {}
     if part in ("all", "e2e"):
@@ -255,7 +368,10 @@ async def main(part: str, rounds: int, requests: int) -> dict[str, float]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["all", "proposer", "e2e"], default="all", help="which figures (see above)")
+    parser.add_argument(
+        "--part", choices=["all", "proposer", "e2e", "cold"], default="all", help="which figures (see above)"
+    )
+    parser.add_argument("--before", metavar="DIR", help="cold: a checkout of the commit to compare with (344620d)")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per comparison")
     parser.add_argument(
         "--requests",
@@ -265,4 +381,7 @@ if __name__ == "__main__":
     )
     add_json_option(parser)
     args = parser.parse_args()
-    write_figures(args.json, "bench_local", args, asyncio.run(main(args.part, args.rounds, args.requests)))
+    if args.part == "cold":
+        write_figures(args.json, "bench_local", args, cold_figures(args.before))
+    else:
+        write_figures(args.json, "bench_local", args, asyncio.run(main(args.part, args.rounds, args.requests)))

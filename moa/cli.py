@@ -13,43 +13,51 @@ import importlib
 import logging
 import os
 import sys
-import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TextIO
 
 from moa.config import ConfigProblems, builtin_configs, describe_config, load_config
 from moa.errors import ConfigError, MoaError
-from moa.logs import configure_logging, native_output_to
+from moa.logs import configure_logging, engine_output_to_log
+from moa.logs import engine_log_path as engine_log_path  # re-exported: moa.cli's API before moa.logs had it
+from moa.logs import quiet_third_party as quiet_third_party
 from moa.types import Completion
 
+log = logging.getLogger("moa.cli")
+
 DEFAULT_CONFIG = "default"
+#: backend types that start an engine in this process (their start is announced before anything is imported)
+LOCAL_TYPES = frozenset({"vllm", "torch"})
 #: modules under moa.commands that add subcommands (each has ``register(subparsers)``)
 COMMAND_MODULES: tuple[str, ...] = ("serve", "alpaca_eval", "specdec")
-#: the packages whose start-up warnings and log lines ``moa run`` keeps off the terminal unless ``--verbose``
-NOISY_LOGGERS: tuple[str, ...] = ("vllm", "torch", "transformers", "triton")
 
 
-def _print_trace(result: Completion, out: TextIO) -> None:
+def _print_trace(result: Completion, out: TextIO, startup: list[tuple[str, str, float]]) -> None:
+    from moa.commands.progress_view import print_calls
+
     for p in result.proposals:
         print(f"--- proposal (layer {p.layer}, {p.agent}) ---\n{p.text}\n", file=out)
-    header = (
-        f"{'layer':>5} {'role':<10} {'agent':<24} {'model':<28} {'in':>6} {'out':>6} {'sec':>7} {'retry':>5}  outcome"
-    )
-    print(header, file=out)
-    for r in result.trace:
-        outcome = r.outcome if r.error is None else f"{r.outcome}: {r.error}"
-        agent = r.agent if r.step is None else f"{r.agent} [{r.step}]"
-        print(
-            f"{r.layer:>5} {r.role:<10} {agent[:24]:<24} {r.model[-28:]:<28} {r.prompt_tokens:>6} "
-            f"{r.completion_tokens:>6} {r.latency_s:>7.2f} {r.retries:>5}  {outcome}",
-            file=out,
-        )
+    print_calls(result.trace, out, startup)
     u = result.usage
     print(f"usage: {u.prompt_tokens} prompt + {u.completion_tokens} completion = {u.total_tokens} tokens", file=out)
 
 
+def _startup_steps(ens: object) -> list[tuple[str, str, float]]:
+    """(backend, step, seconds) of what the local engines did before the first call (``startup_s`` of a proposer:
+    the embedded model's conversion, the engine start)."""
+    steps = []
+    for name, backend in getattr(ens, "backends", {}).items():
+        for step, seconds in getattr(backend.proposer, "startup_s", {}).items():
+            steps.append((name, step, seconds))
+    return steps
+
+
 async def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config or DEFAULT_CONFIG)
+    local = sorted(n for n, b in config.backends.items() if b.type in LOCAL_TYPES)
+    if local and not args.no_progress:  # said at once: imports, a conversion and engine starts take a while
+        log.info("%s: starting local backend(s) %s (%s)", config.name, ", ".join(local), describe_config(config))
+
     from moa.commands.progress_view import ProgressView, timeline
     from moa.ensemble import Ensemble
     from moa.progress import ProgressSink, progress_sink
@@ -57,7 +65,8 @@ async def _run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("temperature", args.temperature), ("max_tokens", args.max_tokens)) if v is not None}
     messages = [{"role": "user", "content": args.prompt}]
     view = ProgressView(None if args.no_progress else sys.stderr, live=sys.stderr.isatty())
-    async with Ensemble.from_config(args.config) as ens:
+    async with Ensemble(config) as ens:
+        await ens.astart()  # engines start (and a model converts) before the request: own rows in --trace
         token = progress_sink.set(ProgressSink(view.on_event))
         view.start()
         try:
@@ -76,43 +85,21 @@ async def _run(args: argparse.Namespace) -> int:
         print(result.model_dump_json(indent=2))
         return 0
     if args.trace:
-        _print_trace(result, sys.stderr)
+        _print_trace(result, sys.stderr, _startup_steps(ens))
         for line in timeline(list(view.rows.values())):
             print(line, file=sys.stderr)
     print(result.choices[0].message.content)
     return 0
 
 
-def quiet_third_party() -> None:
-    """Keep local engines' start-up noise off the terminal: vLLM's and transformers' log lines below errors (their
-    own settings, which vLLM's engine processes inherit) and the warnings torch, vLLM, transformers and Triton
-    raise. An environment that already sets the levels keeps them."""
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    for name in NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module=rf"({'|'.join(NOISY_LOGGERS)})(\.|$)")
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.verbose:
+    server = args.server or os.environ.get("MOA_SERVER") or None
+    if server:
+        from moa.commands.remote import run_remote
+
+        return asyncio.run(run_remote(args, server))
+    with engine_output_to_log("run", args.verbose):
         return asyncio.run(_run(args))
-    quiet_third_party()
-    log = engine_log_path()
-    try:
-        with native_output_to(log):
-            return asyncio.run(_run(args))
-    except BaseException:
-        if log.is_file() and log.stat().st_size:
-            print(f"moa: what local engines printed is in {log}", file=sys.stderr)
-        raise
-
-
-def engine_log_path() -> Path:
-    """Where ``moa run`` keeps what local engines and native code print (their stderr) unless ``--verbose``."""
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("moa")) / "logs" / "run-engines.log"
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -149,8 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="answer one prompt with an ensemble")
     run.add_argument("prompt", help="the user message")
-    run.add_argument("-c", "--config", default=DEFAULT_CONFIG,
-                     help="config file or shipped recipe name (default: the embedded Self-MoA)")  # fmt: skip
+    run.add_argument("-c", "--config",
+                     help="config file or shipped recipe name (default: the embedded Self-MoA); with --server, "
+                          "the server's ensemble (default: its only one, or 'default')")  # fmt: skip
+    run.add_argument("--server", metavar="URL",
+                     help="send the prompt to a running `moa serve` at URL (default: $MOA_SERVER) instead of "
+                          "starting the ensemble here: no engine start")  # fmt: skip
     run.add_argument("--trace", action="store_true",
                      help="print each proposal, a per-call table and a timeline of the calls to stderr")  # fmt: skip
     run.add_argument("--json", action="store_true", help="print the whole result object as JSON")

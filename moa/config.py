@@ -194,6 +194,12 @@ class OpenAIBackendConfig(_BackendBase):
         "400 such as 'System role not supported'), per model",
     )
 
+    @field_validator("api_key_env")
+    @classmethod
+    def _no_key(cls, name: str | None) -> str | None:
+        """An empty name (``MOA_API_KEY_ENV=``) means no key: a keyless local server needs no dummy variable."""
+        return name.strip() or None if name is not None else None
+
     @field_validator("base_url")
     @classmethod
     def _check_url(cls, url: str) -> str:

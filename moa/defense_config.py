@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
 
 from moa.pricing import Prices
 
@@ -87,6 +87,12 @@ class OpenAIEmbeddings(_Options):
     max_retries: Annotated[int, Field(ge=0, le=20)] = Field(default=2, description="retries of 408/409/429/5xx")
     concurrency: Annotated[int, Field(gt=0)] | None = Field(default=None, description="calls in flight")
     prices: Prices | None = Field(default=None, description="USD per million tokens: each call's cost_usd")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _no_key(cls, name: str | None) -> str | None:
+        """An empty name means no key, as for a chat backend."""
+        return name.strip() or None if name is not None else None
 
 
 EmbeddingsConfig = Annotated[LocalEmbeddings | OpenAIEmbeddings, Field(discriminator="type")]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +23,48 @@ LOGGERS: tuple[str, ...] = ("moa", "proposers", "aggregators", "defenses")
 #: the CLI's lines: a long step says what it does, e.g. ``moa: starting vLLM engine for backend 'local' ...``
 CLI_FORMAT = "moa: %(message)s"
 
+#: the packages whose start-up warnings and log lines moa's commands keep off the terminal unless ``--verbose``
+NOISY_LOGGERS: tuple[str, ...] = ("vllm", "torch", "transformers", "triton")
+
 _installed: logging.Handler | None = None
+
+
+def quiet_third_party() -> None:
+    """Keep local engines' start-up noise off the terminal: vLLM's and transformers' log lines below errors (their
+    own settings, which vLLM's engine processes inherit) and the warnings torch, vLLM, transformers and Triton
+    raise. An environment that already sets the levels keeps them. ``moa run``, ``moa serve`` and ``moa
+    alpaca-eval`` call it unless ``--verbose``; an SDK script may call it (with ``native_output_to``) too."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=rf"({'|'.join(NOISY_LOGGERS)})(\.|$)")
+
+
+def engine_log_path(command: str = "run") -> Path:
+    """Where ``moa <command>`` keeps what local engines and native code print (their stderr) unless ``--verbose``:
+    ``~/.cache/moa/logs/<command>-engines.log``."""
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("moa")) / "logs" / f"{command}-engines.log"
+
+
+@contextmanager
+def engine_output_to_log(command: str, verbose: bool) -> Iterator[None]:
+    """What ``moa <command>`` does with third-party noise: unless ``verbose``, quiet the libraries' loggers and send
+    file descriptor 2 to ``engine_log_path(command)``; on a failure, say where that output went."""
+    if verbose:
+        yield
+        return
+    quiet_third_party()
+    log = engine_log_path(command)
+    try:
+        with native_output_to(log):
+            yield
+    except BaseException:
+        if log.is_file() and log.stat().st_size:
+            print(f"moa: what local engines printed is in {log}", file=sys.stderr)
+        raise
 
 
 def configure_logging(
@@ -76,4 +118,7 @@ def native_output_to(path: Path) -> Iterator[None]:
         ours.close()
 
 
-__all__ = ["CLI_FORMAT", "LOGGERS", "configure_logging", "native_output_to"]
+__all__ = [
+    "CLI_FORMAT", "LOGGERS", "NOISY_LOGGERS", "configure_logging", "engine_log_path", "engine_output_to_log",
+    "native_output_to", "quiet_third_party",
+]  # fmt: skip

@@ -65,6 +65,8 @@ class VLLMProposer:
         self._restarted = False  # the engine was restarted and the new one has not served a request yet
         self._chat_template = chat_template_text(config.chat_template, f"backends.{name}.chat_template")
         self.template_rules: TemplateRules | None = None  # probed from the template on the engine's first prompt
+        #: seconds of each start-up step of the last start (``conversion``, ``engine start``), for ``--trace``
+        self.startup_s: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"VLLMProposer(name={self.name!r}, model={self.config.model!r})"
@@ -239,11 +241,14 @@ class VLLMProposer:
         """Runs in a worker thread: resolves the model (converting an embedded one) and starts vLLM."""
         if importing_main_of_a_spawned_process():
             raise EngineError(f"{self.name}: {MAIN_GUARD_HINT}", backend=self.name)
+        began = time.perf_counter()
         path = resolve_model(self.config.model, field=f"backends.{self.name}.model")
+        self.startup_s = {"conversion check": time.perf_counter() - began}
         args = engine_args(self.name, self.config, path)
         logger.info(
-            "starting vLLM engine for backend %r (%s) on %s (~30 s)", self.name, self.config.model, vllm_device()
-        )
+            "starting vLLM engine for backend %r (%s) on %s (~60 s on 2 CPU cores)", self.name, self.config.model,
+            vllm_device(),
+        )  # fmt: skip
         started = time.perf_counter()
         try:
             with main_module_not_reimported():  # a script needs no __main__ guard (proposers/main_module.py)
@@ -252,7 +257,8 @@ class VLLMProposer:
             raise EngineError(
                 f"{self.name}: vLLM could not start {self.config.model}: {type(e).__name__}: {e}", backend=self.name
             ) from e
-        logger.info("vLLM engine for backend %r ready in %.0f s", self.name, time.perf_counter() - started)
+        self.startup_s["engine start"] = time.perf_counter() - started
+        logger.info("vLLM engine for backend %r ready in %.0f s", self.name, self.startup_s["engine start"])
         return engine
 
     async def aclose(self) -> None:

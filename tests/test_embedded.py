@@ -98,6 +98,7 @@ def test_conversion_survives_a_kill_and_a_race(tmp_path: Path) -> None:
     paths = {out.strip() for out, _ in outputs}
     assert len(paths) == 1
     assert sum(err.count("moa: converting") for _, err in outputs) == 1
+    assert not any("\r" in err for _, err in outputs)  # stderr is a pipe: plain lines, no redrawn progress bar
     final = Path(paths.pop())
     assert final.parent == root and final.name.startswith(f"{NAME}-")
     assert temp_dirs(root) == []  # the killed conversion's leftovers were swept

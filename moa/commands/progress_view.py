@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
 from moa.progress import CALL_ENDS, ProgressEvent, ProgressKind
+from moa.types import CallRecord
 
 #: how often a live view redraws (the seconds of running calls tick)
 REDRAW_S = 0.2
@@ -157,3 +159,20 @@ def timeline(rows: list[CallRow], width: int = TIMELINE_WIDTH) -> list[str]:
         outcome = _OUTCOMES.get(r.state, r.state or "running")
         lines.append(f"{r.layer:>5} {r.name[:28]:<28} {r.start_s:>7.2f} {stop:>7.2f}  {outcome:<9} |{bar}|")
     return lines
+
+
+def print_calls(calls: list[CallRecord], out: TextIO, startup: Sequence[tuple[str, str, float]] = ()) -> None:
+    """``--trace``'s table: the local engines' start-up steps first (``startup``: backend, step, seconds), then one
+    row a model call. Agent and model names are printed whole: the columns widen to the longest."""
+    agents = [r.agent if r.step is None else f"{r.agent} [{r.step}]" for r in calls]
+    agent_w = max([24, *map(len, agents), *(len(b) for b, _, _ in startup)])
+    model_w = max([28, *(len(r.model) for r in calls), *(len(s) for _, s, _ in startup)])
+    print(f"{'layer':>5} {'role':<10} {'agent':<{agent_w}} {'model':<{model_w}} {'in':>6} {'out':>6} {'sec':>7} "
+          f"{'retry':>5}  outcome", file=out)  # fmt: skip
+    for backend, step, seconds in startup:
+        print(f"{'-':>5} {'startup':<10} {backend:<{agent_w}} {step:<{model_w}} {'':>6} {'':>6} {seconds:>7.2f} "
+              f"{'':>5}  ok", file=out)  # fmt: skip
+    for r, agent in zip(calls, agents, strict=True):
+        outcome = r.outcome if r.error is None else f"{r.outcome}: {r.error}"
+        print(f"{r.layer:>5} {r.role:<10} {agent:<{agent_w}} {r.model:<{model_w}} {r.prompt_tokens:>6} "
+              f"{r.completion_tokens:>6} {r.latency_s:>7.2f} {r.retries:>5}  {outcome}", file=out)  # fmt: skip

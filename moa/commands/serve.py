@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 from collections.abc import Callable
 
 from moa.errors import ConfigError
+
+DEFAULT_CONFIG = "default"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def served_configs(args: argparse.Namespace) -> list[str]:
+    """The configs ``moa serve`` serves: those given with ``-c``, else the default recipe."""
+    return list(args.configs or [DEFAULT_CONFIG])
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -16,8 +25,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Serve ensembles over an OpenAI-compatible HTTP API. Chat requests must be sent as "
         "application/json (else 415); max_tokens above 2**20 is refused; every response carries x-request-id.",
     )
-    p.add_argument("-c", "--config", action="append", required=True, metavar="CONFIG", dest="configs",
-                   help="config file or shipped recipe name; repeat to serve several (model = ensemble name)")  # fmt: skip
+    p.add_argument("-c", "--config", action="append", metavar="CONFIG", dest="configs",
+                   help="config file or shipped recipe name; repeat to serve several (model = ensemble name); "
+                        "default: the shipped default recipe, as for moa run")  # fmt: skip
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="info", type=str.lower,
+                   help="the least severe log lines printed, access lines (info) included (default: info)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)")
     keys = p.add_mutually_exclusive_group()
@@ -38,10 +50,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "(default: 60)")  # fmt: skip
     p.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
                    help="event loop: uvloop (faster) or asyncio's own; auto: uvloop when installed")  # fmt: skip
+    p.add_argument("--verbose", action="store_true",
+                   help="let local engines' output (vLLM, torch, Triton) through to stderr; else it goes to "
+                        "~/.cache/moa/logs/serve-engines.log")  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from moa.logs import engine_output_to_log
+
+    with engine_output_to_log("serve", args.verbose):
+        return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
     from moa.ensemble import Ensemble
     from moa.logs import configure_logging
     from moa.server.auth import load_keys
@@ -59,12 +81,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         keepalive_timeout_s=args.keepalive_timeout,
     )  # fmt: skip
     ensembles: dict[str, Ensemble] = {}
-    for source in args.configs:
+    for source in served_configs(args):
         ensemble = Ensemble.from_config(source)
         if ensemble.name in ensembles:
             raise ConfigError(f"two configs are named {ensemble.name!r}; model names must be unique", "--config")
         ensembles[ensemble.name] = ensemble
-    configure_logging(LOG_FORMAT, RequestIdFilter())  # log lines to stderr, each with its request's id
+    level = getattr(logging, args.log_level.upper())
+    configure_logging(LOG_FORMAT, RequestIdFilter(), level=level)  # to stderr, each with its request's id
     with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
         runner.run(serve(ensembles, settings, args.host, args.port, args.drain_timeout))
     return 0

@@ -13,6 +13,7 @@ from aiohttp import web
 from moa.ensemble import Ensemble
 from moa.errors import ConfigError
 from moa.server import ids, limits_status, routes
+from moa.server.access import access_log
 from moa.server.errors import (
     CLOSES_CONNECTION,
     BodyReadTimeout,
@@ -108,7 +109,7 @@ async def _close_metrics(app: web.Application) -> None:
 
 
 def create_app(ensembles: dict[str, Ensemble], settings: ServerSettings) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[openai_errors, api_key])
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[access_log, openai_errors, api_key])
     app[STATE] = ServerState(ensembles, settings)
     app.router.add_post("/v1/chat/completions", routes.chat_completions)
     app.router.add_get("/v1/models", routes.list_models)

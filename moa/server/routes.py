@@ -16,6 +16,7 @@ from moa.engine import TRACE_SINK
 from moa.ensemble import Ensemble
 from moa.errors import ConfigError
 from moa.server import limits_status
+from moa.server.access import ACCESS, Access
 from moa.server.choices import complete_choices, stream_choices
 from moa.server.errors import (
     BodyReadTimeout,
@@ -88,8 +89,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             state.handlers.discard(task)
         if status == CLIENT_CLOSED:
             log.info("the client closed the connection before the answer was complete (%d)", CLIENT_CLOSED)
-        state.metrics.record_calls(label, [r for trace in traces for r in trace])
+        calls = [r for trace in traces for r in trace]
+        state.metrics.record_calls(label, calls)
         state.metrics.record_request(label, status, time.monotonic() - started)
+        request[ACCESS] = Access(label, status, Usage.total(calls))
 
 
 def _check_room(state: ServerState) -> None:
