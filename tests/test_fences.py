@@ -87,3 +87,12 @@ async def test_a_seeded_request_seeds_every_call(upstream: ScriptedServer) -> No
     assert first["agg"] == 7 and None not in first.values()
     assert first["a"] != first["b"]  # each agent its own seed
     assert set(unseeded.values()) == {None}  # a remote upstream is sent no seed the client did not ask for
+
+
+async def test_a_defenses_subset_aggregations_get_the_stops(upstream: ScriptedServer) -> None:
+    from tests.deception_world import always, ask_capital, script_world, world_config
+
+    script_world(upstream, always("B"))
+    await ask_capital(world_config(upstream.base_url, {"type": "dropout-vote"}))
+    calls = upstream.for_model("agg")
+    assert len(calls) == 10 and all(set(REFERENCE_STOPS) <= set(c.body["stop"]) for c in calls)
