@@ -2,7 +2,8 @@
 
 The first step synthesises the first ``window`` samples; every later step sees the running synthesis plus the
 next ``window - 1`` samples. For N samples that is ``ceil((N - 1) / (window - 1))`` steps (one when N <= window),
-and each sample is read by exactly one step. Only the last step may stream.
+and each sample is read by exactly one step. Only the last step may stream. Every step stops where it would
+start writing a reference fence (``moa.prompts.REFERENCE_STOPS``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from contextlib import aclosing
 
 from moa.config import AggregatorConfig, ReferencesAt
 from moa.interfaces import Caller
-from moa.prompts import SEQUENTIAL_INSTRUCTIONS, SYNTHESIZE_INSTRUCTIONS, with_references
+from moa.prompts import REFERENCE_STOPS, SEQUENTIAL_INSTRUCTIONS, SYNTHESIZE_INSTRUCTIONS, with_references
 from moa.types import ChatRequest, Delta, Generation, Message, Proposal
 
 
@@ -47,20 +48,23 @@ class SequentialAggregator:
         running: str | None = None
         for i, indices in enumerate(steps[:-1]):
             samples = [references[j].text for j in indices]
-            result = await caller.generate(self.step_messages(request, running, samples), step=_label(i, steps))
+            messages = self.step_messages(request, running, samples)
+            result = await caller.generate(messages, step=_label(i, steps), stop=REFERENCE_STOPS)
             running = result.generations[0].text
         return running, [references[j].text for j in steps[-1]], _label(len(steps) - 1, steps)
 
     async def aggregate(self, request: ChatRequest, references: list[Proposal], caller: Caller) -> Generation:
         running, samples, label = await self._until_last(request, references, caller)
-        result = await caller.generate(self.step_messages(request, running, samples), step=label)
+        result = await caller.generate(self.step_messages(request, running, samples), step=label, stop=REFERENCE_STOPS)
         return result.generations[0]
 
     async def stream(
         self, request: ChatRequest, references: list[Proposal], caller: Caller
     ) -> AsyncGenerator[Delta, None]:
         running, samples, label = await self._until_last(request, references, caller)
-        async with aclosing(caller.stream(self.step_messages(request, running, samples), step=label)) as deltas:
+        async with aclosing(
+            caller.stream(self.step_messages(request, running, samples), step=label, stop=REFERENCE_STOPS)
+        ) as deltas:
             async for delta in deltas:
                 yield delta
 

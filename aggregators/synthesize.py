@@ -1,4 +1,5 @@
-"""MoA synthesis: one call that reads every reference and writes one refined answer."""
+"""MoA synthesis: one call that reads every reference and writes one refined answer (stopping where it would
+start writing a reference fence of its own)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import AsyncGenerator
 
 from moa.config import AggregatorConfig, ReferencesAt
 from moa.interfaces import Caller
-from moa.prompts import SYNTHESIZE_INSTRUCTIONS, with_references
+from moa.prompts import REFERENCE_STOPS, SYNTHESIZE_INSTRUCTIONS, with_references
 from moa.types import ChatRequest, Delta, Generation, Message, Proposal
 
 
@@ -20,8 +21,8 @@ class SynthesizeAggregator:
         return with_references(request.messages, texts, self.instructions, self.references_at)
 
     async def aggregate(self, request: ChatRequest, references: list[Proposal], caller: Caller) -> Generation:
-        result = await caller.generate(self.messages(request, references))
+        result = await caller.generate(self.messages(request, references), stop=REFERENCE_STOPS)
         return result.generations[0]
 
     def stream(self, request: ChatRequest, references: list[Proposal], caller: Caller) -> AsyncGenerator[Delta, None]:
-        return caller.stream(self.messages(request, references))
+        return caller.stream(self.messages(request, references), stop=REFERENCE_STOPS)

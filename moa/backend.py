@@ -12,7 +12,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import aclosing
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -30,6 +30,7 @@ from moa.limits import BackendLimits, Limits, estimate_tokens, tokens_from_chars
 from moa.pricing import Prices
 from moa.progress import ProgressKind, ProgressSink, progress_sink
 from moa.shared_limits import limits_for
+from moa.stops import cut_result, cut_stream, with_stops
 from moa.types import CallRecord, Delta, GenerateResult, Message, Outcome, SamplingParams, Usage
 from proposers.openai_schema import EmbeddingResult
 
@@ -571,11 +572,19 @@ class ModelCaller:
     trace: list[CallRecord]
     hedge: HedgePolicy | None = None  # the calls' own hedge policy (default: the backend's)
 
-    async def generate(self, messages: list[Message], n: int = 1, step: str | None = None) -> GenerateResult:
-        return await self.backend.generate(messages, self.params, n, self.model, self._at(step), self.trace, self.hedge)
+    async def generate(
+        self, messages: list[Message], n: int = 1, step: str | None = None, stop: Sequence[str] = ()
+    ) -> GenerateResult:
+        params = with_stops(self.params, stop)
+        result = await self.backend.generate(messages, params, n, self.model, self._at(step), self.trace, self.hedge)
+        return cut_result(result, self.params.stop or (), stop)
 
-    def stream(self, messages: list[Message], step: str | None = None) -> AsyncGenerator[Delta, None]:
-        return self.backend.stream(messages, self.params, self.model, self._at(step), self.trace, self.hedge)
+    def stream(
+        self, messages: list[Message], step: str | None = None, stop: Sequence[str] = ()
+    ) -> AsyncGenerator[Delta, None]:
+        params = with_stops(self.params, stop)
+        deltas = self.backend.stream(messages, params, self.model, self._at(step), self.trace, self.hedge)
+        return cut_stream(deltas, self.params.stop or (), stop)
 
     def _at(self, step: str | None) -> CallSite:
         """The site of one call: ``step`` added to the site's own (a defense's subset, then an aggregator's window)."""

@@ -62,7 +62,8 @@ async def _run(args: argparse.Namespace) -> int:
     from moa.ensemble import Ensemble
     from moa.progress import ProgressSink, progress_sink
 
-    overrides = {k: v for k, v in (("temperature", args.temperature), ("max_tokens", args.max_tokens)) if v is not None}
+    given = (("temperature", args.temperature), ("max_tokens", args.max_tokens), ("seed", args.seed))
+    overrides = {k: v for k, v in given if v is not None}
     messages = [{"role": "user", "content": args.prompt}]
     view = ProgressView(None if args.no_progress else sys.stderr, live=sys.stderr.isatty())
     async with Ensemble(config) as ens:
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     run.add_argument("--temperature", type=float, help="the final answer's temperature")
     run.add_argument("--max-tokens", type=int, help="the final answer's token cap")
+    run.add_argument("--seed", type=int, help="seed every call of the run, so it repeats (default: a fresh draw)")
     run.add_argument("--no-progress", action="store_true", help="show no per-call progress on stderr")
     run.add_argument("--verbose", action="store_true",
                      help="let local engines' start-up output (vLLM, torch, Triton) through to the terminal")  # fmt: skip

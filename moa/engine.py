@@ -32,9 +32,10 @@ from moa.errors import (
 )
 from moa.interfaces import Aggregate, Aggregator, CallSite, Defense, traced_at
 from moa.progress import progress_sink
-from moa.prompts import SYNTHESIZE_INSTRUCTIONS, with_references, with_system_prompt
+from moa.prompts import REFERENCE_STOPS, SYNTHESIZE_INSTRUCTIONS, with_references, with_system_prompt
 from moa.quorum import wait_for_quorum
-from moa.sampling import sampling_params, seed_offset
+from moa.sampling import derived_seed, sampling_params, seed_offset
+from moa.stops import StopFilter, with_stops
 from moa.types import (
     CallRecord,
     ChatMessage,
@@ -146,18 +147,25 @@ class LayeredEngine:
         site = CallSite(layer.index, "proposer", agent.name)
         deceptive = agent.deception is not None
         hedge = agent.hedge
+        # an agent that reads fenced references stops where it would start writing a fence of its own
+        markup = REFERENCE_STOPS if references else ()
+        params = with_stops(agent.params, markup)
+        if params.seed is None and state.request.params.seed is not None:  # a seeded request seeds every agent
+            params = params.merged(seed=derived_seed(state.request.params.seed, f"{layer.index}/{agent.name}"))
+
+        def cut(text: str) -> str:
+            return StopFilter(agent.params.stop or (), markup).cut(text)
+
         if agent.n == 1:
-            result = await agent.backend.generate(messages, agent.params, 1, agent.model, site, state.trace, hedge)
-            return [Proposal(layer.index, agent.name, result.generations[0].text, deceptive)]
+            result = await agent.backend.generate(messages, params, 1, agent.model, site, state.trace, hedge)
+            return [Proposal(layer.index, agent.name, cut(result.generations[0].text), deceptive)]
         if agent.backend.supports_n:  # one call; a backend may return fewer than n (its record says so)
-            result = await agent.backend.generate(
-                messages, agent.params, agent.n, agent.model, site, state.trace, hedge
-            )
+            result = await agent.backend.generate(messages, params, agent.n, agent.model, site, state.trace, hedge)
             samples = list(enumerate(g.text for g in result.generations[: agent.n]))
         else:  # the backend takes one sample a call: n calls at once, keeping the samples that arrive
             calls = [
                 agent.backend.generate(
-                    messages, agent.params.merged(seed=seed_offset(agent.params.seed, i)), 1, agent.model,
+                    messages, params.merged(seed=seed_offset(params.seed, i)), 1, agent.model,
                     CallSite(layer.index, "proposer", f"{agent.name}#{i + 1}"), state.trace, hedge,
                 )
                 for i in range(agent.n)
@@ -167,7 +175,7 @@ class LayeredEngine:
             if not samples:
                 raise next(r for r in results if isinstance(r, BaseException))
         # a sample keeps the name of the call that made it, whichever others failed
-        return [Proposal(layer.index, f"{agent.name}#{i + 1}", text, deceptive) for i, text in samples]
+        return [Proposal(layer.index, f"{agent.name}#{i + 1}", cut(text), deceptive) for i, text in samples]
 
     async def _gather_quorum(
         self, layer: Layer, wait: WaitPolicy, state: RequestState, texts: list[str]

@@ -8,7 +8,7 @@ imports only ``moa.types`` and ``moa.errors``, so every layer may import it and 
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -76,12 +76,18 @@ class Proposer(Protocol):
 class Caller(Protocol):
     """One model with its sampling, bound to a place in one request and to that request's trace."""
 
-    async def generate(self, messages: list[Message], n: int = 1, step: str | None = None) -> GenerateResult:
-        """One logical call (with the backend's retries); ``step`` adds to the trace record's step."""
+    async def generate(
+        self, messages: list[Message], n: int = 1, step: str | None = None, stop: Sequence[str] = ()
+    ) -> GenerateResult:
+        """One logical call (with the backend's retries); ``step`` adds to the trace record's step. ``stop``: the
+        prompt's markup (``moa.prompts.REFERENCE_STOPS``), added to the call's own stop strings; no text past a
+        stop string comes back, and markup cut short at the end is dropped (``moa.stops``)."""
         ...
 
-    def stream(self, messages: list[Message], step: str | None = None) -> AsyncGenerator[Delta, None]:
-        """One logical call, streamed."""
+    def stream(
+        self, messages: list[Message], step: str | None = None, stop: Sequence[str] = ()
+    ) -> AsyncGenerator[Delta, None]:
+        """One logical call, streamed; ``stop`` as for ``generate`` (a piece that may start one is held back)."""
         ...
 
 

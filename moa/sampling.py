@@ -6,6 +6,7 @@ Imports only pydantic and ``moa.types``, so every schema module may use it.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any, Unpack
 
 from pydantic import BaseModel, BeforeValidator, Field
@@ -48,3 +49,11 @@ def seed_offset(seed: int | None, index: int) -> int | None:
     if seed is None or index == 0:
         return seed
     return (seed + index + INT64) % (2 * INT64) - INT64
+
+
+def derived_seed(seed: int, where: str) -> int:
+    """The seed of one call of a seeded request, named by ``where`` (its layer and agent): a hash of both, so
+    every agent samples differently and the request stays repeatable. Below 2**62, leaving room for the
+    ``+ index`` a backend adds per sample."""
+    digest = hashlib.sha256(f"{seed}/{where}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 2**62

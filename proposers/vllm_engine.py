@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -172,6 +173,8 @@ class VLLMProposer:
         chosen = {k: getattr(params, k) for k in names if getattr(params, k) is not None}
         if params.stop:
             chosen["stop"] = list(params.stop)
+        if params.seed is None:  # a fresh seed: unseeded, every new engine would sample as its seed 0 says
+            chosen["seed"] = secrets.randbelow(2**62)
         max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
         try:
             return VLLMSamplingParams(n=n, max_tokens=max_tokens, output_kind=kind, **chosen)

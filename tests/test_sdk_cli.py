@@ -61,6 +61,15 @@ def test_cli_run_trace_and_json(config_file) -> None:
     assert [(r["layer"], r["agent"]) for r in result["trace"]] == [(1, "p1"), (1, "p2"), (2, "p3"), (3, "aggregator")]
 
 
+def test_cli_run_seed_seeds_every_call(config_file, upstream_thread) -> None:
+    for _ in range(2):
+        done = _moa("run", "-c", str(config_file), "--seed", "5", "hello")
+        assert done.returncode == 0, done.stderr
+    seeds = [(r.model, r.body.get("seed")) for r in upstream_thread.requests]
+    assert seeds[:4] == seeds[4:]  # the same seeds on both runs
+    assert dict(seeds)["agg"] == 5 and None not in dict(seeds).values()
+
+
 def test_cli_stream(config_file) -> None:
     done = _moa("run", "-c", str(config_file), "--stream", "hello")
     assert done.returncode == 0, done.stderr

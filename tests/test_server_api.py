@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
+from moa.prompts import REFERENCE_STOPS
 from tests.scripted_server import ScriptedServer
 from tests.server_harness import ServeProcess, ensemble, moa_serve
 
@@ -140,13 +141,18 @@ def test_sampling_fields_set_the_final_answer_only(client: openai.OpenAI, upstre
     )
     (agg,) = upstream_thread.for_model("agg")
     assert {k: agg.body.get(k) for k in ("temperature", "top_p", "max_tokens", "stop", "seed")} == {
-        "temperature": 0.3, "top_p": 0.9, "max_tokens": 7, "stop": ["END"], "seed": 5,
-    }  # fmt: skip
+        "temperature": 0.3,
+        "top_p": 0.9,
+        "max_tokens": 7,
+        "stop": ["END", *REFERENCE_STOPS],
+        "seed": 5,
+    }  # fmt: skip  (the aggregator reads fenced references: it also stops at the fences)
     (p1,) = upstream_thread.for_model("p1")
-    assert "temperature" not in p1.body and "seed" not in p1.body  # proposers keep their configured sampling
+    assert "temperature" not in p1.body and "stop" not in p1.body  # proposers keep their configured sampling,
+    assert isinstance(p1.body["seed"], int) and p1.body["seed"] != 5  # but a seeded request seeds them too
     client.chat.completions.create(model="fast", messages=USER, max_tokens=2, stop="STOP")
     agg = upstream_thread.for_model("agg")[-1]
-    assert (agg.body["max_tokens"], agg.body["stop"]) == (2, ["STOP"])
+    assert (agg.body["max_tokens"], agg.body["stop"]) == (2, ["STOP", *REFERENCE_STOPS])
 
 
 def test_trace_extension_lists_every_call_and_proposal(client: openai.OpenAI, upstream_thread: ScriptedServer) -> None:

@@ -71,6 +71,15 @@ async def test_seed_makes_sampling_repeatable(local_proposer: VLLMProposer) -> N
     assert runs[0] == runs[1]
 
 
+async def test_unseeded_calls_differ_and_seeded_ones_repeat(local_proposer: VLLMProposer) -> None:
+    unseeded = SamplingParams(temperature=0.7, max_tokens=24)
+    runs = [[g.text for g in (await local_proposer.generate(SKY, unseeded, n=3)).generations] for _ in range(2)]
+    assert runs[0] != runs[1]  # each call draws a fresh seed (the engine's own seed is the same every start)
+    seeded = unseeded.merged(seed=42)
+    again = [[g.text for g in (await local_proposer.generate(SKY, seeded, n=3)).generations] for _ in range(2)]
+    assert again[0] == again[1] and len(set(again[0])) > 1  # repeatable, and the samples still differ
+
+
 async def test_seeded_sampling_of_a_long_prompt_keeps_the_engine(local_proposer: VLLMProposer) -> None:
     # ~2500 prompt tokens: more than vLLM's default step budget of 2048, which would prefill it in two chunks;
     # on CPU a seeded request prefilled in chunks killed vLLM 0.32's engine
