@@ -147,8 +147,8 @@ async def test_when_both_calls_fail_the_first_calls_error_is_raised(upstream: Sc
 @pytest.mark.parametrize(
     ("hedge", "where", "message"),
     [
-        ({}, "backends.up.hedge.after_s", "exactly one of after_s and after_quantile"),
-        ({"after_s": 1, "after_quantile": 0.9}, "backends.up.hedge.after_s", "exactly one"),
+        ({}, "backends.up.hedge.after_s", "give after_s, after_quantile or both"),
+        ({"after_s": -1, "after_quantile": 0.9}, "backends.up.hedge.after_s", "must be > 0"),
         ({"after_quantile": 1.0}, "backends.up.hedge.after_quantile", "must be < 1"),
         ({"after_s": 0}, "backends.up.hedge.after_s", "must be > 0"),
         ({"after_s": 1, "max_extra": 2}, "backends.up.hedge.max_extra", "must be <= 1"),
