@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from moa import registry
-from moa.budget import prompt_tokens_bound, request_budget
+from moa.budget import prompt_tokens_bound, request_budget, utf8_bytes
 from moa.config import BackendConfig, HedgePolicy, OpenAIBackendConfig, RateLimit, RetryPolicy
 from moa.defense_config import OpenAIEmbeddings
 from moa.errors import APITimeoutError, BackendError, BudgetExceededError, MalformedResponseError
-from moa.hedge import Hedging
+from moa.hedge import CallKind, Hedging
 from moa.interfaces import CallSite as CallSite  # re-exported: callers build sites with the backend
 from moa.interfaces import Proposer
 from moa.limits import BackendLimits, Limits, estimate_tokens, tokens_from_chars
@@ -31,7 +31,7 @@ from moa.pricing import Prices
 from moa.progress import ProgressKind, ProgressSink, progress_sink
 from moa.shared_limits import limits_for
 from moa.stops import cut_result, cut_stream, with_stops
-from moa.types import CallRecord, Delta, GenerateResult, Message, Outcome, SamplingParams, Usage
+from moa.types import CallRecord, Delta, GenerateResult, Generation, Message, Outcome, SamplingParams, Usage
 from proposers.openai_schema import EmbeddingResult
 
 logger = logging.getLogger(__name__)
@@ -114,6 +114,20 @@ class _Tally:
     usage: Usage | None = None
     reason: str | None = None  # why the call was cancelled, when the backend cancelled it ("hedge lost")
     template: str | None = None  # how the proposer fitted the prompt to its chat template (a stream's last delta)
+    first_token: Callable[[], None] | None = None  # told when the call's first piece arrives (a hedge's race)
+
+
+class _Failed:
+    """A hedged lane's exception, handed over its race's queue to the caller."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+#: a race's markers: a lane's first piece before its answer (a whole call made as a stream), and a lane's end
+_FIRST, _END = object(), object()
 
 
 class Backend:
@@ -270,39 +284,94 @@ class Backend:
                 trace.append(record)
             self._settle(held, record)
 
-    async def _hedged(
-        self, policy: HedgePolicy, model: str, call: Callable[[bool, _Tally], Coroutine[Any, Any, _T]]
-    ) -> _T:
-        """A whole call under ``policy``: ``call(hedge, tally)`` once, and once more if the first has not answered
-        within the policy's delay and ``max_extra`` allows; the first answer wins and the other call is cancelled
-        (its record says ``hedge lost``). When both fail, the first call's error."""
+    async def _race(
+        self, policy: HedgePolicy, model: str, kind: CallKind, lane: Callable[[bool, _Tally], AsyncGenerator[_T, None]]
+    ) -> AsyncGenerator[_T, None]:
+        """A call under ``policy``, hedged: ``lane(hedge, tally)`` runs once in its own task, and once more if it
+        has sent nothing (no piece, no answer) within the policy's delay and ``max_extra`` allows. The first lane
+        to send something (or to report its first token) wins: the other is cancelled (``hedge lost``) and the
+        winner's items are this generator's. Every exception of a lane reaches the caller: the winner's at once,
+        a loser's never, and when every lane failed before winning, the first lane's."""
         await self.start()  # a local engine's start is not a slow call
         loop = asyncio.get_running_loop()
         began = loop.time()
         self.hedging.calls += 1
-        delay = self.hedging.delay(policy, model, "whole")
-        calls: dict[asyncio.Task[_T], _Tally] = {}
-        first = asyncio.create_task(call(False, tally := _Tally()))
-        calls[first] = tally
+        delay = self.hedging.delay(policy, model, kind)
+        queue: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
+        lanes: list[tuple[asyncio.Task[None], _Tally]] = []
+
+        def launch(hedged: bool) -> None:
+            index = len(lanes)
+            tally = _Tally(first_token=lambda: queue.put_nowait((index, _FIRST)))
+
+            async def pump() -> None:
+                try:
+                    async with aclosing(lane(hedged, tally)) as items:
+                        async for item in items:
+                            queue.put_nowait((index, item))
+                    queue.put_nowait((index, _END))
+                except BaseException as e:  # every ending reaches the caller (a cancelled lane is a loser's)
+                    queue.put_nowait((index, _Failed(e)))
+                    if not isinstance(e, Exception):
+                        raise
+
+            lanes.append((asyncio.create_task(pump()), tally))
+
+        winner: int | None = None
+        failed: dict[int, BaseException] = {}
         try:
-            if delay is not None:
-                await asyncio.wait({first}, timeout=delay)
-                if not first.done() and self.hedging.admit(policy):
-                    calls[asyncio.create_task(call(True, tally := _Tally()))] = tally
-            pending = set(calls)
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                winner = next((t for t in calls if t in done and t.exception() is None), None)
-                if winner is not None:
-                    self.hedging.observe(model, "whole", loop.time() - began)
-                    for task in pending:
-                        calls[task].reason = "hedge lost"
-                    return winner.result()
-            raise next(e for t in calls if (e := t.exception()) is not None)
+            launch(False)
+            while True:
+                wait = None
+                if winner is None and delay is not None and len(lanes) == 1:
+                    wait = max(0.0, began + delay - loop.time())
+                try:
+                    async with asyncio.timeout(wait):
+                        index, item = await queue.get()
+                except TimeoutError:
+                    if self.hedging.admit(policy):
+                        launch(True)
+                    delay = None
+                    continue
+                if winner is not None and index != winner:
+                    continue  # a loser's last words
+                if isinstance(item, _Failed):
+                    if winner is not None:
+                        raise item.error
+                    failed[index] = item.error
+                    if len(failed) == len(lanes):
+                        raise failed[0]
+                    delay = None  # the other lane is the answer now
+                    continue
+                if winner is None:
+                    winner = index
+                    self.hedging.observe(model, kind, loop.time() - began)
+                    for other, (task, tally) in enumerate(lanes):
+                        if other != index and not task.done():
+                            tally.reason = "hedge lost"
+                            task.cancel()
+                if item is _END:
+                    return
+                if item is not _FIRST:
+                    yield item  # type: ignore[misc]
         finally:
-            for task in calls:
+            for task, _ in lanes:
                 task.cancel()
-            await asyncio.gather(*calls, return_exceptions=True)
+            await asyncio.gather(*(task for task, _ in lanes), return_exceptions=True)
+
+    async def _hedged(
+        self, policy: HedgePolicy, model: str, kind: CallKind,
+        call: Callable[[bool, _Tally], Coroutine[Any, Any, _T]],
+    ) -> _T:  # fmt: skip
+        """A whole call under ``policy``: ``call(hedge, tally)`` raced as ``_race`` does; the winner's answer."""
+
+        async def lane(hedged: bool, tally: _Tally) -> AsyncGenerator[_T, None]:
+            yield await call(hedged, tally)
+
+        async with aclosing(self._race(policy, model, kind, lane)) as answers:
+            async for answer in answers:
+                return answer
+        raise AssertionError("a race ended without an answer")  # pragma: no cover: a lane yields or raises
 
     async def generate(
         self,
@@ -319,26 +388,35 @@ class Backend:
 
         A backend that returns fewer generations than ``n`` is taken at its word: the record's ``generations``
         says how many came; none at all is a malformed answer (retried).
+
+        A hedged call of one sample is made as a stream joined into one answer, so that its race is decided at
+        the first token (a slow upstream shows there, not at its last token); ``n > 1``, log-probabilities and
+        proposers that do not stream (``streams = False``) are called whole.
         """
+        worst = _worst_case(messages, params, n)
 
         def tokens(result: GenerateResult) -> dict[str, int | str | None]:
             came = len(result.generations)
+            usage = _charged(result.usage, worst, [g.text for g in result.generations])
             return {
-                "prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens,
-                "cached_prompt_tokens": result.usage.cached_prompt_tokens, "generations": came if came < n else None,
+                "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                "cached_prompt_tokens": usage.cached_prompt_tokens, "generations": came if came < n else None,
                 "template": result.template,
             }  # fmt: skip
 
-        worst = _worst_case(messages, params, n)
+        policy = hedge or self.hedge
+        joined = policy is not None and n == 1 and params.logprobs is None and getattr(self.proposer, "streams", True)
 
         def call(hedged: bool, tally: _Tally) -> Coroutine[Any, Any, GenerateResult]:
-            attempt = lambda: self._generate_once(messages, params, n, model)  # noqa: E731
+            if joined:
+                attempt = lambda: self._joined_once(messages, params, model, tally)  # noqa: E731
+            else:
+                attempt = lambda: self._generate_once(messages, params, n, model)  # noqa: E731
             return self._non_streaming_call(site, model, n, trace, attempt, tokens, worst, tally, hedged)
 
-        policy = hedge or self.hedge
         if policy is None:
             return await call(False, _Tally())
-        return await self._hedged(policy, model, call)
+        return await self._hedged(policy, model, "stream" if joined else "whole", call)
 
     async def _generate_once(
         self, messages: list[Message], params: SamplingParams, n: int, model: str
@@ -363,6 +441,21 @@ class Backend:
             raise MalformedResponseError(f"{self.name}: the answer has no choices", backend=self.name)
         yield result
 
+    async def _joined_once(
+        self, messages: list[Message], params: SamplingParams, model: str, tally: _Tally
+    ) -> AsyncGenerator[GenerateResult, None]:
+        """One attempt of a whole call made as a stream: its pieces joined into one answer (nothing is relayed
+        before the answer, so a failure midway is retried like a whole call's)."""
+        parts: list[str] = []
+        finish_reason: str | None = None
+        usage: Usage | None = None
+        async with aclosing(self._stream_once(messages, params, model, tally)) as pieces:
+            async for delta in pieces:
+                parts.append(delta.content)
+                if delta.finish_reason is not None:
+                    finish_reason, usage = delta.finish_reason, delta.usage
+        yield GenerateResult([Generation("".join(parts), finish_reason)], usage or Usage(), tally.template)
+
     def stream(
         self,
         messages: list[Message],
@@ -377,90 +470,22 @@ class Backend:
         policy = hedge or self.hedge
         if policy is None:
             return self._stream_call(messages, params, model, site, trace, _Tally(), False)
-        return self._hedged_stream(policy, messages, params, model, site, trace)
-
-    async def _hedged_stream(
-        self, policy: HedgePolicy, messages: list[Message], params: SamplingParams, model: str, site: CallSite,
-        trace: list[CallRecord],
-    ) -> AsyncGenerator[Delta, None]:  # fmt: skip
-        """A stream under ``policy``: a second, identical stream starts when the first has sent no piece within the
-        delay; the first to send one wins and the other is cancelled (``hedge lost``). Each stream runs in its
-        own task and hands its pieces over a queue."""
-        await self.start()
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        self.hedging.calls += 1
-        delay: float | None = self.hedging.delay(policy, model, "stream")
-        pieces: asyncio.Queue[tuple[int, Delta | BackendError | None]] = asyncio.Queue()
-        lanes: list[tuple[asyncio.Task[None], _Tally]] = []
-
-        def launch(hedged: bool) -> None:
-            lane, tally = len(lanes), _Tally()
-
-            async def pump() -> None:
-                try:
-                    stream = self._stream_call(messages, params, model, site, trace, tally, hedged)
-                    async with aclosing(stream) as it:
-                        async for delta in it:
-                            pieces.put_nowait((lane, delta))
-                    pieces.put_nowait((lane, None))
-                except BackendError as e:
-                    pieces.put_nowait((lane, e))
-
-            lanes.append((asyncio.create_task(pump()), tally))
-
-        winner: int | None = None
-        errors: dict[int, BackendError] = {}
-        try:
-            launch(False)
-            while True:
-                if winner is None and len(lanes) == 1 and delay is not None:
-                    try:
-                        async with asyncio.timeout(max(0.0, began + delay - loop.time())):
-                            lane, item = await pieces.get()
-                    except TimeoutError:
-                        if self.hedging.admit(policy):
-                            launch(True)
-                        delay = None
-                        continue
-                else:
-                    lane, item = await pieces.get()
-                if winner is not None and lane != winner:
-                    continue
-                if isinstance(item, BackendError):
-                    if winner is not None:
-                        raise item
-                    errors[lane] = item
-                    if len(errors) == len(lanes):
-                        raise errors[0]
-                    delay = None  # the other stream is the answer now
-                    continue
-                if winner is None:
-                    winner = lane
-                    self.hedging.observe(model, "stream", loop.time() - began)
-                    for other, (task, tally) in enumerate(lanes):
-                        if other != lane and not task.done():
-                            tally.reason = "hedge lost"
-                            task.cancel()
-                if item is None:
-                    return
-                yield item
-        finally:
-            for task, _ in lanes:
-                task.cancel()
-            await asyncio.gather(*(task for task, _ in lanes), return_exceptions=True)
+        lane = lambda hedged, tally: self._stream_call(messages, params, model, site, trace, tally, hedged)  # noqa: E731
+        return self._race(policy, model, "stream", lane)
 
     async def _stream_call(
         self, messages: list[Message], params: SamplingParams, model: str, site: CallSite, trace: list[CallRecord],
         tally: _Tally, hedge: bool,
     ) -> AsyncGenerator[Delta, None]:  # fmt: skip
         """One streamed logical call with its retries; appends exactly one record to ``trace`` however it ends."""
-        held = self._hold(site, model, 1, trace, *_worst_case(messages, params, 1))
+        worst = _worst_case(messages, params, 1)
+        held = self._hold(site, model, 1, trace, *worst)
         started = time.monotonic()
         outcome: Outcome = "cancelled"
         error: str | None = None
         sink = progress_sink.get()
         call, pieces = (sink.next_call() if sink is not None else 0), 0
+        text: list[str] = []
         _report(sink, "started", site, model, call)
         try:
             await self.start()
@@ -468,6 +493,7 @@ class Backend:
                 async for delta in it:
                     if delta.content:
                         pieces += 1
+                        text.append(delta.content)
                         if pieces == 1:
                             _report(sink, "first_token", site, model, call, tokens=1)
                     yield delta
@@ -477,6 +503,8 @@ class Backend:
             raise
         finally:
             usage = tally.usage or Usage()
+            if outcome == "ok":
+                usage = _charged(usage, worst, text)
             record = self._record(
                 site, model, 1, started, tally.retries, outcome=outcome, error=error,
                 prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
@@ -511,6 +539,9 @@ class Backend:
                             return
                         timer.reschedule(None)
                         completion_chars += len(delta.content)
+                        if delta.content and (told := tally.first_token) is not None:
+                            tally.first_token = None  # once a call, whichever attempt sends it
+                            told()
                         if delta.finish_reason is not None and delta.usage is not None:
                             tally.usage = delta.usage
                         if delta.template is not None:
@@ -518,9 +549,8 @@ class Backend:
                         yield delta
             except TimeoutError:
                 if timer.expired():
-                    raise APITimeoutError(
-                        f"{self.name}: stream stalled for {self.timeout_s:g} s", backend=self.name
-                    ) from None
+                    what = "no answer within" if completion_chars == 0 else "stream stalled for"
+                    raise APITimeoutError(f"{self.name}: {what} {self.timeout_s:g} s", backend=self.name) from None
                 raise
             finally:
                 self.limits.settle(estimate, tokens_used(tally.usage, prompt_chars, completion_chars))
@@ -532,7 +562,7 @@ class Backend:
 
     async def embed(self, texts: list[str], model: str, site: CallSite, trace: list[CallRecord]) -> EmbeddingResult:
         """One embeddings call behind the backend's limits, retries and timeout; appends one record to ``trace``."""
-        worst = (prompt_tokens_bound(sum(len(t) for t in texts), len(texts)), 0)
+        worst = (prompt_tokens_bound(utf8_bytes(texts), len(texts)), 0)
         return await self._non_streaming_call(
             site, model, 1, trace, lambda: self._embed_once(texts, model),
             lambda result: {"prompt_tokens": result.usage.prompt_tokens}, worst,
@@ -596,7 +626,19 @@ class ModelCaller:
 
 
 def _worst_case(messages: list[Message], params: SamplingParams, n: int) -> tuple[int, int]:
-    """(prompt, completion) tokens a chat call may use at most, for its budget: the prompt estimated from its
-    characters, ``max_tokens`` for each of ``n`` samples (the limiter's 512 when unset)."""
-    prompt = prompt_tokens_bound(sum(len(m.content) for m in messages), len(messages))
+    """(prompt, completion) tokens a chat call may use at most, for its budget: the prompt's bound from its
+    UTF-8 bytes (``moa.budget.prompt_tokens_bound``), ``max_tokens`` for each of ``n`` samples (the limiter's
+    512 when unset)."""
+    prompt = prompt_tokens_bound(utf8_bytes(m.content for m in messages), len(messages))
     return prompt, (params.max_tokens or 512) * n
+
+
+def _charged(usage: Usage, worst: tuple[int, int], texts: list[str]) -> Usage:
+    """The usage a call that answered is charged: the upstream's, where it reported it; where it reported no
+    prompt tokens (no usage at all, or a stream's pieces counted by the proposer), the worst case held before
+    the call for the prompt and, for the completion, its UTF-8 bytes up to ``max_tokens`` (at least what was
+    counted): never less than the upstream bills."""
+    if usage.prompt_tokens > 0:
+        return usage
+    completion = max(usage.completion_tokens, min(utf8_bytes(texts), worst[1]))
+    return Usage.of(worst[0], completion, usage.cached_prompt_tokens or None)

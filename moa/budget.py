@@ -1,13 +1,14 @@
 """A request's spending limit (``max_cost_usd``), checked before each of its calls is made.
 
-A call holds its worst case (its prompt's estimated tokens plus ``max_tokens`` per sample, at its backend's
-prices) while it runs and settles at what it cost; a call whose worst case does not fit next to what was spent
-and what calls in flight hold is not made.
+A call holds its worst case (its prompt's bound below plus ``max_tokens`` per sample, at its backend's prices)
+while it runs and settles at what it cost: the upstream's usage, and for what the upstream did not report, the
+same bound (``moa.backend``). A call whose worst case does not fit next to what was spent and what calls in
+flight hold is not made. One budget covers every choice of a request (``n > 1``).
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterable
 from contextvars import ContextVar
 
 from moa.errors import BudgetExceededError
@@ -41,7 +42,20 @@ class RequestBudget:
 request_budget: ContextVar[RequestBudget | None] = ContextVar("moa_request_budget", default=None)
 
 
-def prompt_tokens_bound(prompt_chars: int, messages: int) -> int:
-    """A pre-call estimate of a prompt's tokens: 4 characters a token plus a few a message for the chat
-    template (the same rate the tokens-per-minute limiter charges)."""
-    return math.ceil(prompt_chars / 4) + 8 * messages
+#: tokens a chat template may add around each message (a role header and an end marker: 4-5 in ChatML and
+#: Llama 3) and once a call (a begin-of-text token and the assistant's header)
+TEMPLATE_TOKENS_PER_MESSAGE = 8
+TEMPLATE_TOKENS_PER_CALL = 8
+
+
+def prompt_tokens_bound(prompt_bytes: int, messages: int) -> int:
+    """At most how many tokens a prompt of ``prompt_bytes`` UTF-8 bytes in ``messages`` messages can be: a
+    byte-level BPE token (GPT, Llama 3, Qwen) covers at least one byte and a SentencePiece byte fallback one
+    byte a token, so no tokenizer counts more tokens than bytes; plus the chat template's tokens. (Dense text
+    such as CJK is up to one token a character, 3 bytes; English is about 4 characters a token.)"""
+    return prompt_bytes + TEMPLATE_TOKENS_PER_MESSAGE * messages + TEMPLATE_TOKENS_PER_CALL
+
+
+def utf8_bytes(texts: Iterable[str]) -> int:
+    """The UTF-8 length of ``texts`` together (a lone surrogate counts 3 bytes, as the wire would carry it)."""
+    return sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)

@@ -115,10 +115,13 @@ class RetryPolicy(_Strict):
 
 
 class HedgePolicy(_Strict):
-    """Hedged calls: a call with no answer (a stream: no first token) after a delay gets a second, identical call;
-    the first to answer wins and the other is cancelled. Only for idempotent calls (every chat call today)."""
+    """Hedged calls: a call with no answer (a stream, or a call of one sample: no first token) after a delay gets a
+    second, identical call; the first to answer wins and the other is cancelled. Only for idempotent calls (every
+    chat call today). With both delays, ``after_s`` holds until ``min_samples`` latencies are seen."""
 
-    after_s: Annotated[float, Field(gt=0)] | None = Field(default=None, description="a fixed delay")
+    after_s: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="a fixed delay; with after_quantile, the delay until min_samples are seen"
+    )
     after_quantile: Annotated[float, Field(gt=0, lt=1)] | None = Field(
         default=None, description="the delay as this quantile of the latencies seen for the model"
     )
@@ -131,8 +134,8 @@ class HedgePolicy(_Strict):
 
     @model_validator(mode="after")
     def _one_delay(self) -> HedgePolicy:
-        if (self.after_s is None) == (self.after_quantile is None):
-            raise _PathError("after_s", "give exactly one of after_s and after_quantile")
+        if self.after_s is None and self.after_quantile is None:
+            raise _PathError("after_s", "give after_s, after_quantile or both")
         return self
 
 

@@ -280,8 +280,9 @@ class LayeredEngine:
         given = [d for d in (request.deadline_s, self.config.deadline_s) if d is not None]
         return min(given) if given else None
 
-    def _budget(self, request: ChatRequest) -> RequestBudget | None:
-        """The request's budget: its own may lower the configured one, never raise it."""
+    def budget_for(self, request: ChatRequest) -> RequestBudget | None:
+        """A budget for ``request``: its own may lower the configured one, never raise it. The choices of one
+        request (``n > 1``) share one."""
         given = [b for b in (request.max_cost_usd, self.config.max_cost_usd) if b is not None]
         if not given:
             return None
@@ -290,14 +291,14 @@ class LayeredEngine:
         return RequestBudget(min(given))
 
     @asynccontextmanager
-    async def _deadline(self, state: RequestState) -> AsyncIterator[asyncio.Timeout]:
+    async def _deadline(self, state: RequestState, budget: RequestBudget | None) -> AsyncIterator[asyncio.Timeout]:
         """The request's deadline, also published to backends (``request_deadline``) so that no retry waits
-        past it, and its budget (``request_budget``); a failure leaves the calls made so far on the error's
+        past it, and its budget (``request_budget``: ``budget`` when given, else its own); a failure leaves the calls made so far on the error's
         ``trace``."""
         deadline = self._deadline_s(state.request)
         timer = asyncio.timeout(deadline)
         at = None if deadline is None else asyncio.get_running_loop().time() + deadline
-        budget_token = request_budget.set(self._budget(state.request))
+        budget_token = request_budget.set(budget if budget is not None else self.budget_for(state.request))
         token = request_deadline.set(at)
         try:
             try:
@@ -317,9 +318,9 @@ class LayeredEngine:
             except ValueError:  # a stream finalized from another task (never closed by its consumer)
                 pass
 
-    async def complete(self, request: ChatRequest) -> Completion:
+    async def complete(self, request: ChatRequest, budget: RequestBudget | None = None) -> Completion:
         state = RequestState(request, [], [])
-        async with self._deadline(state):
+        async with self._deadline(state, budget):
             references, answer = await self._run_layers(state)
             if answer is None:
                 answer = await self.aggregator.aggregate(request, references, self._caller(state))
@@ -336,12 +337,12 @@ class LayeredEngine:
             defense=state.defense,
         )
 
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
+    async def stream(self, request: ChatRequest, budget: RequestBudget | None = None) -> AsyncGenerator[Delta, None]:
         """The aggregator's tokens as they come (a defense's finished answer in one piece); the last delta carries
         finish_reason, usage, the trace and the defense's records. Closing it closes the aggregator's stream (its
-        slot and connection) before ``aclose`` returns."""
+        slot and connection) before ``aclose`` returns. ``budget``: one shared with other choices of the request."""
         state = RequestState(request, [], [])
-        async with self._deadline(state) as timer:
+        async with self._deadline(state, budget) as timer:
             references, answer = await self._run_layers(state)
             finish_reason = "stop"
             if answer is None:

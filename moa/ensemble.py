@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from defenses.deceptive import deceptive_messages
 from moa import registry
 from moa.backend import Backend
+from moa.budget import RequestBudget
 from moa.config import EnsembleConfig, config_error, load_config
 from moa.engine import Agent, Deception, Layer, LayeredEngine
 from moa.errors import ConfigError, MoaError
@@ -143,10 +144,17 @@ class Ensemble:
         """Run the ensemble on a conversation; ``overrides`` set the final answer's sampling and deadline."""
         return await self.arun(build_request(messages, overrides))
 
-    async def arun(self, request: ChatRequest) -> Completion:
-        """Run the ensemble on a request already validated (``build_request``'s, or ``moa serve``'s)."""
+    def budget_for(self, request: ChatRequest) -> RequestBudget | None:
+        """The spending limit of ``request`` (``max_cost_usd``, its own or the config's), to share between runs
+        that are one request (its ``n`` choices); ``None`` without one. Raises ``ConfigError`` where the
+        ensemble cannot keep a budget (prices or ``max_tokens`` missing)."""
+        return self._engine.budget_for(request)
+
+    async def arun(self, request: ChatRequest, budget: RequestBudget | None = None) -> Completion:
+        """Run the ensemble on a request already validated (``build_request``'s, or ``moa serve``'s); ``budget``
+        (``budget_for``'s) when the run shares its request's budget with others."""
         self._bind_loop()
-        return await self._engine.complete(request)
+        return await self._engine.complete(request, budget)
 
     @overload
     def astream(
@@ -172,25 +180,26 @@ class Ensemble:
 
     @overload
     def astream_request(
-        self, request: ChatRequest, *, progress: Literal[False] = False
+        self, request: ChatRequest, *, progress: Literal[False] = False, budget: RequestBudget | None = None
     ) -> AsyncGenerator[Delta, None]: ...
 
     @overload
     def astream_request(
-        self, request: ChatRequest, *, progress: bool
+        self, request: ChatRequest, *, progress: bool, budget: RequestBudget | None = None
     ) -> AsyncGenerator[Delta | ProgressEvent, None]: ...
 
     def astream_request(
-        self, request: ChatRequest, *, progress: bool = False
+        self, request: ChatRequest, *, progress: bool = False, budget: RequestBudget | None = None
     ) -> AsyncGenerator[Delta, None] | AsyncGenerator[Delta | ProgressEvent, None]:
-        """``astream`` of a request already validated (``build_request``'s, or ``moa serve``'s)."""
+        """``astream`` of a request already validated (``build_request``'s, or ``moa serve``'s); ``budget`` as
+        ``arun`` takes it."""
         if progress:
-            return with_progress(lambda: self._stream(request))
-        return self._stream(request)
+            return with_progress(lambda: self._stream(request, budget))
+        return self._stream(request, budget)
 
-    async def _stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
+    async def _stream(self, request: ChatRequest, budget: RequestBudget | None) -> AsyncGenerator[Delta, None]:
         self._bind_loop()
-        async with aclosing(self._engine.stream(request)) as deltas:
+        async with aclosing(self._engine.stream(request, budget)) as deltas:
             async for delta in deltas:
                 yield delta
 

@@ -1,7 +1,8 @@
 """Hedged calls: when a backend starts a second, identical call for a slow one.
 
-A backend keeps the latencies it has seen per model (whole calls: to the answer; streams: to the first piece)
-and counts its calls and hedges, so that ``max_extra`` caps the share of calls hedged.
+A backend keeps the latencies it has seen per model (whole calls: to the answer; streams, and whole calls made
+as streams: to the first piece) and counts its calls and hedges, so that ``max_extra`` caps the share of calls
+hedged.
 """
 
 from __future__ import annotations
@@ -31,17 +32,19 @@ class Hedging:
         self._latencies.setdefault((model, kind), deque(maxlen=_WINDOW)).append(seconds)
 
     def delay(self, policy: HedgePolicy, model: str, kind: CallKind) -> float | None:
-        """Seconds after which a call gets its hedge; ``None`` while a quantile has too few latencies to go on."""
-        if policy.after_s is not None:
-            return policy.after_s
-        seen = sorted(self._latencies.get((model, kind), ()))
-        if policy.after_quantile is None or len(seen) < policy.min_samples:
-            return None
-        return seen[min(len(seen) - 1, math.ceil(policy.after_quantile * len(seen)) - 1)]
+        """Seconds after which a call gets its hedge: the ``after_quantile`` of the latencies seen once there are
+        ``min_samples`` of them, else ``after_s``; ``None`` (no hedge) while neither is known."""
+        if policy.after_quantile is not None:
+            seen = sorted(self._latencies.get((model, kind), ()))
+            if len(seen) >= policy.min_samples:
+                return seen[min(len(seen) - 1, math.ceil(policy.after_quantile * len(seen)) - 1)]
+        return policy.after_s
 
     def admit(self, policy: HedgePolicy) -> bool:
-        """Whether one more hedge keeps the hedged share of calls within ``max_extra``; counts it when it does."""
-        if self.hedged + 1 > policy.max_extra * self.calls + 1e-9:
+        """Whether one more hedge is within ``max_extra``: fewer hedges so far than ``max_extra`` times the calls
+        (this one counted), so the first call may be hedged and the share stays within one hedge of the cap.
+        Counts it when it is."""
+        if self.hedged >= policy.max_extra * self.calls - 1e-9:
             return False
         self.hedged += 1
         return True

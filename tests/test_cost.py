@@ -215,3 +215,39 @@ def test_generate_estimate_prints_the_worst_case_and_runs_nothing(
     assert "4 instruction(s): 12 calls" in done.stdout and "160 completion" in done.stdout
     assert "at most $160.0000" in done.stdout
     assert upstream_thread.requests == [] and not out.exists() and not checkpoint_path(out).exists()
+
+
+# ---- issue 19: budgets hold under dense tokenizers and streams without usage ----------------------------------
+
+#: $1 a prompt token, completions free
+DOLLAR_A_PROMPT_TOKEN = {"input_per_mtok": 1_000_000.0, "output_per_mtok": 0.0}
+
+
+async def test_a_dense_prompt_cannot_overspend_the_budget(upstream: ScriptedServer) -> None:
+    question = [{"role": "user", "content": "漢" * 300}]  # 300 characters, 900 UTF-8 bytes
+    upstream.script("p1", answer="four").usage_prompt = 300  # a tokenizer counting one token a character
+    upstream.script("agg", answer="four").usage_prompt = 300
+    config = moa_config(upstream.base_url, [["p1"]], backend={"prices": DOLLAR_A_PROMPT_TOKEN}, max_cost_usd=250)
+    config["layers"][0]["agents"][0]["max_tokens"] = 10
+    config["aggregator"]["max_tokens"] = 10
+    async with Ensemble.from_config(config) as ens:
+        with pytest.raises(BudgetExceededError) as caught:
+            await ens.acomplete(question)
+    trace = caught.value.trace or []
+    assert sum(r.cost_usd or 0 for r in trace) <= 250  # it spent $300 holding 4 characters a token
+    assert upstream.for_model("p1") == []
+
+
+async def test_a_stream_without_upstream_usage_is_charged_at_least_its_whole_cost(upstream: ScriptedServer) -> None:
+    upstream.script("p1", answer="four")
+    upstream.script("agg", answer="four it is")
+    config = moa_config(upstream.base_url, [["p1"]], backend={"prices": PRICES, "stream_usage": False})
+    async with Ensemble.from_config(config) as ens:
+        whole = await ens.acomplete(QUESTION)
+        deltas = [d async for d in ens.astream(QUESTION)]
+    [whole_agg] = [r for r in whole.trace if r.role == "aggregator"]
+    trace = deltas[-1].trace or []
+    [streamed] = [r for r in trace if r.role == "aggregator"]
+    assert whole_agg.prompt_tokens == 10  # the upstream's usage, reported on whole calls
+    assert streamed.prompt_tokens >= 10 and streamed.completion_tokens >= 3  # none reported: charged its bound
+    assert (streamed.cost_usd or 0) >= (whole_agg.cost_usd or 0) > 0

@@ -10,7 +10,7 @@ import pytest
 
 from moa import Ensemble
 from moa.config import load_config
-from moa.errors import ConfigError
+from moa.errors import BudgetExceededError, ConfigError
 from moa.types import CallRecord
 from tests.conftest import moa_config, stream_text_and_trace
 from tests.scripted_server import Recorded, ScriptedServer
@@ -147,8 +147,8 @@ async def test_when_both_calls_fail_the_first_calls_error_is_raised(upstream: Sc
 @pytest.mark.parametrize(
     ("hedge", "where", "message"),
     [
-        ({}, "backends.up.hedge.after_s", "exactly one of after_s and after_quantile"),
-        ({"after_s": 1, "after_quantile": 0.9}, "backends.up.hedge.after_s", "exactly one"),
+        ({}, "backends.up.hedge.after_s", "give after_s, after_quantile or both"),
+        ({"after_s": -1, "after_quantile": 0.9}, "backends.up.hedge.after_s", "must be > 0"),
         ({"after_quantile": 1.0}, "backends.up.hedge.after_quantile", "must be < 1"),
         ({"after_s": 0}, "backends.up.hedge.after_s", "must be > 0"),
         ({"after_s": 1, "max_extra": 2}, "backends.up.hedge.max_extra", "must be <= 1"),
@@ -166,3 +166,75 @@ def test_hedging_is_off_by_default() -> None:
     config = load_config(moa_config("http://127.0.0.1:1/v1", [["a"]]))
     assert config.backends["up"].hedge is None
     assert config.layers[0].agents[0].hedge is None and config.aggregator.hedge is None
+
+
+# ---- issue 19: every lane's ending reaches the caller; losers keep their reason; first-token races ----------
+
+#: $1 a completion token, prompts free: the aggregator's worst case is its max_tokens (20) in dollars
+DOLLAR_A_TOKEN = {"input_per_mtok": 0.0, "output_per_mtok": 1_000_000.0}
+
+
+async def test_a_hedged_stream_that_does_not_fit_the_budget_fails_at_once(upstream: ScriptedServer) -> None:
+    upstream.script("a", answer="a says")
+    upstream.script("agg", answer="never sent")
+    cfg = moa_config(upstream.base_url, [["a"]], backend={"prices": DOLLAR_A_TOKEN}, max_cost_usd=15,
+                     aggregator_extra={"max_tokens": 20, "hedge": {"after_s": 0.2, "max_extra": 1.0}})  # fmt: skip
+    cfg["layers"][0]["agents"][0]["max_tokens"] = 10
+    async with Ensemble.from_config(cfg) as ens:
+        with pytest.raises(BudgetExceededError, match="aggregator"):
+            await stream_text_and_trace(ens, USER)  # it hung: the refused lane never reached the caller
+    assert upstream.for_model("agg") == []
+
+
+@pytest.mark.parametrize("who", ["aggregator", "proposer n=2"])
+async def test_a_hedge_that_loses_to_the_first_call_is_traced_hedge_lost(upstream: ScriptedServer, who: str) -> None:
+    # every call takes 0.5 s; the hedge goes out at 0.2 s, so the first call answers first
+    upstream.script("a", latency_s=0.5)
+    upstream.script("agg", latency_s=0.5)
+    hedge = {"after_s": 0.2, "max_extra": 1.0}
+    cfg = moa_config(upstream.base_url, [["a"]])
+    if who == "aggregator":
+        cfg["aggregator"]["hedge"] = hedge
+    else:
+        cfg["layers"][0]["agents"][0].update(hedge=hedge, n=2)
+    role = who.split()[0]
+    async with Ensemble.from_config(cfg) as ens:
+        result = await asyncio.wait_for(ens.acomplete(USER), timeout=5)
+    records = sorted((r.hedge, r.outcome, r.reason) for r in result.trace if r.role == role)
+    assert records == [(False, "ok", None), (True, "cancelled", "hedge lost")]
+
+
+async def test_a_hedged_call_of_one_sample_is_a_joined_stream(upstream: ScriptedServer) -> None:
+    upstream.script("a", answer="one two three")
+    cfg = moa_config(upstream.base_url, [["a"]])
+    cfg["layers"][0]["agents"][0]["hedge"] = {"after_s": 2.0, "max_extra": 1.0}
+    async with Ensemble.from_config(cfg) as ens:
+        result = await asyncio.wait_for(ens.acomplete(USER), timeout=5)
+    [sent] = upstream.for_model("a")
+    assert sent.body.get("stream") is True  # raced on its first token, not its last
+    assert "one two three" in upstream.for_model("agg")[0].prompt_text
+    [record] = [r for r in result.trace if r.agent == "a"]
+    assert (record.outcome, record.prompt_tokens, record.completion_tokens) == ("ok", 10, 3)
+    assert [p.text for p in result.proposals] == ["one two three"]
+
+
+async def test_a_call_of_one_sample_is_hedged_at_its_first_token(upstream: ScriptedServer) -> None:
+    # the first call sends its first token at once, then the rest slowly: it is not hedged
+    upstream.script("a", answer=" ".join(["w"] * 20), latency_s=0.1)  # ~0.1 s to the first token, 0.01 s a word
+    cfg = moa_config(upstream.base_url, [["a"]])
+    cfg["layers"][0]["agents"][0]["hedge"] = {"after_s": 0.15, "max_extra": 1.0}
+    async with Ensemble.from_config(cfg) as ens:
+        result = await asyncio.wait_for(ens.acomplete(USER), timeout=5)
+    assert [r.hedge for r in result.trace if r.agent == "a"] == [False]
+    assert len(upstream.for_model("a")) == 1
+
+
+async def test_after_quantile_starts_from_after_s(upstream: ScriptedServer) -> None:
+    upstream.script("a", answer="hedged", faults=["hang"])
+    cfg = moa_config(upstream.base_url, [["a"]])
+    policy = {"after_s": 0.1, "after_quantile": 0.9, "min_samples": 20, "max_extra": 0.1}
+    cfg["layers"][0]["agents"][0]["hedge"] = policy
+    async with Ensemble.from_config(cfg) as ens:  # the very first call: no latencies seen, the first of 10 calls
+        result = await asyncio.wait_for(ens.acomplete(USER), timeout=5)
+    assert sorted((r.hedge, r.outcome) for r in result.trace if r.agent == "a") == [(False, "cancelled"), (True, "ok")]
+    assert [p.text for p in result.proposals] == ["hedged"]

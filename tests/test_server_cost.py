@@ -35,6 +35,7 @@ def serve(upstream_sync_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
         ensemble(upstream_sync_url, "unpriced", [["up1"]], "uagg"),
         _budgeted(upstream_sync_url, "budget25", ["b1", "b2", "b3"], "bagg", 25),
         _budgeted(upstream_sync_url, "budget15", ["c1", "c2", "c3"], "cbagg", 15),
+        _budgeted(upstream_sync_url, "budget30", ["d1"], "dagg", 30),
     ]
     with moa_serve(tmp_path_factory.mktemp("serve-cost"), configs) as server:
         yield server
@@ -156,3 +157,15 @@ def test_a_client_cannot_raise_the_budget(serve: ServeProcess, upstream_thread: 
 def test_a_bad_budget_names_the_field(serve: ServeProcess) -> None:
     status, _, raw = serve.post_json({"model": "budget25", "messages": USER, "moa_max_cost_usd": -1})
     assert status == 400 and json.loads(raw)["error"]["param"] == "moa_max_cost_usd"
+
+
+def test_n_choices_share_one_budget(serve: ServeProcess, upstream_thread: ScriptedServer) -> None:
+    # one choice costs $30 (10 + 20 tokens at $1), the whole budget: two choices cannot both be made
+    upstream_thread.script("d1", answer=" ".join(["w"] * 10))
+    upstream_thread.script("dagg", answer=" ".join(["w"] * 20))
+    status, _, raw = serve.post_json({"model": "budget30", "messages": USER, "n": 2})
+    if status == 200:
+        cost = json.loads(raw)["usage"]["cost"]
+        assert cost <= 30, f"two choices spent ${cost} of a $30 budget"
+    assert status == 402 and json.loads(raw)["error"]["code"] == "budget_exceeded"
+    assert len(upstream_thread.for_model("dagg")) <= 1

@@ -2,8 +2,9 @@
 runs.
 
 Worst case: every call writes its ``max_tokens`` (512 where unset, the limiter's guess), each later layer and the
-aggregator read every proposal of the layer before at that length, and prompts are estimated at 4 characters a
-token plus a few a message (``moa.budget.prompt_tokens_bound``). A defense's extra calls are not counted.
+aggregator read every proposal of the layer before at that length, and prompts are bounded at one token a UTF-8
+byte plus a few a message (``moa.budget.prompt_tokens_bound``, the bound a budget holds). A defense's extra calls
+are not counted.
 
 Cost: local backends (``vllm``, ``torch``) cost $0; a remote one without ``prices`` makes the cost unknown, and
 the line names it. Time is a stated model, not a measurement: a remote call takes ``REMOTE_CALL_S`` plus its
@@ -18,13 +19,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from moa.budget import prompt_tokens_bound
+from moa.budget import prompt_tokens_bound, utf8_bytes
 from moa.config import EnsembleConfig
 from moa.prompts import SYNTHESIZE_INSTRUCTIONS
 
 #: the completion length assumed for a call without ``max_tokens``
 UNSET_MAX_TOKENS = 512
-#: characters of fencing around each reference in a prompt
+#: bytes of fencing around each reference in a prompt
 FENCE_CHARS = 64
 #: the time model (see the module's docstring)
 REMOTE_CALL_S = 1.0
@@ -151,10 +152,10 @@ def estimate_job(config: EnsembleConfig, instructions: list[str], concurrency: i
 
 def _prompt(text: str, references: list[int], system_prompt: str | None) -> int:
     """The worst-case prompt tokens of one call: the instruction, its instructions and the references."""
-    chars = len(text) + len(system_prompt or "")
+    size = utf8_bytes([text, system_prompt or ""])
     if references:
-        chars += len(SYNTHESIZE_INSTRUCTIONS) + FENCE_CHARS * len(references)
-    return prompt_tokens_bound(chars, 2) + sum(references)
+        size += utf8_bytes([SYNTHESIZE_INSTRUCTIONS]) + FENCE_CHARS * len(references)
+    return prompt_tokens_bound(size, 2) + sum(references)
 
 
 __all__ = ["JobEstimate", "estimate_job"]

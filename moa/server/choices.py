@@ -1,7 +1,8 @@
 """Running the ``n`` choices of one chat request: each choice is one whole ensemble run, all at once.
 
 Choice ``i`` samples its final answer with ``seed + i`` when a seed is given, so the choices differ yet the
-request stays reproducible. If one choice fails, the others are cancelled and the failure is raised.
+request stays reproducible. The choices share the request's budget (``max_cost_usd`` covers them all). If one
+choice fails, the others are cancelled and the failure is raised.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ async def all_or_none(calls: list[Awaitable[T]]) -> list[T]:
 
 
 async def complete_choices(ensemble: Ensemble, parsed: ParsedChat) -> list[Completion]:
-    return await all_or_none([ensemble.arun(request_for_choice(parsed, i)) for i in range(parsed.n)])
+    budget = ensemble.budget_for(parsed.request) if parsed.n > 1 else None
+    return await all_or_none([ensemble.arun(request_for_choice(parsed, i), budget) for i in range(parsed.n)])
 
 
 async def stream_choices(
@@ -49,7 +51,11 @@ async def stream_choices(
     """``(choice index, delta)`` as each choice's tokens arrive (and its progress events, when the request asked
     for them); closing this cancels every choice."""
     progress = parsed.include_progress
-    streams = [ensemble.astream_request(request_for_choice(parsed, i), progress=progress) for i in range(parsed.n)]
+    budget = ensemble.budget_for(parsed.request) if parsed.n > 1 else None
+    streams = [
+        ensemble.astream_request(request_for_choice(parsed, i), progress=progress, budget=budget)
+        for i in range(parsed.n)
+    ]
     if len(streams) == 1:
         try:
             async for delta in streams[0]:
