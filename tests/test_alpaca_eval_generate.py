@@ -254,3 +254,34 @@ def test_estimate_states_time_and_costs_local_backends_nothing() -> None:
     per_instruction = 2 * (REMOTE_CALL_S + 100 / REMOTE_TOKENS_PER_S) + REMOTE_CALL_S + 50 / REMOTE_TOKENS_PER_S
     assert remote.wall_s() == pytest.approx(2 * per_instruction)  # two waves of 32 instructions
     assert remote.line().count("no prices") == 1 and "no prices for backend(s) up" in remote.line()
+
+
+async def test_generate_keeps_engine_output_in_a_log_and_progress_on_stderr(upstream: ScriptedServer, tmp_path) -> None:
+    """As ``moa run`` does: what local engines print to file descriptor 2 goes to a log file (``--verbose`` shows
+    it), while moa's own progress lines stay on stderr."""
+    for model in ("p1", "agg"):
+        upstream.script(model, answer=echo)
+    config = tmp_path / "moa.yaml"
+    config.write_text(yaml.safe_dump(moa_config(upstream.base_url, [["p1"]])))
+    out = tmp_path / "model_outputs.json"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    args = [
+        sys.executable,
+        "-m",
+        "moa.cli",
+        "alpaca-eval",
+        "generate",
+        "-c",
+        str(config),
+        "-o",
+        str(out),
+        "--limit",
+        "3",
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode == 0, stderr.decode()
+    assert "generate: 3/3 done" in stderr.decode() and "wrote" in stdout.decode()
+    assert (tmp_path / "cache" / "moa" / "logs" / "alpaca-eval-engines.log").is_file()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from moa.alpaca_eval.batch import Failure
+from moa.logs import engine_output_to_log
 
 if TYPE_CHECKING:
     from moa.alpaca_eval.evaluate import EvaluationReport
@@ -59,7 +60,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         config=args.config, output=args.output, generator=args.generator, instructions=args.instructions,
         limit=args.limit, concurrency=args.concurrency, traces=args.traces, allow_partial=args.allow_partial,
     )  # fmt: skip
-    report = asyncio.run(generate(options, sys.stderr))
+    with engine_output_to_log("alpaca-eval", args.verbose):  # sys.stderr inside: the terminal, not the log
+        report = asyncio.run(generate(options, sys.stderr))
     if report.failures:
         _print_failures(report.failures, [i.instruction for i in report.instructions], "them")
     fresh = report.done - report.resumed
@@ -111,7 +113,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         reference=args.reference, annotations=args.annotations, seed=args.seed, limit=args.limit,
         concurrency=args.concurrency, logprobs=None if args.no_logprobs else args.top_logprobs, order=args.order,
     )  # fmt: skip
-    report = asyncio.run(evaluate(options, sys.stderr))
+    with engine_output_to_log("alpaca-eval", args.verbose):
+        report = asyncio.run(evaluate(options, sys.stderr))
     if report.failures:
         _print_failures(report.failures, [p.model.instruction for p in report.pairs], "their judgements")
     if args.json:
@@ -126,6 +129,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"length-controlled win rate: {report.lc.win_rate:.2f} (GLM weights: {terms}{note})")
     print(f"average length: {report.avg_length} characters; annotations: {report.annotations}")
     return 1 if report.failures else 0
+
+
+_VERBOSE = "show what local engines print (default: ~/.cache/moa/logs/alpaca-eval-engines.log)"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -145,6 +151,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     gen.add_argument("--allow-partial", action="store_true", help="write the submission even if some failed")
     gen.add_argument("--estimate", action="store_true",
                      help="print the calls, worst-case tokens and cost of the job from the config; run nothing")  # fmt: skip
+    gen.add_argument("--verbose", action="store_true", help=_VERBOSE)
     gen.set_defaults(func=cmd_generate)
 
     ev = sub.add_parser("evaluate", help="judge a submission against the reference: win rate and LC win rate")
@@ -166,6 +173,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ev.add_argument("--top-logprobs", type=_positive, default=5, help="alternatives per token to ask for (default 5)")
     ev.add_argument("--no-logprobs", action="store_true", help="don't ask for log-probabilities; use the verdict")
     ev.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    ev.add_argument("--verbose", action="store_true", help=_VERBOSE)
     ev.set_defaults(func=cmd_evaluate)
 
 
