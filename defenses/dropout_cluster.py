@@ -28,15 +28,21 @@ class DropoutCluster(EmbeddingDefense):
         why = f"the larger of two clusters of candidates ({sizes})" if split.has_majority else f"no majority ({sizes})"
         clusters = dict(zip(ok, split.labels.tolist(), strict=True))
         record = DefenseRecord(
-            defense="dropout-cluster", layer=proposals[0].layer, kept=[], reason="", clusters=split.named(labels),
+            defense="dropout-cluster",
+            layer=proposals[0].layer,
+            kept=[],
+            reason="",
+            clusters=split.named(labels),
             candidates=candidate_records(proposals, candidates, clusters=clusters),
-        )  # fmt: skip
+        )
         if self.config.reaggregate:
             references = [Proposal(proposals[0].layer, labels[i], candidates[ok[i]].text or "") for i in majority]
             update = {
-                "kept": [labels[i] for i in majority], "reason": f"re-aggregates {why}",
-                "calls": len(candidates), "extra_calls": extra_calls(len(candidates), None),
-            }  # fmt: skip
+                "kept": [labels[i] for i in majority],
+                "reason": f"re-aggregates {why}",
+                "calls": len(candidates),
+                "extra_calls": extra_calls(len(candidates), None),
+            }
             return DefenseOutcome(references, record.model_copy(update=update))
         winner = ok[majority[medoid(x[majority])]]
         references, answer, fields = outcome(proposals, candidates, winner, final)

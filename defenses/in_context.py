@@ -29,7 +29,10 @@ class InContextCluster(EmbeddingDefense):
         clusters = split.named([p.agent for p in proposals])
         reason = f"labelled every proposal with its group (sizes {' and '.join(str(len(c)) for c in clusters)})"
         record = DefenseRecord(
-            defense="in-context-cluster", layer=proposals[0].layer, kept=[p.agent for p in proposals],
-            clusters=clusters, reason=reason,
-        )  # fmt: skip
+            defense="in-context-cluster",
+            layer=proposals[0].layer,
+            kept=[p.agent for p in proposals],
+            clusters=clusters,
+            reason=reason,
+        )
         return DefenseOutcome(labelled, record)

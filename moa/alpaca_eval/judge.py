@@ -124,8 +124,15 @@ def second_preferred_from_text(text: str) -> float | None:
 class PairwiseJudge:
     """One judge model; ``judge`` returns a ``JudgeVerdict`` or raises a ``MoaError`` (after the backend's retries)."""
 
-    def __init__(self, backend: Backend, model: str, *, logprobs: int | None = 5, max_tokens: int = 16,
-                 backend_settings: str = "") -> None:  # fmt: skip
+    def __init__(
+        self,
+        backend: Backend,
+        model: str,
+        *,
+        logprobs: int | None = 5,
+        max_tokens: int = 16,
+        backend_settings: str = "",
+    ) -> None:
         self.backend = backend
         self.model = model
         self.params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=logprobs)
@@ -160,8 +167,13 @@ class PairwiseJudge:
         first, second = (model_output, reference_output) if model_first else (reference_output, model_output)
         trace: list[CallRecord] = []
         result = await self.backend.generate(
-            judge_messages(instruction, first, second), self.params, 1, self.model, CallSite(1, "aggregator", "judge"), trace
-        )  # fmt: skip
+            judge_messages(instruction, first, second),
+            self.params,
+            1,
+            self.model,
+            CallSite(1, "aggregator", "judge"),
+            trace,
+        )
         generation = result.generations[0]
         source: Literal["logprobs", "verdict"] = "logprobs"
         p_second = second_preferred_from_logprobs(generation.logprobs) if generation.logprobs else None
@@ -177,6 +189,13 @@ class PairwiseJudge:
 
 
 __all__ = [
-    "JUDGE_PROMPT", "JUDGE_SYSTEM", "ORDERS", "JudgeOrder", "JudgeVerdict", "PairwiseJudge", "balanced_orders",
-    "judge_messages", "orders_of",
-]  # fmt: skip
+    "JUDGE_PROMPT",
+    "JUDGE_SYSTEM",
+    "ORDERS",
+    "JudgeOrder",
+    "JudgeVerdict",
+    "PairwiseJudge",
+    "balanced_orders",
+    "judge_messages",
+    "orders_of",
+]
