@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
-from moa.config import AggregatorConfig, ReferencesAt
+from moa.config import ReferencesAt, SelfMoASeqConfig
 from moa.interfaces import Caller
 from moa.prompts import REFERENCE_STOPS, SEQUENTIAL_INSTRUCTIONS, SYNTHESIZE_INSTRUCTIONS, with_references
 from moa.types import ChatRequest, Delta, Generation, Message, Proposal
@@ -29,7 +29,7 @@ def plan_windows(n_samples: int, window: int) -> list[list[int]]:
 
 
 class SequentialAggregator:
-    def __init__(self, config: AggregatorConfig, references_at: ReferencesAt = "end") -> None:
+    def __init__(self, config: SelfMoASeqConfig, references_at: ReferencesAt = "end") -> None:
         self.window = config.window
         self.references_at = references_at
         self.first_instructions = config.system_prompt or SYNTHESIZE_INSTRUCTIONS

@@ -15,10 +15,11 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel
 
 from moa.config import (
+    AGGREGATOR_TYPES,
     BACKEND_TYPES,
-    AggregatorConfig,
-    AggregatorType,
     OpenAIBackendConfig,
+    SelfMoASeqConfig,
+    SynthesizeConfig,
     TorchBackendConfig,
     VLLMBackendConfig,
 )
@@ -48,10 +49,10 @@ _DEFENSES: dict[type[BaseModel], str] = {
     DropoutVoteConfig: "defenses.dropout_vote:DropoutVote",
     DropoutClusterConfig: "defenses.dropout_cluster:DropoutCluster",
 }
-#: the implementation of each of ``AggregatorConfig``'s types
-_AGGREGATORS: dict[AggregatorType, str] = {
-    "synthesize": "aggregators.synthesize:SynthesizeAggregator",
-    "self-moa-seq": "aggregators.sequential:SequentialAggregator",
+#: the implementation of each aggregator config class
+_AGGREGATORS: dict[type[BaseModel], str] = {
+    SynthesizeConfig: "aggregators.synthesize:SynthesizeAggregator",
+    SelfMoASeqConfig: "aggregators.sequential:SequentialAggregator",
 }
 
 
@@ -61,7 +62,7 @@ def _by_name(table: dict[type[BaseModel], str]) -> dict[str, str | Any]:
 
 _ENTRIES: dict[Kind, dict[str, str | Any]] = {
     "backend": _by_name(_BACKENDS),
-    "aggregator": {name: path for name, path in _AGGREGATORS.items()},
+    "aggregator": _by_name(_AGGREGATORS),
     "defense": _by_name(_DEFENSES),
 }
 
@@ -70,7 +71,7 @@ def _check_complete() -> None:
     """Every type the schema accepts has an implementation, and nothing else has one."""
     schema: dict[Kind, tuple[str, ...]] = {
         "backend": BACKEND_TYPES,
-        "aggregator": type_names(AggregatorConfig),
+        "aggregator": AGGREGATOR_TYPES,
         "defense": DEFENSE_TYPES,
     }
     for kind, names in schema.items():

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from moa.config import builtin_configs, load_config, parse_config
+from moa.config import SelfMoASeqConfig, SynthesizeConfig, builtin_configs, load_config, parse_config
 from moa.errors import ConfigError
 
 BASE = {
@@ -35,8 +35,13 @@ def _with(path_setter) -> dict:
             lambda d: d["layers"][0]["agents"][0].update(backend="nope"),
             "layers[0].agents[0].backend: unknown backend 'nope'",
         ),
-        (lambda d: d["aggregator"].update(window=1), "aggregator.window: must be >= 2"),
+        (lambda d: d["aggregator"].update(type="self-moa-seq", window=1), "aggregator.window: must be >= 2"),
         (lambda d: d["aggregator"].update(type="vote"), "aggregator.type: must be one of"),
+        (lambda d: d["aggregator"].update(window=3), "aggregator.window: unknown field"),  # synthesize has none
+        (
+            lambda d: d["aggregator"].update(type="synthesize", temperature=5),
+            "aggregator.temperature: must be <= 2",
+        ),
         (lambda d: d.update(references={"at": "front"}), "references.at: must be one of"),
         (lambda d: d["backends"]["up"].update(type="grpc"), "backends.up: unknown type 'grpc'"),
         (lambda d: d["backends"]["up"].update(base_url="localhost:80"), "backends.up.base_url: must be an http(s) URL"),
@@ -132,6 +137,15 @@ def test_min_proposals_and_names_that_can_hold_load() -> None:
     sampled = _with(lambda d: d["layers"][0]["agents"][0].update(n=3) or d["layers"][0].update(min_proposals=3))
     assert parse_config(sampled).layers[0].min_proposals == 3
     cfg = parse_config(BASE)
-    assert [cfg.agent_name(li, ai) for li, layer in enumerate(cfg.layers) for ai in range(len(layer.agents))] == [
-        "L1.1:m", "L2.1:m", "L2.2:m"
-    ]  # fmt: skip
+    names = [cfg.agent_name(li, ai) for li, layer in enumerate(cfg.layers) for ai in range(len(layer.agents))]
+    assert names == ["L1.1:m", "L2.1:m", "L2.2:m"]
+
+
+def test_the_aggregator_type_picks_its_class_and_defaults_to_synthesize() -> None:
+    assert type(parse_config(BASE).aggregator) is SynthesizeConfig
+    seq = parse_config(_with(lambda d: d["aggregator"].update(type="self-moa-seq", window=4))).aggregator
+    assert type(seq) is SelfMoASeqConfig and seq.window == 4
+    assert SelfMoASeqConfig(backend="up").window == 3
+    with pytest.raises(ConfigError) as info:
+        parse_config(_with(lambda d: d["aggregator"].update(type="vote")))
+    assert str(info.value) == "aggregator.type: must be one of 'synthesize' or 'self-moa-seq'"

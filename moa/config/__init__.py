@@ -18,7 +18,13 @@ the red-team and defense parts. Everything is importable from here.
 
 from __future__ import annotations
 
-from moa.config.aggregator import AggregatorConfig, AggregatorType
+from moa.config.aggregator import (
+    AGGREGATOR_TYPES,
+    AggregatorBase,
+    AggregatorConfig,
+    SelfMoASeqConfig,
+    SynthesizeConfig,
+)
 from moa.config.backends import (
     BACKEND_TYPES,
     BackendConfig,
@@ -45,12 +51,13 @@ from moa.config.policies import HedgePolicy, RateLimit, RetryPolicy
 from moa.validation import ConfigProblems
 
 __all__ = [
+    "AGGREGATOR_TYPES",
     "BACKEND_TYPES",
     "DEVICES",
     "DEVICE_ENV",
     "AgentConfig",
     "AggregatorConfig",
-    "AggregatorType",
+    "AggregatorBase",
     "BackendConfig",
     "ChatTemplateRules",
     "ConfigProblems",
@@ -63,8 +70,10 @@ __all__ = [
     "ReferencesAt",
     "ReferencesConfig",
     "RetryPolicy",
+    "SelfMoASeqConfig",
     "SamplingConfig",
     "SpeculativeConfig",
+    "SynthesizeConfig",
     "TorchBackendConfig",
     "VLLMBackendConfig",
     "VLLMSpeculativeConfig",

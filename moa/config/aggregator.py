@@ -1,28 +1,27 @@
 """The final aggregator (``aggregator:``): which backend and model answer, and how it reads the last layer's
-proposals."""
+proposals. One class a ``type``, as for backends and defenses; ``type`` may be left out (``synthesize``)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from moa.config.layers import SamplingConfig
 from moa.config.policies import HedgePolicy
+from moa.defense_config import type_names
 from moa.validation import PathError
 
-#: the aggregator types, each implemented by a class the registry names
-AggregatorType = Literal["synthesize", "self-moa-seq"]
+#: the type of an aggregator that names none
+DEFAULT_TYPE = "synthesize"
 
 
-class AggregatorConfig(SamplingConfig):
-    type: AggregatorType = "synthesize"
+class AggregatorBase(SamplingConfig):
+    """What every aggregator type shares: the backend and model it calls, its instructions, its sampling."""
+
     backend: str
     model: str | None = None
     system_prompt: str | None = Field(default=None, description="replaces moa's synthesis instructions")
-    window: Annotated[int, Field(ge=2)] = Field(
-        default=3, description="self-moa-seq: samples seen per step, the running synthesis included"
-    )
     hedge: HedgePolicy | None = Field(default=None, description="hedged calls (default: its backend's)")
 
     @model_validator(mode="before")
@@ -31,3 +30,36 @@ class AggregatorConfig(SamplingConfig):
         if isinstance(data, dict) and data.get("deceptive"):
             raise PathError("deceptive", "the final aggregator is always trusted; make proposer agents deceptive")
         return data
+
+
+class SynthesizeConfig(AggregatorBase):
+    """MoA synthesis: one call reads every proposal and writes the answer."""
+
+    type: Literal["synthesize"] = "synthesize"
+
+
+class SelfMoASeqConfig(AggregatorBase):
+    """Self-MoA-Seq: a sliding window over the proposals, each step reading the running synthesis and the next
+    ones, so the prompt stays bounded."""
+
+    type: Literal["self-moa-seq"] = "self-moa-seq"
+    window: Annotated[int, Field(ge=2)] = Field(
+        default=3, description="samples seen per step, the running synthesis included"
+    )
+
+
+def _known_type(data: Any) -> Any:
+    """An aggregator without ``type`` synthesizes; an unknown ``type`` is named as the field it is."""
+    if not isinstance(data, dict):
+        return data
+    kind = data.get("type", DEFAULT_TYPE)
+    if kind not in AGGREGATOR_TYPES:
+        quoted = [repr(name) for name in AGGREGATOR_TYPES]
+        raise PathError("type", f"must be one of {', '.join(quoted[:-1])} or {quoted[-1]}")
+    return {**data, "type": kind}
+
+
+AggregatorConfig = Annotated[
+    SynthesizeConfig | SelfMoASeqConfig, Field(discriminator="type"), BeforeValidator(_known_type)
+]
+AGGREGATOR_TYPES = type_names(AggregatorConfig)

@@ -26,6 +26,7 @@ import yaml
 from pydantic import ValidationError
 
 from moa import validation
+from moa.config.aggregator import AGGREGATOR_TYPES
 from moa.config.backends import BACKEND_TYPES
 from moa.config.ensemble import EnsembleConfig
 from moa.defense_config import DEFENSE_TYPES, EMBEDDING_TYPES
@@ -137,6 +138,7 @@ def _once(make: Callable[[], Device]) -> Callable[[], Device]:
 #: where a config's discriminated unions sit, and their tags
 UNION_TAGS: validation.UnionTags = (
     (re.compile(r"backends\.[^.]+"), BACKEND_TYPES),
+    (re.compile(r"aggregator"), AGGREGATOR_TYPES),
     (re.compile(r"defense"), DEFENSE_TYPES),
     (re.compile(r"defense\.embeddings"), EMBEDDING_TYPES),
     (re.compile(r"red_team\.placement"), ("positions", "random")),
