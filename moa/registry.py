@@ -9,6 +9,7 @@ ensemble in the process uses.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Hashable
 from typing import Any, Literal, TypeVar
 
@@ -68,7 +69,13 @@ _ENTRIES: dict[Kind, dict[str, str | Any]] = {
 
 
 def _check_complete() -> None:
-    """Every type the schema accepts has an implementation, and nothing else has one."""
+    """Every type the schema accepts has an implementation, nothing else has one, and every config class defines
+    what its kind declares (a backend's ``endpoint`` and ``one_call_for_n``, an aggregator's ``calls``)."""
+    for table in (_BACKENDS, _AGGREGATORS, _DEFENSES):
+        for config in table:
+            if inspect.isabstract(config):
+                missing = ", ".join(sorted(config.__abstractmethods__))
+                raise RuntimeError(f"registry: {config.__name__} does not define {missing}")
     schema: dict[Kind, tuple[str, ...]] = {
         "backend": BACKEND_TYPES,
         "aggregator": AGGREGATOR_TYPES,

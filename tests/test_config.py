@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import copy
 import json
+from typing import Literal
 
 import pytest
 
-from moa.config import SelfMoASeqConfig, SynthesizeConfig, builtin_configs, load_config, parse_config
+from moa.config import (
+    BackendConfigBase,
+    OpenAIBackendConfig,
+    SelfMoASeqConfig,
+    SynthesizeConfig,
+    TorchBackendConfig,
+    VLLMBackendConfig,
+    builtin_configs,
+    load_config,
+    parse_config,
+)
 from moa.errors import ConfigError
 
 BASE = {
@@ -149,3 +160,23 @@ def test_the_aggregator_type_picks_its_class_and_defaults_to_synthesize() -> Non
     with pytest.raises(ConfigError) as info:
         parse_config(_with(lambda d: d["aggregator"].update(type="vote")))
     assert str(info.value) == "aggregator.type: must be one of 'synthesize' or 'self-moa-seq'"
+
+
+def test_every_backend_type_declares_what_the_engine_asks_of_it() -> None:
+    """``endpoint`` and ``one_call_for_n`` are each type's to define: a type that leaves one out cannot be made,
+    and nothing asks a backend for a field it may not have."""
+
+    class Half(BackendConfigBase):
+        type: Literal["half"]
+
+        @property
+        def endpoint(self) -> str | None:
+            return None
+
+    with pytest.raises(TypeError, match="one_call_for_n"):
+        Half(type="half")
+    remote = OpenAIBackendConfig(type="openai", base_url="http://127.0.0.1:9/v1/", supports_n=False)
+    assert (remote.endpoint, remote.one_call_for_n, remote.in_process) == ("http://127.0.0.1:9/v1", False, False)
+    assert OpenAIBackendConfig(type="openai").one_call_for_n
+    for local in (VLLMBackendConfig(type="vllm", model="m"), TorchBackendConfig(type="torch", model="m")):
+        assert (local.endpoint, local.one_call_for_n, local.in_process) == (None, True, True)

@@ -21,13 +21,16 @@ from __future__ import annotations
 from moa.config.aggregator import (
     AGGREGATOR_TYPES,
     AggregatorBase,
+    AggregatorCall,
     AggregatorConfig,
     SelfMoASeqConfig,
     SynthesizeConfig,
+    plan_windows,
 )
 from moa.config.backends import (
     BACKEND_TYPES,
     BackendConfig,
+    BackendConfigBase,
     ChatTemplateRules,
     OpenAIBackendConfig,
     SpeculativeConfig,
@@ -58,7 +61,9 @@ __all__ = [
     "AgentConfig",
     "AggregatorConfig",
     "AggregatorBase",
+    "AggregatorCall",
     "BackendConfig",
+    "BackendConfigBase",
     "ChatTemplateRules",
     "ConfigProblems",
     "Device",
@@ -84,4 +89,5 @@ __all__ = [
     "load_config",
     "local_device",
     "parse_config",
+    "plan_windows",
 ]

@@ -3,6 +3,8 @@ proposals. One class a ``type``, as for backends and defenses; ``type`` may be l
 
 from __future__ import annotations
 
+from abc import abstractmethod
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
@@ -16,8 +18,18 @@ from moa.validation import PathError
 DEFAULT_TYPE = "synthesize"
 
 
+@dataclass(frozen=True, slots=True)
+class AggregatorCall:
+    """One call an aggregator makes: the proposals it reads (their indices) and whether it also reads the answer
+    of its call before."""
+
+    proposals: tuple[int, ...]
+    reads_previous: bool = False
+
+
 class AggregatorBase(SamplingConfig):
-    """What every aggregator type shares: the backend and model it calls, its instructions, its sampling."""
+    """What every aggregator type shares: the backend and model it calls, its instructions, its sampling; and
+    what it makes of the proposals (``calls``), which each type defines."""
 
     backend: str
     model: str | None = None
@@ -31,11 +43,18 @@ class AggregatorBase(SamplingConfig):
             raise PathError("deceptive", "the final aggregator is always trusted; make proposer agents deceptive")
         return data
 
+    @abstractmethod
+    def calls(self, proposals: int) -> list[AggregatorCall]:
+        """The calls it makes for ``proposals`` proposals, in order (the last one writes the answer)."""
+
 
 class SynthesizeConfig(AggregatorBase):
     """MoA synthesis: one call reads every proposal and writes the answer."""
 
     type: Literal["synthesize"] = "synthesize"
+
+    def calls(self, proposals: int) -> list[AggregatorCall]:
+        return [AggregatorCall(tuple(range(proposals)))]
 
 
 class SelfMoASeqConfig(AggregatorBase):
@@ -46,6 +65,22 @@ class SelfMoASeqConfig(AggregatorBase):
     window: Annotated[int, Field(ge=2)] = Field(
         default=3, description="samples seen per step, the running synthesis included"
     )
+
+    def calls(self, proposals: int) -> list[AggregatorCall]:
+        steps = plan_windows(proposals, self.window)
+        return [AggregatorCall(tuple(step), reads_previous=i > 0) for i, step in enumerate(steps)]
+
+
+def plan_windows(n_samples: int, window: int) -> list[list[int]]:
+    """Indices of the samples each Self-MoA-Seq step reads, in order: the first ``window``, then ``window - 1``
+    a step beside the running synthesis; ``ceil((N - 1) / (window - 1))`` steps for N > window, else one."""
+    if window < 2:
+        raise ValueError("window must be >= 2")
+    first = list(range(min(n_samples, window)))
+    steps = [first]
+    for start in range(len(first), n_samples, window - 1):
+        steps.append(list(range(start, min(start + window - 1, n_samples))))
+    return steps
 
 
 def _known_type(data: Any) -> Any:

@@ -4,6 +4,7 @@ and what every type shares (limits, retries, timeout, prices, hedging)."""
 from __future__ import annotations
 
 import re
+from abc import abstractmethod
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -15,12 +16,33 @@ from moa.pricing import Prices
 from moa.validation import PathError
 
 
-class _BackendBase(Strict):
+class BackendConfigBase(Strict):
+    """What every backend type shares (a default model, limits, retries, timeout, prices, hedging), and what the
+    engine, the CLI and the estimate ask of a backend without knowing its type: each type defines the abstract
+    properties."""
+
+    model: str | None = Field(default=None, description="default model of agents that name none")
     rate_limit: RateLimit = RateLimit()
     retry: RetryPolicy = RetryPolicy()
     timeout_s: Annotated[float, Field(gt=0)] = Field(default=120.0, description="per-call timeout")
     prices: Prices | None = Field(default=None, description="USD per million tokens: each call's cost_usd")
     hedge: HedgePolicy | None = Field(default=None, description="hedged calls (off by default)")
+
+    @property
+    @abstractmethod
+    def endpoint(self) -> str | None:
+        """The URL its calls go to (part of the default key of limits shared on a store); None: it runs in this
+        process."""
+
+    @property
+    @abstractmethod
+    def one_call_for_n(self) -> bool:
+        """One call may ask for n samples; else an agent with n > 1 makes n calls of one."""
+
+    @property
+    def in_process(self) -> bool:
+        """It runs in this process: an engine started before the first call, whose tokens cost nothing."""
+        return self.endpoint is None
 
 
 class ChatTemplateRules(Strict):
@@ -38,13 +60,12 @@ class ChatTemplateRules(Strict):
     tool: bool = Field(default=True, description="the tool role is accepted (false: tool results go into user turns)")
 
 
-class OpenAIBackendConfig(_BackendBase):
+class OpenAIBackendConfig(BackendConfigBase):
     """Any OpenAI-compatible chat completions API (OpenAI, Together, a vLLM server, ...)."""
 
     type: Literal["openai"]
     base_url: str = "https://api.openai.com/v1"
     api_key_env: str | None = Field(default=None, description="environment variable holding the API key")
-    model: str | None = Field(default=None, description="default model of agents that name none")
     supports_n: bool = Field(default=True, description="one request may ask for n samples")
     stream_usage: bool = Field(default=True, description="send stream_options.include_usage when streaming")
     headers: dict[str, str] = Field(default_factory=dict)
@@ -66,6 +87,14 @@ class OpenAIBackendConfig(_BackendBase):
         if not re.match(r"^https?://[^/\s]+", url):
             raise ValueError(f"must be an http(s) URL, got {url!r}")
         return url.rstrip("/")
+
+    @property
+    def endpoint(self) -> str:
+        return self.base_url
+
+    @property
+    def one_call_for_n(self) -> bool:
+        return self.supports_n
 
 
 class VLLMSpeculativeConfig(Strict):
@@ -89,7 +118,7 @@ class VLLMSpeculativeConfig(Strict):
         return self
 
 
-class VLLMBackendConfig(_BackendBase):
+class VLLMBackendConfig(BackendConfigBase):
     """In-process vLLM (CUDA or CPU). ``model`` is a path, a hub name or ``embedded:<name>``."""
 
     type: Literal["vllm"]
@@ -111,6 +140,14 @@ class VLLMBackendConfig(_BackendBase):
         default=None,
         description="a Jinja chat template used instead of the model's own: a file path, or the template itself",
     )
+
+    @property
+    def endpoint(self) -> None:
+        return None
+
+    @property
+    def one_call_for_n(self) -> bool:
+        return True
 
 
 class SpeculativeConfig(Strict):
@@ -146,7 +183,7 @@ class SpeculativeConfig(Strict):
         return self
 
 
-class TorchBackendConfig(_BackendBase):
+class TorchBackendConfig(BackendConfigBase):
     """A Hugging Face causal LM run by moa's own torch decode loop (with speculative decoding)."""
 
     type: Literal["torch"]
@@ -154,6 +191,14 @@ class TorchBackendConfig(_BackendBase):
     device: Literal["auto", "cuda", "cpu"] = "auto"
     dtype: str = "auto"
     speculative: SpeculativeConfig | None = None
+
+    @property
+    def endpoint(self) -> None:
+        return None
+
+    @property
+    def one_call_for_n(self) -> bool:
+        return True
 
 
 BackendConfig = Annotated[OpenAIBackendConfig | VLLMBackendConfig | TorchBackendConfig, Field(discriminator="type")]
