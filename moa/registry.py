@@ -15,15 +15,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
-from moa.config import (
-    AGGREGATOR_TYPES,
-    BACKEND_TYPES,
-    OpenAIBackendConfig,
-    SelfMoASeqConfig,
-    SynthesizeConfig,
-    TorchBackendConfig,
-    VLLMBackendConfig,
-)
+from moa.config import aggregator, backends
 from moa.defense_config import (
     DEFENSE_TYPES,
     ClusterFilterConfig,
@@ -39,9 +31,9 @@ T = TypeVar("T")
 
 #: the implementation of each backend config class
 _BACKENDS: dict[type[BaseModel], str] = {
-    OpenAIBackendConfig: "proposers.openai_http:OpenAIProposer",
-    VLLMBackendConfig: "proposers.vllm_engine:VLLMProposer",
-    TorchBackendConfig: "proposers.torch_local:TorchProposer",
+    backends.OpenAIBackendConfig: "proposers.openai_http:OpenAIProposer",
+    backends.VLLMBackendConfig: "proposers.vllm_engine:VLLMProposer",
+    backends.TorchBackendConfig: "proposers.torch_local:TorchProposer",
 }
 #: the implementation of each defense config class
 _DEFENSES: dict[type[BaseModel], str] = {
@@ -52,8 +44,8 @@ _DEFENSES: dict[type[BaseModel], str] = {
 }
 #: the implementation of each aggregator config class
 _AGGREGATORS: dict[type[BaseModel], str] = {
-    SynthesizeConfig: "aggregators.synthesize:SynthesizeAggregator",
-    SelfMoASeqConfig: "aggregators.sequential:SequentialAggregator",
+    aggregator.SynthesizeConfig: "aggregators.synthesize:SynthesizeAggregator",
+    aggregator.SelfMoASeqConfig: "aggregators.sequential:SequentialAggregator",
 }
 
 
@@ -77,8 +69,8 @@ def _check_complete() -> None:
                 missing = ", ".join(sorted(config.__abstractmethods__))
                 raise RuntimeError(f"registry: {config.__name__} does not define {missing}")
     schema: dict[Kind, tuple[str, ...]] = {
-        "backend": BACKEND_TYPES,
-        "aggregator": AGGREGATOR_TYPES,
+        "backend": backends.BACKEND_TYPES,
+        "aggregator": aggregator.AGGREGATOR_TYPES,
         "defense": DEFENSE_TYPES,
     }
     for kind, names in schema.items():
