@@ -8,8 +8,9 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aggregators.sequential import plan_windows
 from moa import Ensemble
+from moa.alpaca_eval.estimate import estimate_job
+from moa.config import load_config, plan_windows
 from moa.prompts import render_references
 from tests.support.ensembles import moa_config
 from tests.support.scripted_server import ScriptedServer
@@ -159,10 +160,9 @@ async def test_self_moa_seq_under_a_defense_keeps_the_defense_step_labels(upstre
     for model in ("a", "b", "c"):
         upstream.script(model, answer=f"{model} thinks. Answer: (B)")
     upstream.script("agg", answer="Answer: (B)")
-    cfg = moa_config(
-        upstream.base_url, [["a", "b", "c"]], defense={"type": "dropout-vote", "vote": "option", "max_size": 3},
-        aggregator_extra={"type": "self-moa-seq", "window": 2},
-    )  # fmt: skip
+    defense = {"type": "dropout-vote", "vote": "option", "max_size": 3}
+    seq = {"type": "self-moa-seq", "window": 2}
+    cfg = moa_config(upstream.base_url, [["a", "b", "c"]], defense=defense, aggregator_extra=seq)
     async with Ensemble.from_config(cfg) as ens:
         result = await ens.acomplete(USER)
     steps = [r.step for r in result.trace if r.role == "defense"]
@@ -170,3 +170,37 @@ async def test_self_moa_seq_under_a_defense_keeps_the_defense_step_labels(upstre
     assert "subset 1/7: a; window 1/1: samples 1-1" in steps
     assert "subset 7/7: a, b, c; window 1/2: samples 1-2" in steps
     assert "subset 7/7: a, b, c; window 2/2: samples 3-3" in steps
+
+
+def _seq_config(base_url: str, sample_tokens: int, answer_tokens: int) -> dict:
+    return {
+        "name": "seq",
+        "backends": {"up": {"type": "openai", "base_url": base_url, "model": "solo"}},
+        "layers": [{"agents": [{"backend": "up", "n": 8, "max_tokens": sample_tokens}]}],
+        "aggregator": {
+            "type": "self-moa-seq",
+            "backend": "up",
+            "model": "agg",
+            "window": 3,
+            "max_tokens": answer_tokens,
+        },
+    }
+
+
+async def test_the_estimate_counts_the_calls_the_aggregator_makes(upstream: ScriptedServer) -> None:
+    """``--estimate`` reads the aggregator's own plan: as many calls as it makes, each reading the samples of its
+    window (at the proposers' max_tokens) and, after the first, the running synthesis (at the aggregator's)."""
+    upstream.script("solo", answer=lambda m, msgs, i: f"candidate-{i}")
+    upstream.script("agg", answer="synthesis")
+    config = load_config(_seq_config(upstream.base_url, 10, 50))
+    async with Ensemble.from_config(config) as ens:
+        result = await ens.acomplete(USER)
+    made = [r for r in result.trace if r.role == "aggregator"]
+    assert [list(call.proposals) for call in config.aggregator.calls(8)] == [[0, 1, 2], [3, 4], [5, 6], [7]]
+    job = estimate_job(config, ["q"])
+    assert job.calls == 1 + len(made) == 5  # one request for the 8 samples, then 4 windows
+    assert job.completion_tokens == 8 * 10 + 4 * 50
+    longer_samples = estimate_job(load_config(_seq_config(upstream.base_url, 1010, 50)), ["q"])
+    assert longer_samples.prompt_tokens - job.prompt_tokens == 8 * 1000  # each sample is read by one window
+    longer_answers = estimate_job(load_config(_seq_config(upstream.base_url, 10, 1050)), ["q"])
+    assert longer_answers.prompt_tokens - job.prompt_tokens == 3 * 1000  # the running synthesis, read by windows 2-4

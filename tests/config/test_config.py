@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import copy
 import json
+from typing import Literal
 
 import pytest
 
-from moa.config import builtin_configs, load_config, parse_config
+from moa.config import (
+    BackendConfigBase,
+    OpenAIBackendConfig,
+    SelfMoASeqConfig,
+    SynthesizeConfig,
+    TorchBackendConfig,
+    VLLMBackendConfig,
+    builtin_configs,
+    load_config,
+    parse_config,
+)
 from moa.errors import ConfigError
 
 BASE = {
@@ -35,8 +46,13 @@ def _with(path_setter) -> dict:
             lambda d: d["layers"][0]["agents"][0].update(backend="nope"),
             "layers[0].agents[0].backend: unknown backend 'nope'",
         ),
-        (lambda d: d["aggregator"].update(window=1), "aggregator.window: must be >= 2"),
+        (lambda d: d["aggregator"].update(type="self-moa-seq", window=1), "aggregator.window: must be >= 2"),
         (lambda d: d["aggregator"].update(type="vote"), "aggregator.type: must be one of"),
+        (lambda d: d["aggregator"].update(window=3), "aggregator.window: unknown field"),  # synthesize has none
+        (
+            lambda d: d["aggregator"].update(type="synthesize", temperature=5),
+            "aggregator.temperature: must be <= 2",
+        ),
         (lambda d: d.update(references={"at": "front"}), "references.at: must be one of"),
         (lambda d: d["backends"]["up"].update(type="grpc"), "backends.up: unknown type 'grpc'"),
         (lambda d: d["backends"]["up"].update(base_url="localhost:80"), "backends.up.base_url: must be an http(s) URL"),
@@ -132,6 +148,35 @@ def test_min_proposals_and_names_that_can_hold_load() -> None:
     sampled = _with(lambda d: d["layers"][0]["agents"][0].update(n=3) or d["layers"][0].update(min_proposals=3))
     assert parse_config(sampled).layers[0].min_proposals == 3
     cfg = parse_config(BASE)
-    assert [cfg.agent_name(li, ai) for li, layer in enumerate(cfg.layers) for ai in range(len(layer.agents))] == [
-        "L1.1:m", "L2.1:m", "L2.2:m"
-    ]  # fmt: skip
+    names = [cfg.agent_name(li, ai) for li, layer in enumerate(cfg.layers) for ai in range(len(layer.agents))]
+    assert names == ["L1.1:m", "L2.1:m", "L2.2:m"]
+
+
+def test_the_aggregator_type_picks_its_class_and_defaults_to_synthesize() -> None:
+    assert type(parse_config(BASE).aggregator) is SynthesizeConfig
+    seq = parse_config(_with(lambda d: d["aggregator"].update(type="self-moa-seq", window=4))).aggregator
+    assert type(seq) is SelfMoASeqConfig and seq.window == 4
+    assert SelfMoASeqConfig(backend="up").window == 3
+    with pytest.raises(ConfigError) as info:
+        parse_config(_with(lambda d: d["aggregator"].update(type="vote")))
+    assert str(info.value) == "aggregator.type: must be one of 'synthesize' or 'self-moa-seq'"
+
+
+def test_every_backend_type_declares_what_the_engine_asks_of_it() -> None:
+    """``endpoint`` and ``one_call_for_n`` are each type's to define: a type that leaves one out cannot be made,
+    and nothing asks a backend for a field it may not have."""
+
+    class Half(BackendConfigBase):
+        type: Literal["half"]
+
+        @property
+        def endpoint(self) -> str | None:
+            return None
+
+    with pytest.raises(TypeError, match="one_call_for_n"):
+        Half(type="half")
+    remote = OpenAIBackendConfig(type="openai", base_url="http://127.0.0.1:9/v1/", supports_n=False)
+    assert (remote.endpoint, remote.one_call_for_n, remote.in_process) == ("http://127.0.0.1:9/v1", False, False)
+    assert OpenAIBackendConfig(type="openai").one_call_for_n
+    for local in (VLLMBackendConfig(type="vllm", model="m"), TorchBackendConfig(type="torch", model="m")):
+        assert (local.endpoint, local.one_call_for_n, local.in_process) == (None, True, True)

@@ -14,6 +14,7 @@ from moa.config import (
     AgentConfig,
     AggregatorConfig,
     BackendConfig,
+    SynthesizeConfig,
     config_error,
     load_config,
 )
@@ -65,7 +66,7 @@ def test_every_schema_bounds_a_sampling_field_alike(field: str, value: Any, says
 def test_sampling_params_reads_the_fields_a_model_declares() -> None:
     agent = AgentConfig(backend="up", temperature=0.5, top_p=0.9, max_tokens=7, seed=3)
     assert sampling_params(agent) == SamplingParams(temperature=0.5, top_p=0.9, max_tokens=7, seed=3)
-    assert sampling_params(AggregatorConfig(backend="up")) == SamplingParams()
+    assert sampling_params(SynthesizeConfig(backend="up")) == SamplingParams()
     assert sampling_params(_Fields(stop="END")).stop == ("END",)
     assert sampling_params(_Fields(stop=[])).stop is None
     assert sampling_params(_Fields(max_tokens=5), max_tokens=9, top_p=None) == SamplingParams(max_tokens=9)

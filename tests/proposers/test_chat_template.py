@@ -18,7 +18,7 @@ from aggregators.sequential import SequentialAggregator
 from aggregators.synthesize import SynthesizeAggregator
 from defenses.deceptive import deceptive_messages
 from moa.alpaca_eval.judge import judge_messages
-from moa.config import AggregatorConfig, ChatTemplateRules, ReferencesAt, load_config
+from moa.config import ChatTemplateRules, ReferencesAt, SelfMoASeqConfig, SynthesizeConfig, load_config
 from moa.defense_config import DeceptionConfig
 from moa.errors import BadRequestError, ConfigError, ServerError
 from moa.prompts import SYNTHESIZE_INSTRUCTIONS, with_references, with_system_prompt
@@ -58,8 +58,12 @@ def test_conform_changes_nothing_the_rules_allow() -> None:
 def test_the_references_layout_under_gemmas_rules() -> None:
     """``at: end``: the conversation, a system turn with the references, the user's latest message again. Under
     Gemma's rules the system text goes into the user turns it precedes, and the user turns that then meet merge."""
-    conversation = [Message("system", "Be brief."), Message("user", "Hi"), Message("assistant", "Hello"),
-                    Message("user", "Why?")]  # fmt: skip
+    conversation = [
+        Message("system", "Be brief."),
+        Message("user", "Hi"),
+        Message("assistant", "Hello"),
+        Message("user", "Why?"),
+    ]
     prompt = [*conversation, Message("system", "REFERENCES"), Message("user", "Why?")]
     fitted, note = adapt(prompt, RULES["gemma-like"])
     assert fitted == [
@@ -92,8 +96,12 @@ def test_a_conversation_that_opens_with_the_assistant_gets_a_user_turn_first() -
 
 
 def test_tool_results_become_user_turns_where_the_role_is_refused() -> None:
-    messages = [Message("user", "Weather?"), Message("assistant", "Checking."), Message("tool", "Sunny"),
-                Message("user", "So?")]  # fmt: skip
+    messages = [
+        Message("user", "Weather?"),
+        Message("assistant", "Checking."),
+        Message("tool", "Sunny"),
+        Message("user", "So?"),
+    ]
     assert conform(messages, RULES["no-tool"])[2] == Message("user", "[tool result]\nSunny\n[end of tool result]")
     gemma = conform(messages, RULES["gemma-like"])
     assert [m.role for m in gemma] == ["user", "assistant", "user"]
@@ -104,8 +112,10 @@ def test_exercised_names_what_a_conversation_would_break() -> None:
     assert exercised([Message("user", "u")]) == frozenset()
     assert exercised([Message("system", "s"), Message("user", "u")]) == {"system"}
     assert exercised([Message("user", "u"), Message("system", "s"), Message("user", "u")]) == {
-        "system", "system_first", "alternate",
-    }  # fmt: skip
+        "system",
+        "system_first",
+        "alternate",
+    }
     assert exercised([Message("assistant", "a"), Message("user", "u"), Message("tool", "t")]) == {"alternate", "tool"}
 
 
@@ -143,22 +153,41 @@ def test_a_vllm_chat_template_is_a_file_or_the_template_itself(tmp_path: Path) -
     ("status", "message", "constraints"),
     [
         (400, "System role not supported", {"system"}),  # vLLM's server on Gemma
-        (400, "Conversation roles must alternate user/assistant/user/assistant/... Conversation roles must "
-              "alternate user/assistant/user/assistant/...", {"alternate"}),  # older vLLM: the message twice
-        (422, "Template error: syntax error: Conversation roles must alternate user/assistant/user/assistant/... "
-              "(in <string>:1)", {"alternate"}),  # TGI
-        (500, "\n------------\nWhile executing CallExpression at line 19, column 27 in source:\n...\nError: Jinja "
-              "Exception: Conversation roles must alternate user/assistant/user/assistant/...", {"alternate"}),  # llama.cpp
-        (500, "Error: Jinja Exception: After the optional system message, conversation roles must alternate user "
-              "and assistant roles except for tool calls and results.", {"alternate"}),  # llama.cpp, Devstral
-        (400, "Only user and assistant roles are supported, with the exception of an initial optional system "
-              "message!", {"system_first", "tool"}),  # Mistral
+        (
+            400,
+            "Conversation roles must alternate user/assistant/user/assistant/... Conversation roles must "
+            "alternate user/assistant/user/assistant/...",
+            {"alternate"},
+        ),  # older vLLM: the message twice
+        (
+            422,
+            "Template error: syntax error: Conversation roles must alternate user/assistant/user/assistant/... "
+            "(in <string>:1)",
+            {"alternate"},
+        ),  # TGI
+        (
+            500,
+            "\n------------\nWhile executing CallExpression at line 19, column 27 in source:\n...\nError: Jinja "
+            "Exception: Conversation roles must alternate user/assistant/user/assistant/...",
+            {"alternate"},
+        ),  # llama.cpp
+        (
+            500,
+            "Error: Jinja Exception: After the optional system message, conversation roles must alternate user "
+            "and assistant roles except for tool calls and results.",
+            {"alternate"},
+        ),  # llama.cpp, Devstral
+        (
+            400,
+            "Only user and assistant roles are supported, with the exception of an initial optional system message!",
+            {"system_first", "tool"},
+        ),  # Mistral
         (400, "System message must be at the beginning.", {"system_first"}),
         (400, "Tool role not supported", {"tool"}),
         (400, "scripted 400", set()),
         (401, "System role not supported", set()),  # not a template's status
     ],
-)  # fmt: skip
+)
 def test_an_upstream_refusal_names_the_constraint(status: int, message: str, constraints: set[str]) -> None:
     cls = ServerError if status >= 500 else BadRequestError
     assert refusal(cls(f"up: HTTP {status}: {message}", backend="up", status=status)) == constraints
@@ -187,13 +216,15 @@ def conversations(draw: st.DrawFn) -> list[Message]:
     return turns
 
 
-def prompts(conversation: list[Message], samples: list[list[str]], at: ReferencesAt, system_prompt: str | None,
-            ) -> list[tuple[str, list[Message], list[Message] | None]]:  # fmt: skip
+def prompts(
+    conversation: list[Message], samples: list[list[str]], at: ReferencesAt, system_prompt: str | None
+) -> list[tuple[str, list[Message], list[Message] | None]]:
     """(builder, prompt, the prompt it extends under ``at: end``) for every prompt builder of moa, for each layer
     whose proposals are ``samples`` (layer 1 first)."""
     request = ChatRequest(conversation)
-    agg = AggregatorConfig(backend="b", window=3)
     deception = DeceptionConfig()
+    synthesize = SynthesizeAggregator(SynthesizeConfig(backend="b"), at)
+    sequential = SequentialAggregator(SelfMoASeqConfig(backend="b", window=3), at)
     base = with_system_prompt(conversation, system_prompt)
     out: list[tuple[str, list[Message], list[Message] | None]] = [
         ("layer 1", base, None),
@@ -205,9 +236,8 @@ def prompts(conversation: list[Message], samples: list[list[str]], at: Reference
         proposals = [Proposal(1, f"p{i}", text) for i, text in enumerate(refs)]
         out.append(("later layer", with_references(base, refs, SYNTHESIZE_INSTRUCTIONS, at), extends))
         out.append(("deceptive later layer", deceptive_messages(request, refs, deception, system_prompt, at), extends))
-        out.append(("synthesize", SynthesizeAggregator(agg, at).messages(request, proposals),
-                    conversation if at == "end" else None))  # fmt: skip
-        sequential = SequentialAggregator(agg, at)
+        synthesized = synthesize.messages(request, proposals)
+        out.append(("synthesize", synthesized, conversation if at == "end" else None))
         out.append(("self-moa-seq first step", sequential.step_messages(request, None, refs[:3]), None))
         out.append(("self-moa-seq later step", sequential.step_messages(request, refs[0], refs[1:3]), None))
     return out
