@@ -48,7 +48,7 @@ from moa.defense_config import (
 )
 from moa.errors import ConfigError
 from moa.pricing import Prices
-from moa.sampling import MaxTokens, Seed, Temperature, TopP
+from moa.sampling import OPENAI_FIELDS, VLLM_FIELDS, FieldSupport, SamplingFields, set_fields
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -196,6 +196,16 @@ class OpenAIBackendConfig(_BackendBase):
         description="the upstream chat template's rules; unset: learned from its first refusal of a layout (an HTTP "
         "400 such as 'System role not supported'), per model",
     )
+    vllm_extensions: bool = Field(
+        default=False, description="the upstream is a vLLM server: vLLM's sampling fields (repetition_penalty) are sent"
+    )
+
+    def field_support(self) -> FieldSupport:
+        """OpenAI's sampling fields, and vLLM's with ``vllm_extensions``."""
+        if self.vllm_extensions:
+            return FieldSupport(OPENAI_FIELDS | VLLM_FIELDS)
+        hint = "vLLM's extensions are sent to an openai backend only when it sets vllm_extensions: true"
+        return FieldSupport(OPENAI_FIELDS, hint)
 
     @field_validator("api_key_env")
     @classmethod
@@ -255,6 +265,10 @@ class VLLMBackendConfig(_BackendBase):
         description="a Jinja chat template used instead of the model's own: a file path, or the template itself",
     )
 
+    def field_support(self) -> FieldSupport:
+        """Every sampling field vLLM's ``SamplingParams`` takes."""
+        return FieldSupport(VLLM_FIELDS)
+
 
 class SpeculativeConfig(_Strict):
     """Speculative decoding for a torch backend. Lossless: outputs are distributed as the target's own."""
@@ -298,6 +312,11 @@ class TorchBackendConfig(_BackendBase):
     dtype: str = "auto"
     speculative: SpeculativeConfig | None = None
 
+    def field_support(self) -> FieldSupport:
+        """What ``proposers.specdec``'s decode loop implements."""
+        fields = frozenset({"temperature", "top_p", "max_tokens", "stop", "seed"})
+        return FieldSupport(fields, "moa's torch decode loop does not implement it")
+
 
 BackendConfig = Annotated[OpenAIBackendConfig | VLLMBackendConfig | TorchBackendConfig, Field(discriminator="type")]
 BACKEND_TYPES = type_names(BackendConfig)
@@ -306,11 +325,8 @@ BACKEND_TYPES = type_names(BackendConfig)
 # ---- agents, layers, aggregator --------------------------------------------------------------------------
 
 
-class _Sampling(_Strict):
-    temperature: Temperature | None = None
-    top_p: TopP | None = None
-    max_tokens: MaxTokens | None = None
-    seed: Seed | None = None
+class _Sampling(SamplingFields, _Strict):
+    """The sampling fields, declared once in ``moa.types.SamplingFields``."""
 
 
 class AgentConfig(_Sampling):
@@ -411,6 +427,7 @@ class EnsembleConfig(_Strict):
             raise _PathErrors(found)
         check(self._check_names)
         check(self._check_budget)
+        check(self._check_fields)
         if self.red_team is not None:
             check(self._check_placement, self.red_team.placement)
         if found:
@@ -441,6 +458,17 @@ class EnsembleConfig(_Strict):
                 raise _PathError(
                     where, f"must be <= {most}, the proposals layers[{li}] can produce (the sum of its agents' n)"
                 )
+
+    def _check_fields(self) -> None:
+        """Every sampling field an agent or the aggregator sets is one its backend honours."""
+        calls: list[tuple[str, AgentConfig | AggregatorConfig]] = []
+        for li, layer in enumerate(self.layers):
+            calls += [(f"layers[{li}].agents[{ai}]", agent) for ai, agent in enumerate(layer.agents)]
+        for at, call in [*calls, ("aggregator", self.aggregator)]:
+            for field in set_fields(call):
+                reason = self.backends[call.backend].field_support().refusal(field, call.backend)
+                if reason is not None:
+                    raise _PathError(f"{at}.{field}", reason)
 
     def _check_budget(self) -> None:
         if self.max_cost_usd is not None and (gap := self.budget_gap()) is not None:
