@@ -85,6 +85,10 @@ class SamplingFields(BaseModel):
     max_tokens: Annotated[MaxTokens | None, OPENAI_AND_VLLM] = None
     stop: Annotated[Stop | None, OPENAI_AND_VLLM] = None
     seed: Annotated[Seed | None, OPENAI_AND_VLLM] = None
+    frequency_penalty: Annotated[Penalty | None, OPENAI_AND_VLLM] = None
+    presence_penalty: Annotated[Penalty | None, OPENAI_AND_VLLM] = None
+    #: vLLM's: > 1 makes tokens already in the prompt or the answer less likely, < 1 more
+    repetition_penalty: Annotated[Annotated[float, Field(gt=0)] | None, Wire(vllm=True)] = None
 
 
 class SamplingParams(SamplingFields):
