@@ -53,8 +53,6 @@ MAX_STOP = 16
 #: OpenAI fields with the values that ask for nothing (``None`` always does): refused otherwise, unless moa declares
 #: the field (``SamplingFields``)
 _OPENAI_NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "frequency_penalty": (0,),
-    "presence_penalty": (0,),
     "logprobs": (False,),
     "top_logprobs": (0,),
     "logit_bias": ({},),
