@@ -13,6 +13,7 @@ from moa.config.base import Strict
 from moa.config.policies import HedgePolicy, RateLimit, RetryPolicy
 from moa.defense_config import type_names
 from moa.pricing import Prices
+from moa.sampling import OPENAI_FIELDS, VLLM_FIELDS, FieldSupport
 from moa.validation import PathError
 
 
@@ -38,6 +39,10 @@ class BackendConfigBase(Strict):
     @abstractmethod
     def one_call_for_n(self) -> bool:
         """One call may ask for n samples; else an agent with n > 1 makes n calls of one."""
+
+    @abstractmethod
+    def field_support(self) -> FieldSupport:
+        """The sampling fields its calls honour; a call that sets another is refused naming the field."""
 
     @property
     def in_process(self) -> bool:
@@ -74,6 +79,16 @@ class OpenAIBackendConfig(BackendConfigBase):
         description="the upstream chat template's rules; unset: learned from its first refusal of a layout (an HTTP "
         "400 such as 'System role not supported'), per model",
     )
+    vllm_extensions: bool = Field(
+        default=False, description="the upstream is a vLLM server: vLLM's sampling fields (repetition_penalty) are sent"
+    )
+
+    def field_support(self) -> FieldSupport:
+        """OpenAI's sampling fields, and vLLM's with ``vllm_extensions``."""
+        if self.vllm_extensions:
+            return FieldSupport(OPENAI_FIELDS | VLLM_FIELDS)
+        hint = "vLLM's extensions are sent to an openai backend only when it sets vllm_extensions: true"
+        return FieldSupport(OPENAI_FIELDS, hint)
 
     @field_validator("api_key_env")
     @classmethod
@@ -149,6 +164,10 @@ class VLLMBackendConfig(BackendConfigBase):
     def one_call_for_n(self) -> bool:
         return True
 
+    def field_support(self) -> FieldSupport:
+        """Every sampling field vLLM's ``SamplingParams`` takes."""
+        return FieldSupport(VLLM_FIELDS)
+
 
 class SpeculativeConfig(Strict):
     """Speculative decoding for a torch backend. Lossless: outputs are distributed as the target's own."""
@@ -199,6 +218,11 @@ class TorchBackendConfig(BackendConfigBase):
     @property
     def one_call_for_n(self) -> bool:
         return True
+
+    def field_support(self) -> FieldSupport:
+        """What ``proposers.specdec``'s decode loop implements."""
+        fields = frozenset({"temperature", "top_p", "max_tokens", "stop", "seed"})
+        return FieldSupport(fields, "moa's torch decode loop does not implement it")
 
 
 BackendConfig = Annotated[OpenAIBackendConfig | VLLMBackendConfig | TorchBackendConfig, Field(discriminator="type")]

@@ -9,11 +9,12 @@ from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
-from moa.config.aggregator import AggregatorConfig
+from moa.config.aggregator import AggregatorBase, AggregatorConfig
 from moa.config.backends import BackendConfig
 from moa.config.base import Strict
-from moa.config.layers import LayerConfig, ReferencesConfig, WaitPolicy
+from moa.config.layers import AgentConfig, LayerConfig, ReferencesConfig, WaitPolicy
 from moa.defense_config import DeceptionConfig, DefenseConfig, OpenAIEmbeddings, RandomPlacement, RedTeamConfig
+from moa.sampling import set_fields
 from moa.validation import PathError, PathErrors
 
 
@@ -57,6 +58,7 @@ class EnsembleConfig(Strict):
             raise PathErrors(found)
         check(self._check_names)
         check(self._check_budget)
+        check(self._check_fields)
         if self.red_team is not None:
             check(self._check_placement, self.red_team.placement)
         if found:
@@ -87,6 +89,17 @@ class EnsembleConfig(Strict):
                 raise PathError(
                     where, f"must be <= {most}, the proposals layers[{li}] can produce (the sum of its agents' n)"
                 )
+
+    def _check_fields(self) -> None:
+        """Every sampling field an agent or the aggregator sets is one its backend honours."""
+        calls: list[tuple[str, AgentConfig | AggregatorBase]] = []
+        for li, layer in enumerate(self.layers):
+            calls += [(f"layers[{li}].agents[{ai}]", agent) for ai, agent in enumerate(layer.agents)]
+        for at, call in [*calls, ("aggregator", self.aggregator)]:
+            for field in set_fields(call):
+                reason = self.backends[call.backend].field_support().refusal(field, call.backend)
+                if reason is not None:
+                    raise PathError(f"{at}.{field}", reason)
 
     def _check_budget(self) -> None:
         if self.max_cost_usd is not None and (gap := self.budget_gap()) is not None:

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from moa.config.base import Strict
 from moa.config.policies import HedgePolicy
 from moa.defense_config import DeceptionConfig
-from moa.sampling import MaxTokens, Seed, Temperature, TopP
+from moa.sampling import SamplingFields
 from moa.validation import PathError
 
 
@@ -33,13 +33,8 @@ class WaitPolicy(Strict):
         return self
 
 
-class SamplingConfig(Strict):
-    """The sampling fields an agent and the aggregator set; ``moa.sampling`` declares their bounds."""
-
-    temperature: Temperature | None = None
-    top_p: TopP | None = None
-    max_tokens: MaxTokens | None = None
-    seed: Seed | None = None
+class SamplingConfig(SamplingFields, Strict):
+    """The sampling fields an agent and the aggregator set, declared once in ``moa.types.SamplingFields``."""
 
 
 class AgentConfig(SamplingConfig):

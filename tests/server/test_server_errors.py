@@ -53,19 +53,27 @@ def _error(exc: openai.APIStatusError) -> dict:
         ({"seed": 2**64}, "seed", "must be <"),
         ({"messages": []}, "messages", "non-empty"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", ""),
-        ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, "messages[1].role", "last"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
-         "messages[0].content[0].type", "text"),
+        (
+            {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+            "messages[1].role",
+            "last",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            "messages[0].content[0].type",
+            "text",
+        ),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "not supported"),
         ({"logprobs": True}, "logprobs", "not supported"),
-        ({"frequency_penalty": 0.5}, "frequency_penalty", "not supported"),
+        ({"repetition_penalty": 1.2}, "repetition_penalty", "backend 'up' cannot honour this field"),
+        ({"frequency_penalty": 3}, "frequency_penalty", "must be <= 2"),
         ({"response_format": {"type": "json_object"}}, "response_format", "not supported"),
         ({"temprature": 1}, "temprature", "unknown field"),
         ({"stream_options": {"include_usage": True}}, "stream_options", "stream is true"),
         ({"stream": True, "stream_options": {"include_usage": True, "extra": 1}}, "stream_options.extra", "unknown"),
         ({"moa_deadline_s": -1}, "moa_deadline_s", "must be > 0"),
     ],
-)  # fmt: skip
+)
 def test_bad_fields_get_400_naming_the_field(client: openai.OpenAI, fields: dict, param: str, says: str) -> None:
     body = {"model": "fast", "messages": USER, **fields}
     with pytest.raises(openai.BadRequestError) as info:
@@ -79,17 +87,28 @@ def test_neutral_values_of_unsupported_fields_are_accepted(
     client: openai.OpenAI, upstream_thread: ScriptedServer
 ) -> None:
     result = client.chat.completions.create(
-        model="fast", messages=USER, frequency_penalty=0, presence_penalty=0, logprobs=False, tools=[],
-        response_format={"type": "text"}, parallel_tool_calls=True, store=False,
-    )  # fmt: skip
+        model="fast",
+        messages=USER,
+        frequency_penalty=0,
+        presence_penalty=0,
+        logprobs=False,
+        tools=[],
+        response_format={"type": "text"},
+        parallel_tool_calls=True,
+        store=False,
+    )
     assert result.choices[0].message.content == "agg answer 0"
 
 
 @pytest.mark.parametrize(
     ("raw", "says"),
-    [(b"{not json", "not valid JSON"), (b"\xff\xfe\x00", "not valid JSON"), (b"[1, 2]", "an array"),
-     (b"[" * 100_000 + b"]" * 100_000, "")],
-)  # fmt: skip
+    [
+        (b"{not json", "not valid JSON"),
+        (b"\xff\xfe\x00", "not valid JSON"),
+        (b"[1, 2]", "an array"),
+        (b"[" * 100_000 + b"]" * 100_000, ""),
+    ],
+)
 def test_unreadable_bodies_get_400(serve: ServeProcess, raw: bytes, says: str) -> None:
     status, _, body = serve.post_json(raw)
     if len(raw) > 4096:
@@ -240,15 +259,19 @@ def test_api_keys_are_required_and_never_printed(
 
 @pytest.mark.parametrize(
     ("args", "says"),
-    [(["--api-key-env", "MOA_UNSET_VAR"], "--api-key-env: environment variable MOA_UNSET_VAR"),
-     (["--api-key-file", "/nonexistent/keys"], "--api-key-file: cannot read"),
-     (["--max-queue", "0"], "--max-queue: must be >= 1"),
-     (["--port", "70000"], "--port: must be between 0 and 65535")],
-)  # fmt: skip
+    [
+        (["--api-key-env", "MOA_UNSET_VAR"], "--api-key-env: environment variable MOA_UNSET_VAR"),
+        (["--api-key-file", "/nonexistent/keys"], "--api-key-file: cannot read"),
+        (["--max-queue", "0"], "--max-queue: must be >= 1"),
+        (["--port", "70000"], "--port: must be between 0 and 65535"),
+    ],
+)
 def test_bad_server_options_exit_2_with_one_line(args: list[str], says: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "moa.cli", "serve", "-c", "self-moa", "--port", "0", *args],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and done.stderr.startswith(f"error: {says}"), done.stderr
     assert "Traceback" not in done.stderr
