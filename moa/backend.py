@@ -1,7 +1,8 @@
 """One backend as the engine uses it: a proposer behind its limits, retries, per-call timeout and trace.
 
-``Backend`` is shared by every agent and request naming it; ``ModelCaller`` binds a backend to one model, its
-sampling and one request's trace: the ``moa.interfaces.Caller`` that aggregators and defenses receive to make
+``Backend`` is shared by every agent and request naming it; each call is handed its request's context
+(``moa.context.RequestContext``: deadline, budget, trace, progress). ``ModelCaller`` binds a backend to one model,
+its sampling and one request's context: the ``moa.interfaces.Caller`` that aggregators and defenses receive to make
 calls. ``Backend.for_embeddings`` is the ``EmbeddingsBackend`` a defense's OpenAI-compatible embedder is handed.
 """
 
@@ -9,18 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import aclosing
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from moa import registry
-from moa.budget import prompt_tokens_bound, request_budget, utf8_bytes
+from moa.budget import prompt_tokens_bound, utf8_bytes
 from moa.config import BackendConfig, HedgePolicy, OpenAIBackendConfig, RateLimit, RetryPolicy
+from moa.context import RequestContext
 from moa.defense_config import OpenAIEmbeddings
 from moa.errors import APITimeoutError, BackendError, BudgetExceededError, MalformedResponseError
 from moa.hedge import CallKind, Hedging
@@ -28,7 +28,7 @@ from moa.interfaces import CallSite as CallSite  # re-exported: callers build si
 from moa.interfaces import Proposer
 from moa.limits import BackendLimits, Limits, estimate_tokens, tokens_from_chars
 from moa.pricing import Prices
-from moa.progress import ProgressKind, ProgressSink, progress_sink
+from moa.progress import ProgressKind, ProgressSink
 from moa.shared_limits import limits_for
 from moa.stops import cut_result, cut_stream, with_stops
 from moa.types import CallRecord, Delta, GenerateResult, Generation, Message, Outcome, SamplingParams, Usage
@@ -37,9 +37,6 @@ from proposers.openai_schema import EmbeddingResult
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-
-#: the loop time (``loop.time()``) by which the current request must finish; the engine sets it per request
-request_deadline: ContextVar[float | None] = ContextVar("moa_request_deadline", default=None)
 
 
 def backoff_delay(policy: RetryPolicy, retries_so_far: int, retry_after: float | None) -> float:
@@ -66,12 +63,6 @@ def retry_delay(policy: RetryPolicy, err: BackendError, retries_so_far: int, rem
         return None
     delay = backoff_delay(policy, retries_so_far, err.retry_after)
     return delay if delay < remaining_s else None
-
-
-def remaining_s() -> float:
-    """Seconds left before the current request's deadline (``inf`` without one)."""
-    deadline = request_deadline.get()
-    return math.inf if deadline is None else deadline - asyncio.get_running_loop().time()
 
 
 def tokens_used(usage: Usage | None, prompt_chars: int, completion_chars: int) -> int:
@@ -132,9 +123,15 @@ _FIRST, _END = object(), object()
 
 class Backend:
     def __init__(
-        self, name: str, proposer: Proposer, limits: Limits, retry: RetryPolicy, timeout_s: float,
-        prices: Prices | None = None, hedge: HedgePolicy | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        name: str,
+        proposer: Proposer,
+        limits: Limits,
+        retry: RetryPolicy,
+        timeout_s: float,
+        prices: Prices | None = None,
+        hedge: HedgePolicy | None = None,
+    ) -> None:
         self.name = name
         self.proposer = proposer
         self.limits = limits
@@ -158,13 +155,24 @@ class Backend:
         from proposers.openai_http import OpenAIProposer
 
         backend_config = OpenAIBackendConfig(
-            type="openai", base_url=config.base_url, api_key_env=config.api_key_env, model=config.model,
-            headers=config.headers, timeout_s=config.timeout_s, retry=RetryPolicy(max_retries=config.max_retries),
+            type="openai",
+            base_url=config.base_url,
+            api_key_env=config.api_key_env,
+            model=config.model,
+            headers=config.headers,
+            timeout_s=config.timeout_s,
+            retry=RetryPolicy(max_retries=config.max_retries),
             rate_limit=RateLimit(concurrency=config.concurrency),
-        )  # fmt: skip
+        )
         proposer = OpenAIProposer("embeddings", backend_config, config_path="defense.embeddings")
-        return cls("embeddings", proposer, BackendLimits(backend_config.rate_limit), backend_config.retry,
-                   config.timeout_s, config.prices)  # fmt: skip
+        return cls(
+            "embeddings",
+            proposer,
+            BackendLimits(backend_config.rate_limit),
+            backend_config.retry,
+            config.timeout_s,
+            config.prices,
+        )
 
     async def start(self) -> None:
         """Finish a proposer's slow start (a local engine) now; calls also await it outside their timeout."""
@@ -184,47 +192,75 @@ class Backend:
         return self.prices.for_model(model).cost_usd(prompt_tokens, completion_tokens, cached)
 
     def _record(
-        self, site: CallSite, model: str, n: int, started: float, retries: int, *, outcome: Outcome = "ok",
-        error: str | None = None, prompt_tokens: int = 0, completion_tokens: int = 0, generations: int | None = None,
-        cached_prompt_tokens: int = 0, reason: str | None = None, hedge: bool = False, template: str | None = None,
-    ) -> CallRecord:  # fmt: skip
+        self,
+        site: CallSite,
+        model: str,
+        n: int,
+        started: float,
+        retries: int,
+        *,
+        outcome: Outcome = "ok",
+        error: str | None = None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        generations: int | None = None,
+        cached_prompt_tokens: int = 0,
+        reason: str | None = None,
+        hedge: bool = False,
+        template: str | None = None,
+    ) -> CallRecord:
         cost = (
             None
             if outcome == "skipped"
             else self.cost_usd(model, prompt_tokens, completion_tokens, cached_prompt_tokens)
         )
         return CallRecord(
-            layer=site.layer, role=site.role, agent=site.agent, step=site.step, backend=self.name, model=model,
-            n=n, latency_s=time.monotonic() - started, retries=retries, outcome=outcome, error=error,
-            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, generations=generations,
-            cached_prompt_tokens=cached_prompt_tokens, cost_usd=cost, reason=reason, hedge=hedge, template=template,
-        )  # fmt: skip
+            layer=site.layer,
+            role=site.role,
+            agent=site.agent,
+            step=site.step,
+            backend=self.name,
+            model=model,
+            n=n,
+            latency_s=time.monotonic() - started,
+            retries=retries,
+            outcome=outcome,
+            error=error,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            generations=generations,
+            cached_prompt_tokens=cached_prompt_tokens,
+            cost_usd=cost,
+            reason=reason,
+            hedge=hedge,
+            template=template,
+        )
 
-    def _hold(self, site: CallSite, model: str, n: int, trace: list[CallRecord], prompt_tokens: int,
-              completion_tokens: int) -> float:  # fmt: skip
+    def _hold(self, site: CallSite, model: str, n: int, ctx: RequestContext, worst: tuple[int, int]) -> float:
         """Hold this call's worst case against the request's budget, if it has one, and return it; a call that
         does not fit is recorded as skipped (``reason: budget``) and raises ``BudgetExceededError``."""
-        budget = request_budget.get()
-        needed = self.cost_usd(model, prompt_tokens, completion_tokens)
+        budget = ctx.budget
+        needed = self.cost_usd(model, *worst)
         if budget is None or needed is None:
             return 0.0
         try:
             budget.hold(needed, f"{site.role} {site.agent} on {self.name}")
         except BudgetExceededError as e:
-            trace.append(self._record(site, model, n, time.monotonic(), 0, outcome="skipped", reason="budget",
-                                      error=str(e)))  # fmt: skip
+            ctx.trace.append(
+                self._record(site, model, n, time.monotonic(), 0, outcome="skipped", reason="budget", error=str(e))
+            )
             raise
         return needed
 
     @staticmethod
-    def _settle(held: float, record: CallRecord | None) -> None:
+    def _settle(ctx: RequestContext, held: float, record: CallRecord | None) -> None:
         """Release what a call held against the request's budget and charge what it cost."""
-        budget = request_budget.get()
+        budget = ctx.budget
         if budget is not None and held:
             budget.settle(held, 0.0 if record is None else record.cost_usd or 0.0)
 
     async def _retrying(
-        self, attempt: Callable[[], AsyncGenerator[_T, None]], tally: _Tally
+        self, attempt: Callable[[], AsyncGenerator[_T, None]], tally: _Tally, ctx: RequestContext
     ) -> AsyncGenerator[_T, None]:
         """The one attempt loop of every call: runs ``attempt`` again after a failure before its first item, as
         ``retry_delay`` decides; a failure after the first item ends the call."""
@@ -237,34 +273,46 @@ class Backend:
                         yield item
                 return
             except BackendError as err:
-                delay = None if emitted else retry_delay(self.retry, err, tally.retries, remaining_s())
+                delay = None if emitted else retry_delay(self.retry, err, tally.retries, ctx.remaining_s())
                 if delay is None:
                     raise
                 logger.debug(
-                    "%s: %s (status %s); retry %d of %d in %.3f s", self.name, type(err).__name__, err.status,
-                    tally.retries + 1, self.retry.max_retries, delay,
-                )  # fmt: skip
+                    "%s: %s (status %s); retry %d of %d in %.3f s",
+                    self.name,
+                    type(err).__name__,
+                    err.status,
+                    tally.retries + 1,
+                    self.retry.max_retries,
+                    delay,
+                )
                 await asyncio.sleep(delay)
             tally.retries += 1
 
     async def _non_streaming_call(
-        self, site: CallSite, model: str, n: int, trace: list[CallRecord],
-        attempt: Callable[[], AsyncGenerator[_T, None]], tokens: Callable[[_T], dict[str, int | str | None]],
-        worst: tuple[int, int], tally: _Tally | None = None, hedge: bool = False,
-    ) -> _T:  # fmt: skip
+        self,
+        site: CallSite,
+        model: str,
+        n: int,
+        ctx: RequestContext,
+        attempt: Callable[[], AsyncGenerator[_T, None]],
+        tokens: Callable[[_T], dict[str, int | str | None]],
+        worst: tuple[int, int],
+        tally: _Tally | None = None,
+        hedge: bool = False,
+    ) -> _T:
         """One logical call answered whole (chat or embeddings) through the one retry loop; appends exactly one
         record to ``trace`` whatever happens (``tokens`` gives the record's token fields of the answer). ``worst``
         (prompt, completion tokens) is held against the request's budget first; ``hedge`` marks the second call
         of a hedged pair."""
-        held = self._hold(site, model, n, trace, *worst)
+        held = self._hold(site, model, n, ctx, worst)
         started, tally = time.monotonic(), tally or _Tally()
-        sink = progress_sink.get()
+        sink = ctx.progress
         call = sink.next_call() if sink is not None else 0
         _report(sink, "started", site, model, call)
         record: CallRecord | None = None
         try:
             await self.start()
-            async with aclosing(self._retrying(attempt, tally)) as it:
+            async with aclosing(self._retrying(attempt, tally, ctx)) as it:
                 result = await anext(it)  # the first item is the answer: the loop ends with it
             record = self._record(site, model, n, started, tally.retries, hedge=hedge, **tokens(result))  # type: ignore[arg-type]
             _report(sink, "finished", site, model, call, tokens=record.completion_tokens)
@@ -281,8 +329,8 @@ class Backend:
             raise
         finally:
             if record is not None:
-                trace.append(record)
-            self._settle(held, record)
+                ctx.trace.append(record)
+            self._settle(ctx, held, record)
 
     async def _race(
         self, policy: HedgePolicy, model: str, kind: CallKind, lane: Callable[[bool, _Tally], AsyncGenerator[_T, None]]
@@ -360,9 +408,12 @@ class Backend:
             await asyncio.gather(*(task for task, _ in lanes), return_exceptions=True)
 
     async def _hedged(
-        self, policy: HedgePolicy, model: str, kind: CallKind,
+        self,
+        policy: HedgePolicy,
+        model: str,
+        kind: CallKind,
         call: Callable[[bool, _Tally], Coroutine[Any, Any, _T]],
-    ) -> _T:  # fmt: skip
+    ) -> _T:
         """A whole call under ``policy``: ``call(hedge, tally)`` raced as ``_race`` does; the winner's answer."""
 
         async def lane(hedged: bool, tally: _Tally) -> AsyncGenerator[_T, None]:
@@ -377,13 +428,14 @@ class Backend:
         self,
         messages: list[Message],
         params: SamplingParams,
-        n: int,
+        *,
         model: str,
         site: CallSite,
-        trace: list[CallRecord],
+        ctx: RequestContext,
+        n: int = 1,
         hedge: HedgePolicy | None = None,
     ) -> GenerateResult:
-        """One logical call with retries; appends exactly one record to ``trace`` whatever happens (two when it is
+        """One logical call with retries; appends exactly one record to ``ctx.trace`` whatever happens (two when it is
         hedged: ``hedge``, else the backend's policy).
 
         A backend that returns fewer generations than ``n`` is taken at its word: the record's ``generations``
@@ -399,10 +451,12 @@ class Backend:
             came = len(result.generations)
             usage = _charged(result.usage, worst, [g.text for g in result.generations])
             return {
-                "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                "cached_prompt_tokens": usage.cached_prompt_tokens, "generations": came if came < n else None,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "cached_prompt_tokens": usage.cached_prompt_tokens,
+                "generations": came if came < n else None,
                 "template": result.template,
-            }  # fmt: skip
+            }
 
         policy = hedge or self.hedge
         joined = policy is not None and n == 1 and params.logprobs is None and getattr(self.proposer, "streams", True)
@@ -412,7 +466,7 @@ class Backend:
                 attempt = lambda: self._joined_once(messages, params, model, tally)  # noqa: E731
             else:
                 attempt = lambda: self._generate_once(messages, params, n, model)  # noqa: E731
-            return self._non_streaming_call(site, model, n, trace, attempt, tokens, worst, tally, hedged)
+            return self._non_streaming_call(site, model, n, ctx, attempt, tokens, worst, tally, hedged)
 
         if policy is None:
             return await call(False, _Tally())
@@ -460,36 +514,45 @@ class Backend:
         self,
         messages: list[Message],
         params: SamplingParams,
+        *,
         model: str,
         site: CallSite,
-        trace: list[CallRecord],
+        ctx: RequestContext,
         hedge: HedgePolicy | None = None,
     ) -> AsyncGenerator[Delta, None]:
         """A streamed call. Retried only until its first piece arrives: after that a failure ends the stream.
         Hedged (``hedge``, else the backend's policy) until its first piece arrives."""
         policy = hedge or self.hedge
         if policy is None:
-            return self._stream_call(messages, params, model, site, trace, _Tally(), False)
-        lane = lambda hedged, tally: self._stream_call(messages, params, model, site, trace, tally, hedged)  # noqa: E731
+            return self._stream_call(messages, params, model, site, ctx, _Tally(), False)
+        lane = lambda hedged, tally: self._stream_call(messages, params, model, site, ctx, tally, hedged)  # noqa: E731
         return self._race(policy, model, "stream", lane)
 
     async def _stream_call(
-        self, messages: list[Message], params: SamplingParams, model: str, site: CallSite, trace: list[CallRecord],
-        tally: _Tally, hedge: bool,
-    ) -> AsyncGenerator[Delta, None]:  # fmt: skip
-        """One streamed logical call with its retries; appends exactly one record to ``trace`` however it ends."""
+        self,
+        messages: list[Message],
+        params: SamplingParams,
+        model: str,
+        site: CallSite,
+        ctx: RequestContext,
+        tally: _Tally,
+        hedge: bool,
+    ) -> AsyncGenerator[Delta, None]:
+        """One streamed logical call with its retries; appends exactly one record to ``ctx.trace`` however it ends."""
         worst = _worst_case(messages, params, 1)
-        held = self._hold(site, model, 1, trace, *worst)
+        held = self._hold(site, model, 1, ctx, worst)
         started = time.monotonic()
         outcome: Outcome = "cancelled"
         error: str | None = None
-        sink = progress_sink.get()
+        sink = ctx.progress
         call, pieces = (sink.next_call() if sink is not None else 0), 0
         text: list[str] = []
         _report(sink, "started", site, model, call)
         try:
             await self.start()
-            async with aclosing(self._retrying(lambda: self._stream_once(messages, params, model, tally), tally)) as it:
+            async with aclosing(
+                self._retrying(lambda: self._stream_once(messages, params, model, tally), tally, ctx)
+            ) as it:
                 async for delta in it:
                     if delta.content:
                         pieces += 1
@@ -506,13 +569,22 @@ class Backend:
             if outcome == "ok":
                 usage = _charged(usage, worst, text)
             record = self._record(
-                site, model, 1, started, tally.retries, outcome=outcome, error=error,
-                prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-                cached_prompt_tokens=usage.cached_prompt_tokens, reason=_cancel_reason(outcome, tally), hedge=hedge,
+                site,
+                model,
+                1,
+                started,
+                tally.retries,
+                outcome=outcome,
+                error=error,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cached_prompt_tokens=usage.cached_prompt_tokens,
+                reason=_cancel_reason(outcome, tally),
+                hedge=hedge,
                 template=tally.template,
-            )  # fmt: skip
-            trace.append(record)
-            self._settle(held, record)
+            )
+            ctx.trace.append(record)
+            self._settle(ctx, held, record)
             kind = _PROGRESS_END.get(outcome, "cancelled")
             _report(sink, kind, site, model, call, tokens=usage.completion_tokens or pieces, error=error)
 
@@ -560,13 +632,19 @@ class Backend:
         await self.proposer.aclose()
         await self.limits.aclose()
 
-    async def embed(self, texts: list[str], model: str, site: CallSite, trace: list[CallRecord]) -> EmbeddingResult:
-        """One embeddings call behind the backend's limits, retries and timeout; appends one record to ``trace``."""
+    async def embed(self, texts: list[str], *, model: str, site: CallSite, ctx: RequestContext) -> EmbeddingResult:
+        """One embeddings call behind the backend's limits, retries and timeout; appends one record to
+        ``ctx.trace``."""
         worst = (prompt_tokens_bound(utf8_bytes(texts), len(texts)), 0)
         return await self._non_streaming_call(
-            site, model, 1, trace, lambda: self._embed_once(texts, model),
-            lambda result: {"prompt_tokens": result.usage.prompt_tokens}, worst,
-        )  # fmt: skip
+            site,
+            model,
+            1,
+            ctx,
+            lambda: self._embed_once(texts, model),
+            lambda result: {"prompt_tokens": result.usage.prompt_tokens},
+            worst,
+        )
 
     async def _embed_once(self, texts: list[str], model: str) -> AsyncGenerator[EmbeddingResult, None]:
         """One embeddings attempt under a slot and the per-call timeout; its tokens settled whatever happens."""
@@ -593,27 +671,31 @@ class Backend:
 
 @dataclass(slots=True)
 class ModelCaller:
-    """A backend bound to one model, its sampling, a place in the request and the request's trace."""
+    """A backend bound to one model, its sampling, a place in the request and the request's context."""
 
     backend: Backend
     model: str
     params: SamplingParams
     site: CallSite
-    trace: list[CallRecord]
+    ctx: RequestContext
     hedge: HedgePolicy | None = None  # the calls' own hedge policy (default: the backend's)
 
     async def generate(
         self, messages: list[Message], n: int = 1, step: str | None = None, stop: Sequence[str] = ()
     ) -> GenerateResult:
         params = with_stops(self.params, stop)
-        result = await self.backend.generate(messages, params, n, self.model, self._at(step), self.trace, self.hedge)
+        result = await self.backend.generate(
+            messages, params, model=self.model, site=self._at(step), ctx=self.ctx, n=n, hedge=self.hedge
+        )
         return cut_result(result, self.params.stop or (), stop)
 
     def stream(
         self, messages: list[Message], step: str | None = None, stop: Sequence[str] = ()
     ) -> AsyncGenerator[Delta, None]:
         params = with_stops(self.params, stop)
-        deltas = self.backend.stream(messages, params, self.model, self._at(step), self.trace, self.hedge)
+        deltas = self.backend.stream(
+            messages, params, model=self.model, site=self._at(step), ctx=self.ctx, hedge=self.hedge
+        )
         return cut_stream(deltas, self.params.stop or (), stop)
 
     def _at(self, step: str | None) -> CallSite:
