@@ -169,7 +169,13 @@ def layout_of(side: str) -> str:
 async def main(turns: int, max_tokens: int, n: int, names: tuple[str, ...] = SIDES) -> dict[str, Any]:
     configs = {side: config_for(layout_of(side), n, max_tokens) for side in names}
     backend = Backend.from_config("local", configs[names[0]].backends["local"])
-    gemma = Backend("local", Conformed(backend.proposer, GEMMA_RULES), backend.limits, backend.retry, backend.timeout_s)
+    gemma = Backend(
+        "local",
+        Conformed(backend.proposer, GEMMA_RULES),
+        backend.limits,
+        retry=backend.retry,
+        timeout_s=backend.timeout_s,
+    )
     sides = {
         side: Side(side, engine_over(configs[side], {"local": gemma if side == "end-gemma" else backend}))
         for side in names

@@ -74,7 +74,7 @@ async def test_the_backend_retries_an_embedding_call_and_records_it(upstream: Sc
         "emb",
         _proposer(upstream.base_url),
         BackendLimits(OpenAIBackendConfig(type="openai").rate_limit),
-        RetryPolicy(max_retries=1, initial_backoff_s=0),
+        retry=RetryPolicy(max_retries=1, initial_backoff_s=0),
         timeout_s=5,
     )
     ctx = RequestContext()
@@ -101,7 +101,7 @@ async def test_a_failed_embedding_call_is_recorded_with_the_secret_masked(upstre
         "emb",
         _proposer(upstream.base_url, headers={"api-key": SECRET}),
         BackendLimits(OpenAIBackendConfig(type="openai").rate_limit),
-        RetryPolicy(),
+        retry=RetryPolicy(),
         timeout_s=5,
     )
     ctx = RequestContext()
