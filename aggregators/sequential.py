@@ -2,7 +2,7 @@
 
 The first step synthesises the first ``window`` samples; every later step sees the running synthesis plus the
 next ``window - 1`` samples. For N samples that is ``ceil((N - 1) / (window - 1))`` steps (one when N <= window),
-and each sample is read by exactly one step. Only the last step may stream. Every step stops where it would
+and each sample is read by exactly one step (the plan is the config's: ``SelfMoASeqConfig.calls``). Only the last step may stream. Every step stops where it would
 start writing a reference fence (``moa.prompts.REFERENCE_STOPS``).
 """
 
@@ -11,26 +11,15 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
-from moa.config import AggregatorConfig, ReferencesAt
+from moa.config import ReferencesAt, SelfMoASeqConfig
 from moa.interfaces import Caller
 from moa.prompts import REFERENCE_STOPS, SEQUENTIAL_INSTRUCTIONS, SYNTHESIZE_INSTRUCTIONS, with_references
 from moa.types import ChatRequest, Delta, Generation, Message, Proposal
 
 
-def plan_windows(n_samples: int, window: int) -> list[list[int]]:
-    """Indices of the samples each step reads, in order."""
-    if window < 2:
-        raise ValueError("window must be >= 2")
-    first = list(range(min(n_samples, window)))
-    steps = [first]
-    for start in range(len(first), n_samples, window - 1):
-        steps.append(list(range(start, min(start + window - 1, n_samples))))
-    return steps
-
-
 class SequentialAggregator:
-    def __init__(self, config: AggregatorConfig, references_at: ReferencesAt = "end") -> None:
-        self.window = config.window
+    def __init__(self, config: SelfMoASeqConfig, references_at: ReferencesAt = "end") -> None:
+        self.config = config
         self.references_at = references_at
         self.first_instructions = config.system_prompt or SYNTHESIZE_INSTRUCTIONS
         self.next_instructions = SEQUENTIAL_INSTRUCTIONS
@@ -44,7 +33,7 @@ class SequentialAggregator:
         self, request: ChatRequest, references: list[Proposal], caller: Caller
     ) -> tuple[str | None, list[str], str]:
         """Run every step but the last; return the running synthesis, the last step's samples and its label."""
-        steps = plan_windows(len(references), self.window)
+        steps = [list(call.proposals) for call in self.config.calls(len(references))]  # the plan the estimate reads
         running: str | None = None
         for i, indices in enumerate(steps[:-1]):
             samples = [references[j].text for j in indices]

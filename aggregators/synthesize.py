@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 
-from moa.config import AggregatorConfig, ReferencesAt
+from moa.config import ReferencesAt, SynthesizeConfig
 from moa.interfaces import Caller
 from moa.prompts import REFERENCE_STOPS, SYNTHESIZE_INSTRUCTIONS, with_references
 from moa.types import ChatRequest, Delta, Generation, Message, Proposal
 
 
 class SynthesizeAggregator:
-    def __init__(self, config: AggregatorConfig, references_at: ReferencesAt = "end") -> None:
+    def __init__(self, config: SynthesizeConfig, references_at: ReferencesAt = "end") -> None:
         self.instructions = config.system_prompt or SYNTHESIZE_INSTRUCTIONS
         self.references_at = references_at
 

@@ -75,9 +75,12 @@ def deception_instructions(target: str | None, has_references: bool) -> str:
 
 
 def deceptive_messages(
-    request: ChatRequest, references: list[str], deception: DeceptionConfig, system_prompt: str | None,
+    request: ChatRequest,
+    references: list[str],
+    deception: DeceptionConfig,
+    system_prompt: str | None,
     references_at: ReferencesAt = "end",
-) -> list[Message]:  # fmt: skip
+) -> list[Message]:
     """A deceptive agent's prompt; the request's ``deception_target`` overrides the configured target."""
     instructions = deception_instructions(request.deception_target or deception.target, bool(references))
     messages = with_system_prompt(request.messages, system_prompt)

@@ -94,9 +94,11 @@ def _names(proposals: list[Proposal], subset: tuple[int, ...]) -> str:
 
 
 def candidate_records(
-    proposals: list[Proposal], candidates: list[Candidate], options: dict[int, str | None] | None = None,
+    proposals: list[Proposal],
+    candidates: list[Candidate],
+    options: dict[int, str | None] | None = None,
     clusters: dict[int, int] | None = None,
-) -> list[CandidateRecord]:  # fmt: skip
+) -> list[CandidateRecord]:
     """The trace's view of the candidates, with the option and cluster each got (by candidate index)."""
     return [
         CandidateRecord(
@@ -105,7 +107,7 @@ def candidate_records(
             error=c.error,
             option=(options or {}).get(k),
             cluster=(clusters or {}).get(k),
-        )  # fmt: skip
+        )
         for k, c in enumerate(candidates)
     ]
 

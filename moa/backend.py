@@ -65,7 +65,7 @@ class Backend:
     def from_config(cls, name: str, config: BackendConfig) -> Backend:
         """The registry's proposer for ``config.type`` behind the backend's configured limits and retries."""
         proposer = registry.resolve("backend", config.type)(name, config)
-        limits = limits_for(name, config.rate_limit, getattr(config, "base_url", None))
+        limits = limits_for(name, config.rate_limit, config.endpoint)
         return cls(
             name,
             proposer,

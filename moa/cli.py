@@ -26,8 +26,6 @@ from moa.types import Completion
 log = logging.getLogger("moa.cli")
 
 DEFAULT_CONFIG = "default"
-#: backend types that start an engine in this process (their start is announced before anything is imported)
-LOCAL_TYPES = frozenset({"vllm", "torch"})
 #: modules under moa.commands that add subcommands (each has ``register(subparsers)``)
 COMMAND_MODULES: tuple[str, ...] = ("serve", "alpaca_eval", "specdec")
 
@@ -54,7 +52,7 @@ def _startup_steps(ens: object) -> list[tuple[str, str, float]]:
 
 async def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config or DEFAULT_CONFIG)
-    local = sorted(n for n, b in config.backends.items() if b.type in LOCAL_TYPES)
+    local = sorted(n for n, b in config.backends.items() if b.in_process)
     if local and not args.no_progress:  # said at once: imports, a conversion and engine starts take a while
         log.info("%s: starting local backend(s) %s (%s)", config.name, ", ".join(local), describe_config(config))
 

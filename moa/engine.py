@@ -382,7 +382,7 @@ class LayeredEngine:
 
 def _as_overrides(params: SamplingParams) -> dict[str, Any]:
     """Every field of ``params`` by name, for ``SamplingParams.merged`` (its ``None`` fields change nothing)."""
-    return {k: getattr(params, k) for k in SamplingParams.__slots__}
+    return {k: getattr(params, k) for k in SamplingParams.model_fields}
 
 
 async def _as_stream(answer: Generation) -> AsyncGenerator[Delta, None]:

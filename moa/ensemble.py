@@ -23,10 +23,10 @@ from moa.budget import RequestBudget
 from moa.config import EnsembleConfig, config_error, load_config
 from moa.context import RequestContext
 from moa.engine import Agent, Deception, Layer, LayeredEngine
-from moa.errors import ConfigError, MoaError
+from moa.errors import ConfigError, MoaError, UnsupportedFieldError
 from moa.interfaces import Aggregator, Defense
 from moa.progress import ProgressEvent, ProgressSink, with_progress
-from moa.sampling import MaxTokens, Seed, Stop, Temperature, TopP, sampling_params
+from moa.sampling import RequestExtensions, SamplingFields, extensions, sampling_params, set_fields
 from moa.types import ChatRequest, Completion, Delta, Message
 
 
@@ -36,19 +36,11 @@ class _MessageIn(BaseModel):
     content: str
 
 
-class _Overrides(BaseModel):
-    """What a caller may override per request: the final answer's sampling and the deadline."""
+class _Overrides(SamplingFields, RequestExtensions):
+    """What a caller may override per request: the final answer's sampling (``moa.types.SamplingFields``) and moa's
+    extensions (``moa.sampling.RequestExtensions``)."""
 
     model_config = ConfigDict(extra="forbid")
-    temperature: Temperature | None = None
-    top_p: TopP | None = None
-    max_tokens: MaxTokens | None = None
-    stop: Stop | None = None
-    seed: Seed | None = None
-    deadline_s: float | None = Field(default=None, gt=0)
-    max_cost_usd: float | None = Field(
-        default=None, gt=0, allow_inf_nan=False, description="may only lower the config's"
-    )
     deception_target: str | None = Field(default=None, min_length=1, description="red-teaming: the option to argue for")
 
 
@@ -78,13 +70,18 @@ def build_request(messages: Sequence[Message | dict[str, Any]], overrides: dict[
         o = _Overrides.model_validate(overrides)
     except ValidationError as e:
         raise config_error(e) from None
-    return ChatRequest(
-        parsed,
-        sampling_params(o),
-        deadline_s=o.deadline_s,
-        deception_target=o.deception_target,
-        max_cost_usd=o.max_cost_usd,
-    )
+    return ChatRequest(parsed, sampling_params(o), deception_target=o.deception_target, **extensions(o))
+
+
+def refuse_unsupported(config: EnsembleConfig, request: ChatRequest) -> None:
+    """Refuse a sampling field a request sets that a backend it reaches cannot honour (``UnsupportedFieldError``,
+    naming both): every field reaches the aggregator's backend; the seed also every agent's that sets none."""
+    seeded = sorted({a.backend for layer in config.layers for a in layer.agents if a.seed is None})
+    for field in set_fields(request.params):
+        for name in [config.aggregator.backend, *(seeded if field == "seed" else [])]:
+            reason = config.backends[name].field_support().refusal(field, name)
+            if reason is not None:
+                raise UnsupportedFieldError(reason, field, field=field, backend=name)
 
 
 def _build_engine(config: EnsembleConfig) -> LayeredEngine:
@@ -170,6 +167,7 @@ class Ensemble:
         """Run the ensemble on a request already validated (``build_request``'s, or ``moa serve``'s) under
         ``context`` (``context``'s; by default a fresh one)."""
         self._bind_loop()
+        refuse_unsupported(self.config, request)
         return await self._engine.complete(request, context or self.context(request))
 
     @overload
@@ -210,6 +208,7 @@ class Ensemble:
         """``astream`` of a request already validated (``build_request``'s, or ``moa serve``'s) under ``context``
         as ``arun`` takes it (by default a fresh one, made when the stream starts); with ``progress`` the events go
         to a sink of the stream's own (set on ``context``)."""
+        refuse_unsupported(self.config, request)
         if progress:
             return with_progress(lambda sink: self._stream(request, context, sink))
         return self._stream(request, context)

@@ -2,6 +2,7 @@
 
     MoaError
     ├── ConfigError                  a config or an argument is invalid; names the dotted field path
+    │   └── UnsupportedFieldError        a backend cannot honour a sampling field that is set (names both)
     ├── BackendError                 a model call failed (carries backend name and HTTP status if any)
     │   ├── APIStatusError           the backend answered with an error status
     │   │   ├── BadRequestError          400, 422: the request itself is wrong (not retried)
@@ -45,6 +46,15 @@ class ConfigError(MoaError, ValueError):
     def __init__(self, message: str, path: str | None = None) -> None:
         self.path = path
         super().__init__(f"{path}: {message}" if path else message)
+
+
+class UnsupportedFieldError(ConfigError):
+    """A sampling field is set where it would reach a backend that cannot honour it; never dropped in silence."""
+
+    def __init__(self, message: str, path: str, *, field: str, backend: str) -> None:
+        self.field = field
+        self.backend = backend
+        super().__init__(message, path)
 
 
 class BackendError(MoaError):

@@ -119,6 +119,12 @@ def native_output_to(path: Path) -> Iterator[None]:
 
 
 __all__ = [
-    "CLI_FORMAT", "LOGGERS", "NOISY_LOGGERS", "configure_logging", "engine_log_path", "engine_output_to_log",
-    "native_output_to", "quiet_third_party",
-]  # fmt: skip
+    "CLI_FORMAT",
+    "LOGGERS",
+    "NOISY_LOGGERS",
+    "configure_logging",
+    "engine_log_path",
+    "engine_output_to_log",
+    "native_output_to",
+    "quiet_third_party",
+]

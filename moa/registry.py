@@ -9,19 +9,13 @@ ensemble in the process uses.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Hashable
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
-from moa.config import (
-    BACKEND_TYPES,
-    AggregatorConfig,
-    AggregatorType,
-    OpenAIBackendConfig,
-    TorchBackendConfig,
-    VLLMBackendConfig,
-)
+from moa.config import aggregator, backends
 from moa.defense_config import (
     DEFENSE_TYPES,
     ClusterFilterConfig,
@@ -37,9 +31,9 @@ T = TypeVar("T")
 
 #: the implementation of each backend config class
 _BACKENDS: dict[type[BaseModel], str] = {
-    OpenAIBackendConfig: "proposers.openai_http:OpenAIProposer",
-    VLLMBackendConfig: "proposers.vllm_engine:VLLMProposer",
-    TorchBackendConfig: "proposers.torch_local:TorchProposer",
+    backends.OpenAIBackendConfig: "proposers.openai_http:OpenAIProposer",
+    backends.VLLMBackendConfig: "proposers.vllm_engine:VLLMProposer",
+    backends.TorchBackendConfig: "proposers.torch_local:TorchProposer",
 }
 #: the implementation of each defense config class
 _DEFENSES: dict[type[BaseModel], str] = {
@@ -48,10 +42,10 @@ _DEFENSES: dict[type[BaseModel], str] = {
     DropoutVoteConfig: "defenses.dropout_vote:DropoutVote",
     DropoutClusterConfig: "defenses.dropout_cluster:DropoutCluster",
 }
-#: the implementation of each of ``AggregatorConfig``'s types
-_AGGREGATORS: dict[AggregatorType, str] = {
-    "synthesize": "aggregators.synthesize:SynthesizeAggregator",
-    "self-moa-seq": "aggregators.sequential:SequentialAggregator",
+#: the implementation of each aggregator config class
+_AGGREGATORS: dict[type[BaseModel], str] = {
+    aggregator.SynthesizeConfig: "aggregators.synthesize:SynthesizeAggregator",
+    aggregator.SelfMoASeqConfig: "aggregators.sequential:SequentialAggregator",
 }
 
 
@@ -61,16 +55,22 @@ def _by_name(table: dict[type[BaseModel], str]) -> dict[str, str | Any]:
 
 _ENTRIES: dict[Kind, dict[str, str | Any]] = {
     "backend": _by_name(_BACKENDS),
-    "aggregator": {name: path for name, path in _AGGREGATORS.items()},
+    "aggregator": _by_name(_AGGREGATORS),
     "defense": _by_name(_DEFENSES),
 }
 
 
 def _check_complete() -> None:
-    """Every type the schema accepts has an implementation, and nothing else has one."""
+    """Every type the schema accepts has an implementation, nothing else has one, and every config class defines
+    what its kind declares (a backend's ``endpoint`` and ``one_call_for_n``, an aggregator's ``calls``)."""
+    for table in (_BACKENDS, _AGGREGATORS, _DEFENSES):
+        for config in table:
+            if inspect.isabstract(config):
+                missing = ", ".join(sorted(config.__abstractmethods__))
+                raise RuntimeError(f"registry: {config.__name__} does not define {missing}")
     schema: dict[Kind, tuple[str, ...]] = {
-        "backend": BACKEND_TYPES,
-        "aggregator": type_names(AggregatorConfig),
+        "backend": backends.BACKEND_TYPES,
+        "aggregator": aggregator.AGGREGATOR_TYPES,
         "defense": DEFENSE_TYPES,
     }
     for kind, names in schema.items():

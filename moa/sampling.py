@@ -1,46 +1,125 @@
-"""The sampling fields every schema shares (config agents and aggregator, SDK overrides, the server's request),
-declared once with their bounds, and the one way from a validated model to ``SamplingParams``.
+"""From the sampling fields declared once (``moa.types.SamplingFields``) to every schema and every backend.
 
-Imports only pydantic and ``moa.types``, so every schema module may use it.
+``sampling_params`` turns any validated model that inherits the fields (a config agent, the SDK's overrides, the
+server's request) into ``SamplingParams``. ``FieldSupport`` is what a backend declares it honours: the fields of
+the APIs it speaks (``OPENAI_FIELDS``, ``VLLM_FIELDS``, from each field's ``Wire``) or a list of its own; it
+refuses a field it cannot honour by name (``UnsupportedFieldError``) and writes the rest in its wire format.
+``RequestExtensions`` are moa's own per-request fields: the SDK takes them by name, the server as ``moa_<name>``.
+
+Imports only pydantic, ``moa.types`` and ``moa.errors``, so every schema module may use it.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Any, Unpack
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, Field
 
-from moa.types import SamplingOverrides, SamplingParams
+from moa.errors import UnsupportedFieldError
+from moa.types import (
+    INT64,
+    MAX_TOKENS,
+    MaxTokens,
+    SamplingFields,
+    SamplingParams,
+    Seed,
+    Stop,
+    Temperature,
+    TopP,
+    Wire,
+)
 
-#: seeds are int64 on the wire (OpenAI's API, vLLM): a request's seed must fit in it
-INT64 = 2**63
-
-
-def _one_stop(value: Any) -> Any:
-    return [value] if isinstance(value, str) else value
-
-
-Temperature = Annotated[float, Field(ge=0, le=2)]
-TopP = Annotated[float, Field(gt=0, le=1)]
-MaxTokens = Annotated[int, Field(gt=0)]
-Seed = int
-#: one stop sequence or a list of them; a string is a list of one
-Stop = Annotated[list[str], BeforeValidator(_one_stop)]
-#: a seed as OpenAI's API and vLLM take it
-Int64Seed = Annotated[Seed, Field(ge=-INT64, lt=INT64)]
-
-_FIELDS = ("temperature", "top_p", "max_tokens", "stop", "seed")
+Api = Literal["openai", "vllm"]
 
 
-def sampling_params(model: BaseModel, **overrides: Unpack[SamplingOverrides]) -> SamplingParams:
+def fields_of(api: Api) -> frozenset[str]:
+    """The declared sampling fields that ``api`` takes (each field's ``Wire``)."""
+    found = []
+    for name, info in SamplingFields.model_fields.items():
+        wire = next((m for m in info.metadata if isinstance(m, Wire)), Wire())
+        if getattr(wire, api):
+            found.append(name)
+    return frozenset(found)
+
+
+#: the fields of OpenAI's chat completions API, which every OpenAI-compatible server takes
+OPENAI_FIELDS = fields_of("openai")
+#: the fields of vLLM's ``SamplingParams``: in-process vLLM, and a vLLM server's extensions to OpenAI's API
+VLLM_FIELDS = fields_of("vllm")
+
+
+def set_fields(model: BaseModel) -> dict[str, Any]:
+    """The declared sampling fields that ``model`` sets (not ``None``), in declaration order."""
+    declared = type(model).model_fields
+    values = ((name, getattr(model, name)) for name in SamplingFields.model_fields if name in declared)
+    return {name: value for name, value in values if value is not None}
+
+
+def sampling_params(model: BaseModel, **overrides: Any) -> SamplingParams:
     """The ``SamplingParams`` of a validated model's sampling fields (those it declares; an empty ``stop`` is
     none), with every override that is not ``None`` applied."""
-    declared = type(model).model_fields
-    values: dict[str, Any] = {name: getattr(model, name) for name in _FIELDS if name in declared}
-    stop = values.get("stop")
-    values["stop"] = tuple(stop) if stop else None
+    values = set_fields(model)
+    if not values.get("stop", True):
+        del values["stop"]
     return SamplingParams(**values).merged(**overrides)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSupport:
+    """The sampling fields one backend honours, and what to tell a caller who sets another."""
+
+    fields: frozenset[str]
+    hint: str = ""
+
+    def refusal(self, field: str, backend: str) -> str | None:
+        """Why ``backend`` refuses ``field``; ``None`` when it honours it."""
+        if field in self.fields:
+            return None
+        honoured = ", ".join(sorted(self.fields))
+        hint = f"; {self.hint}" if self.hint else ""
+        return f"backend {backend!r} cannot honour this field (it honours {honoured}){hint}"
+
+    def check(self, params: BaseModel, backend: str, at: str = "") -> None:
+        """Refuse the first field ``params`` sets that ``backend`` cannot honour; ``at`` prefixes its path."""
+        for field in set_fields(params):
+            reason = self.refusal(field, backend)
+            if reason is not None:
+                path = f"{at}.{field}" if at else field
+                raise UnsupportedFieldError(reason, path, field=field, backend=backend)
+
+    def wire(self, params: BaseModel, backend: str) -> dict[str, Any]:
+        """The fields ``params`` sets, by name with JSON values (``stop`` a list), each one honoured: the body
+        entries of an OpenAI-compatible request, the arguments of vLLM's ``SamplingParams``."""
+        self.check(params, backend)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in set_fields(params).items() if v != ()}
+
+
+def _extension_alias(name: str) -> str:
+    return f"moa_{name}"
+
+
+class RequestExtensions(BaseModel):
+    """moa's own fields of one request, declared once: the SDK takes them by name (``deadline_s=``), the server's
+    request body as ``moa_<name>`` (``moa_deadline_s``); ``ChatRequest`` has a field of each name."""
+
+    deadline_s: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="this request's deadline: may shorten the config's, never lengthen it"
+    )
+    max_cost_usd: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        default=None, description="this request's budget in USD: may lower the config's, never raise it"
+    )
+
+
+def server_alias(name: str) -> str:
+    """The name of a request field in the server's body: ``moa_<name>`` for moa's extensions, else its own."""
+    return _extension_alias(name) if name in RequestExtensions.model_fields else name
+
+
+def extensions(model: BaseModel) -> dict[str, Any]:
+    """The ``RequestExtensions`` a validated model carries, as ``ChatRequest``'s keyword arguments."""
+    return {name: getattr(model, name) for name in RequestExtensions.model_fields}
 
 
 def seed_offset(seed: int | None, index: int) -> int | None:
@@ -57,3 +136,26 @@ def derived_seed(seed: int, where: str) -> int:
     ``+ index`` a backend adds per sample."""
     digest = hashlib.sha256(f"{seed}/{where}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % 2**62
+
+
+__all__ = [
+    "INT64",
+    "MAX_TOKENS",
+    "OPENAI_FIELDS",
+    "VLLM_FIELDS",
+    "FieldSupport",
+    "MaxTokens",
+    "RequestExtensions",
+    "SamplingFields",
+    "Seed",
+    "Stop",
+    "Temperature",
+    "TopP",
+    "derived_seed",
+    "extensions",
+    "fields_of",
+    "sampling_params",
+    "seed_offset",
+    "server_alias",
+    "set_fields",
+]

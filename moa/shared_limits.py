@@ -182,10 +182,14 @@ class SharedLimits:
         try:
             self.store = safe_url(config.store)
             pool = BlockingConnectionPool.from_url(
-                config.store, max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT_S,
-                socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S, retry=Retry(NoBackoff(), 0),
+                config.store,
+                max_connections=MAX_CONNECTIONS,
+                timeout=POOL_TIMEOUT_S,
+                socket_timeout=SOCKET_TIMEOUT_S,
+                socket_connect_timeout=SOCKET_TIMEOUT_S,
+                retry=Retry(NoBackoff(), 0),
                 health_check_interval=0,
-            )  # fmt: skip
+            )
         except ValueError:  # its message may quote the URL (and a password in it)
             raise ConfigError("not a valid Redis URL (redis://[:password@]host:port/db)", path) from None
         self._redis: Redis = Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
@@ -247,14 +251,21 @@ class SharedLimits:
                 self._refused = reason
                 log.warning(
                     "backend %s: limits store %s %s; using local limits (divided by replicas=%d), probing again "
-                    "in %g s (doubling while it refuses)", self.name, self.store, reason, self.config.replicas,
+                    "in %g s (doubling while it refuses)",
+                    self.name,
+                    self.store,
+                    reason,
+                    self.config.replicas,
                     self._backoff,
-                )  # fmt: skip
+                )
         elif was_shared:
             log.warning(
                 "backend %s: limits store %s %s; using local limits (divided by replicas=%d) until it answers",
-                self.name, self.store, reason, self.config.replicas,
-            )  # fmt: skip
+                self.name,
+                self.store,
+                reason,
+                self.config.replicas,
+            )
         if was_shared or self.reason is None:
             self.reason = reason
         if not self._closed and (self._probe is None or self._probe.done()):
@@ -293,8 +304,9 @@ class SharedLimits:
         self.answered = True
         if self._trial:
             self._trial, self._refused, self._backoff = False, None, REFUSED_BACKOFF_S[0]
-            log.warning("backend %s: limits store %s accepts commands again; shared limits resume", self.name,
-                        self.store)  # fmt: skip
+            log.warning(
+                "backend %s: limits store %s accepts commands again; shared limits resume", self.name, self.store
+            )
 
     async def _ping(self) -> bool:
         try:

@@ -5,7 +5,9 @@ of one model call, a ``Generation`` is one sampled output of that call and a ``D
 A ``Proposal`` is a generation attributed to the agent that made it; a ``CallRecord`` is one model call in
 the trace; a ``Completion`` is what a request returns, in the ``chat.completion`` shape.
 
-Internal values are frozen dataclasses (cheap, hashable); what crosses a boundary as JSON is pydantic.
+Internal values are frozen dataclasses (cheap, hashable); what crosses a boundary as JSON is pydantic, and so are
+``SamplingParams``: the sampling fields are declared once, in ``SamplingFields``, with their bounds, and every schema
+that takes them inherits them.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import Literal, TypedDict, Unpack
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 #: ``tool``: a tool's result; moa's edges (server, SDK) refuse tool history today, but a backend fits one to its chat
 #: template like any turn (``proposers.chat_template``)
@@ -32,32 +34,79 @@ class Message:
         return {"role": self.role, "content": self.content}
 
 
-class SamplingOverrides(TypedDict, total=False):
-    """``SamplingParams`` fields as keyword arguments (``SamplingParams.merged``)."""
+#: seeds are int64 on the wire (OpenAI's API, vLLM)
+INT64 = 2**63
+#: ``max_tokens`` above this is refused (2**20 tokens): far more than any model writes in one answer, and moa does not
+#: know every upstream model's context
+MAX_TOKENS = 2**20
 
-    temperature: float | None
-    top_p: float | None
-    max_tokens: int | None
-    stop: tuple[str, ...] | None
-    seed: int | None
-    logprobs: int | None
+
+def _one_stop(value: Any) -> Any:
+    """One stop sequence is a list of one; a list is read as the tuple it becomes."""
+    return (value,) if isinstance(value, str) else tuple(value) if isinstance(value, list) else value
+
+
+Temperature = Annotated[float, Field(ge=0, le=2)]
+TopP = Annotated[float, Field(gt=0, le=1)]
+MaxTokens = Annotated[int, Field(gt=0, le=MAX_TOKENS)]
+#: one stop sequence or a list of them; a string is a list of one
+Stop = Annotated[tuple[str, ...], BeforeValidator(_one_stop)]
+#: a seed as OpenAI's API and vLLM take it
+Seed = Annotated[int, Field(ge=-INT64, lt=INT64)]
+#: OpenAI's frequency and presence penalties
+Penalty = Annotated[float, Field(ge=-2, le=2)]
 
 
 @dataclass(frozen=True, slots=True)
-class SamplingParams:
-    """Per-call sampling; ``None`` leaves the backend's default in force."""
+class Wire:
+    """Which APIs take a sampling field, under the field's own name: ``openai``, OpenAI's chat completions (every
+    OpenAI-compatible server); ``vllm``, vLLM's ``SamplingParams`` (in-process vLLM, and a vLLM server, which takes
+    its extensions in the request body beside OpenAI's fields). A backend honours the fields of the APIs it speaks
+    (``moa.sampling.FieldSupport``) and refuses any other that is set."""
 
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    stop: tuple[str, ...] | None = None
-    seed: int | None = None
-    logprobs: int | None = None  # return this many most likely tokens, with log-probabilities, per position
+    openai: bool = False
+    vllm: bool = False
 
-    def merged(self, **overrides: Unpack[SamplingOverrides]) -> SamplingParams:
-        """A copy with every override that is not ``None`` applied."""
-        given = SamplingParams(**overrides)
-        return replace(self, **{k: v for k in self.__slots__ if (v := getattr(given, k)) is not None})
+
+OPENAI_AND_VLLM = Wire(openai=True, vllm=True)
+
+
+class SamplingFields(BaseModel):
+    """The sampling fields of one call, each declared once: its type, its bounds and the APIs that take it.
+
+    The config's agents and aggregator, the SDK's overrides and the server's request inherit these fields;
+    ``SamplingParams`` carries them to the backends, each of which sends the ones it honours in its own wire format
+    and refuses the others by name (``moa.sampling``). ``None`` leaves the backend's default in force. Adding a
+    field here is all it takes (CONTRIBUTING.md, "Adding a request field").
+    """
+
+    temperature: Annotated[Temperature | None, OPENAI_AND_VLLM] = None
+    top_p: Annotated[TopP | None, OPENAI_AND_VLLM] = None
+    max_tokens: Annotated[MaxTokens | None, OPENAI_AND_VLLM] = None
+    stop: Annotated[Stop | None, OPENAI_AND_VLLM] = None
+    seed: Annotated[Seed | None, OPENAI_AND_VLLM] = None
+    frequency_penalty: Annotated[Penalty | None, OPENAI_AND_VLLM] = None
+    presence_penalty: Annotated[Penalty | None, OPENAI_AND_VLLM] = None
+    #: vLLM's: > 1 makes tokens already in the prompt or the answer less likely, < 1 more
+    repetition_penalty: Annotated[Annotated[float, Field(gt=0)] | None, Wire(vllm=True)] = None
+
+
+class SamplingParams(SamplingFields):
+    """Per-call sampling: the declared fields, plus what moa itself may ask of a call."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: return this many most likely tokens, with log-probabilities, per position; asked by moa (the AlpacaEval
+    #: judge), never by a request, and answered where the backend can (``Generation.logprobs``, else ``None``)
+    logprobs: int | None = None
+
+    def merged(self, **overrides: Any) -> SamplingParams:
+        """A copy with every override that is not ``None`` applied; a name that is not a field is a ``TypeError``."""
+        unknown = sorted(set(overrides) - set(type(self).model_fields))
+        if unknown:
+            raise TypeError(f"SamplingParams.merged() got unknown fields: {', '.join(unknown)}")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return self if not given else type(self).model_validate({**self.model_dump(), **given})
 
 
 @dataclass(frozen=True, slots=True)

@@ -182,12 +182,20 @@ Render = Callable[[list[dict[str, str]]], str]
 
 _PROBES: dict[Constraint, list[tuple[str, str]]] = {
     "system": [("system", "moa-probe-s1"), ("user", "moa-probe-u1")],
-    "system_first": [("user", "moa-probe-u1"), ("assistant", "moa-probe-a1"), ("system", "moa-probe-s1"),
-                     ("user", "moa-probe-u2")],
+    "system_first": [
+        ("user", "moa-probe-u1"),
+        ("assistant", "moa-probe-a1"),
+        ("system", "moa-probe-s1"),
+        ("user", "moa-probe-u2"),
+    ],
     "alternate": [("user", "moa-probe-u1"), ("user", "moa-probe-u2")],
-    "tool": [("user", "moa-probe-u1"), ("assistant", "moa-probe-a1"), ("tool", "moa-probe-t1"),
-             ("user", "moa-probe-u2")],
-}  # fmt: skip
+    "tool": [
+        ("user", "moa-probe-u1"),
+        ("assistant", "moa-probe-a1"),
+        ("tool", "moa-probe-t1"),
+        ("user", "moa-probe-u2"),
+    ],
+}
 _OPENING_PROBE = [("assistant", "moa-probe-a1"), ("user", "moa-probe-u1")]
 
 

@@ -57,6 +57,7 @@ class OpenAIProposer:
         self.name = name
         self.config = config
         self.supports_n = config.supports_n
+        self.fields = config.field_support()  # the sampling fields it sends; it refuses any other that is set
         self._url = f"{config.base_url}/chat/completions"
         self._embeddings_url = f"{config.base_url}/embeddings"
         self._api_key = self._read_key(config, config_path or f"backends.{name}")
@@ -97,12 +98,7 @@ class OpenAIProposer:
         body: dict[str, Any] = {"model": model, "messages": [m.to_dict() for m in messages]}
         if n != 1:
             body["n"] = n
-        for key in ("temperature", "top_p", "max_tokens", "seed"):
-            value = getattr(params, key)
-            if value is not None:
-                body[key] = value
-        if params.stop:
-            body["stop"] = list(params.stop)
+        body.update(self.fields.wire(params, self.name))  # each under its own name: OpenAI's, vLLM's extensions
         if params.logprobs is not None:
             body["logprobs"] = True
             body["top_logprobs"] = params.logprobs

@@ -14,6 +14,7 @@ from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
 
+from moa import validation
 from moa.types import Usage
 
 
@@ -151,16 +152,9 @@ def parse_body(model: type[_M], raw: bytes | str) -> _M:
 
 
 def describe(error: ValidationError, what: str = "") -> str:
-    """What was wrong, by field path (``choices[0].message: Input should be ...``); never the input's value."""
-    parts = []
-    for item in error.errors(include_url=False, include_input=False, include_context=False)[:3]:
-        if item["type"] == "json_invalid":
-            parts.append(f"{what or 'body'} is not valid JSON")
-            continue
-        path = (what + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in item["loc"])).lstrip(".")
-        parts.append(f"{path or 'body'}: {item['msg']}")
-    more = error.error_count() - len(parts)
-    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+    """What was wrong, by field path (``choices[0].message: Input should be an object``), at most three problems;
+    ``what`` names the part read (``chunk``), else the ``body``."""
+    return validation.describe(error, what or None, root="body", limit=3)
 
 
 __all__ = [

@@ -45,13 +45,13 @@ _NAMED: tuple[tuple[re.Pattern[str], tuple[Constraint, ...]], ...] = (
             r"(beginning|start|first)"
         ),
         ("system_first",),
-    ),  # fmt: skip
+    ),
     (re.compile(r"roles must alternate"), ("alternate",)),
     # Mistral's: a system turn past the first (or a tool turn) names the one exception it allows
     (
         re.compile(r"only user and assistant roles are supported, with the exception of an initial"),
         ("system_first", "tool"),
-    ),  # fmt: skip
+    ),
     (re.compile(r"only user and assistant roles are supported(?!, with the exception)"), ("system", "tool")),
     (
         re.compile(
@@ -59,7 +59,7 @@ _NAMED: tuple[tuple[re.Pattern[str], tuple[Constraint, ...]], ...] = (
             r"|unsupported role:? ['\"]?tool|unknown role:? ['\"]?tool"
         ),
         ("tool",),
-    ),  # fmt: skip
+    ),
 )
 
 
@@ -171,9 +171,12 @@ class TemplateLayouts:
         if new:
             logger.warning(
                 "backend %r, model %r: the upstream's chat template refused a layout (%s); its prompts are fitted "
-                "to %s from now on", self.backend, model, str(error).split(": ", 1)[-1][:200],
+                "to %s from now on",
+                self.backend,
+                model,
+                str(error).split(": ", 1)[-1][:200],
                 self.rules(model).describe(),
-            )  # fmt: skip
+            )
         self._release(known, layout)
         layout.retried = True
         layout.messages, fitted = adapt(layout.original, STRICT)

@@ -78,6 +78,7 @@ class TorchProposer:
         self._check_files(name, config)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"moa-torch-{name}")
         self._runner: Runner | None = None
+        self.fields = config.field_support()  # what the decode loop implements; it refuses any other field set
         self.template_rules: TemplateRules | None = None  # probed from the model's template when it loads
 
     @staticmethod
@@ -130,9 +131,12 @@ class TorchProposer:
             raise EngineError(f"{self.name}: {type(e).__name__}: {e}", backend=self.name) from None
 
     def _decode_one(
-        self, messages: list[Message], params: SamplingParams, emit: Callable[[str], None] | None,
+        self,
+        messages: list[Message],
+        params: SamplingParams,
+        emit: Callable[[str], None] | None,
         cancelled: threading.Event,
-    ) -> tuple[Generation, Usage, str | None]:  # fmt: skip
+    ) -> tuple[Generation, Usage, str | None]:
         runner = self._load()
         prompt, note = self._encode(runner, messages)
         detok = Detokenizer(runner.tokenizer, params.stop or ())
@@ -186,12 +190,14 @@ class TorchProposer:
         self, messages: list[Message], params: SamplingParams, n: int = 1, *, model: str | None = None
     ) -> GenerateResult:
         self._check_model(model)
+        self.fields.check(params, self.name)
         return await self._call(self._generate, messages, params, n)
 
     async def stream(
         self, messages: list[Message], params: SamplingParams, *, model: str | None = None
     ) -> AsyncIterator[Delta]:
         self._check_model(model)
+        self.fields.check(params, self.name)
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[str | None] = asyncio.Queue()  # None: decoding ended (or failed)
 

@@ -65,6 +65,7 @@ class VLLMProposer:
         self._starting: asyncio.Task[AsyncLLM] | None = None
         self._restarted = False  # the engine was restarted and the new one has not served a request yet
         self._chat_template = chat_template_text(config.chat_template, f"backends.{name}.chat_template")
+        self.fields = config.field_support()  # every sampling field vLLM's SamplingParams takes
         self.template_rules: TemplateRules | None = None  # probed from the template on the engine's first prompt
         #: seconds of each start-up step of the last start (``conversion``, ``engine start``), for ``--trace``
         self.startup_s: dict[str, float] = {}
@@ -93,7 +94,8 @@ class VLLMProposer:
     ) -> GenerateResult:
         engine = await self._ready(model)
         prompt, note = self._prompt_ids(engine, messages)  # prompt: [P]
-        sampling = self._sampling(engine, params, n, len(prompt), RequestOutputKind.FINAL_ONLY)
+        room = engine.model_config.max_model_len - len(prompt)
+        sampling = self.sampling_params(params, n, room, RequestOutputKind.FINAL_ONLY)
         final = None
         with self._mapped_errors():
             async with aclosing(engine.generate(tokens_input(prompt), sampling, self._request_id())) as outputs:
@@ -117,7 +119,8 @@ class VLLMProposer:
     ) -> AsyncIterator[Delta]:
         engine = await self._ready(model)
         prompt, note = self._prompt_ids(engine, messages)
-        sampling = self._sampling(engine, params, 1, len(prompt), RequestOutputKind.DELTA)
+        room = engine.model_config.max_model_len - len(prompt)
+        sampling = self.sampling_params(params, 1, room, RequestOutputKind.DELTA)
         completion_tokens, finish_reason, cached = 0, None, 0
         with self._mapped_errors():
             async with aclosing(engine.generate(tokens_input(prompt), sampling, self._request_id())) as outputs:
@@ -143,11 +146,15 @@ class VLLMProposer:
         if self.template_rules is None:
             self.template_rules = probe_tokenizer(tokenizer, self._chat_template, self.name)
         messages, note = adapt(messages, self.template_rules)
+        template = self._chat_template
         try:
             ids = tokenizer.apply_chat_template(
-                [m.to_dict() for m in messages], add_generation_prompt=True, tokenize=True, return_dict=False,
-                chat_template=self._chat_template,
-            )  # fmt: skip
+                [m.to_dict() for m in messages],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
+                chat_template=template,
+            )
         except Exception as e:  # a template may raise anything on a conversation it rejects
             raise BadRequestError(
                 f"{self.name}: the chat template rejected the messages: {e}", backend=self.name
@@ -164,20 +171,19 @@ class VLLMProposer:
             )
         return list(ids), note
 
-    def _sampling(
-        self, engine: AsyncLLM, params: SamplingParams, n: int, prompt_len: int, kind: RequestOutputKind
+    def sampling_params(
+        self, params: SamplingParams, n: int, room: int, kind: RequestOutputKind = RequestOutputKind.FINAL_ONLY
     ) -> VLLMSamplingParams:
-        """vLLM's sampling params; ``max_tokens`` is capped to the context left after the prompt."""
-        room = engine.model_config.max_model_len - prompt_len
-        names = ("temperature", "top_p", "seed", "logprobs")
-        chosen = {k: getattr(params, k) for k in names if getattr(params, k) is not None}
-        if params.stop:
-            chosen["stop"] = list(params.stop)
+        """vLLM's sampling params of one call: every field ``params`` sets under its own name (one vLLM does not
+        take is refused, naming it); ``max_tokens`` capped to the ``room`` the prompt leaves in the context."""
+        chosen = self.fields.wire(params, self.name)
+        if params.logprobs is not None:
+            chosen["logprobs"] = params.logprobs
         if params.seed is None:  # a fresh seed: unseeded, every new engine would sample as its seed 0 says
             chosen["seed"] = secrets.randbelow(2**62)
-        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+        chosen["max_tokens"] = room if params.max_tokens is None else min(params.max_tokens, room)
         try:
-            return VLLMSamplingParams(n=n, max_tokens=max_tokens, output_kind=kind, **chosen)
+            return VLLMSamplingParams(n=n, output_kind=kind, **chosen)
         except (VLLMValidationError, ValueError, TypeError) as e:
             raise BadRequestError(f"{self.name}: invalid sampling parameters: {e}", backend=self.name) from None
 
@@ -248,10 +254,8 @@ class VLLMProposer:
         path = resolve_model(self.config.model, field=f"backends.{self.name}.model")
         self.startup_s = {"conversion check": time.perf_counter() - began}
         args = engine_args(self.name, self.config, path)
-        logger.info(
-            "starting vLLM engine for backend %r (%s) on %s (~60 s on 2 CPU cores)", self.name, self.config.model,
-            vllm_device(),
-        )  # fmt: skip
+        model, device = self.config.model, vllm_device()
+        logger.info("starting vLLM engine for backend %r (%s) on %s (~60 s on 2 CPU cores)", self.name, model, device)
         started = time.perf_counter()
         try:
             with main_module_not_reimported():  # a script needs no __main__ guard (proposers/main_module.py)

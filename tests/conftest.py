@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import pytest
 
-from tests.scripted_server import ScriptedServer
+from tests.support.scripted_server import ScriptedServer
 
 
 @pytest.fixture(scope="session")
@@ -24,18 +23,6 @@ async def _server_session() -> AsyncIterator[ScriptedServer]:
 async def upstream(_server_session: ScriptedServer) -> ScriptedServer:
     _server_session.reset()
     return _server_session
-
-
-def moa_config(base_url: str, layers: list[list[str]], aggregator: str = "agg", **extra: Any) -> dict[str, Any]:
-    """A config whose agents and aggregator are models of one scripted backend ``up``."""
-    backend = {"type": "openai", "base_url": base_url, **extra.pop("backend", {})}
-    return {
-        "name": "test",
-        "backends": {"up": backend},
-        "layers": [{"agents": [{"backend": "up", "model": m, "name": m} for m in layer]} for layer in layers],
-        "aggregator": {"backend": "up", "model": aggregator, **extra.pop("aggregator_extra", {})},
-        **extra,
-    }
 
 
 @pytest.fixture(scope="session")
@@ -65,16 +52,3 @@ def upstream_thread(_upstream_thread_session: ScriptedServer) -> Iterator[Script
     _upstream_thread_session.reset()
     yield _upstream_thread_session
     _upstream_thread_session.reset()
-
-
-async def stream_text_and_trace(ens: Any, messages: list[dict[str, str]], timeout: float = 5) -> tuple[str, list[Any]]:
-    """An ensemble's streamed answer joined, and the trace its last delta carries (within ``timeout`` seconds)."""
-
-    async def collect() -> tuple[str, list[Any]]:
-        text, trace = "", []
-        async for delta in ens.astream(messages):
-            text += delta.content
-            trace = delta.trace or trace
-        return text, trace
-
-    return await asyncio.wait_for(collect(), timeout=timeout)

@@ -138,8 +138,9 @@ def _check_identity(path: Path, header: dict[str, Any], identity: dict[str, str]
     if not differ:
         return
     was = header.get("about") or {}
-    detail = "; ".join(f"{k}: checkpoint has {was.get(k, theirs.get(k))!r}, this run {about.get(k, identity[k])!r}"
-                       for k in differ)  # fmt: skip
+    detail = "; ".join(
+        f"{k}: checkpoint has {was.get(k, theirs.get(k))!r}, this run {about.get(k, identity[k])!r}" for k in differ
+    )
     raise ConfigError(
         f"{path} was written by a run with a different {' and '.join(differ)} ({detail}). Resuming would mix two "
         "runs: rerun with the original arguments, or delete the checkpoint (or pick another output) to start over"

@@ -87,6 +87,14 @@ def comparability(judge: str, model: str) -> tuple[bool, str]:
 
 
 __all__ = [
-    "ANNOTATOR_MODELS", "LEADERBOARD_ANNOTATOR", "MIN_LC_INSTRUCTIONS", "POSITION_BIAS_WARN", "annotator_of",
-    "bootstrap_interval", "comparability", "lc_refusal", "position_a_share", "position_bias_warning",
-]  # fmt: skip
+    "ANNOTATOR_MODELS",
+    "LEADERBOARD_ANNOTATOR",
+    "MIN_LC_INSTRUCTIONS",
+    "POSITION_BIAS_WARN",
+    "annotator_of",
+    "bootstrap_interval",
+    "comparability",
+    "lc_refusal",
+    "position_a_share",
+    "position_bias_warning",
+]

@@ -118,6 +118,11 @@ def digest(values: Any) -> str:
 
 
 __all__ = [
-    "OPERATIONAL_FIELDS", "Instruction", "ModelOutput", "digest", "instruction_difficulty", "load_instructions",
+    "OPERATIONAL_FIELDS",
+    "Instruction",
+    "ModelOutput",
+    "digest",
+    "instruction_difficulty",
+    "load_instructions",
     "load_outputs",
-]  # fmt: skip
+]

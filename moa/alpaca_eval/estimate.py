@@ -1,12 +1,13 @@
 """``moa alpaca-eval generate --estimate``: the calls, worst-case tokens, cost and time of a whole job, before it
 runs.
 
-Worst case: every call writes its ``max_tokens`` (512 where unset, the limiter's guess), each later layer and the
-aggregator read every proposal of the layer before at that length, and prompts are bounded at one token a UTF-8
-byte plus a few a message (``moa.budget.prompt_tokens_bound``, the bound a budget holds). A defense's extra calls
-are not counted.
+Worst case: every call writes its ``max_tokens`` (512 where unset, the limiter's guess), each later layer reads
+every proposal of the layer before at that length, the aggregator makes the calls its config plans
+(``AggregatorBase.calls``: one for synthesis, one a window for Self-MoA-Seq), and prompts are bounded at one token
+a UTF-8 byte plus a few a message (``moa.budget.prompt_tokens_bound``, the bound a budget holds). A defense's extra
+calls are not counted.
 
-Cost: local backends (``vllm``, ``torch``) cost $0; a remote one without ``prices`` makes the cost unknown, and
+Cost: backends in this process (``in_process``: ``vllm``, ``torch``) cost $0; a remote one without ``prices`` makes the cost unknown, and
 the line names it. Time is a stated model, not a measurement: a remote call takes ``REMOTE_CALL_S`` plus its
 completion at ``REMOTE_TOKENS_PER_S``, ``concurrency`` instructions run at once, each waiting for its layers one
 after the other (a layer as long as its longest call), and no backend goes faster than its ``rate_limit.rps``;
@@ -20,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 
 from moa.budget import prompt_tokens_bound, utf8_bytes
-from moa.config import EnsembleConfig
+from moa.config import AgentConfig, AggregatorBase, EnsembleConfig
 from moa.prompts import SYNTHESIZE_INSTRUCTIONS
 
 #: the completion length assumed for a call without ``max_tokens``
@@ -31,7 +32,9 @@ FENCE_CHARS = 64
 REMOTE_CALL_S = 1.0
 REMOTE_TOKENS_PER_S = 50.0
 LOCAL_TOKENS_PER_S = 33.0
-LOCAL_TYPES = ("vllm", "torch")
+
+#: what makes a call: an agent or the aggregator
+Call = AgentConfig | AggregatorBase
 
 
 @dataclass(slots=True)
@@ -52,15 +55,15 @@ class JobEstimate:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def add(self, config: EnsembleConfig, backend: str, model: str | None, calls: int, prompt: int,
-            completion: int) -> None:  # fmt: skip
-        """``calls`` calls of ``prompt`` and ``completion`` tokens each."""
+    def add(self, config: EnsembleConfig, call: Call, calls: int, *, prompt: int, completion: int) -> None:
+        """``calls`` calls of ``prompt`` and ``completion`` tokens each, made by ``call``."""
+        backend, model = call.backend, call.model
         self.calls += calls
         self.prompt_tokens += calls * prompt
         self.completion_tokens += calls * completion
         self.calls_by_backend[backend] = self.calls_by_backend.get(backend, 0) + calls
         settings = config.backends[backend]
-        if settings.type in LOCAL_TYPES:
+        if settings.in_process:
             self.local_tokens += calls * completion
             return  # local: no money spent
         if settings.rate_limit is not None and settings.rate_limit.rps is not None:
@@ -110,13 +113,9 @@ def _duration(seconds: float) -> str:
 
 def _remote_s(config: EnsembleConfig, backend: str, completion: int) -> float:
     """The time model's seconds for one call (0 for a local backend: its tokens are timed in all)."""
-    if config.backends[backend].type in LOCAL_TYPES:
+    if config.backends[backend].in_process:
         return 0.0
     return REMOTE_CALL_S + completion / REMOTE_TOKENS_PER_S
-
-
-def _self_moa_seq_steps(samples: int, window: int) -> int:
-    return 1 if samples <= window else math.ceil((samples - 1) / (window - 1))
 
 
 def estimate_job(config: EnsembleConfig, instructions: list[str], concurrency: int = 32) -> JobEstimate:
@@ -132,21 +131,17 @@ def estimate_job(config: EnsembleConfig, instructions: list[str], concurrency: i
             for agent in layer.agents:
                 completion = agent.max_tokens or UNSET_MAX_TOKENS
                 prompt = _prompt(text, references, agent.system_prompt)
-                one_call = getattr(config.backends[agent.backend], "supports_n", True)
+                one_call = config.backends[agent.backend].one_call_for_n
                 calls, per_call = (1, completion * agent.n) if one_call else (agent.n, completion)
-                job.add(config, agent.backend, agent.model, calls, prompt, per_call)
+                job.add(config, agent, calls, prompt=prompt, completion=per_call)
                 made += [completion] * agent.n
             references = made
         agg = config.aggregator
         completion = agg.max_tokens or UNSET_MAX_TOKENS
-        if agg.type == "self-moa-seq":
-            steps = _self_moa_seq_steps(len(references), agg.window)
-            job.remote_path_s += steps * _remote_s(config, agg.backend, completion)
-            window = [completion] * min(agg.window, len(references))
-            job.add(config, agg.backend, agg.model, steps, _prompt(text, window, agg.system_prompt), completion)
-        else:
+        for call in agg.calls(len(references)):
+            read = [references[i] for i in call.proposals] + ([completion] if call.reads_previous else [])
             job.remote_path_s += _remote_s(config, agg.backend, completion)
-            job.add(config, agg.backend, agg.model, 1, _prompt(text, references, agg.system_prompt), completion)
+            job.add(config, agg, 1, prompt=_prompt(text, read, agg.system_prompt), completion=completion)
     return job
 
 

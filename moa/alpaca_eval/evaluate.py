@@ -87,19 +87,32 @@ class EvaluationReport:
     def summary(self) -> dict[str, Any]:
         lc = self.lc
         return {
-            "judge": self.judge, "annotations": str(self.annotations), "total": self.total, "judged": self.judged,
-            "failed": len(self.failures), "win_rate": self.win_rate, "standard_error": self.standard_error,
+            "judge": self.judge,
+            "annotations": str(self.annotations),
+            "total": self.total,
+            "judged": self.judged,
+            "failed": len(self.failures),
+            "win_rate": self.win_rate,
+            "standard_error": self.standard_error,
             "discrete_win_rate": self.discrete_win_rate,
             "length_controlled_winrate": lc.win_rate if lc else None,
-            "lc_weights": None if lc is None else {"length": lc.weights.length, "difficulty": lc.weights.difficulty,
-                                                   "baseline": lc.weights.baseline},
+            "lc_weights": None
+            if lc is None
+            else {"length": lc.weights.length, "difficulty": lc.weights.difficulty, "baseline": lc.weights.baseline},
             "lc_uses_difficulty": lc.uses_difficulty if lc else None,
-            "judged_from_logprobs": self.from_logprobs, "avg_length": self.avg_length, "wall_s": self.wall_s,
-            "order": self.order, "judgements": self.judgements, "win_rate_ci95": list(self.win_rate_ci95),
-            "position_a_share": self.position_a_share, "position_bias_warning": position_bias_warning(self.position_a_share),
-            "consistent_pairs": self.consistent, "lc_note": self.lc_note,
-            "comparable_to_leaderboard": self.comparable, "judge_note": self.judge_note,
-        }  # fmt: skip
+            "judged_from_logprobs": self.from_logprobs,
+            "avg_length": self.avg_length,
+            "wall_s": self.wall_s,
+            "order": self.order,
+            "judgements": self.judgements,
+            "win_rate_ci95": list(self.win_rate_ci95),
+            "position_a_share": self.position_a_share,
+            "position_bias_warning": position_bias_warning(self.position_a_share),
+            "consistent_pairs": self.consistent,
+            "lc_note": self.lc_note,
+            "comparable_to_leaderboard": self.comparable,
+            "judge_note": self.judge_note,
+        }
 
 
 def annotations_path(options: EvaluateOptions) -> Path:
@@ -121,16 +134,27 @@ def pair_up(submission: list[ModelOutput], reference: list[ModelOutput], where: 
 def _annotation(index: int, pair: Pair, judge: str, verdicts: list[JudgeVerdict]) -> dict[str, Any]:
     p_model = sum(v.p_model for v in verdicts) / len(verdicts)
     return {
-        "index": index, "instruction": pair.model.instruction, "dataset": pair.model.dataset or pair.reference.dataset,
-        "output_1": pair.reference.output, "generator_1": pair.reference.generator,
-        "output_2": pair.model.output, "generator_2": pair.model.generator,
-        "annotator": judge, "preference": 1.0 + p_model, "p_model": p_model,
+        "index": index,
+        "instruction": pair.model.instruction,
+        "dataset": pair.model.dataset or pair.reference.dataset,
+        "output_1": pair.reference.output,
+        "generator_1": pair.reference.generator,
+        "output_2": pair.model.output,
+        "generator_2": pair.model.generator,
+        "annotator": judge,
+        "preference": 1.0 + p_model,
+        "p_model": p_model,
         "judgements": [
-            {"model_position": "A" if v.model_first else "B", "p_model": v.p_model, "preferred": v.preferred_position,
-             "judge_source": v.source, "judge_output": v.text}
+            {
+                "model_position": "A" if v.model_first else "B",
+                "p_model": v.p_model,
+                "preferred": v.preferred_position,
+                "judge_source": v.source,
+                "judge_output": v.text,
+            }
             for v in verdicts
         ],
-    }  # fmt: skip
+    }
 
 
 def _consistent(records: list[dict[str, Any]]) -> int | None:
@@ -164,8 +188,9 @@ def _scores(pairs: list[Pair], records: list[dict[str, Any]]) -> dict[str, Any]:
 async def evaluate(options: EvaluateOptions, progress_stream: TextIO) -> EvaluationReport:
     every = pair_up(load_outputs(options.submission), load_outputs(options.reference), str(options.submission))
     pairs = every[: options.limit] if options.limit else every
-    judge = PairwiseJudge.from_config(load_config(options.config), options.judge_backend, options.judge_model,
-                                      options.logprobs)  # fmt: skip
+    judge = PairwiseJudge.from_config(
+        load_config(options.config), options.judge_backend, options.judge_model, options.logprobs
+    )
     out = annotations_path(options)
     identity = {
         "judge": judge.fingerprint,
@@ -189,10 +214,12 @@ async def evaluate(options: EvaluateOptions, progress_stream: TextIO) -> Evaluat
 
             async def judge_one(index: int) -> tuple[dict[str, Any], int]:
                 pair = pairs[index]
-                verdicts = await asyncio.gather(*(
-                    judge.judge(pair.model.instruction, pair.model.output, pair.reference.output, first)
-                    for first in orders[index]
-                ))  # fmt: skip
+                verdicts = await asyncio.gather(
+                    *(
+                        judge.judge(pair.model.instruction, pair.model.output, pair.reference.output, first)
+                        for first in orders[index]
+                    )
+                )
                 return _annotation(index, pair, judge.name, list(verdicts)), sum(v.tokens for v in verdicts)
 
             failures = await run_batch(pending, judge_one, ckpt, progress, options.concurrency)
@@ -204,16 +231,28 @@ async def evaluate(options: EvaluateOptions, progress_stream: TextIO) -> Evaluat
     judgements = [j for r in records for j in r["judgements"]]
     comparable, judge_note = comparability(judge.name, judge.model)
     return EvaluationReport(
-        judge=judge.name, annotations=out, total=len(pairs), judged=len(records), win_rate=scores["win_rate"],
-        standard_error=scores["standard_error"], discrete_win_rate=scores["discrete_win_rate"], lc=scores["lc"],
+        judge=judge.name,
+        annotations=out,
+        total=len(pairs),
+        judged=len(records),
+        win_rate=scores["win_rate"],
+        standard_error=scores["standard_error"],
+        discrete_win_rate=scores["discrete_win_rate"],
+        lc=scores["lc"],
         from_logprobs=sum(j["judge_source"] == "logprobs" for j in judgements),
-        avg_length=round(sum(len(p.model.output) for p in pairs) / len(pairs)), wall_s=time.monotonic() - started,
-        order=options.order, judgements=len(judgements),
+        avg_length=round(sum(len(p.model.output) for p in pairs) / len(pairs)),
+        wall_s=time.monotonic() - started,
+        order=options.order,
+        judgements=len(judgements),
         win_rate_ci95=bootstrap_interval([r["p_model"] for r in records], seed=options.seed),
-        position_a_share=position_a_share([j["preferred"] for j in judgements]), consistent=_consistent(records),
-        lc_note=lc_refusal(len(records)) if records else None, comparable=comparable, judge_note=judge_note,
-        failures=failures, pairs=pairs,
-    )  # fmt: skip
+        position_a_share=position_a_share([j["preferred"] for j in judgements]),
+        consistent=_consistent(records),
+        lc_note=lc_refusal(len(records)) if records else None,
+        comparable=comparable,
+        judge_note=judge_note,
+        failures=failures,
+        pairs=pairs,
+    )
 
 
 __all__ = ["EvaluateOptions", "EvaluationReport", "annotations_path", "evaluate", "pair_up"]

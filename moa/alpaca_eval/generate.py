@@ -110,8 +110,10 @@ async def generate(options: GenerateOptions, progress_stream: TextIO) -> Generat
         "config": config_fingerprint(config),
         "instructions": digest([[i.instruction, i.dataset] for i in every]),
     }
-    about = {"config": f"{config.name} ({identity['config']})",
-             "instructions": f"{len(every)} from {source} ({identity['instructions']})"}  # fmt: skip
+    about = {
+        "config": f"{config.name} ({identity['config']})",
+        "instructions": f"{len(every)} from {source} ({identity['instructions']})",
+    }
     started = time.monotonic()
     with Checkpoint.open(checkpoint_path(options.output), CHECKPOINT_KIND, identity, about) as checkpoint:
         pending = [i for i in range(len(chosen)) if i not in checkpoint.records]
@@ -144,11 +146,18 @@ async def generate(options: GenerateOptions, progress_stream: TextIO) -> Generat
     if written:
         write_json_atomic(options.output, submission(chosen, outputs, options.generator or config.name))
     return GenerateReport(
-        output=options.output, checkpoint=checkpoint_path(options.output), total=len(chosen), resumed=resumed,
-        done=len(outputs), tokens=progress.tokens, wall_s=time.monotonic() - started, cost_usd=progress.cost_usd,
+        output=options.output,
+        checkpoint=checkpoint_path(options.output),
+        total=len(chosen),
+        resumed=resumed,
+        done=len(outputs),
+        tokens=progress.tokens,
+        wall_s=time.monotonic() - started,
+        cost_usd=progress.cost_usd,
         written=written,
-        failures=failures, instructions=chosen,
-    )  # fmt: skip
+        failures=failures,
+        instructions=chosen,
+    )
 
 
 __all__ = ["GenerateOptions", "GenerateReport", "checkpoint_path", "config_fingerprint", "generate", "submission"]

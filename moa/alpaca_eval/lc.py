@@ -116,6 +116,12 @@ def length_controlled_win_rate(
 
 
 __all__ = [
-    "GLMWeights", "LCResult", "OFFICIAL_COLUMNS", "fit_logistic", "length_controlled_win_rate", "length_features",
-    "predict_win_rate", "read_official_weights",
-]  # fmt: skip
+    "GLMWeights",
+    "LCResult",
+    "OFFICIAL_COLUMNS",
+    "fit_logistic",
+    "length_controlled_win_rate",
+    "length_features",
+    "predict_win_rate",
+    "read_official_weights",
+]

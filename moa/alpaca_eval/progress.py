@@ -38,8 +38,18 @@ def _count(n: int) -> str:
 
 
 class Progress:
-    def __init__(self, label: str, total: int, stream: TextIO, *, done: int = 0, interval_s: float = 10.0,
-                 tty: bool | None = None, concurrency: int = 1, quiet_s: float = 60.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        stream: TextIO,
+        *,
+        done: int = 0,
+        interval_s: float = 10.0,
+        tty: bool | None = None,
+        concurrency: int = 1,
+        quiet_s: float = 60.0,
+    ) -> None:
         self.label = label
         self.total = total
         self.stream = stream
@@ -71,8 +81,9 @@ class Progress:
     def in_flight(self) -> int:
         return len(self._running)
 
-    def advance(self, *, done: int = 0, failed: int = 0, tokens: int = 0, cost_usd: float | None = None,
-                item: int | None = None) -> None:  # fmt: skip
+    def advance(
+        self, *, done: int = 0, failed: int = 0, tokens: int = 0, cost_usd: float | None = None, item: int | None = None
+    ) -> None:
         """Count finished work; ``item`` (from ``begin``) ends that item and times it."""
         if item is not None and (started := self._running.pop(item, None)) is not None:
             self._durations += time.monotonic() - started
@@ -125,8 +136,16 @@ class Progress:
 
     def _draw(self, final: bool) -> None:
         if self._bar is None:  # tqdm draws the bar once as it opens
-            self._bar = tqdm(total=self.total, initial=self.done, desc=self.label, file=self.stream,
-                             bar_format=self._bar_format(), ascii=BAR_CHARSET, dynamic_ncols=True, leave=True)  # fmt: skip
+            self._bar = tqdm(
+                total=self.total,
+                initial=self.done,
+                desc=self.label,
+                file=self.stream,
+                bar_format=self._bar_format(),
+                ascii=BAR_CHARSET,
+                dynamic_ncols=True,
+                leave=True,
+            )
             if not final:
                 return
         self._bar.bar_format = self._bar_format()

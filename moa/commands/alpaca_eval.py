@@ -57,17 +57,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.estimate:
         return cmd_estimate(args)
     options = GenerateOptions(
-        config=args.config, output=args.output, generator=args.generator, instructions=args.instructions,
-        limit=args.limit, concurrency=args.concurrency, traces=args.traces, allow_partial=args.allow_partial,
-    )  # fmt: skip
+        config=args.config,
+        output=args.output,
+        generator=args.generator,
+        instructions=args.instructions,
+        limit=args.limit,
+        concurrency=args.concurrency,
+        traces=args.traces,
+        allow_partial=args.allow_partial,
+    )
     with engine_output_to_log("alpaca-eval", args.verbose):  # sys.stderr inside: the terminal, not the log
         report = asyncio.run(generate(options, sys.stderr))
     if report.failures:
         _print_failures(report.failures, [i.instruction for i in report.instructions], "them")
     fresh = report.done - report.resumed
     cost = "" if report.cost_usd is None else f", ${report.cost_usd:.4f}"
-    status = (f"{report.done}/{report.total} instructions done ({report.resumed} from the checkpoint, {fresh} now, "
-              f"{report.tokens} tokens{cost} in {report.wall_s:.1f} s)")  # fmt: skip
+    status = (
+        f"{report.done}/{report.total} instructions done ({report.resumed} from the checkpoint, {fresh} now, "
+        f"{report.tokens} tokens{cost} in {report.wall_s:.1f} s)"
+    )
     if report.written:
         print(f"wrote {report.output}: {status}")
     else:
@@ -109,10 +117,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from moa.alpaca_eval.evaluate import EvaluateOptions, evaluate
 
     options = EvaluateOptions(
-        submission=args.submission, config=args.config, judge_backend=args.judge_backend, judge_model=args.judge_model,
-        reference=args.reference, annotations=args.annotations, seed=args.seed, limit=args.limit,
-        concurrency=args.concurrency, logprobs=None if args.no_logprobs else args.top_logprobs, order=args.order,
-    )  # fmt: skip
+        submission=args.submission,
+        config=args.config,
+        judge_backend=args.judge_backend,
+        judge_model=args.judge_model,
+        reference=args.reference,
+        annotations=args.annotations,
+        seed=args.seed,
+        limit=args.limit,
+        concurrency=args.concurrency,
+        logprobs=None if args.no_logprobs else args.top_logprobs,
+        order=args.order,
+    )
     with engine_output_to_log("alpaca-eval", args.verbose):
         report = asyncio.run(evaluate(options, sys.stderr))
     if report.failures:
@@ -140,34 +156,53 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     gen = sub.add_parser("generate", help="answer the instruction set with an ensemble, resumably")
     gen.add_argument("-c", "--config", required=True, help="ensemble config file or shipped recipe name")
-    gen.add_argument("-o", "--output", required=True, type=Path,
-                     help="the submission (model_outputs.json); its checkpoint is OUTPUT.checkpoint.jsonl")  # fmt: skip
+    gen.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=Path,
+        help="the submission (model_outputs.json); its checkpoint is OUTPUT.checkpoint.jsonl",
+    )
     gen.add_argument("--generator", help="the submission's generator name (default: the config's name)")
-    gen.add_argument("--instructions", type=Path,
-                     help="a JSON list of {instruction, dataset} (default: AlpacaEval 2.0's 805)")  # fmt: skip
+    gen.add_argument(
+        "--instructions", type=Path, help="a JSON list of {instruction, dataset} (default: AlpacaEval 2.0's 805)"
+    )
     gen.add_argument("--limit", type=_positive, help="only the first N instructions")
     gen.add_argument("--concurrency", type=_positive, default=32, help="instructions in flight at once (default 32)")
     gen.add_argument("--traces", type=Path, help="append every answer's proposals and call records here (JSONL)")
     gen.add_argument("--allow-partial", action="store_true", help="write the submission even if some failed")
-    gen.add_argument("--estimate", action="store_true",
-                     help="print the calls, worst-case tokens and cost of the job from the config; run nothing")  # fmt: skip
+    gen.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print the calls, worst-case tokens and cost of the job from the config; run nothing",
+    )
     gen.add_argument("--verbose", action="store_true", help=_VERBOSE)
     gen.set_defaults(func=cmd_generate)
 
     ev = sub.add_parser("evaluate", help="judge a submission against the reference: win rate and LC win rate")
     ev.add_argument("submission", type=Path, help="model_outputs.json to evaluate")
-    ev.add_argument("-c", "--config", required=True,
-                    help="config naming the judge: by default its aggregator's backend and model")  # fmt: skip
+    ev.add_argument(
+        "-c", "--config", required=True, help="config naming the judge: by default its aggregator's backend and model"
+    )
     ev.add_argument("--judge-backend", help="judge with this backend of the config")
     ev.add_argument("--judge-model", help="judge with this model")
     ev.add_argument("--reference", type=Path, help="the outputs to compare with (default: gpt4_1106_preview's)")
-    ev.add_argument("--annotations", type=Path,
-                    help="where the judgements go (default: SUBMISSION_STEM.annotations.json beside it)")  # fmt: skip
-    ev.add_argument("--order", choices=("both", "balanced"), default="both",
-                    help="both: every pair in both orders (2 calls a pair, the default); balanced: one call a pair, "
-                         "the model's answer first in exactly half of them")  # fmt: skip
-    ev.add_argument("--seed", type=int, default=0,
-                    help="with --order balanced: seed of which half of the pairs shows the model's answer first")  # fmt: skip
+    ev.add_argument(
+        "--annotations", type=Path, help="where the judgements go (default: SUBMISSION_STEM.annotations.json beside it)"
+    )
+    ev.add_argument(
+        "--order",
+        choices=("both", "balanced"),
+        default="both",
+        help="both: every pair in both orders (2 calls a pair, the default); balanced: one call a pair, "
+        "the model's answer first in exactly half of them",
+    )
+    ev.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="with --order balanced: seed of which half of the pairs shows the model's answer first",
+    )
     ev.add_argument("--limit", type=_positive, help="only the first N rows of the submission")
     ev.add_argument("--concurrency", type=_positive, default=16, help="judgements in flight at once (default 16)")
     ev.add_argument("--top-logprobs", type=_positive, default=5, help="alternatives per token to ask for (default 5)")

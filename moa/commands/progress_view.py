@@ -23,9 +23,13 @@ REDRAW_S = 0.2
 TIMELINE_WIDTH = 40
 
 _STATES: dict[ProgressKind, str] = {
-    "started": "running", "first_token": "streaming", "finished": "done", "failed": "failed",
-    "cancelled": "cancelled", "layer_done": "",
-}  # fmt: skip
+    "started": "running",
+    "first_token": "streaming",
+    "finished": "done",
+    "failed": "failed",
+    "cancelled": "cancelled",
+    "layer_done": "",
+}
 _OUTCOMES: dict[str, str] = {"done": "ok", "failed": "error", "cancelled": "cancelled"}
 
 
@@ -167,12 +171,21 @@ def print_calls(calls: list[CallRecord], out: TextIO, startup: Sequence[tuple[st
     agents = [r.agent if r.step is None else f"{r.agent} [{r.step}]" for r in calls]
     agent_w = max([24, *map(len, agents), *(len(b) for b, _, _ in startup)])
     model_w = max([28, *(len(r.model) for r in calls), *(len(s) for _, s, _ in startup)])
-    print(f"{'layer':>5} {'role':<10} {'agent':<{agent_w}} {'model':<{model_w}} {'in':>6} {'out':>6} {'sec':>7} "
-          f"{'retry':>5}  outcome", file=out)  # fmt: skip
+    print(
+        f"{'layer':>5} {'role':<10} {'agent':<{agent_w}} {'model':<{model_w}} {'in':>6} {'out':>6} {'sec':>7} "
+        f"{'retry':>5}  outcome",
+        file=out,
+    )
     for backend, step, seconds in startup:
-        print(f"{'-':>5} {'startup':<10} {backend:<{agent_w}} {step:<{model_w}} {'':>6} {'':>6} {seconds:>7.2f} "
-              f"{'':>5}  ok", file=out)  # fmt: skip
+        print(
+            f"{'-':>5} {'startup':<10} {backend:<{agent_w}} {step:<{model_w}} {'':>6} {'':>6} {seconds:>7.2f} "
+            f"{'':>5}  ok",
+            file=out,
+        )
     for r, agent in zip(calls, agents, strict=True):
         outcome = r.outcome if r.error is None else f"{r.outcome}: {r.error}"
-        print(f"{r.layer:>5} {r.role:<10} {agent:<{agent_w}} {r.model:<{model_w}} {r.prompt_tokens:>6} "
-              f"{r.completion_tokens:>6} {r.latency_s:>7.2f} {r.retries:>5}  {outcome}", file=out)  # fmt: skip
+        print(
+            f"{r.layer:>5} {r.role:<10} {agent:<{agent_w}} {r.model:<{model_w}} {r.prompt_tokens:>6} "
+            f"{r.completion_tokens:>6} {r.latency_s:>7.2f} {r.retries:>5}  {outcome}",
+            file=out,
+        )

@@ -71,10 +71,12 @@ async def _json(response: aiohttp.ClientResponse) -> dict[str, Any]:
 
 async def _chat(session: aiohttp.ClientSession, base: str, model: str, args: argparse.Namespace) -> int:
     request: dict[str, Any] = {
-        "model": model, "messages": [{"role": "user", "content": args.prompt}], "stream": True,
+        "model": model,
+        "messages": [{"role": "user", "content": args.prompt}],
+        "stream": True,
         "stream_options": {"include_usage": True, "include_progress": not args.no_progress},
         "moa_trace": bool(args.trace or args.json),
-    }  # fmt: skip
+    }
     for name in ("temperature", "max_tokens", "seed"):
         if getattr(args, name, None) is not None:
             request[name] = getattr(args, name)
@@ -118,8 +120,11 @@ async def _chat(session: aiohttp.ClientSession, base: str, model: str, args: arg
         return 0
     if args.trace:
         print_calls(calls, sys.stderr)
-        print(f"usage: {usage.get('prompt_tokens', 0)} prompt + {usage.get('completion_tokens', 0)} completion = "
-              f"{usage.get('total_tokens', 0)} tokens", file=sys.stderr)  # fmt: skip
+        print(
+            f"usage: {usage.get('prompt_tokens', 0)} prompt + {usage.get('completion_tokens', 0)} completion = "
+            f"{usage.get('total_tokens', 0)} tokens",
+            file=sys.stderr,
+        )
         for line in timeline(list(view.rows.values())):
             print(line, file=sys.stderr)
     print() if streaming else print(answer)

@@ -25,34 +25,76 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Serve ensembles over an OpenAI-compatible HTTP API. Chat requests must be sent as "
         "application/json (else 415); max_tokens above 2**20 is refused; every response carries x-request-id.",
     )
-    p.add_argument("-c", "--config", action="append", metavar="CONFIG", dest="configs",
-                   help="config file or shipped recipe name; repeat to serve several (model = ensemble name); "
-                        "default: the shipped default recipe, as for moa run")  # fmt: skip
-    p.add_argument("--log-level", choices=LOG_LEVELS, default="info", type=str.lower,
-                   help="the least severe log lines printed, access lines (info) included (default: info)")  # fmt: skip
+    p.add_argument(
+        "-c",
+        "--config",
+        action="append",
+        metavar="CONFIG",
+        dest="configs",
+        help="config file or shipped recipe name; repeat to serve several (model = ensemble name); "
+        "default: the shipped default recipe, as for moa run",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="info",
+        type=str.lower,
+        help="the least severe log lines printed, access lines (info) included (default: info)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)")
     keys = p.add_mutually_exclusive_group()
     keys.add_argument("--api-key-env", metavar="VAR", help="require one of the keys in VAR (comma-separated)")
     keys.add_argument("--api-key-file", metavar="FILE", help="require one of the keys in FILE (one a line)")
-    p.add_argument("--max-queue", type=int, default=512, metavar="N",
-                   help="requests held at once, running or waiting; more get 429 (default: 512)")  # fmt: skip
-    p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, metavar="N",
-                   help="larger request bodies get 413 (default: 4 MiB)")  # fmt: skip
-    p.add_argument("--read-timeout", type=float, default=10.0, metavar="S",
-                   help="a request body must arrive within S seconds, else 408 and the connection is closed; "
-                        "bodies are read before a request takes a place in the queue (default: 10)")  # fmt: skip
-    p.add_argument("--keepalive-timeout", type=float, default=15.0, metavar="S",
-                   help="close a connection idle for S seconds, or whose request headers are unfinished after "
-                        "S seconds (default: 15)")  # fmt: skip
-    p.add_argument("--drain-timeout", type=float, default=60.0, metavar="S",
-                   help="on SIGTERM, wait this long for running requests, then cancel them and exit "
-                        "(default: 60)")  # fmt: skip
-    p.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
-                   help="event loop: uvloop (faster) or asyncio's own; auto: uvloop when installed")  # fmt: skip
-    p.add_argument("--verbose", action="store_true",
-                   help="let local engines' output (vLLM, torch, Triton) through to stderr; else it goes to "
-                        "~/.cache/moa/logs/serve-engines.log")  # fmt: skip
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=512,
+        metavar="N",
+        help="requests held at once, running or waiting; more get 429 (default: 512)",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=4 * 1024 * 1024,
+        metavar="N",
+        help="larger request bodies get 413 (default: 4 MiB)",
+    )
+    p.add_argument(
+        "--read-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="a request body must arrive within S seconds, else 408 and the connection is closed; "
+        "bodies are read before a request takes a place in the queue (default: 10)",
+    )
+    p.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="close a connection idle for S seconds, or whose request headers are unfinished after "
+        "S seconds (default: 15)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="on SIGTERM, wait this long for running requests, then cancel them and exit (default: 60)",
+    )
+    p.add_argument(
+        "--loop",
+        choices=["auto", "uvloop", "asyncio"],
+        default="auto",
+        help="event loop: uvloop (faster) or asyncio's own; auto: uvloop when installed",
+    )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="let local engines' output (vLLM, torch, Triton) through to stderr; else it goes to "
+        "~/.cache/moa/logs/serve-engines.log",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -76,10 +118,12 @@ def _serve(args: argparse.Namespace) -> int:
     if not args.drain_timeout >= 0:
         raise ConfigError("must be a number of seconds >= 0", "--drain-timeout")
     settings = ServerSettings(
-        max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
-        api_keys=load_keys(args.api_key_env, args.api_key_file), read_timeout_s=args.read_timeout,
+        max_queue=args.max_queue,
+        max_body_bytes=args.max_body_bytes,
+        api_keys=load_keys(args.api_key_env, args.api_key_file),
+        read_timeout_s=args.read_timeout,
         keepalive_timeout_s=args.keepalive_timeout,
-    )  # fmt: skip
+    )
     ensembles: dict[str, Ensemble] = {}
     for source in served_configs(args):
         ensemble = Ensemble.from_config(source)

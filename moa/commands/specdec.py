@@ -28,8 +28,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sample.add_argument("--target", required=True, help="the target model: a Hugging Face folder or embedded:<name>")
     sample.add_argument("--prompts", required=True, help="prompts: .txt (one a line), .json or .jsonl")
     sample.add_argument("-o", "--output", required=True, help="the .jsonl file to write")
-    sample.add_argument("--engine", choices=["vllm", "torch"], default="vllm",
-                        help="vllm: batched, much faster on CPU too (default); torch: no vLLM needed")  # fmt: skip
+    sample.add_argument(
+        "--engine",
+        choices=["vllm", "torch"],
+        default="vllm",
+        help="vllm: batched, much faster on CPU too (default); torch: no vLLM needed",
+    )
     sample.add_argument("--max-model-len", type=int, default=2048, help="vllm: longer prompts are dropped (2048)")
     _sampling(sample)
     sample.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch engine only")
@@ -40,8 +44,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _common(draft)
     draft.add_argument("--layers", type=int, default=6, help="target layers the draft keeps (default 6)")
     draft.add_argument("--block-layers", type=int, default=1, help="trained decoder layers on top (default 1)")
-    draft.add_argument("--draft-vocab", type=int, default=8192,
-                       help="rows of the draft's head: the tokens the target uses most (0: all; default 8192)")  # fmt: skip
+    draft.add_argument(
+        "--draft-vocab",
+        type=int,
+        default=8192,
+        help="rows of the draft's head: the tokens the target uses most (0: all; default 8192)",
+    )
     draft.add_argument("--lr", type=float, default=5e-4)
     draft.add_argument("--epochs", type=int, default=3)
     draft.set_defaults(func=cmd_train_draft)
@@ -51,8 +59,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     head.add_argument("--draft", required=True, help="a self-draft .safetensors or a smaller model (path or embedded:)")
     head.add_argument("--mix-rate", type=float, default=0.15, help="share of target tokens in the drafts (0.15)")
     head.add_argument("--reject-weight", type=float, default=6.0, help="loss weight of rejections (6)")
-    head.add_argument("--threshold", type=float, default=0.7, help="h stored with the head: stop drafting once "
-                      "P(some draft token is rejected) exceeds it (0.7)")  # fmt: skip
+    head.add_argument(
+        "--threshold",
+        type=float,
+        default=0.7,
+        help="h stored with the head: stop drafting once P(some draft token is rejected) exceeds it (0.7)",
+    )
     head.add_argument("--blocks", type=int, default=3, help="residual SiLU blocks (3)")
     head.add_argument("--draft-temperature", type=float, default=1.0, help="temperature the labels assume (1.0)")
     head.add_argument("--lr", type=float, default=3e-4)
@@ -73,8 +85,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True, help="the target model: a Hugging Face folder or embedded:<name>")
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--prompts", help="prompts: .txt (one a line), .json or .jsonl; the target answers them here")
-    data.add_argument("--responses", nargs="+", metavar="JSONL",
-                      help="the target's responses from `moa specdec sample` instead of --prompts")  # fmt: skip
+    data.add_argument(
+        "--responses",
+        nargs="+",
+        metavar="JSONL",
+        help="the target's responses from `moa specdec sample` instead of --prompts",
+    )
     p.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
     _sampling(p)
     p.add_argument("--holdout", type=float, default=0.1, help="share held out for the report (0.1)")
@@ -132,9 +148,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
             "sampling with vLLM: %d response(s) to %d prompts", args.samples if args.temperature else 1, len(prompts)
         )
         samples = vllm_responses(
-            str(folder), tokenizer, prompts, samples=args.samples, max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature, seed=args.seed, stop_ids=stop, max_model_len=args.max_model_len,
-        )  # fmt: skip
+            str(folder),
+            tokenizer,
+            prompts,
+            samples=args.samples,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            seed=args.seed,
+            stop_ids=stop,
+            max_model_len=args.max_model_len,
+        )
     else:
         import torch
 
@@ -143,14 +166,30 @@ def cmd_sample(args: argparse.Namespace) -> int:
         model, tokenizer, _ = load_target(args.target, pick_device(args.device), torch.float32, "--target")
         log.info("sampling with torch: %d response(s) to each of %d prompts", args.samples, len(prompts))
         samples = target_responses(
-            model, tokenizer, prompts, samples=args.samples, max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature, seed=args.seed, stop_ids=stop_ids(model, tokenizer),
-        )  # fmt: skip
+            model,
+            tokenizer,
+            prompts,
+            samples=args.samples,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            seed=args.seed,
+            stop_ids=stop_ids(model, tokenizer),
+        )
     write_responses(args.output, samples, tokenizer)
     tokens = sum(len(s.tokens) - s.start for s in samples)
     seconds = time.perf_counter() - started
-    print(json.dumps({"output": args.output, "responses": len(samples), "response_tokens": tokens,
-                      "seconds": round(seconds, 1), "tokens_per_s": round(tokens / seconds, 1)}, indent=2))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "output": args.output,
+                "responses": len(samples),
+                "response_tokens": tokens,
+                "seconds": round(seconds, 1),
+                "tokens_per_s": round(tokens / seconds, 1),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -171,9 +210,15 @@ def _responses(args: argparse.Namespace) -> tuple[CausalLM, Any, str, list[Sampl
     prompts = _prompts(args)
     log.info("sampling %d response(s) to each of %d prompts", args.samples, len(prompts))
     samples = target_responses(
-        model, tokenizer, prompts, samples=args.samples, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, seed=args.seed, stop_ids=stop_ids(model, tokenizer),
-    )  # fmt: skip
+        model,
+        tokenizer,
+        prompts,
+        samples=args.samples,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        stop_ids=stop_ids(model, tokenizer),
+    )
     return model, tokenizer, target_hash, samples
 
 
@@ -187,8 +232,9 @@ def cmd_train_draft(args: argparse.Namespace) -> int:
     if args.layers < 1 or args.block_layers < 1:
         raise ConfigError("must be at least 1", "--layers" if args.layers < 1 else "--block-layers")
     model, tokenizer, target_hash, samples = _responses(args)
-    cfg = DraftTraining(SelfDraftSpec(args.layers, args.block_layers), args.draft_vocab, args.epochs, args.lr,
-                        args.holdout, args.seed)  # fmt: skip
+    cfg = DraftTraining(
+        SelfDraftSpec(args.layers, args.block_layers), args.draft_vocab, args.epochs, args.lr, args.holdout, args.seed
+    )
     blocks, vocab, report = train(model, samples, stop_ids(model, tokenizer), cfg, progress=log.info)
     self_draft.save(args.output, cfg.spec, blocks, vocab, target_hash, report)
     print(json.dumps({"output": args.output, "target_hash": target_hash, **report}, indent=2))
@@ -207,13 +253,23 @@ def cmd_train_head(args: argparse.Namespace) -> int:
 
     model, tokenizer, target_hash, samples = _responses(args)
     draft, vocab, draft_hash = load_draft(args.draft, model, tokenizer, target_hash, "--draft")
-    cfg = HeadTraining(args.mix_rate, args.reject_weight, args.threshold, args.blocks, args.draft_temperature,
-                       args.epochs, lr=args.lr, holdout=args.holdout, seed=args.seed)  # fmt: skip
+    cfg = HeadTraining(
+        args.mix_rate,
+        args.reject_weight,
+        args.threshold,
+        args.blocks,
+        args.draft_temperature,
+        args.epochs,
+        lr=args.lr,
+        holdout=args.holdout,
+        seed=args.seed,
+    )
     log.info("scoring draft tokens against the target")
     feats, labels = examples(model, draft, vocab, samples, cfg)
     head, report = train(feats, labels, cfg, progress=log.info)
-    head_file.save(args.output, head, target_hash=target_hash, draft_hash=draft_hash, threshold=args.threshold,
-                   report=report)  # fmt: skip
+    head_file.save(
+        args.output, head, target_hash=target_hash, draft_hash=draft_hash, threshold=args.threshold, report=report
+    )
     print(json.dumps({"output": args.output, "target_hash": target_hash, "draft_hash": draft_hash, **report}, indent=2))
     return 0
 

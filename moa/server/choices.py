@@ -28,7 +28,7 @@ T = TypeVar("T")
 def request_for_choice(parsed: ParsedChat, index: int) -> ChatRequest:
     """Choice ``index`` of a parsed request: the request, sampling with ``seed_offset(seed, index)``."""
     request = parsed.request
-    return replace(request, params=replace(request.params, seed=seed_offset(request.params.seed, index)))
+    return replace(request, params=request.params.merged(seed=seed_offset(request.params.seed, index)))
 
 
 def contexts_for(ensemble: Ensemble, parsed: ParsedChat, request_id: str) -> list[RequestContext]:

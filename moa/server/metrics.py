@@ -132,8 +132,11 @@ class ServerMetrics:
             self.calls.labels(backend=r.backend, ensemble=ensemble, outcome=r.outcome).inc()
             if r.outcome == "skipped":  # not made: no tokens, no latency
                 continue
-            for kind, count in (("prompt", r.prompt_tokens), ("cached", r.cached_prompt_tokens),
-                                ("completion", r.completion_tokens)):  # fmt: skip
+            for kind, count in (
+                ("prompt", r.prompt_tokens),
+                ("cached", r.cached_prompt_tokens),
+                ("completion", r.completion_tokens),
+            ):
                 if count:
                     self.model_tokens.labels(backend=r.backend, ensemble=ensemble, kind=kind, model=r.model).inc(count)
             if r.cost_usd:

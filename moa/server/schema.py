@@ -1,11 +1,13 @@
 """The ``/v1/chat/completions`` request: which OpenAI fields moa honours, ignores or refuses.
 
-Honoured: ``model`` (an ensemble's name), ``messages``, ``stream``, ``stream_options.include_usage``, ``n``,
-``temperature``, ``top_p``, ``max_tokens`` / ``max_completion_tokens``, ``stop``, ``seed``; they set the
-final answer's sampling (the proposers keep their configured sampling). Extensions: ``moa_trace`` (return the
-calls behind the answer), ``moa_deadline_s`` (this request's deadline), ``moa_max_cost_usd`` (this request's
-budget in USD: it may lower the ensemble's ``max_cost_usd``, never raise it) and ``stream_options.include_progress``
-(stream a ``moa.progress`` chunk as each model call starts and ends).
+Honoured: ``model`` (an ensemble's name), ``messages``, ``stream``, ``stream_options.include_usage``, ``n``, and
+every sampling field (``moa.types.SamplingFields``: ``temperature``, ``max_tokens`` or ``max_completion_tokens``,
+``stop``, ...); they set the final answer's sampling (the proposers keep their configured sampling). A sampling
+field that a backend the request reaches cannot honour is refused when the ensemble runs it
+(``UnsupportedFieldError``, a 400 naming the field and the backend). Extensions: ``moa_trace`` (return the
+calls behind the answer), ``moa_<name>`` for each of ``moa.sampling.RequestExtensions`` (``moa_deadline_s``,
+``moa_max_cost_usd``) and ``stream_options.include_progress`` (stream a ``moa.progress`` chunk as each model call
+starts and ends).
 
 Ignored, because they cannot change the answer: ``user``, ``metadata``, ``store``, ``service_tier``,
 ``parallel_tool_calls``, ``safety_identifier``, ``prompt_cache_key``.
@@ -17,9 +19,9 @@ larger value would only reach the upstream servers as an absurd number.
 Tool-call history (an assistant message with ``tool_calls`` or ``function_call``, a ``tool`` or ``function``
 message) is refused naming the message: an ensemble neither calls tools nor reads their results.
 
-Refused unless left at their neutral value (``_NEUTRAL``): tools, logprobs, penalties, structured output,
-audio and the like, which an ensemble cannot honour. Any other field is refused as unknown. Every refusal is a
-``ConfigError`` whose path names the field.
+Refused unless left at their neutral value (``_NEUTRAL``): OpenAI's fields that are not sampling fields moa
+declares (tools, logprobs, structured output, audio and the like), which an ensemble cannot honour. Any other field
+is refused as unknown. Every refusal is a ``ConfigError`` whose path names the field.
 """
 
 from __future__ import annotations
@@ -27,23 +29,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from moa.config import config_error
 from moa.ensemble import build_messages
 from moa.errors import ConfigError
-from moa.sampling import Int64Seed, MaxTokens, Stop, Temperature, TopP, sampling_params
+from moa.sampling import MAX_TOKENS as MAX_TOKENS  # the ceiling of max_tokens, re-exported
+from moa.sampling import (
+    MaxTokens,
+    RequestExtensions,
+    SamplingFields,
+    extensions,
+    sampling_params,
+    server_alias,
+)
 from moa.types import ChatRequest
 
 #: ``n`` above this is refused: each choice is a whole ensemble run
 MAX_N = 16
-#: ``max_tokens`` above this is refused (2**20 tokens): far more than any model writes in one answer
-MAX_TOKENS = 2**20
+#: ``stop`` with more sequences than this is refused
+MAX_STOP = 16
 
-#: OpenAI fields moa cannot honour, with the values that ask for nothing (``None`` always does)
-_NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "frequency_penalty": (0,),
-    "presence_penalty": (0,),
+#: OpenAI fields with the values that ask for nothing (``None`` always does): refused otherwise, unless moa declares
+#: the field (``SamplingFields``)
+_OPENAI_NEUTRAL: dict[str, tuple[Any, ...]] = {
     "logprobs": (False,),
     "top_logprobs": (0,),
     "logit_bias": ({},),
@@ -59,6 +68,8 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "verbosity": (),
     "web_search_options": (),
 }
+#: the OpenAI fields moa cannot honour
+_NEUTRAL = {name: values for name, values in _OPENAI_NEUTRAL.items() if name not in SamplingFields.model_fields}
 
 
 class StreamOptions(BaseModel):
@@ -67,25 +78,19 @@ class StreamOptions(BaseModel):
     include_progress: bool = False  # moa's extension: ``moa.progress`` chunks before the answer's tokens
 
 
-class ChatCompletionRequest(BaseModel):
-    """The body as sent; messages are checked by ``moa.ensemble.build_messages``."""
+class ChatCompletionRequest(SamplingFields, RequestExtensions):
+    """The body as sent: the sampling fields, moa's extensions as ``moa_<name>``, and OpenAI's other fields;
+    messages are checked by ``moa.ensemble.build_messages``."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, alias_generator=server_alias)
 
     model: str
     messages: list[dict[str, Any]]
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
-    temperature: Temperature | None = None
-    top_p: TopP | None = None
-    max_tokens: Annotated[MaxTokens, Field(le=MAX_TOKENS)] | None = None
-    max_completion_tokens: Annotated[MaxTokens, Field(le=MAX_TOKENS)] | None = None
-    stop: Annotated[Stop, Field(max_length=16)] | None = None
-    seed: Int64Seed | None = None
+    max_completion_tokens: MaxTokens | None = None  # OpenAI's newer name of max_tokens
     moa_trace: bool = False
-    moa_deadline_s: Annotated[float, Field(gt=0)] | None = None
-    moa_max_cost_usd: Annotated[float, Field(gt=0)] | None = None  # lowers the ensemble's max_cost_usd, never raises
     # accepted and ignored: they do not change the answer
     user: str | None = None
     metadata: dict[str, str] | None = None
@@ -94,6 +99,13 @@ class ChatCompletionRequest(BaseModel):
     parallel_tool_calls: bool | None = None
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, stop: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if stop is not None and len(stop) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences are accepted, got {len(stop)}")
+        return stop
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +133,7 @@ def parse_chat_request(body: Any) -> ParsedChat:
         raise ConfigError("only allowed when stream is true", "stream_options")
     max_tokens = _max_tokens(req)
     messages = build_messages([_normalize_message(m, i) for i, m in enumerate(req.messages)])
-    request = ChatRequest(
-        messages, sampling_params(req, max_tokens=max_tokens), deadline_s=req.moa_deadline_s,
-        max_cost_usd=req.moa_max_cost_usd,
-    )  # fmt: skip
+    request = ChatRequest(messages, sampling_params(req, max_tokens=max_tokens), **extensions(req))
     options = req.stream_options or StreamOptions()
     return ParsedChat(
         req.model, request, req.n, req.stream, options.include_usage, req.moa_trace, options.include_progress

@@ -88,9 +88,17 @@ class Sample:
 
 
 def target_responses(
-    model: CausalLM, tokenizer: Any, prompts: list[str], *, samples: int, max_new_tokens: int,
-    temperature: float, seed: int, stop_ids: frozenset[int], batch: int = 16,
-) -> list[Sample]:  # fmt: skip
+    model: CausalLM,
+    tokenizer: Any,
+    prompts: list[str],
+    *,
+    samples: int,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    stop_ids: frozenset[int],
+    batch: int = 16,
+) -> list[Sample]:
     """``samples`` responses of the target to each prompt, sampled with transformers' batched ``generate``
     (left-padded batches of ``batch`` sequences: training data only needs the target's distribution)."""
     torch.manual_seed(seed)
@@ -104,9 +112,16 @@ def target_responses(
         mask = torch.tensor([[0] * (width - len(g)) + [1] * len(g) for g in group], device=model.device)
         with torch.inference_mode():
             rows = model.generate(  # type: ignore[misc]  # transformers types GenerationMixin's self for `ty`, not mypy
-                input_ids=ids, attention_mask=mask, do_sample=temperature > 0, temperature=temperature or None,
-                top_p=1.0, top_k=0, max_new_tokens=max_new_tokens, eos_token_id=sorted(stop_ids), pad_token_id=pad,
-            )[:, width:].tolist()  # fmt: skip
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=temperature > 0,
+                temperature=temperature or None,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=sorted(stop_ids),
+                pad_token_id=pad,
+            )[:, width:].tolist()
         for prompt, row in zip(group, rows, strict=True):
             out.append(Sample([*prompt, *until_stop(row, stop_ids)], len(prompt)))
     return out

@@ -213,6 +213,17 @@ def run(gen: Generator[list[int], None, DecodeStats]) -> tuple[list[int], Decode
 
 
 __all__ = [
-    "DecodeStats", "Drafter", "Verifier", "crop_cache", "decode_one_token", "forward", "generate",
-    "generate_batch", "new_cache", "prefill", "run", "speculative_decode", "until_stop",
-]  # fmt: skip
+    "DecodeStats",
+    "Drafter",
+    "Verifier",
+    "crop_cache",
+    "decode_one_token",
+    "forward",
+    "generate",
+    "generate_batch",
+    "new_cache",
+    "prefill",
+    "run",
+    "speculative_decode",
+    "until_stop",
+]

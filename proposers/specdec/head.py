@@ -43,11 +43,25 @@ class AcceptanceHead(nn.Module):
         return logits
 
 
-def save(path: str | Path, head: AcceptanceHead, *, target_hash: str, draft_hash: str, threshold: float,
-         report: dict[str, float]) -> None:  # fmt: skip
+def save(
+    path: str | Path,
+    head: AcceptanceHead,
+    *,
+    target_hash: str,
+    draft_hash: str,
+    threshold: float,
+    report: dict[str, float],
+) -> None:
     tensors = {k: v.detach().float().contiguous().cpu() for k, v in head.state_dict().items()}
-    meta = {"kind": KIND, "target_hash": target_hash, "draft_hash": draft_hash, "threshold": repr(threshold),
-            "hidden": str(head.out.in_features), "blocks": str(len(head.blocks)), "report": json.dumps(report)}  # fmt: skip
+    meta = {
+        "kind": KIND,
+        "target_hash": target_hash,
+        "draft_hash": draft_hash,
+        "threshold": repr(threshold),
+        "hidden": str(head.out.in_features),
+        "blocks": str(len(head.blocks)),
+        "report": json.dumps(report),
+    }
     save_file(tensors, str(path), metadata=meta)
 
 

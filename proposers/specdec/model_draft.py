@@ -35,9 +35,12 @@ class ModelDrafter:
     def _feed(self, ids: list[int]) -> tuple[Tensor, Tensor]:
         """ids: S new tokens -> (logits [V'] and last hidden state [H] at the last of them)."""
         out = self.model(
-            input_ids=torch.tensor([ids], device=self.model.device), past_key_values=self.cache,
-            use_cache=True, logits_to_keep=1, output_hidden_states=True,
-        )  # fmt: skip
+            input_ids=torch.tensor([ids], device=self.model.device),
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+            output_hidden_states=True,
+        )
         self.cached.extend(ids)
         return out.logits[0, -1], out.hidden_states[-1][0, -1]
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor, nn
 
 from moa.config import SpeculativeConfig, TorchBackendConfig
@@ -80,10 +81,7 @@ class Runner:
         return min(params.max_tokens or DEFAULT_MAX_TOKENS, context - len(prompt))
 
     def sampler(self, params: SamplingParams) -> Sampler:
-        temperature = 1.0 if params.temperature is None else params.temperature
-        top_p = 1.0 if params.top_p is None else params.top_p
-        generator = None if temperature <= 0 else make_generator(params.seed, self.model.device)
-        return Sampler(temperature, top_p, generator)
+        return sampler_of(params, self.model.device)
 
     def drafter(self) -> Drafter | None:
         """A fresh drafter for one sequence (drafters hold per-sequence state), or None without speculation."""
@@ -123,4 +121,14 @@ class Runner:
         return rows
 
 
-__all__ = ["DEFAULT_MAX_TOKENS", "Runner"]
+def sampler_of(params: SamplingParams, device: torch.device | str) -> Sampler:
+    """The distribution a call samples from: ``temperature`` (0: greedy) and ``top_p``, drawn with a generator on
+    ``device`` seeded with ``seed``. With ``max_tokens`` (``Runner.budget``) and ``stop`` (the proposer's
+    detokenizer) these are the fields ``TorchBackendConfig.field_support`` declares."""
+    temperature = 1.0 if params.temperature is None else params.temperature
+    top_p = 1.0 if params.top_p is None else params.top_p
+    generator = None if temperature <= 0 else make_generator(params.seed, device)
+    return Sampler(temperature, top_p, generator)
+
+
+__all__ = ["DEFAULT_MAX_TOKENS", "Runner", "sampler_of"]

@@ -98,13 +98,25 @@ def _sub_head(head: nn.Linear, vocab: Tensor) -> nn.Linear:
     return sub.requires_grad_(False)
 
 
-def save(path: str | Path, spec: SelfDraftSpec, blocks: nn.ModuleList, vocab: Tensor | None, target_hash: str,
-         report: dict[str, float]) -> None:  # fmt: skip
+def save(
+    path: str | Path,
+    spec: SelfDraftSpec,
+    blocks: nn.ModuleList,
+    vocab: Tensor | None,
+    target_hash: str,
+    report: dict[str, float],
+) -> None:
     tensors = {f"blocks.{k}": v.detach().float().contiguous().cpu() for k, v in blocks.state_dict().items()}
     if vocab is not None:
         tensors["vocab"] = vocab.to(torch.int64).cpu()
-    meta = {"kind": KIND, "target_hash": target_hash, "layers": str(spec.layers),
-            "block_layers": str(spec.block_layers), "init_from": str(spec.init_from), "report": json.dumps(report)}  # fmt: skip
+    meta = {
+        "kind": KIND,
+        "target_hash": target_hash,
+        "layers": str(spec.layers),
+        "block_layers": str(spec.block_layers),
+        "init_from": str(spec.init_from),
+        "report": json.dumps(report),
+    }
     save_file(tensors, str(path), metadata=meta)
 
 

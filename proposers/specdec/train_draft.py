@@ -78,8 +78,9 @@ def split_by_prompt(samples: list[Sample], holdout: float, rng: random.Random) -
 def features(target: CausalLM, samples: list[Sample], layers: int) -> list[Features]:
     out = []
     for s in samples:
-        hidden = target(input_ids=torch.tensor([s.tokens], device=target.device), output_hidden_states=True,
-                        logits_to_keep=1).hidden_states  # fmt: skip
+        hidden = target(
+            input_ids=torch.tensor([s.tokens], device=target.device), output_hidden_states=True, logits_to_keep=1
+        ).hidden_states
         out.append(
             Features(hidden[layers][0].float().clone(), hidden[-1][0, s.start - 1 : -1].float().clone(), s.start - 1)
         )
@@ -145,8 +146,13 @@ def evaluate(student: Student, target: CausalLM, feats: list[Features], vocab: T
     return {"greedy_agreement": agree / n, "sampled_acceptance": accept / n, "loss": loss / n, "positions": n}
 
 
-def train(target: CausalLM, samples: list[Sample], stop: frozenset[int], cfg: DraftTraining,
-          progress: Callable[[str], None] = lambda msg: None) -> tuple[nn.ModuleList, Tensor | None, dict[str, float]]:  # fmt: skip
+def train(
+    target: CausalLM,
+    samples: list[Sample],
+    stop: frozenset[int],
+    cfg: DraftTraining,
+    progress: Callable[[str], None] = lambda msg: None,
+) -> tuple[nn.ModuleList, Tensor | None, dict[str, float]]:
     """The trained blocks, the draft's token ids, and a report (held-out before and after training)."""
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -172,8 +178,10 @@ def train(target: CausalLM, samples: list[Sample], stop: frozenset[int], cfg: Dr
             opt.step()
             sched.step()
         result = evaluate(student, target, test, vocab)
-        progress(f"epoch {epoch + 1}/{cfg.epochs}: held-out greedy agreement {result['greedy_agreement']:.3f}, "
-                 f"sampled acceptance {result['sampled_acceptance']:.3f}")  # fmt: skip
+        progress(
+            f"epoch {epoch + 1}/{cfg.epochs}: held-out greedy agreement {result['greedy_agreement']:.3f}, "
+            f"sampled acceptance {result['sampled_acceptance']:.3f}"
+        )
     report.update({f"after_{k}": v for k, v in result.items()} if cfg.epochs else {})
     report.update(train_sequences=len(fit), heldout_sequences=len(test), train_s=time.perf_counter() - started)
     return blocks.requires_grad_(False), vocab, report

@@ -42,8 +42,9 @@ class HeadTraining:
 
 
 @torch.no_grad()
-def examples(target: CausalLM, draft: CausalLM, vocab: Tensor | None, samples: list[Sample],
-             cfg: HeadTraining) -> tuple[Tensor, Tensor]:  # fmt: skip
+def examples(
+    target: CausalLM, draft: CausalLM, vocab: Tensor | None, samples: list[Sample], cfg: HeadTraining
+) -> tuple[Tensor, Tensor]:
     """(draft hidden states [N, H], soft acceptance labels [N]) from the target's responses."""
     sampler = Sampler(cfg.temperature, 1.0, make_generator(cfg.seed, target.device))
     size = target.get_output_embeddings().out_features

@@ -16,9 +16,17 @@ from proposers.specdec.data import Sample, encode_chat
 
 
 def vllm_responses(
-    model_path: str, tokenizer: Any, prompts: list[str], *, samples: int, max_new_tokens: int,
-    temperature: float, seed: int, stop_ids: frozenset[int], max_model_len: int = 2048,
-) -> list[Sample]:  # fmt: skip
+    model_path: str,
+    tokenizer: Any,
+    prompts: list[str],
+    *,
+    samples: int,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    stop_ids: frozenset[int],
+    max_model_len: int = 2048,
+) -> list[Sample]:
     """``samples`` responses of the model at ``model_path`` to each prompt (one, greedy, at temperature 0),
     in prompt order; prompts longer than ``max_model_len - max_new_tokens`` tokens are dropped. The engine
     gets the ``vllm`` backend's per-device settings; ``seed`` is the engine's."""
@@ -30,9 +38,13 @@ def vllm_responses(
     config = VLLMBackendConfig(type="vllm", model=model_path, max_model_len=max_model_len, seed=seed)
     llm = LLM(**engine_kwargs("sample", config, model_path))
     params = SamplingParams(
-        n=1 if temperature == 0 else samples, temperature=temperature, top_p=1.0, max_tokens=max_new_tokens,
-        stop_token_ids=sorted(stop_ids), skip_special_tokens=False,
-    )  # fmt: skip
+        n=1 if temperature == 0 else samples,
+        temperature=temperature,
+        top_p=1.0,
+        max_tokens=max_new_tokens,
+        stop_token_ids=sorted(stop_ids),
+        skip_special_tokens=False,
+    )
     encoded = [encode_chat(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
     encoded = [ids for ids in encoded if len(ids) + max_new_tokens <= max_model_len]
     try:

@@ -1,0 +1,229 @@
+"""The backends a config names (``backends:``), one class a ``type``: what each needs to be reached or started,
+and what every type shares (limits, retries, timeout, prices, hedging)."""
+
+from __future__ import annotations
+
+import re
+from abc import abstractmethod
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from moa.config.base import Strict
+from moa.config.policies import HedgePolicy, RateLimit, RetryPolicy
+from moa.defense_config import type_names
+from moa.pricing import Prices
+from moa.sampling import OPENAI_FIELDS, VLLM_FIELDS, FieldSupport
+from moa.validation import PathError
+
+
+class BackendConfigBase(Strict):
+    """What every backend type shares (a default model, limits, retries, timeout, prices, hedging), and what the
+    engine, the CLI and the estimate ask of a backend without knowing its type: each type defines the abstract
+    properties."""
+
+    model: str | None = Field(default=None, description="default model of agents that name none")
+    rate_limit: RateLimit = RateLimit()
+    retry: RetryPolicy = RetryPolicy()
+    timeout_s: Annotated[float, Field(gt=0)] = Field(default=120.0, description="per-call timeout")
+    prices: Prices | None = Field(default=None, description="USD per million tokens: each call's cost_usd")
+    hedge: HedgePolicy | None = Field(default=None, description="hedged calls (off by default)")
+
+    @property
+    @abstractmethod
+    def endpoint(self) -> str | None:
+        """The URL its calls go to (part of the default key of limits shared on a store); None: it runs in this
+        process."""
+
+    @property
+    @abstractmethod
+    def one_call_for_n(self) -> bool:
+        """One call may ask for n samples; else an agent with n > 1 makes n calls of one."""
+
+    @abstractmethod
+    def field_support(self) -> FieldSupport:
+        """The sampling fields its calls honour; a call that sets another is refused naming the field."""
+
+    @property
+    def in_process(self) -> bool:
+        """It runs in this process: an engine started before the first call, whose tokens cost nothing."""
+        return self.endpoint is None
+
+
+class ChatTemplateRules(Strict):
+    """What the chat template behind a backend accepts (``chat_template:`` of an ``openai`` backend). moa fits every
+    prompt to these rules just before sending it (``proposers.chat_template``)."""
+
+    system: Literal[True, False, "first", "fold"] = Field(
+        default=True,
+        description="true: system turns anywhere; first: only as the first turn; fold (or false): no system role, "
+        "its text goes into the next user turn",
+    )
+    alternate: bool = Field(
+        default=False, description="turns must alternate user/assistant, starting with the user (Gemma, Mistral)"
+    )
+    tool: bool = Field(default=True, description="the tool role is accepted (false: tool results go into user turns)")
+
+
+class OpenAIBackendConfig(BackendConfigBase):
+    """Any OpenAI-compatible chat completions API (OpenAI, Together, a vLLM server, ...)."""
+
+    type: Literal["openai"]
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str | None = Field(default=None, description="environment variable holding the API key")
+    supports_n: bool = Field(default=True, description="one request may ask for n samples")
+    stream_usage: bool = Field(default=True, description="send stream_options.include_usage when streaming")
+    headers: dict[str, str] = Field(default_factory=dict)
+    chat_template: ChatTemplateRules | None = Field(
+        default=None,
+        description="the upstream chat template's rules; unset: learned from its first refusal of a layout (an HTTP "
+        "400 such as 'System role not supported'), per model",
+    )
+    vllm_extensions: bool = Field(
+        default=False, description="the upstream is a vLLM server: vLLM's sampling fields (repetition_penalty) are sent"
+    )
+
+    def field_support(self) -> FieldSupport:
+        """OpenAI's sampling fields, and vLLM's with ``vllm_extensions``."""
+        if self.vllm_extensions:
+            return FieldSupport(OPENAI_FIELDS | VLLM_FIELDS)
+        hint = "vLLM's extensions are sent to an openai backend only when it sets vllm_extensions: true"
+        return FieldSupport(OPENAI_FIELDS, hint)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _no_key(cls, name: str | None) -> str | None:
+        """An empty name (``MOA_API_KEY_ENV=``) means no key: a keyless local server needs no dummy variable."""
+        return name.strip() or None if name is not None else None
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(f"must be an http(s) URL, got {url!r}")
+        return url.rstrip("/")
+
+    @property
+    def endpoint(self) -> str:
+        return self.base_url
+
+    @property
+    def one_call_for_n(self) -> bool:
+        return self.supports_n
+
+
+class VLLMSpeculativeConfig(Strict):
+    """vLLM's n-gram speculative decoding (prompt lookup): drafts are copied from the prompt, so an aggregator that
+    quotes its references gets several tokens per step. Lossless; the fields are vLLM's ``speculative_config``'s."""
+
+    method: Literal["ngram"] = "ngram"
+    num_speculative_tokens: Annotated[int, Field(ge=1, le=64)] = Field(default=4, description="tokens drafted a step")
+    prompt_lookup_max: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="longest n-gram matched in the prompt (default: prompt_lookup_min, else vLLM's 5)"
+    )
+    prompt_lookup_min: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="shortest n-gram matched in the prompt (default: prompt_lookup_max, else vLLM's 5)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> VLLMSpeculativeConfig:
+        low, high = self.prompt_lookup_min, self.prompt_lookup_max
+        if low is not None and high is not None and low > high:
+            raise PathError("prompt_lookup_min", f"must be <= prompt_lookup_max ({high})")
+        return self
+
+
+class VLLMBackendConfig(BackendConfigBase):
+    """In-process vLLM (CUDA or CPU). ``model`` is a path, a hub name or ``embedded:<name>``."""
+
+    type: Literal["vllm"]
+    model: str
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    dtype: str = "auto"
+    max_model_len: Annotated[int, Field(gt=0)] | None = None
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        default=None,
+        description="share of device memory for weights and KV cache (default: 0.3 on CPU, vLLM's on CUDA)",
+    )
+    enforce_eager: bool | None = Field(default=None, description="skip graph capture (default: on for CPU only)")
+    enable_prefix_caching: bool = True
+    seed: int = 0
+    speculative: VLLMSpeculativeConfig | None = Field(
+        default=None, description="vLLM's own speculative decoding (its speculative_config)"
+    )
+    chat_template: str | None = Field(
+        default=None,
+        description="a Jinja chat template used instead of the model's own: a file path, or the template itself",
+    )
+
+    @property
+    def endpoint(self) -> None:
+        return None
+
+    @property
+    def one_call_for_n(self) -> bool:
+        return True
+
+    def field_support(self) -> FieldSupport:
+        """Every sampling field vLLM's ``SamplingParams`` takes."""
+        return FieldSupport(VLLM_FIELDS)
+
+
+class SpeculativeConfig(Strict):
+    """Speculative decoding for a torch backend. Lossless: outputs are distributed as the target's own."""
+
+    policy: Literal["fixed", "heuristic", "confidence", "specdec++", "reference"] = "fixed"
+    draft: str | None = Field(
+        default=None,
+        description="a smaller model with the target's tokenizer (path or embedded:name), or a self-draft "
+        ".safetensors from `moa specdec train-draft`; not used by policy reference",
+    )
+    head: str | None = Field(default=None, description="specdec++: an acceptance head from `moa specdec train-head`")
+    k: Annotated[int, Field(ge=1, le=64)] = Field(default=4, description="fixed: draft length; heuristic: first one")
+    threshold: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        default=None,
+        description="confidence: stop once the draft's probability product falls below it (default 0.3); "
+        "specdec++: stop once 1 - prod(P_accept) exceeds it (default: the head's own h)",
+    )
+    min_k: Annotated[int, Field(ge=1, le=64)] = Field(default=2, description="shortest draft (not fixed)")
+    max_k: Annotated[int, Field(ge=1, le=64)] = Field(default=20, description="longest draft (not fixed)")
+    min_match: Annotated[int, Field(ge=1)] = Field(default=3, description="reference: shortest match that proposes")
+
+    @model_validator(mode="after")
+    def _check(self) -> SpeculativeConfig:
+        if self.min_k > self.max_k:
+            raise PathError("min_k", f"must be <= max_k ({self.max_k})")
+        if self.policy == "reference" and self.draft is not None:
+            raise PathError("draft", "policy reference drafts from the prompt and uses no draft model")
+        if self.policy != "reference" and self.draft is None:
+            raise PathError("draft", f"required by policy {self.policy!r}")
+        if self.policy == "specdec++" and self.head is None:
+            raise PathError("head", "required by policy 'specdec++'")
+        return self
+
+
+class TorchBackendConfig(BackendConfigBase):
+    """A Hugging Face causal LM run by moa's own torch decode loop (with speculative decoding)."""
+
+    type: Literal["torch"]
+    model: str
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    dtype: str = "auto"
+    speculative: SpeculativeConfig | None = None
+
+    @property
+    def endpoint(self) -> None:
+        return None
+
+    @property
+    def one_call_for_n(self) -> bool:
+        return True
+
+    def field_support(self) -> FieldSupport:
+        """What ``proposers.specdec``'s decode loop implements."""
+        fields = frozenset({"temperature", "top_p", "max_tokens", "stop", "seed"})
+        return FieldSupport(fields, "moa's torch decode loop does not implement it")
+
+
+BackendConfig = Annotated[OpenAIBackendConfig | VLLMBackendConfig | TorchBackendConfig, Field(discriminator="type")]
+BACKEND_TYPES = type_names(BackendConfig)
