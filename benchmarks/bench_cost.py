@@ -151,7 +151,7 @@ async def run_turn(side: Side, question: str, seed: int) -> None:
     side.messages.append({"role": "user", "content": question})
     request = build_request(side.messages, {"seed": seed})
     started = time.perf_counter()
-    result = await side.engine.complete(request)
+    result = await side.engine.complete(request, side.engine.context_for(request))
     side.turns.append(turn_figures(result.trace, time.perf_counter() - started))
     side.messages.append({"role": "assistant", "content": result.text})
 
@@ -169,7 +169,13 @@ def layout_of(side: str) -> str:
 async def main(turns: int, max_tokens: int, n: int, names: tuple[str, ...] = SIDES) -> dict[str, Any]:
     configs = {side: config_for(layout_of(side), n, max_tokens) for side in names}
     backend = Backend.from_config("local", configs[names[0]].backends["local"])
-    gemma = Backend("local", Conformed(backend.proposer, GEMMA_RULES), backend.limits, backend.retry, backend.timeout_s)
+    gemma = Backend(
+        "local",
+        Conformed(backend.proposer, GEMMA_RULES),
+        backend.limits,
+        retry=backend.retry,
+        timeout_s=backend.timeout_s,
+    )
     sides = {
         side: Side(side, engine_over(configs[side], {"local": gemma if side == "end-gemma" else backend}))
         for side in names
@@ -203,8 +209,10 @@ async def main(turns: int, max_tokens: int, n: int, names: tuple[str, ...] = SID
     min_share = {at: min((sides[at].turns[t].min_share for t in later), default=0.0) for at in names}
     for at in names:
         seconds = sum(r.seconds for r in sides[at].turns[1:])
-        print(f"{at}: smallest share cached of any call from turn 2 on: {100 * min_share[at]:.0f}%, "
-              f"{seconds:.1f} s over turns 2-{turns}")  # fmt: skip
+        print(
+            f"{at}: smallest share cached of any call from turn 2 on: {100 * min_share[at]:.0f}%, "
+            f"{seconds:.1f} s over turns 2-{turns}"
+        )
         figures[f"{at}.min_share_from_turn2"] = min_share[at]
         figures[f"{at}.seconds_from_turn2"] = seconds
     if "end-gemma" in names and "end" in names:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from defenses.base import Aggregate, DefenseOutcome, EmbeddingDefense
 from defenses.clustering import embed_and_split, mean_similarity
+from moa.context import RequestContext
 from moa.defense_config import ClusterFilterConfig
 from moa.types import ChatRequest, DefenseRecord, Proposal
 
@@ -16,9 +17,9 @@ class ClusterFilter(EmbeddingDefense):
     config: ClusterFilterConfig
 
     async def apply(
-        self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, final: bool
+        self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, final: bool, ctx: RequestContext
     ) -> DefenseOutcome:
-        x, split = await embed_and_split(self.embedder, [p.text for p in proposals], self.config.seed)
+        x, split = await embed_and_split(self.embedder, [p.text for p in proposals], self.config.seed, ctx)
         names = [p.agent for p in proposals]
         clusters = split.named(names)
         record = DefenseRecord(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from defenses.embeddings import Embedder
+from moa.context import RequestContext
 
 # Embeddings closer than this (cosine distance) to each other everywhere are one cluster: there is nothing to split.
 _SAME = 1e-4
@@ -94,7 +95,9 @@ def mean_similarity(x: np.ndarray, rows: list[int], to: list[int]) -> float:
     return float((x[rows] @ x[to].T).mean())
 
 
-async def embed_and_split(embedder: Embedder, texts: list[str], seed: int) -> tuple[np.ndarray, Split]:
-    """Embed ``texts`` (off the event loop, as embedders do) and split them in two."""
-    x = await embedder.embed(texts)  # [N, D]
+async def embed_and_split(
+    embedder: Embedder, texts: list[str], seed: int, ctx: RequestContext | None = None
+) -> tuple[np.ndarray, Split]:
+    """Embed ``texts`` (off the event loop, as embedders do; calls recorded in ``ctx``) and split them in two."""
+    x = await embedder.embed(texts, ctx)  # [N, D]
     return x, two_means(x, seed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from defenses.base import Aggregate, DefenseOutcome, EmbeddingDefense, extra_calls
 from defenses.clustering import embed_and_split, medoid
 from defenses.dropout import aggregate_planned_subsets, answered, candidate_records, label, outcome
+from moa.context import RequestContext
 from moa.defense_config import DropoutClusterConfig
 from moa.types import ChatRequest, DefenseRecord, Proposal
 
@@ -17,11 +18,11 @@ class DropoutCluster(EmbeddingDefense):
     config: DropoutClusterConfig
 
     async def apply(
-        self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, final: bool
+        self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, final: bool, ctx: RequestContext
     ) -> DefenseOutcome:
         candidates = await aggregate_planned_subsets(proposals, aggregate, self.config)
         ok = answered(candidates)
-        x, split = await embed_and_split(self.embedder, [candidates[k].text or "" for k in ok], self.config.seed)
+        x, split = await embed_and_split(self.embedder, [candidates[k].text or "" for k in ok], self.config.seed, ctx)
         labels = [label(k, candidates[k], proposals) for k in ok]
         majority = split.members(0) if split.has_majority else list(range(len(ok)))  # indices into ok
         sizes = " and ".join(str(len(g)) for g in split.named(labels))

@@ -13,6 +13,7 @@ from defenses.base import Aggregate, DefenseOutcome, EmbeddingDefense
 from defenses.clustering import mean_similarity, medoid
 from defenses.dropout import Candidate, aggregate_planned_subsets, answered, candidate_records, outcome
 from defenses.options import parse_option
+from moa.context import RequestContext
 from moa.defense_config import DropoutVoteConfig
 from moa.types import ChatRequest, DefenseRecord, Proposal
 
@@ -21,7 +22,7 @@ class DropoutVote(EmbeddingDefense):
     config: DropoutVoteConfig
 
     async def apply(
-        self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, final: bool
+        self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, final: bool, ctx: RequestContext
     ) -> DefenseOutcome:
         vote = self.config.vote
         candidates = await aggregate_planned_subsets(proposals, aggregate, self.config)
@@ -31,7 +32,7 @@ class DropoutVote(EmbeddingDefense):
         if named and (vote == "option" or (vote == "auto" and 2 * len(named) > len(ok))):
             winner, reason = _vote_option(candidates, named, options)
         else:
-            winner, reason = await self._medoid(candidates, ok)
+            winner, reason = await self._medoid(candidates, ok, ctx)
             if vote == "option":
                 reason = f"no candidate named an option; {reason}"
         references, answer, fields = outcome(proposals, candidates, winner, final)
@@ -44,8 +45,8 @@ class DropoutVote(EmbeddingDefense):
         )
         return DefenseOutcome(references, record, answer)
 
-    async def _medoid(self, candidates: list[Candidate], ok: list[int]) -> tuple[int, str]:
-        x = await self.embedder.embed([candidates[k].text or "" for k in ok])  # [M, D]
+    async def _medoid(self, candidates: list[Candidate], ok: list[int], ctx: RequestContext) -> tuple[int, str]:
+        x = await self.embedder.embed([candidates[k].text or "" for k in ok], ctx)  # [M, D]
         m = medoid(x)
         others = [i for i in range(len(ok)) if i != m] or [m]
         reason = f"free text: the medoid of {len(ok)} candidates"

@@ -19,16 +19,18 @@ from typing import Any, Protocol
 import numpy as np
 
 from moa import registry
+from moa.context import RequestContext
 from moa.defense_config import EmbeddingsConfig, LocalEmbeddings, OpenAIEmbeddings
 from moa.errors import ConfigError
-from moa.interfaces import CallSite, EmbeddingsBackend, embedding_calls
+from moa.interfaces import EmbeddingsBackend
 
 EMBEDDED_MINILM = "embedded:all-minilm-l6-v2"
 
 
 class Embedder(Protocol):
-    async def embed(self, texts: list[str]) -> np.ndarray:
-        """Unit-length embeddings, ``[len(texts), D]`` float32."""
+    async def embed(self, texts: list[str], ctx: RequestContext | None = None) -> np.ndarray:
+        """Unit-length embeddings, ``[len(texts), D]`` float32; an embedder that makes backend calls records them
+        in ``ctx.trace`` at ``ctx.embeddings`` (nowhere without ``ctx``)."""
         ...
 
 
@@ -75,7 +77,7 @@ class LocalEmbedder:
         self._model: Any = None
         self._tokenizer: Any = None
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
+    async def embed(self, texts: list[str], ctx: RequestContext | None = None) -> np.ndarray:
         return await asyncio.to_thread(self.embed_sync, texts)
 
     def _load(self) -> None:
@@ -104,7 +106,7 @@ class LocalEmbedder:
 class OpenAIEmbedder:
     """``model``'s embeddings through ``backend`` (``moa.backend.Backend.for_embeddings``: the chat calls' limits,
     retries, timeout, key and header handling, error mapping and masking); each call gets a record (role
-    ``defense``, step ``embed``) in the request's trace (``moa.interfaces.traced_at``). The backend closes when no
+    ``defense``, step ``embed``) in the request's trace (``ctx.embeddings``, set by the engine). The backend closes when no
     call is in flight (nothing is left open between requests)."""
 
     def __init__(self, model: str, backend: EmbeddingsBackend) -> None:
@@ -112,15 +114,13 @@ class OpenAIEmbedder:
         self.backend = backend
         self._in_flight = 0
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
+    async def embed(self, texts: list[str], ctx: RequestContext | None = None) -> np.ndarray:
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        calls = embedding_calls.get()
-        site = calls.site if calls is not None else CallSite(0, "defense", "embedder", "embed")
-        trace = calls.trace if calls is not None else []
+        ctx = ctx or RequestContext()
         self._in_flight += 1
         try:
-            result = await self.backend.embed(texts, self.model, site, trace)
+            result = await self.backend.embed(texts, model=self.model, site=ctx.embeddings, ctx=ctx)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from defenses.base import Aggregate, DefenseOutcome, EmbeddingDefense
 from defenses.clustering import embed_and_split
+from moa.context import RequestContext
 from moa.defense_config import InContextClusterConfig
 from moa.types import ChatRequest, DefenseRecord, Proposal
 
@@ -18,9 +19,9 @@ class InContextCluster(EmbeddingDefense):
     config: InContextClusterConfig
 
     async def apply(
-        self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, final: bool
+        self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, final: bool, ctx: RequestContext
     ) -> DefenseOutcome:
-        _, split = await embed_and_split(self.embedder, [p.text for p in proposals], self.config.seed)
+        _, split = await embed_and_split(self.embedder, [p.text for p in proposals], self.config.seed, ctx)
         sizes, total = split.sizes, len(proposals)
         labelled = [
             p.with_text(f"{group_line(int(g) + 1, sizes[int(g)], total)}\n{p.text}")

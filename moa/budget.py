@@ -3,13 +3,13 @@
 A call holds its worst case (its prompt's bound below plus ``max_tokens`` per sample, at its backend's prices)
 while it runs and settles at what it cost: the upstream's usage, and for what the upstream did not report, the
 same bound (``moa.backend``). A call whose worst case does not fit next to what was spent and what calls in
-flight hold is not made. One budget covers every choice of a request (``n > 1``).
+flight hold is not made. One budget covers every choice of a request (``n > 1``); it travels in the request's
+``moa.context.RequestContext``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from contextvars import ContextVar
 
 from moa.errors import BudgetExceededError
 
@@ -36,10 +36,6 @@ class RequestBudget:
         """A call that held ``held_usd`` ended having cost ``cost_usd``."""
         self.held_usd = max(self.held_usd - held_usd, 0.0)
         self.spent_usd += cost_usd
-
-
-#: the budget of the request running in this context; ``None``: no limit
-request_budget: ContextVar[RequestBudget | None] = ContextVar("moa_request_budget", default=None)
 
 
 #: tokens a chat template may add around each message (a role header and an end marker: 4-5 in ChatML and

@@ -57,29 +57,28 @@ async def _run(args: argparse.Namespace) -> int:
         log.info("%s: starting local backend(s) %s (%s)", config.name, ", ".join(local), describe_config(config))
 
     from moa.commands.progress_view import ProgressView, timeline
-    from moa.ensemble import Ensemble
-    from moa.progress import ProgressSink, progress_sink
+    from moa.ensemble import Ensemble, build_request
+    from moa.progress import ProgressSink
 
     given = (("temperature", args.temperature), ("max_tokens", args.max_tokens), ("seed", args.seed))
     overrides = {k: v for k, v in given if v is not None}
-    messages = [{"role": "user", "content": args.prompt}]
+    request = build_request([{"role": "user", "content": args.prompt}], overrides)
     view = ProgressView(None if args.no_progress else sys.stderr, live=sys.stderr.isatty())
     async with Ensemble(config) as ens:
         await ens.astart()  # engines start (and a model converts) before the request: own rows in --trace
-        token = progress_sink.set(ProgressSink(view.on_event))
+        context = ens.context(request, progress=ProgressSink(view.on_event))
         view.start()
         try:
             if args.stream and not (args.json or args.trace):
-                async for delta in ens.astream(messages, **overrides):
+                async for delta in ens.astream_request(request, context=context):
                     if delta.content and sys.stdout.isatty():
                         view.freeze()  # the answer goes to the same terminal from here on
                     print(delta.content, end="", flush=True)
                 print()
                 return 0
-            result = await ens.acomplete(messages, **overrides)
+            result = await ens.arun(request, context)
         finally:
             view.freeze()
-            progress_sink.reset(token)
     if args.json:
         print(result.model_dump_json(indent=2))
         return 0
@@ -135,22 +134,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="answer one prompt with an ensemble")
     run.add_argument("prompt", help="the user message")
-    run.add_argument("-c", "--config",
-                     help="config file or shipped recipe name (default: the embedded Self-MoA); with --server, "
-                          "the server's ensemble (default: its only one, or 'default')")  # fmt: skip
-    run.add_argument("--server", metavar="URL",
-                     help="send the prompt to a running `moa serve` at URL (default: $MOA_SERVER) instead of "
-                          "starting the ensemble here: no engine start")  # fmt: skip
-    run.add_argument("--trace", action="store_true",
-                     help="print each proposal, a per-call table and a timeline of the calls to stderr")  # fmt: skip
+    run.add_argument(
+        "-c",
+        "--config",
+        help="config file or shipped recipe name (default: the embedded Self-MoA); with --server, "
+        "the server's ensemble (default: its only one, or 'default')",
+    )
+    run.add_argument(
+        "--server",
+        metavar="URL",
+        help="send the prompt to a running `moa serve` at URL (default: $MOA_SERVER) instead of "
+        "starting the ensemble here: no engine start",
+    )
+    run.add_argument(
+        "--trace",
+        action="store_true",
+        help="print each proposal, a per-call table and a timeline of the calls to stderr",
+    )
     run.add_argument("--json", action="store_true", help="print the whole result object as JSON")
     run.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     run.add_argument("--temperature", type=float, help="the final answer's temperature")
     run.add_argument("--max-tokens", type=int, help="the final answer's token cap")
     run.add_argument("--seed", type=int, help="seed every call of the run, so it repeats (default: a fresh draw)")
     run.add_argument("--no-progress", action="store_true", help="show no per-call progress on stderr")
-    run.add_argument("--verbose", action="store_true",
-                     help="let local engines' start-up output (vLLM, torch, Triton) through to the terminal")  # fmt: skip
+    run.add_argument(
+        "--verbose",
+        action="store_true",
+        help="let local engines' start-up output (vLLM, torch, Triton) through to the terminal",
+    )
     run.set_defaults(func=cmd_run)
 
     validate = sub.add_parser("validate", help="check config files")

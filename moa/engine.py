@@ -5,7 +5,8 @@ layer before as references; an optional defense screens the last layer's proposa
 every layer's) and may answer itself from aggregations of subsets; else the aggregator writes the answer.
 Agents the config marks deceptive (red-teaming) get misleading instructions; the aggregator is always trusted.
 The trace gets one record per model call, whatever its outcome. Everything runs under the request's deadline,
-and cancelling the request cancels every call under it.
+and cancelling the request cancels every call under it. A run's state comes in one ``RequestContext``
+(``moa.context``), made by whoever runs the request (``moa.Ensemble``), and goes down to every call with it.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from moa.backend import Backend, ModelCaller, aclose_stream, request_deadline
-from moa.budget import RequestBudget, request_budget
+from moa.backend import Backend, ModelCaller, aclose_stream
+from moa.budget import RequestBudget
 from moa.config import AgentConfig, EnsembleConfig, HedgePolicy, ReferencesAt, WaitPolicy
+from moa.context import RequestContext
 from moa.defense_config import DeceptionConfig
 from moa.errors import (
     BackendError,
@@ -30,12 +31,13 @@ from moa.errors import (
     InsufficientProposalsError,
     MoaError,
 )
-from moa.interfaces import Aggregate, Aggregator, CallSite, Defense, traced_at
-from moa.progress import progress_sink
+from moa.interfaces import Aggregate, Aggregator, CallSite, Defense
+from moa.progress import ProgressSink
 from moa.prompts import REFERENCE_STOPS, SYNTHESIZE_INSTRUCTIONS, with_references, with_system_prompt
 from moa.quorum import wait_for_quorum
 from moa.sampling import derived_seed, sampling_params, seed_offset
 from moa.stops import StopFilter, with_stops
+from moa.tasks import cancel_and_wait
 from moa.types import (
     CallRecord,
     ChatMessage,
@@ -79,9 +81,14 @@ class Agent:
 
     @classmethod
     def from_config(
-        cls, config: AgentConfig, name: str, backend: Backend, default_model: str,
-        deception: Deception | None = None, references_at: ReferencesAt = "end",
-    ) -> Agent:  # fmt: skip
+        cls,
+        config: AgentConfig,
+        name: str,
+        backend: Backend,
+        default_model: str,
+        deception: Deception | None = None,
+        references_at: ReferencesAt = "end",
+    ) -> Agent:
         params = sampling_params(config)
         model = config.model or default_model
         return cls(name, backend, model, params, config.n, config.system_prompt, deception, config.hedge, references_at)
@@ -104,32 +111,30 @@ class Layer:
     wait: WaitPolicy | None = None  # quorum; None: wait for every call
 
 
-#: when set, each request started in this context adds its trace list here, so a caller sees every call of a
-#: request that fails or is cancelled too (``moa serve`` counts them)
-TRACE_SINK: ContextVar[list[list[CallRecord]] | None] = ContextVar("moa_trace_sink", default=None)
-
-
 @dataclass(slots=True)
 class RequestState:
-    """What one request accumulates while it runs."""
+    """What one request accumulates while it runs; its calls go to ``ctx.trace``."""
 
     request: ChatRequest
-    trace: list[CallRecord]
-    proposals: list[Proposal]
+    ctx: RequestContext
+    proposals: list[Proposal] = field(default_factory=list)
     defense: list[DefenseRecord] = field(default_factory=list)
     dropped: list[ProposalRecord] = field(default_factory=list)  # the stragglers a quorum went on without
 
-    def __post_init__(self) -> None:
-        sink = TRACE_SINK.get()
-        if sink is not None:
-            sink.append(self.trace)
+    @property
+    def trace(self) -> list[CallRecord]:
+        return self.ctx.trace
 
 
 class LayeredEngine:
     def __init__(
-        self, config: EnsembleConfig, backends: dict[str, Backend], layers: list[Layer], aggregator: Aggregator,
+        self,
+        config: EnsembleConfig,
+        backends: dict[str, Backend],
+        layers: list[Layer],
+        aggregator: Aggregator,
         defense: Defense | None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.config = config
         self.backends = backends
         self.layers = layers
@@ -156,20 +161,25 @@ class LayeredEngine:
         def cut(text: str) -> str:
             return StopFilter(agent.params.stop or (), markup).cut(text)
 
+        backend, model, ctx = agent.backend, agent.model, state.ctx
         if agent.n == 1:
-            result = await agent.backend.generate(messages, params, 1, agent.model, site, state.trace, hedge)
+            result = await backend.generate(messages, params, model=model, site=site, ctx=ctx, hedge=hedge)
             return [Proposal(layer.index, agent.name, cut(result.generations[0].text), deceptive)]
-        if agent.backend.supports_n:  # one call; a backend may return fewer than n (its record says so)
-            result = await agent.backend.generate(messages, params, agent.n, agent.model, site, state.trace, hedge)
+        if backend.supports_n:  # one call; a backend may return fewer than n (its record says so)
+            result = await backend.generate(messages, params, model=model, site=site, ctx=ctx, n=agent.n, hedge=hedge)
             samples = list(enumerate(g.text for g in result.generations[: agent.n]))
         else:  # the backend takes one sample a call: n calls at once, keeping the samples that arrive
             calls = [
-                agent.backend.generate(
-                    messages, params.merged(seed=seed_offset(params.seed, i)), 1, agent.model,
-                    CallSite(layer.index, "proposer", f"{agent.name}#{i + 1}"), state.trace, hedge,
+                backend.generate(
+                    messages,
+                    params.merged(seed=seed_offset(params.seed, i)),
+                    model=model,
+                    site=CallSite(layer.index, "proposer", f"{agent.name}#{i + 1}"),
+                    ctx=ctx,
+                    hedge=hedge,
                 )
                 for i in range(agent.n)
-            ]  # fmt: skip
+            ]
             results = await asyncio.gather(*calls, return_exceptions=True)
             samples = [(i, r.generations[0].text) for i, r in enumerate(results) if not isinstance(r, BaseException)]
             if not samples:
@@ -186,14 +196,10 @@ class LayeredEngine:
         try:
             stragglers = await wait_for_quorum(tasks, wait, lambda ps: sum(1 for p in ps if p.text.strip()))
         except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
             raise
         mark = len(state.trace)
-        for task in stragglers:
-            task.cancel()
-        await asyncio.gather(*stragglers, return_exceptions=True)
+        await cancel_and_wait(stragglers)
         state.trace[mark:] = [
             r.model_copy(update={"reason": "straggler"}) if r.outcome == "cancelled" and r.reason is None else r
             for r in state.trace[mark:]
@@ -201,8 +207,11 @@ class LayeredEngine:
         outcomes: list[tuple[Agent, list[Proposal] | BaseException]] = []
         for agent, task in zip(layer.agents, tasks, strict=True):
             if task in stragglers:
-                state.dropped.append(ProposalRecord(layer=layer.index, agent=agent.name, text="", dropped=True,
-                                                    deceptive=agent.deception is not None, reason="straggler"))  # fmt: skip
+                deceptive = agent.deception is not None
+                record = ProposalRecord(
+                    layer=layer.index, agent=agent.name, text="", dropped=True, deceptive=deceptive, reason="straggler"
+                )
+                state.dropped.append(record)
             else:
                 outcomes.append((agent, task.exception() or task.result()))
         return outcomes
@@ -245,7 +254,7 @@ class LayeredEngine:
         answer = None
         for layer in self.layers:
             references = await self._run_layer(layer, state, references)
-            if (sink := progress_sink.get()) is not None:
+            if (sink := state.ctx.progress) is not None:
                 tokens = sum(
                     r.completion_tokens for r in state.trace if r.layer == layer.index and r.role == "proposer"
                 )
@@ -253,8 +262,8 @@ class LayeredEngine:
             final = layer is self.layers[-1]
             if self.defense is not None and (final or self.defense.between_layers):
                 aggregate = self._aggregate_for_defense(state, layer.index)
-                with traced_at(CallSite(layer.index, "defense", "embedder", "embed"), state.trace):
-                    verdict = await self.defense.apply(state.request, references, aggregate, final)
+                ctx = state.ctx.embedding_calls_at(CallSite(layer.index, "defense", "embedder", "embed"))
+                verdict = await self.defense.apply(state.request, references, aggregate, final, ctx)
                 state.defense.append(verdict.record)
                 references, answer = verdict.references, verdict.answer
         return references, answer
@@ -271,11 +280,11 @@ class LayeredEngine:
     def _caller(self, state: RequestState, site: CallSite | None = None) -> ModelCaller:
         params = self._agg_params.merged(**_as_overrides(state.request.params))
         site = site or CallSite(len(self.layers) + 1, "aggregator", "aggregator")
-        return ModelCaller(self._agg_backend, self._agg_model, params, site, state.trace, self.config.aggregator.hedge)
+        return ModelCaller(self._agg_backend, self._agg_model, params, site, state.ctx, self.config.aggregator.hedge)
 
     # ---- whole requests ------------------------------------------------------------------------------------
 
-    def _deadline_s(self, request: ChatRequest) -> float | None:
+    def deadline_s(self, request: ChatRequest) -> float | None:
         """The request's deadline: its own may shorten the configured one, never lengthen it."""
         given = [d for d in (request.deadline_s, self.config.deadline_s) if d is not None]
         return min(given) if given else None
@@ -290,37 +299,40 @@ class LayeredEngine:
             raise ConfigError(f"this ensemble cannot keep a budget: {gap} is not set", "max_cost_usd")
         return RequestBudget(min(given))
 
+    def context_for(
+        self, request: ChatRequest, *, request_id: str = "-", progress: ProgressSink | None = None
+    ) -> RequestContext:
+        """A run's state for ``request``: its deadline (``deadline_s``) running from now, its budget
+        (``budget_for``), ``progress`` the sink of its calls' events. Call it from the event loop."""
+        return RequestContext.start(
+            deadline_s=self.deadline_s(request),
+            budget=self.budget_for(request),
+            progress=progress,
+            request_id=request_id,
+        )
+
     @asynccontextmanager
-    async def _deadline(self, state: RequestState, budget: RequestBudget | None) -> AsyncIterator[asyncio.Timeout]:
-        """The request's deadline, also published to backends (``request_deadline``) so that no retry waits
-        past it, and its budget (``request_budget``: ``budget`` when given, else its own); a failure leaves the calls made so far on the error's
-        ``trace``."""
-        deadline = self._deadline_s(state.request)
-        timer = asyncio.timeout(deadline)
-        at = None if deadline is None else asyncio.get_running_loop().time() + deadline
-        budget_token = request_budget.set(budget if budget is not None else self.budget_for(state.request))
-        token = request_deadline.set(at)
+    async def _deadline(self, state: RequestState) -> AsyncIterator[asyncio.Timeout]:
+        """The request's deadline (``state.ctx.deadline_at``; backends read the same so that no retry waits past
+        it); a failure leaves the calls made so far on the error's ``trace``."""
+        ctx = state.ctx
+        timer = asyncio.timeout_at(ctx.deadline_at)
         try:
             try:
                 async with timer:
                     yield timer
             except TimeoutError:
-                if deadline is not None and timer.expired():
-                    raise DeadlineExceededError(deadline) from None
+                if ctx.deadline_s is not None and timer.expired():
+                    raise DeadlineExceededError(ctx.deadline_s) from None
                 raise
         except MoaError as e:
             e.trace = list(state.trace)
             raise
-        finally:
-            try:
-                request_deadline.reset(token)
-                request_budget.reset(budget_token)
-            except ValueError:  # a stream finalized from another task (never closed by its consumer)
-                pass
 
-    async def complete(self, request: ChatRequest, budget: RequestBudget | None = None) -> Completion:
-        state = RequestState(request, [], [])
-        async with self._deadline(state, budget):
+    async def complete(self, request: ChatRequest, ctx: RequestContext) -> Completion:
+        """One run of ``request`` under ``ctx`` (its deadline, budget, trace and progress sink)."""
+        state = RequestState(request, ctx)
+        async with self._deadline(state):
             references, answer = await self._run_layers(state)
             if answer is None:
                 answer = await self.aggregator.aggregate(request, references, self._caller(state))
@@ -337,12 +349,12 @@ class LayeredEngine:
             defense=state.defense,
         )
 
-    async def stream(self, request: ChatRequest, budget: RequestBudget | None = None) -> AsyncGenerator[Delta, None]:
+    async def stream(self, request: ChatRequest, ctx: RequestContext) -> AsyncGenerator[Delta, None]:
         """The aggregator's tokens as they come (a defense's finished answer in one piece); the last delta carries
         finish_reason, usage, the trace and the defense's records. Closing it closes the aggregator's stream (its
-        slot and connection) before ``aclose`` returns. ``budget``: one shared with other choices of the request."""
-        state = RequestState(request, [], [])
-        async with self._deadline(state, budget) as timer:
+        slot and connection) before ``aclose`` returns. ``ctx`` as ``complete`` takes it."""
+        state = RequestState(request, ctx)
+        async with self._deadline(state) as timer:
             references, answer = await self._run_layers(state)
             finish_reason = "stop"
             if answer is None:
@@ -360,7 +372,7 @@ class LayeredEngine:
                         timer.reschedule(None)
                         yield Delta(content=delta.content)
                         if when is not None and asyncio.get_running_loop().time() >= when:
-                            raise DeadlineExceededError(self._deadline_s(state.request) or 0.0)
+                            raise DeadlineExceededError(ctx.deadline_s or 0.0)
                         timer.reschedule(when)
             finally:
                 await aclose_stream(pieces)

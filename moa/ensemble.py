@@ -1,4 +1,9 @@
-"""The public SDK: ``Ensemble.from_config(...)``, then ``acomplete``, ``complete`` or ``astream``."""
+"""The public SDK: ``Ensemble.from_config(...)``, then ``acomplete``, ``complete`` or ``astream``.
+
+A request's state (its deadline, budget, trace, progress sink: ``moa.context.RequestContext``) is made here, once
+per run (``context``), and handed down to the engine; ``moa serve`` makes its own with ``context`` to share one
+budget between a request's choices and to read every call of a run that failed.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +21,11 @@ from moa import registry
 from moa.backend import Backend
 from moa.budget import RequestBudget
 from moa.config import EnsembleConfig, config_error, load_config
+from moa.context import RequestContext
 from moa.engine import Agent, Deception, Layer, LayeredEngine
 from moa.errors import ConfigError, MoaError, UnsupportedFieldError
 from moa.interfaces import Aggregator, Defense
-from moa.progress import ProgressEvent, with_progress
+from moa.progress import ProgressEvent, ProgressSink, with_progress
 from moa.sampling import RequestExtensions, SamplingFields, extensions, sampling_params, set_fields
 from moa.types import ChatRequest, Completion, Delta, Message
 
@@ -145,17 +151,24 @@ class Ensemble:
         return await self.arun(build_request(messages, overrides))
 
     def budget_for(self, request: ChatRequest) -> RequestBudget | None:
-        """The spending limit of ``request`` (``max_cost_usd``, its own or the config's), to share between runs
-        that are one request (its ``n`` choices); ``None`` without one. Raises ``ConfigError`` where the
-        ensemble cannot keep a budget (prices or ``max_tokens`` missing)."""
+        """The spending limit of ``request`` (``max_cost_usd``, its own or the config's); ``None`` without one.
+        Raises ``ConfigError`` where the ensemble cannot keep a budget (prices or ``max_tokens`` missing)."""
         return self._engine.budget_for(request)
 
-    async def arun(self, request: ChatRequest, budget: RequestBudget | None = None) -> Completion:
-        """Run the ensemble on a request already validated (``build_request``'s, or ``moa serve``'s); ``budget``
-        (``budget_for``'s) when the run shares its request's budget with others."""
+    def context(
+        self, request: ChatRequest, *, request_id: str = "-", progress: ProgressSink | None = None
+    ) -> RequestContext:
+        """A run's state for ``request``, its deadline running from now (the shorter of the request's own and the
+        config's) and its budget (``budget_for``); ``choice()`` of it gives the sibling runs of one request
+        (``n > 1``) one budget. ``progress``: where its calls' progress events go. Call it from the event loop."""
+        return self._engine.context_for(request, request_id=request_id, progress=progress)
+
+    async def arun(self, request: ChatRequest, context: RequestContext | None = None) -> Completion:
+        """Run the ensemble on a request already validated (``build_request``'s, or ``moa serve``'s) under
+        ``context`` (``context``'s; by default a fresh one)."""
         self._bind_loop()
         refuse_unsupported(self.config, request)
-        return await self._engine.complete(request, budget)
+        return await self._engine.complete(request, context or self.context(request))
 
     @overload
     def astream(
@@ -181,27 +194,33 @@ class Ensemble:
 
     @overload
     def astream_request(
-        self, request: ChatRequest, *, progress: Literal[False] = False, budget: RequestBudget | None = None
+        self, request: ChatRequest, *, progress: Literal[False] = False, context: RequestContext | None = None
     ) -> AsyncGenerator[Delta, None]: ...
 
     @overload
     def astream_request(
-        self, request: ChatRequest, *, progress: bool, budget: RequestBudget | None = None
+        self, request: ChatRequest, *, progress: bool, context: RequestContext | None = None
     ) -> AsyncGenerator[Delta | ProgressEvent, None]: ...
 
     def astream_request(
-        self, request: ChatRequest, *, progress: bool = False, budget: RequestBudget | None = None
+        self, request: ChatRequest, *, progress: bool = False, context: RequestContext | None = None
     ) -> AsyncGenerator[Delta, None] | AsyncGenerator[Delta | ProgressEvent, None]:
-        """``astream`` of a request already validated (``build_request``'s, or ``moa serve``'s); ``budget`` as
-        ``arun`` takes it."""
+        """``astream`` of a request already validated (``build_request``'s, or ``moa serve``'s) under ``context``
+        as ``arun`` takes it (by default a fresh one, made when the stream starts); with ``progress`` the events go
+        to a sink of the stream's own (set on ``context``)."""
         refuse_unsupported(self.config, request)
         if progress:
-            return with_progress(lambda: self._stream(request, budget))
-        return self._stream(request, budget)
+            return with_progress(lambda sink: self._stream(request, context, sink))
+        return self._stream(request, context)
 
-    async def _stream(self, request: ChatRequest, budget: RequestBudget | None) -> AsyncGenerator[Delta, None]:
+    async def _stream(
+        self, request: ChatRequest, context: RequestContext | None, sink: ProgressSink | None = None
+    ) -> AsyncGenerator[Delta, None]:
         self._bind_loop()
-        async with aclosing(self._engine.stream(request, budget)) as deltas:
+        ctx = context or self.context(request)
+        if sink is not None:
+            ctx.progress = sink
+        async with aclosing(self._engine.stream(request, ctx)) as deltas:
             async for delta in deltas:
                 yield delta
 

@@ -1,21 +1,22 @@
 """The seams between the engine and its parts, at the bottom of the dependency graph.
 
 Proposers, aggregators and defenses implement these protocols; the engine and the backend use them. This module
-imports only ``moa.types`` and ``moa.errors``, so every layer may import it and none imports upward through it.
+imports only ``moa.types``, ``moa.errors`` and ``moa.context`` (a request's state, ``RequestContext``), so every
+layer above may import it and none imports upward through it.
 ``Caller`` is what an aggregator or a defense is handed to make model calls (``moa.backend.ModelCaller``);
 ``EmbeddingsBackend`` is what an OpenAI-compatible embedder calls (``moa.backend.Backend``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
+from moa.context import CallRole as CallRole  # re-exported: the seams name where a call sits
+from moa.context import CallSite as CallSite
+from moa.context import RequestContext
 from moa.types import (
-    CallRecord,
     ChatRequest,
     DefenseRecord,
     Delta,
@@ -25,19 +26,6 @@ from moa.types import (
     Proposal,
     SamplingParams,
 )
-
-CallRole = Literal["proposer", "aggregator", "defense"]
-
-
-@dataclass(frozen=True, slots=True)
-class CallSite:
-    """Where a call sits in a request, for its trace record."""
-
-    layer: int
-    role: CallRole
-    agent: str
-    step: str | None = None
-
 
 # ---- proposers ---------------------------------------------------------------------------------------------
 
@@ -120,9 +108,10 @@ class Defense(Protocol):
     between_layers: bool
 
     async def apply(
-        self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, final: bool
+        self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, final: bool, ctx: RequestContext
     ) -> DefenseOutcome:
-        """Screen one layer's proposals; ``final`` when the final aggregator comes next."""
+        """Screen one layer's proposals; ``final`` when the final aggregator comes next. ``ctx``: the request's,
+        with ``ctx.embeddings`` the site its embedding calls are recorded at (hand it to the embedder)."""
         ...
 
 
@@ -134,30 +123,8 @@ class Embeddings(Protocol):
 
 
 class EmbeddingsBackend(Protocol):
-    """An embeddings endpoint behind limits, retries and a timeout; each call appends one record to ``trace``."""
+    """An embeddings endpoint behind limits, retries and a timeout; each call appends one record to ``ctx.trace``."""
 
-    async def embed(self, texts: list[str], model: str, site: CallSite, trace: list[CallRecord]) -> Embeddings: ...
+    async def embed(self, texts: list[str], *, model: str, site: CallSite, ctx: RequestContext) -> Embeddings: ...
 
     async def aclose(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class EmbeddingCalls:
-    """Where a request's embedding calls go in its trace: set by the engine around a defense (``traced_at``)."""
-
-    site: CallSite
-    trace: list[CallRecord]
-
-
-#: where embedding calls made now are recorded; ``None`` outside a defense's step
-embedding_calls: ContextVar[EmbeddingCalls | None] = ContextVar("moa_embedding_calls", default=None)
-
-
-@contextmanager
-def traced_at(site: CallSite, trace: list[CallRecord]) -> Iterator[None]:
-    """Embedding calls made inside (also in tasks started inside) get a record in ``trace`` at ``site``."""
-    token = embedding_calls.set(EmbeddingCalls(site, trace))
-    try:
-        yield
-    finally:
-        embedding_calls.reset(token)

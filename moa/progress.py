@@ -1,8 +1,8 @@
 """Live progress of a request: one ``ProgressEvent`` as each model call starts, sends its first token and ends,
 and as each proposer layer is done.
 
-The backend and the engine report to the ``ProgressSink`` in ``progress_sink`` (a context variable, like the
-request's deadline); with none set (the default) reporting costs one ``ContextVar.get`` per call.
+The backend and the engine report to the ``ProgressSink`` of the request's context (``RequestContext.progress``);
+with none (the default) reporting costs one attribute read per call.
 ``with_progress`` turns a stream of deltas into one that yields the events too, each before what follows it.
 """
 
@@ -13,10 +13,10 @@ import itertools
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
-from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from moa.tasks import cancel_and_wait
 from moa.types import Delta
 
 ProgressKind = Literal["started", "first_token", "finished", "failed", "cancelled", "layer_done"]
@@ -64,10 +64,6 @@ class ProgressSink:
         self.emit(ProgressEvent(kind, layer, role, agent, model, elapsed_s=time.monotonic() - self.started, **fields))
 
 
-#: the current request's sink; ``None``: nobody asked for progress
-progress_sink: ContextVar[ProgressSink | None] = ContextVar("moa_progress_sink", default=None)
-
-
 @dataclass(frozen=True, slots=True)
 class _Failed:
     error: BaseException
@@ -77,11 +73,12 @@ _END = object()
 
 
 async def with_progress(
-    deltas: Callable[[], AsyncGenerator[Delta, None]],
+    deltas: Callable[[ProgressSink], AsyncGenerator[Delta, None]],
 ) -> AsyncGenerator[Delta | ProgressEvent, None]:
-    """The stream ``deltas()`` makes, with the progress events of its calls interleaved as they happen.
+    """The stream ``deltas(sink)`` makes, with the progress events its calls report to ``sink`` interleaved as
+    they happen.
 
-    The stream runs in its own task (with its own sink) and hands each delta over only when the consumer asks
+    The stream runs in its own task and hands each delta over only when the consumer asks
     for the next item, so a consumer that holds a delta holds the stream as before. Closing this closes the
     stream (its calls and connections) before ``aclose`` returns.
     """
@@ -89,9 +86,8 @@ async def with_progress(
     taken = asyncio.Event()
 
     async def pump() -> None:
-        progress_sink.set(ProgressSink(queue.put_nowait))  # this task's own context: no reset needed
         try:
-            async with aclosing(deltas()) as stream:
+            async with aclosing(deltas(ProgressSink(queue.put_nowait))) as stream:
                 async for delta in stream:
                     taken.clear()
                     queue.put_nowait(delta)
@@ -114,8 +110,7 @@ async def with_progress(
             if isinstance(item, Delta):
                 taken.set()
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait([task])
 
 
-__all__ = ["CALL_ENDS", "ProgressEvent", "ProgressKind", "ProgressSink", "progress_sink", "with_progress"]
+__all__ = ["CALL_ENDS", "ProgressEvent", "ProgressKind", "ProgressSink", "with_progress"]

@@ -20,8 +20,9 @@ from typing import Literal
 from moa.alpaca_eval.data import OPERATIONAL_FIELDS, digest
 from moa.backend import Backend, CallSite
 from moa.config import EnsembleConfig
+from moa.context import RequestContext
 from moa.errors import ConfigError, MoaError
-from moa.types import CallRecord, Message, SamplingParams, TopLogprobs
+from moa.types import Message, SamplingParams, TopLogprobs
 
 JUDGE_SYSTEM = (
     "You compare two answers to the same user request and decide which one serves the user better. Weigh, in "
@@ -165,15 +166,9 @@ class PairwiseJudge:
         self, instruction: str, model_output: str, reference_output: str, model_first: bool
     ) -> JudgeVerdict:
         first, second = (model_output, reference_output) if model_first else (reference_output, model_output)
-        trace: list[CallRecord] = []
-        result = await self.backend.generate(
-            judge_messages(instruction, first, second),
-            self.params,
-            1,
-            self.model,
-            CallSite(1, "aggregator", "judge"),
-            trace,
-        )
+        messages = judge_messages(instruction, first, second)
+        site = CallSite(1, "aggregator", "judge")
+        result = await self.backend.generate(messages, self.params, model=self.model, site=site, ctx=RequestContext())
         generation = result.generations[0]
         source: Literal["logprobs", "verdict"] = "logprobs"
         p_second = second_preferred_from_logprobs(generation.logprobs) if generation.logprobs else None

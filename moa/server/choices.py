@@ -1,8 +1,10 @@
 """Running the ``n`` choices of one chat request: each choice is one whole ensemble run, all at once.
 
 Choice ``i`` samples its final answer with ``seed + i`` when a seed is given, so the choices differ yet the
-request stays reproducible. The choices share the request's budget (``max_cost_usd`` covers them all). If one
-choice fails, the others are cancelled and the failure is raised.
+request stays reproducible. Each choice runs under its own ``RequestContext`` (made by the ensemble, siblings of
+one: one id, deadline and budget, ``max_cost_usd`` covering them all; a trace each), and the caller's ``runs``
+gets every one of them, so that the calls of a choice that failed are counted too. If one choice fails, the
+others are cancelled and the failure is raised.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import replace
 from typing import TypeVar
 
+from moa.context import RequestContext
 from moa.ensemble import Ensemble
 from moa.progress import ProgressEvent
 from moa.sampling import seed_offset
 from moa.server.schema import ParsedChat
+from moa.tasks import cancel_and_wait
 from moa.types import ChatRequest, Completion, Delta
 
 T = TypeVar("T")
@@ -27,6 +31,12 @@ def request_for_choice(parsed: ParsedChat, index: int) -> ChatRequest:
     return replace(request, params=request.params.merged(seed=seed_offset(request.params.seed, index)))
 
 
+def contexts_for(ensemble: Ensemble, parsed: ParsedChat, request_id: str) -> list[RequestContext]:
+    """One context for each of the request's ``n`` choices: siblings sharing its deadline and budget."""
+    first = ensemble.context(parsed.request, request_id=request_id)
+    return [first] + [first.choice() for _ in range(parsed.n - 1)]
+
+
 async def all_or_none(calls: list[Awaitable[T]]) -> list[T]:
     """Every result in order, or the first failure with the other calls cancelled."""
     if len(calls) == 1:
@@ -35,26 +45,29 @@ async def all_or_none(calls: list[Awaitable[T]]) -> list[T]:
     try:
         return list(await asyncio.gather(*tasks))
     finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
 
 
-async def complete_choices(ensemble: Ensemble, parsed: ParsedChat) -> list[Completion]:
-    budget = ensemble.budget_for(parsed.request) if parsed.n > 1 else None
-    return await all_or_none([ensemble.arun(request_for_choice(parsed, i), budget) for i in range(parsed.n)])
+async def complete_choices(
+    ensemble: Ensemble, parsed: ParsedChat, request_id: str, runs: list[RequestContext]
+) -> list[Completion]:
+    """Every choice's completion; ``runs`` gets each choice's context."""
+    contexts = contexts_for(ensemble, parsed, request_id)
+    runs.extend(contexts)
+    return await all_or_none([ensemble.arun(request_for_choice(parsed, i), c) for i, c in enumerate(contexts)])
 
 
 async def stream_choices(
-    ensemble: Ensemble, parsed: ParsedChat
+    ensemble: Ensemble, parsed: ParsedChat, request_id: str, runs: list[RequestContext]
 ) -> AsyncGenerator[tuple[int, Delta | ProgressEvent], None]:
     """``(choice index, delta)`` as each choice's tokens arrive (and its progress events, when the request asked
-    for them); closing this cancels every choice."""
+    for them); ``runs`` gets each choice's context. Closing this cancels every choice."""
     progress = parsed.include_progress
-    budget = ensemble.budget_for(parsed.request) if parsed.n > 1 else None
+    contexts = contexts_for(ensemble, parsed, request_id)
+    runs.extend(contexts)
     streams = [
-        ensemble.astream_request(request_for_choice(parsed, i), progress=progress, budget=budget)
-        for i in range(parsed.n)
+        ensemble.astream_request(request_for_choice(parsed, i), progress=progress, context=c)
+        for i, c in enumerate(contexts)
     ]
     if len(streams) == 1:
         try:
@@ -86,8 +99,6 @@ async def stream_choices(
             else:
                 yield index, piece
     finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         for s in streams:
             await s.aclose()

@@ -12,10 +12,10 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from moa.engine import TRACE_SINK
+from moa.context import RequestContext
 from moa.ensemble import Ensemble
 from moa.errors import ConfigError
-from moa.server import limits_status
+from moa.server import ids, limits_status
 from moa.server.access import ACCESS, Access
 from moa.server.choices import complete_choices, stream_choices
 from moa.server.errors import (
@@ -32,7 +32,7 @@ from moa.server.protocol import describe
 from moa.server.schema import ParsedChat, parse_chat_request
 from moa.server.state import STATE, ServerSettings, ServerState
 from moa.server.streaming import ChunkFormat, StreamResult, trace_entry, uncancel, write_stream
-from moa.types import CallRecord, Completion, Usage
+from moa.types import Completion, Usage
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     started = time.monotonic()
     label, status = UNKNOWN, CLIENT_CLOSED
-    traces: list[list[CallRecord]] = []  # every trace list of this request's runs (the engine adds them)
-    sink = TRACE_SINK.set(traces)
+    runs: list[RequestContext] = []  # every run of this request (a choice each), with the calls it made
     task = asyncio.current_task()
     if task is not None:
         state.handlers.add(task)
@@ -60,13 +59,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         label, ensemble = _ensemble_of(state, body)
         parsed = parse_chat_request(body)
         _admit(state)
+        rid = ids.request_id(request)
         try:
             if parsed.stream:
                 result = StreamResult()
-                response = await _stream(request, state, ensemble, parsed, result)
+                response = await _stream(request, ensemble, parsed, result=result, runs=runs)
                 status = result.error_status or response.status
             else:
-                response = await _complete(ensemble, parsed)
+                response = await _complete(ensemble, parsed, rid, runs)
                 status = response.status
         finally:
             state.admitted -= 1
@@ -84,12 +84,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         status = error_for(e)[0]
         raise
     finally:
-        TRACE_SINK.reset(sink)
         if task is not None:
             state.handlers.discard(task)
         if status == CLIENT_CLOSED:
             log.info("the client closed the connection before the answer was complete (%d)", CLIENT_CLOSED)
-        calls = [r for trace in traces for r in trace]
+        calls = [r for run in runs for r in run.trace]
         state.metrics.record_calls(label, calls)
         state.metrics.record_request(label, status, time.monotonic() - started)
         request[ACCESS] = Access(label, status, Usage.total(calls))
@@ -174,8 +173,10 @@ def _ensemble(state: ServerState, model: str) -> Ensemble:
 COST_HEADER, TOKENS_HEADER = "x-moa-cost-usd", "x-moa-total-tokens"
 
 
-async def _complete(ensemble: Ensemble, parsed: ParsedChat) -> web.Response:
-    completions = await complete_choices(ensemble, parsed)
+async def _complete(
+    ensemble: Ensemble, parsed: ParsedChat, request_id: str, runs: list[RequestContext]
+) -> web.Response:
+    completions = await complete_choices(ensemble, parsed, request_id, runs)
     body = completion_body(parsed, completions)
     return web.json_response(body, headers=usage_headers(Usage.model_validate(body["usage"])))
 
@@ -193,15 +194,21 @@ def completion_body(parsed: ParsedChat, completions: list[Completion]) -> dict[s
     """One ``chat.completion`` of ``n`` choices; usage sums every model call behind every choice."""
     calls = [r for c in completions for r in c.trace]
     body: dict[str, Any] = {
-        "id": completions[0].id, "object": "chat.completion", "created": completions[0].created,
+        "id": completions[0].id,
+        "object": "chat.completion",
+        "created": completions[0].created,
         "model": parsed.model,
         "choices": [
-            {"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
-             "finish_reason": c.choices[0].finish_reason}
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": c.text},
+                "logprobs": None,
+                "finish_reason": c.choices[0].finish_reason,
+            }
             for i, c in enumerate(completions)
         ],
         "usage": Usage.total(calls).model_dump(exclude_none=True),
-    }  # fmt: skip
+    }
     if parsed.trace:
         body["moa_trace"] = [
             {**trace_entry(i, c.trace, c.defense), "proposals": [p.model_dump() for p in c.proposals]}
@@ -211,12 +218,22 @@ def completion_body(parsed: ParsedChat, completions: list[Completion]) -> dict[s
 
 
 async def _stream(
-    request: web.Request, state: ServerState, ensemble: Ensemble, parsed: ParsedChat, result: StreamResult
+    request: web.Request, ensemble: Ensemble, parsed: ParsedChat, *, result: StreamResult, runs: list[RequestContext]
 ) -> web.StreamResponse:
+    state = request.app[STATE]
     fmt = ChunkFormat(parsed.model, parsed.include_usage)
+    deltas = stream_choices(ensemble, parsed, ids.request_id(request), runs)
     try:
-        async with aclosing(stream_choices(ensemble, parsed)) as deltas:
-            return await write_stream(request, deltas, fmt, parsed.n, parsed.include_usage, parsed.trace, result)
+        async with aclosing(deltas):
+            return await write_stream(
+                request,
+                deltas,
+                fmt,
+                n=parsed.n,
+                want_usage=parsed.include_usage,
+                want_trace=parsed.trace,
+                result=result,
+            )
     finally:
         if result.first_token_s is not None:
             state.metrics.record_first_token(parsed.model, result.first_token_s)

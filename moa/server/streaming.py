@@ -42,9 +42,11 @@ class ChunkFormat:
 
     def __init__(self, model: str, include_usage: bool) -> None:
         self.base: dict[str, Any] = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
             "model": model,
-        }  # fmt: skip
+        }
         if include_usage:
             self.base["usage"] = None  # OpenAI's shape: null on every chunk but the last
         # the frame of a token chunk, split around the two values that vary (quotes make the markers unique)
@@ -121,6 +123,7 @@ async def write_stream(
     request: web.Request,
     deltas: AsyncIterator[tuple[int, Delta | ProgressEvent]],
     fmt: ChunkFormat,
+    *,
     n: int,
     want_usage: bool,
     want_trace: bool,

@@ -13,8 +13,9 @@ import pytest
 
 from moa.backend import Backend, CallSite
 from moa.config import OpenAIBackendConfig, RateLimit
+from moa.context import RequestContext
 from moa.limits import BackendLimits, RequestRateLimiter, TokenRateLimiter
-from moa.types import CallRecord, Message, SamplingParams
+from moa.types import Message, SamplingParams
 from tests.support.scripted_server import Raw, ScriptedServer
 
 
@@ -182,11 +183,11 @@ async def _waits_for_tokens(call: Coroutine[Any, Any, object], upstream: Scripte
 async def test_calls_without_usage_are_charged_their_characters(upstream: ScriptedServer) -> None:
     upstream.script("m", faults=[_no_usage_body() for _ in range(7)])
     backend = _backend(upstream)
-    trace: list[CallRecord] = []
+    ctx = RequestContext()
     try:
         for _ in range(6):  # 6 calls of ~100 tokens empty the 600-token bucket
-            await backend.generate(PROMPT, PARAMS, 1, "m", CallSite(1, "proposer", "m"), trace)
-        seventh = backend.generate(PROMPT, PARAMS, 1, "m", CallSite(1, "proposer", "m"), trace)
+            await backend.generate(PROMPT, PARAMS, model="m", site=CallSite(1, "proposer", "m"), ctx=ctx)
+        seventh = backend.generate(PROMPT, PARAMS, model="m", site=CallSite(1, "proposer", "m"), ctx=ctx)
         await _waits_for_tokens(seventh, upstream, "the calls were refunded their whole estimate: no usage came")
     finally:
         await backend.aclose()
@@ -195,12 +196,11 @@ async def test_calls_without_usage_are_charged_their_characters(upstream: Script
 async def test_streams_that_count_only_pieces_are_charged_their_characters(upstream: ScriptedServer) -> None:
     upstream.script("m", answer=ANSWER)  # one piece of 200 characters; no usage without include_usage
     backend = _backend(upstream, stream_usage=False)
-    trace: list[CallRecord] = []
+    ctx = RequestContext()
 
     async def stream() -> str:
-        return "".join(
-            [d.content async for d in backend.stream(PROMPT, PARAMS, "m", CallSite(2, "aggregator", "a"), trace)]
-        )
+        deltas = backend.stream(PROMPT, PARAMS, model="m", site=CallSite(2, "aggregator", "a"), ctx=ctx)
+        return "".join([d.content async for d in deltas])
 
     try:
         for _ in range(6):

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from contextlib import aclosing
 
 from moa import Ensemble
-from moa.progress import ProgressEvent, progress_sink
+from moa.ensemble import build_request
+from moa.progress import ProgressEvent
 from moa.types import Delta
 from tests.support.ensembles import moa_config
 from tests.support.scripted_server import ScriptedServer
@@ -32,11 +33,18 @@ async def test_progress_events_come_in_order_before_the_answers_tokens(upstream:
         items = await _collect(ens)
     assert all(isinstance(i, (Delta, ProgressEvent)) for i in items)
     assert _kinds(items) == [
-        ("started", 1, "p1"), ("started", 1, "p2"), ("finished", 1, "p1"), ("finished", 1, "p2"),
+        ("started", 1, "p1"),
+        ("started", 1, "p2"),
+        ("finished", 1, "p1"),
+        ("finished", 1, "p2"),
         ("layer_done", 1, ""),
-        ("started", 2, "p3"), ("finished", 2, "p3"), ("layer_done", 2, ""),
-        ("started", 3, "aggregator"), ("first_token", 3, "aggregator"), ("finished", 3, "aggregator"),
-    ]  # fmt: skip
+        ("started", 2, "p3"),
+        ("finished", 2, "p3"),
+        ("layer_done", 2, ""),
+        ("started", 3, "aggregator"),
+        ("first_token", 3, "aggregator"),
+        ("finished", 3, "aggregator"),
+    ]
     first_token = next(i for i, x in enumerate(items) if isinstance(x, Delta) and x.content)
     before = [x for x in items[:first_token] if isinstance(x, ProgressEvent)]
     assert before[-1].kind == "first_token" and before[-1].agent == "aggregator"
@@ -96,5 +104,8 @@ async def _until(condition: Callable[[], bool], timeout: float = 5) -> None:
 async def test_without_progress_the_stream_has_only_deltas_and_no_sink(upstream: ScriptedServer) -> None:
     async with Ensemble.from_config(moa_config(upstream.base_url, [["p1"]])) as ens:
         items = [d async for d in ens.astream(USER)]
+        request = build_request(USER, {})
+        context = ens.context(request)
+        [d async for d in ens.astream_request(request, context=context)]
     assert all(isinstance(d, Delta) for d in items)
-    assert progress_sink.get() is None
+    assert context.progress is None

@@ -13,10 +13,10 @@ from defenses.embeddings import make_embedder
 from moa import Ensemble
 from moa.backend import Backend, CallSite
 from moa.config import OpenAIBackendConfig, RetryPolicy
+from moa.context import RequestContext
 from moa.defense_config import OpenAIEmbeddings
 from moa.errors import AuthenticationError, ConfigError, MalformedResponseError, PermissionDeniedError
 from moa.limits import BackendLimits
-from moa.types import CallRecord
 from proposers.openai_http import OpenAIProposer
 from tests.support.ensembles import moa_config
 from tests.support.scripted_server import Raw, ScriptedServer
@@ -71,34 +71,46 @@ async def test_a_wrong_shape_embedding_is_a_malformed_response(upstream: Scripte
 async def test_the_backend_retries_an_embedding_call_and_records_it(upstream: ScriptedServer) -> None:
     upstream.script("e", faults=["503"])
     backend = Backend(
-        "emb", _proposer(upstream.base_url), BackendLimits(OpenAIBackendConfig(type="openai").rate_limit),
-        RetryPolicy(max_retries=1, initial_backoff_s=0), timeout_s=5,
-    )  # fmt: skip
-    trace: list[CallRecord] = []
+        "emb",
+        _proposer(upstream.base_url),
+        BackendLimits(OpenAIBackendConfig(type="openai").rate_limit),
+        retry=RetryPolicy(max_retries=1, initial_backoff_s=0),
+        timeout_s=5,
+    )
+    ctx = RequestContext()
     try:
-        result = await backend.embed(["one two", "three"], "e", SITE, trace)
+        result = await backend.embed(["one two", "three"], model="e", site=SITE, ctx=ctx)
     finally:
         await backend.aclose()
+    trace = ctx.trace
     assert len(result.vectors) == 2 and len(upstream.for_model("e")) == 2
     [record] = trace
     assert (record.role, record.agent, record.step, record.backend, record.model) == (
-        "defense", "embedder", "embed", "emb", "e"
-    )  # fmt: skip
+        "defense",
+        "embedder",
+        "embed",
+        "emb",
+        "e",
+    )
     assert record.outcome == "ok" and record.retries == 1 and record.prompt_tokens == 3
 
 
 async def test_a_failed_embedding_call_is_recorded_with_the_secret_masked(upstream: ScriptedServer) -> None:
     upstream.script("e", faults=[Raw(json.dumps({"error": {"message": f"bad key {SECRET}"}}), status=401)])
     backend = Backend(
-        "emb", _proposer(upstream.base_url, headers={"api-key": SECRET}),
-        BackendLimits(OpenAIBackendConfig(type="openai").rate_limit), RetryPolicy(), timeout_s=5,
-    )  # fmt: skip
-    trace: list[CallRecord] = []
+        "emb",
+        _proposer(upstream.base_url, headers={"api-key": SECRET}),
+        BackendLimits(OpenAIBackendConfig(type="openai").rate_limit),
+        retry=RetryPolicy(),
+        timeout_s=5,
+    )
+    ctx = RequestContext()
     try:
         with pytest.raises(AuthenticationError, match=r"emb: HTTP 401: bad key \*\*\*"):
-            await backend.embed(["a"], "e", SITE, trace)
+            await backend.embed(["a"], model="e", site=SITE, ctx=ctx)
     finally:
         await backend.aclose()
+    trace = ctx.trace
     [record] = trace
     assert record.outcome == "error" and record.error == "emb: HTTP 401: bad key ***"
     assert len(upstream.for_model("e")) == 1  # 401 is not retried
@@ -126,8 +138,10 @@ async def test_the_embedder_masks_its_key_and_closes_its_session(
 def test_a_missing_embedder_key_names_the_defense_field(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MOA_ABSENT_KEY", raising=False)
     with pytest.raises(ConfigError, match=r"^defense\.embeddings\.api_key_env: environment variable MOA_ABSENT"):
-        make_embedder(OpenAIEmbeddings(type="openai", base_url="http://127.0.0.1:9", model="e",
-                                       api_key_env="MOA_ABSENT_KEY"), Backend.for_embeddings)  # fmt: skip
+        make_embedder(
+            OpenAIEmbeddings(type="openai", base_url="http://127.0.0.1:9", model="e", api_key_env="MOA_ABSENT_KEY"),
+            Backend.for_embeddings,
+        )
 
 
 async def test_a_defense_records_its_embedding_calls_in_the_request_trace(upstream: ScriptedServer) -> None:
@@ -144,8 +158,12 @@ async def test_a_defense_records_its_embedding_calls_in_the_request_trace(upstre
         result = await ens.acomplete([{"role": "user", "content": "capital of France?"}])
     [record] = [r for r in result.trace if r.step == "embed"]
     assert (record.layer, record.role, record.agent, record.backend, record.model) == (
-        1, "defense", "embedder", "embeddings", "emb"
-    )  # fmt: skip
+        1,
+        "defense",
+        "embedder",
+        "embeddings",
+        "emb",
+    )
     assert record.outcome == "ok" and record.retries == 1 and record.prompt_tokens == 10
     assert result.defense[0].dropped == ["c"]
     assert result.usage.prompt_tokens == sum(r.prompt_tokens for r in result.trace)
