@@ -81,13 +81,17 @@ def engine_over(config: EnsembleConfig, backends: dict[str, Backend]) -> Layered
     for li, lc in enumerate(config.layers):
         agents = [
             Agent.from_config(
-                ac, config.agent_name(li, ai), backends[ac.backend], config.model_for(ac.backend, ac.model), None, at
+                ac,
+                config.agent_name(li, ai),
+                backends[ac.backend],
+                config.model_for(ac.backend, ac.model),
+                references_at=at,
             )
             for ai, ac in enumerate(lc.agents)
         ]
         layers.append(Layer(li + 1, agents, lc.min_proposals or config.min_proposals, config.wait_for(li)))
     aggregator = registry.resolve("aggregator", config.aggregator.type)(config.aggregator, at)
-    return LayeredEngine(config, backends, layers, aggregator, None)
+    return LayeredEngine(config, backends, layers, aggregator=aggregator, defense=None)
 
 
 class Conformed:

@@ -17,7 +17,7 @@ class ClusterFilter(EmbeddingDefense):
     config: ClusterFilterConfig
 
     async def apply(
-        self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, final: bool, ctx: RequestContext
+        self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, *, final: bool, ctx: RequestContext
     ) -> DefenseOutcome:
         x, split = await embed_and_split(self.embedder, [p.text for p in proposals], self.config.seed, ctx)
         names = [p.agent for p in proposals]

@@ -18,7 +18,7 @@ class DropoutCluster(EmbeddingDefense):
     config: DropoutClusterConfig
 
     async def apply(
-        self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, final: bool, ctx: RequestContext
+        self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, *, final: bool, ctx: RequestContext
     ) -> DefenseOutcome:
         candidates = await aggregate_planned_subsets(proposals, aggregate, self.config)
         ok = answered(candidates)

@@ -22,7 +22,7 @@ class DropoutVote(EmbeddingDefense):
     config: DropoutVoteConfig
 
     async def apply(
-        self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, final: bool, ctx: RequestContext
+        self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, *, final: bool, ctx: RequestContext
     ) -> DefenseOutcome:
         vote = self.config.vote
         candidates = await aggregate_planned_subsets(proposals, aggregate, self.config)

@@ -19,7 +19,7 @@ class InContextCluster(EmbeddingDefense):
     config: InContextClusterConfig
 
     async def apply(
-        self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, final: bool, ctx: RequestContext
+        self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, *, final: bool, ctx: RequestContext
     ) -> DefenseOutcome:
         _, split = await embed_and_split(self.embedder, [p.text for p in proposals], self.config.seed, ctx)
         sizes, total = split.sizes, len(proposals)

@@ -128,7 +128,9 @@ class Backend:
 
     def _lane(self, call: Call, answer: Answer[T], attempt: Send[T]) -> Send[T]:
         """One logical call: its budget, its progress and record, its retries around ``attempt``."""
-        return budgeted(call, self, recorded(call, self, answer, self.start, retrying(call, self.retry, attempt)))
+        return budgeted(
+            call, self, recorded(call, self, answer, start=self.start, inner=retrying(call, self.retry, attempt))
+        )
 
     def _chat_call(
         self,

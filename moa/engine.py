@@ -67,7 +67,7 @@ class Deception:
     prompt: DeceptivePrompt
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Agent:
     name: str
     backend: Backend
@@ -86,12 +86,23 @@ class Agent:
         name: str,
         backend: Backend,
         default_model: str,
+        *,
         deception: Deception | None = None,
         references_at: ReferencesAt = "end",
     ) -> Agent:
         params = sampling_params(config)
         model = config.model or default_model
-        return cls(name, backend, model, params, config.n, config.system_prompt, deception, config.hedge, references_at)
+        return cls(
+            name=name,
+            backend=backend,
+            model=model,
+            params=params,
+            n=config.n,
+            system_prompt=config.system_prompt,
+            deception=deception,
+            hedge=config.hedge,
+            references_at=references_at,
+        )
 
     def messages(self, request: ChatRequest, references: list[str]) -> list[Message]:
         """This agent's prompt: the conversation, and the previous layer's proposals after layer 1."""
@@ -132,6 +143,7 @@ class LayeredEngine:
         config: EnsembleConfig,
         backends: dict[str, Backend],
         layers: list[Layer],
+        *,
         aggregator: Aggregator,
         defense: Defense | None,
     ) -> None:
@@ -258,12 +270,12 @@ class LayeredEngine:
                 tokens = sum(
                     r.completion_tokens for r in state.trace if r.layer == layer.index and r.role == "proposer"
                 )
-                sink.event("layer_done", layer.index, "proposer", "", "", tokens=tokens)
+                sink.event("layer_done", layer=layer.index, role="proposer", agent="", model="", tokens=tokens)
             final = layer is self.layers[-1]
             if self.defense is not None and (final or self.defense.between_layers):
                 aggregate = self._aggregate_for_defense(state, layer.index)
                 ctx = state.ctx.embedding_calls_at(CallSite(layer.index, "defense", "embedder", "embed"))
-                verdict = await self.defense.apply(state.request, references, aggregate, final, ctx)
+                verdict = await self.defense.apply(state.request, references, aggregate, final=final, ctx=ctx)
                 state.defense.append(verdict.record)
                 references, answer = verdict.references, verdict.answer
         return references, answer

@@ -100,7 +100,9 @@ def _build_engine(config: EnsembleConfig) -> LayeredEngine:
             name = config.agent_name(li - 1, ai - 1)
             dc = deceptive.get((li, ai))
             deception = None if dc is None else Deception(dc, partial(deceptive_messages, references_at=at))
-            agents.append(Agent.from_config(ac, name, backends[ac.backend], model, deception, at))
+            agents.append(
+                Agent.from_config(ac, name, backends[ac.backend], model, deception=deception, references_at=at)
+            )
         layers.append(Layer(li, agents, lc.min_proposals or config.min_proposals, config.wait_for(li - 1)))
     aggregator: Aggregator = registry.resolve("aggregator", config.aggregator.type)(config.aggregator, at)
     defense: Defense | None = None
@@ -109,7 +111,7 @@ def _build_engine(config: EnsembleConfig) -> LayeredEngine:
 
         embedder = make_embedder(config.defense.embeddings, Backend.for_embeddings)
         defense = registry.resolve("defense", config.defense.type)(config.defense, embedder)
-    return LayeredEngine(config, backends, layers, aggregator, defense)
+    return LayeredEngine(config, backends, layers, aggregator=aggregator, defense=defense)
 
 
 class Ensemble:

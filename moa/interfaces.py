@@ -108,7 +108,7 @@ class Defense(Protocol):
     between_layers: bool
 
     async def apply(
-        self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, final: bool, ctx: RequestContext
+        self, request: ChatRequest, proposals: list[Proposal], aggregate: Aggregate, *, final: bool, ctx: RequestContext
     ) -> DefenseOutcome:
         """Screen one layer's proposals; ``final`` when the final aggregator comes next. ``ctx``: the request's,
         with ``ctx.embeddings`` the site its embedding calls are recorded at (hand it to the embedder)."""

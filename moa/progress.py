@@ -60,7 +60,7 @@ class ProgressSink:
     def next_call(self) -> int:
         return next(self._ids)
 
-    def event(self, kind: ProgressKind, layer: int, role: str, agent: str, model: str, **fields: Any) -> None:
+    def event(self, kind: ProgressKind, *, layer: int, role: str, agent: str, model: str, **fields: Any) -> None:
         self.emit(ProgressEvent(kind, layer, role, agent, model, elapsed_s=time.monotonic() - self.started, **fields))
 
 

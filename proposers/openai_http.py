@@ -92,7 +92,7 @@ class OpenAIProposer:
         return self._session
 
     def _body(
-        self, messages: list[Message], params: SamplingParams, n: int, model: str | None, stream: bool
+        self, messages: list[Message], params: SamplingParams, *, n: int, model: str | None, stream: bool
     ) -> dict[str, Any]:
         model = model or self.config.model
         body: dict[str, Any] = {"model": model, "messages": [m.to_dict() for m in messages]}
@@ -161,7 +161,7 @@ class OpenAIProposer:
         model = model or self.config.model
         async with self.templates.layout(model or "", messages) as layout:
             while True:
-                body = self._body(layout.messages, params, n, model, stream=False)
+                body = self._body(layout.messages, params, n=n, model=model, stream=False)
                 try:
                     with self._mapped_errors():
                         raw = await self._post(self._url, body)
@@ -195,7 +195,7 @@ class OpenAIProposer:
         with self._mapped_errors():
             async with self.templates.layout(model or "", messages) as layout:
                 while True:
-                    body = self._body(layout.messages, params, 1, model, stream=True)
+                    body = self._body(layout.messages, params, n=1, model=model, stream=True)
                     resp = await self._get_session().post(self._url, json=body)
                     try:
                         await self._raise_for_status(resp)

@@ -28,7 +28,7 @@ class Failure:
 
 
 async def run_batch(
-    pending: list[int], work: Work, checkpoint: Checkpoint, progress: Progress, concurrency: int
+    pending: list[int], work: Work, checkpoint: Checkpoint, *, progress: Progress, concurrency: int
 ) -> list[Failure]:
     """Run ``work`` on every pending index; returns the failures, by index."""
     queue = iter(pending)  # shared by the workers: each ``next`` hands one index to one worker

@@ -222,7 +222,7 @@ async def evaluate(options: EvaluateOptions, progress_stream: TextIO) -> Evaluat
                 )
                 return _annotation(index, pair, judge.name, list(verdicts)), sum(v.tokens for v in verdicts)
 
-            failures = await run_batch(pending, judge_one, ckpt, progress, options.concurrency)
+            failures = await run_batch(pending, judge_one, ckpt, progress=progress, concurrency=options.concurrency)
             records = [ckpt.records[i] for i in sorted(ckpt.records) if i < len(pairs)]
     finally:
         await judge.aclose()

@@ -140,7 +140,9 @@ async def generate(options: GenerateOptions, progress_stream: TextIO) -> Generat
                     record = {"index": index, "instruction": instruction, "output": result.text}
                     return record, result.usage.total_tokens
 
-                failures = await run_batch(pending, answer, checkpoint, progress, options.concurrency)
+                failures = await run_batch(
+                    pending, answer, checkpoint, progress=progress, concurrency=options.concurrency
+                )
         outputs = {i: r["output"] for i, r in checkpoint.records.items() if i < len(chosen)}
     written = not failures or options.allow_partial
     if written:

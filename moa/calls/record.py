@@ -185,7 +185,7 @@ _PROGRESS_END: dict[str, ProgressKind] = {"ok": "finished", "error": "failed", "
 
 
 def recorded(
-    call: Call, priced: Priced, answer: Answer[T], start: Callable[[], Awaitable[None]], inner: Send[T]
+    call: Call, priced: Priced, answer: Answer[T], *, start: Callable[[], Awaitable[None]], inner: Send[T]
 ) -> Send[T]:
     """``inner`` with its progress events (``started``; ``first_token`` for a stream; how it ended) and exactly
     one trace record in ``call.ctx.trace`` however it ends (``state.record``). ``start()`` (a local engine's
@@ -197,7 +197,16 @@ def recorded(
 
         def report(kind: ProgressKind, **fields: Any) -> None:
             if sink is not None:
-                sink.event(kind, site.layer, site.role, site.agent, call.model, call=number, step=site.step, **fields)
+                sink.event(
+                    kind,
+                    layer=site.layer,
+                    role=site.role,
+                    agent=site.agent,
+                    model=call.model,
+                    call=number,
+                    step=site.step,
+                    **fields,
+                )
 
         started = time.monotonic()
         outcome: Outcome = "cancelled"

@@ -133,7 +133,7 @@ def _serve(args: argparse.Namespace) -> int:
     level = getattr(logging, args.log_level.upper())
     configure_logging(LOG_FORMAT, RequestIdFilter(), level=level)  # to stderr, each with its request's id
     with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
-        runner.run(serve(ensembles, settings, args.host, args.port, args.drain_timeout))
+        runner.run(serve(ensembles, settings, host=args.host, port=args.port, drain_timeout_s=args.drain_timeout))
     return 0
 
 

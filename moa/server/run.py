@@ -30,6 +30,7 @@ CLOSE_GRACE_S = 0.5
 async def serve(
     ensembles: dict[str, Ensemble],
     settings: ServerSettings,
+    *,
     host: str = "127.0.0.1",
     port: int = 8000,
     drain_timeout_s: float = 60.0,
