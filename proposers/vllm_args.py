@@ -9,6 +9,9 @@ vLLM picks its device when it is imported (the CUDA wheel runs on GPUs, ``vllm-c
     gpu_memory_utilization   0.3 (of RAM: weights + KV cache)         vLLM's (0.9)
     enforce_eager            True (no graph capture on CPU)           vLLM's (False)
     enable_chunked_prefill   False (see engine_kwargs)                vLLM's (True)
+    processes                one engine process running the model     vLLM's (the same)
+                             in one thread (cpu_engine_environment)
+
 
 ``speculative: {method: ngram, ...}`` becomes vLLM's ``speculative_config`` as written.
 
@@ -46,6 +49,27 @@ def cpu_dtype() -> str:
         return "auto"
     native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return "bfloat16" if native_bf16 else "float32"
+
+
+#: set (unless the environment sets them) before a CPU engine starts; its spawned process inherits them
+CPU_ENGINE_ENVIRONMENT = {
+    # vLLM's CPU default runs the model in a worker process beside the engine-core process: one more process to
+    # spawn (it imports torch and vLLM again, ~13-23 s of a ~50 s start on 2 cores) and to tear down (~4 s).
+    # Without it the engine core runs the model itself, as vLLM does on a single GPU.
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    # the engine core would then keep torch's threads (one a core): 6.5 tok/s instead of ~40 on 2 loaded cores
+    # (OpenMP threads spin against each other and the frontend); vLLM's worker process pins one thread too.
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def cpu_engine_environment() -> None:
+    """On CPU, ``CPU_ENGINE_ENVIRONMENT`` where the environment does not say otherwise; called before vLLM builds
+    its config (it reads ``VLLM_ENABLE_V1_MULTIPROCESSING`` there) and spawns the engine process. Torch in this
+    process is already started, so its threads stay as they were."""
+    if vllm_device() == "cpu":
+        for key, value in CPU_ENGINE_ENVIRONMENT.items():
+            os.environ.setdefault(key, value)
 
 
 def engine_args(name: str, config: VLLMBackendConfig, model_path: str) -> AsyncEngineArgs:
@@ -90,4 +114,11 @@ def engine_kwargs(name: str, config: VLLMBackendConfig, model_path: str) -> dict
     }
 
 
-__all__ = ["engine_args", "engine_kwargs", "vllm_device", "cpu_dtype"]
+__all__ = [
+    "CPU_ENGINE_ENVIRONMENT",
+    "cpu_dtype",
+    "cpu_engine_environment",
+    "engine_args",
+    "engine_kwargs",
+    "vllm_device",
+]

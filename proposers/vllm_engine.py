@@ -23,7 +23,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, contextmanager
 
-from proposers.vllm_args import engine_args, vllm_device  # first: it quiets vLLM's log before vLLM loads  # isort: skip
+from proposers import vllm_args  # first: it quiets vLLM's log before vLLM loads  # isort: skip
 
 from vllm import SamplingParams as VLLMSamplingParams
 from vllm.exceptions import VLLMValidationError
@@ -50,7 +50,12 @@ from proposers.main_module import MAIN_GUARD_HINT, importing_main_of_a_spawned_p
 logger = logging.getLogger(__name__)
 
 _CONTEXT_HINTS = ("maximum model length", "max_model_len", "context length")
-_SHUTDOWN_GRACE_S = 30.0
+#: seconds the engine process gets to exit after SIGTERM before it is killed (and reaped). Past the requests it
+#: aborts it only frees memory (a full garbage collection, then the interpreter's teardown: 3-10 s on 2 busy
+#: cores) and holds nothing a kill loses; its sockets are the frontend's to remove.
+_SHUTDOWN_GRACE_S = 1.0
+#: seconds to wait for a killed engine process to be reaped
+_REAP_S = 10.0
 
 
 class VLLMProposer:
@@ -240,7 +245,7 @@ class VLLMProposer:
     async def _start(self, dead: AsyncLLM | None) -> AsyncLLM:
         try:
             if dead is not None:
-                await asyncio.to_thread(dead.shutdown, _SHUTDOWN_GRACE_S)
+                await asyncio.to_thread(_shut_down, dead)
             self._engine = await asyncio.to_thread(self._build_engine)
             return self._engine
         finally:
@@ -253,10 +258,15 @@ class VLLMProposer:
         began = time.perf_counter()
         path = resolve_model(self.config.model, field=f"backends.{self.name}.model")
         self.startup_s = {"conversion check": time.perf_counter() - began}
-        args = engine_args(self.name, self.config, path)
-        model, device = self.config.model, vllm_device()
-        logger.info("starting vLLM engine for backend %r (%s) on %s (~60 s on 2 CPU cores)", self.name, model, device)
+        args = vllm_args.engine_args(self.name, self.config, path)
+        logger.info(
+            "starting vLLM engine for backend %r (%s) on %s (~25-35 s on 2 CPU cores)",
+            self.name,
+            self.config.model,
+            vllm_args.vllm_device(),
+        )
         started = time.perf_counter()
+        vllm_args.cpu_engine_environment()
         try:
             with main_module_not_reimported():  # a script needs no __main__ guard (proposers/main_module.py)
                 engine = AsyncLLM.from_engine_args(args)
@@ -281,9 +291,16 @@ class VLLMProposer:
             # requests in flight it stays, so that they fail with EngineError instead of waiting forever.)
             handler.cancel()
             await asyncio.wait([handler])
-        # waits for the engine processes to exit; vLLM's default grace (5 s) is too short on a busy CPU, after
-        # which it kills the engine core and leaves it unreaped
-        await asyncio.to_thread(engine.shutdown, _SHUTDOWN_GRACE_S)
+        await asyncio.to_thread(_shut_down, engine)
+
+
+def _shut_down(engine: AsyncLLM) -> None:
+    """vLLM's shutdown (SIGTERM, ``_SHUTDOWN_GRACE_S`` to exit, then SIGKILL), then reap what it killed: vLLM
+    leaves a killed engine process unreaped (a zombie until this process exits)."""
+    engine.shutdown(_SHUTDOWN_GRACE_S)
+    manager = getattr(getattr(engine.engine_core, "resources", None), "engine_manager", None)
+    for process in getattr(manager, "processes", ()):
+        process.join(_REAP_S)
 
 
 def _top_logprobs(positions: SampleLogprobs | None) -> tuple[TopLogprobs, ...] | None:
