@@ -133,13 +133,27 @@ class VLLMSpeculativeConfig(Strict):
         return self
 
 
-class VLLMBackendConfig(BackendConfigBase):
-    """In-process vLLM (CUDA or CPU). ``model`` is a path, a hub name or ``embedded:<name>``."""
+class InProcessBackendConfig(BackendConfigBase):
+    """What the backends that run a model in this process share: a model, its device and dtype; no endpoint, and
+    one call samples all n."""
 
-    type: Literal["vllm"]
     model: str
     device: Literal["auto", "cuda", "cpu"] = "auto"
     dtype: str = "auto"
+
+    @property
+    def endpoint(self) -> None:
+        return None
+
+    @property
+    def one_call_for_n(self) -> bool:
+        return True
+
+
+class VLLMBackendConfig(InProcessBackendConfig):
+    """In-process vLLM (CUDA or CPU). ``model`` is a path, a hub name or ``embedded:<name>``."""
+
+    type: Literal["vllm"]
     max_model_len: Annotated[int, Field(gt=0)] | None = None
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = Field(
         default=None,
@@ -155,14 +169,6 @@ class VLLMBackendConfig(BackendConfigBase):
         default=None,
         description="a Jinja chat template used instead of the model's own: a file path, or the template itself",
     )
-
-    @property
-    def endpoint(self) -> None:
-        return None
-
-    @property
-    def one_call_for_n(self) -> bool:
-        return True
 
     def field_support(self) -> FieldSupport:
         """Every sampling field vLLM's ``SamplingParams`` takes."""
@@ -202,22 +208,11 @@ class SpeculativeConfig(Strict):
         return self
 
 
-class TorchBackendConfig(BackendConfigBase):
+class TorchBackendConfig(InProcessBackendConfig):
     """A Hugging Face causal LM run by moa's own torch decode loop (with speculative decoding)."""
 
     type: Literal["torch"]
-    model: str
-    device: Literal["auto", "cuda", "cpu"] = "auto"
-    dtype: str = "auto"
     speculative: SpeculativeConfig | None = None
-
-    @property
-    def endpoint(self) -> None:
-        return None
-
-    @property
-    def one_call_for_n(self) -> bool:
-        return True
 
     def field_support(self) -> FieldSupport:
         """What ``proposers.specdec``'s decode loop implements."""
