@@ -54,6 +54,10 @@ from moa.types import (
     Usage,
 )
 
+#: how many times more an aggregation that wrote nothing runs, with the next seed: a small model sometimes opens a
+#: reference fence as its first token (moa cuts it: the answer is blank; 1 in 30 seeds of the default recipe)
+BLANK_RERUNS = 2
+
 #: builds a deceptive agent's prompt from the request, the references, its instructions and its own system prompt
 #: (``defenses.deceptive.deceptive_messages``, handed in by whoever builds the engine)
 DeceptivePrompt = Callable[[ChatRequest, list[str], DeceptionConfig, str | None], list[Message]]
@@ -289,10 +293,46 @@ class LayeredEngine:
 
         return aggregate
 
-    def _caller(self, state: RequestState, site: CallSite | None = None) -> ModelCaller:
+    def _caller(self, state: RequestState, site: CallSite | None = None, *, attempt: int = 0) -> ModelCaller:
+        """The aggregator's caller; ``attempt`` > 0 is a blank answer's rerun: the next seed, its own step name."""
         params = self._agg_params.merged(**_as_overrides(state.request.params))
-        site = site or CallSite(len(self.layers) + 1, "aggregator", "aggregator")
+        if attempt:
+            params = params.merged(seed=seed_offset(params.seed, attempt))
+        step = f"rerun {attempt}" if attempt else None
+        site = site or CallSite(len(self.layers) + 1, "aggregator", "aggregator", step)
         return ModelCaller(self._agg_backend, self._agg_model, params, site, state.ctx, self.config.aggregator.hedge)
+
+    async def _aggregate(self, state: RequestState, references: list[Proposal]) -> Generation:
+        """The aggregator's answer, run again (``BLANK_RERUNS`` times at most) while it is blank."""
+        for attempt in range(BLANK_RERUNS + 1):
+            answer = await self.aggregator.aggregate(state.request, references, self._caller(state, attempt=attempt))
+            if answer.text.strip():
+                break
+        return answer
+
+    async def _aggregate_stream(self, state: RequestState, references: list[Proposal]) -> AsyncGenerator[Delta, None]:
+        """The aggregator's stream, run again (``BLANK_RERUNS`` times at most) while it has said nothing but blank
+        space: what it sent is held until a piece with text comes, so a rerun sends no client anything twice."""
+        for attempt in range(BLANK_RERUNS + 1):
+            held: list[Delta] | None = []
+            pieces = self.aggregator.stream(state.request, references, self._caller(state, attempt=attempt))
+            try:
+                async for delta in pieces:
+                    if held is None:
+                        yield delta
+                        continue
+                    held.append(delta)
+                    if delta.content and delta.content.strip():
+                        for piece in held:
+                            yield piece
+                        held = None
+            finally:
+                await aclose_stream(pieces)
+            if held is None:
+                return
+            if attempt == BLANK_RERUNS:
+                for piece in held:
+                    yield piece
 
     # ---- whole requests ------------------------------------------------------------------------------------
 
@@ -347,7 +387,7 @@ class LayeredEngine:
         async with self._deadline(state):
             references, answer = await self._run_layers(state)
             if answer is None:
-                answer = await self.aggregator.aggregate(request, references, self._caller(state))
+                answer = await self._aggregate(state, references)
         return Completion(
             model=self.config.name,
             choices=[Choice(message=ChatMessage(content=answer.text), finish_reason=answer.finish_reason or "stop")],
@@ -370,7 +410,7 @@ class LayeredEngine:
             references, answer = await self._run_layers(state)
             finish_reason = "stop"
             if answer is None:
-                pieces = self.aggregator.stream(request, references, self._caller(state))
+                pieces = self._aggregate_stream(state, references)
             else:
                 pieces = _as_stream(answer)
             try:

@@ -3,6 +3,9 @@ a seeded request seeds every call, so it repeats."""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
+
 import pytest
 
 from moa import Ensemble
@@ -25,6 +28,39 @@ async def test_a_fence_the_aggregator_writes_never_reaches_the_answer(upstream: 
     assert whole.text == "Hello! How can I help?"
     assert whole.choices[0].finish_reason == "stop"
     assert streamed == "Hello! How can I help?"  # the stream split "<<end", " of", ... over pieces
+
+
+def blank_first(blanks: int) -> Callable[[str, list[dict[str, str]], int], str]:
+    """An aggregator that opens a fence as its first words on its first ``blanks`` calls, then answers."""
+    calls = itertools.count()
+    return lambda model, messages, index: "  <<reference 9 x>>" if next(calls) < blanks else "Red."
+
+
+@pytest.mark.parametrize("blanks", [1, 2])
+async def test_an_aggregation_that_wrote_nothing_runs_again(upstream: ScriptedServer, blanks: int) -> None:
+    upstream.script("a", answer="Red, I think.")
+    async with Ensemble.from_config(moa_config(upstream.base_url, [["a"]])) as ens:
+        upstream.script("agg", answer=blank_first(blanks))
+        whole = await ens.acomplete(USER, seed=5)
+        upstream.script("agg", answer=blank_first(blanks))
+        streamed, trace = await stream_text_and_trace(ens, USER)
+    assert whole.text == "Red." and streamed == "Red."  # no blank space of the blank runs reaches the stream
+    for calls in (whole.trace, trace):
+        assert [(c.role, c.step) for c in calls if c.role == "aggregator"] == [("aggregator", None)] + [
+            ("aggregator", f"rerun {k}") for k in range(1, blanks + 1)
+        ]
+    seeds = [r.body.get("seed") for r in upstream.for_model("agg")][: blanks + 1]
+    assert seeds == [5 + k for k in range(blanks + 1)]  # a seeded request's reruns take the next seeds
+
+
+async def test_an_aggregation_blank_every_time_answers_blank(upstream: ScriptedServer) -> None:
+    upstream.script("a", answer="Red, I think.")
+    upstream.script("agg", answer="<<reference 9 x>>")
+    async with Ensemble.from_config(moa_config(upstream.base_url, [["a"]])) as ens:
+        whole = await ens.acomplete(USER)
+        streamed, _ = await stream_text_and_trace(ens, USER)
+    assert whole.text == "" and streamed == ""
+    assert len(upstream.for_model("agg")) == 2 * 3  # the first run and two reruns, whole and streamed
 
 
 async def test_stop_strings_reach_every_call_that_reads_references(upstream: ScriptedServer) -> None:
