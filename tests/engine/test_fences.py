@@ -30,19 +30,20 @@ async def test_a_fence_the_aggregator_writes_never_reaches_the_answer(upstream: 
     assert streamed == "Hello! How can I help?"  # the stream split "<<end", " of", ... over pieces
 
 
-def blank_first(blanks: int) -> Callable[[str, list[dict[str, str]], int], str]:
-    """An aggregator that opens a fence as its first words on its first ``blanks`` calls, then answers."""
+def blank_first(blanks: int, blank: str) -> Callable[[str, list[dict[str, str]], int], str]:
+    """An aggregator that answers ``blank`` on its first ``blanks`` calls, then answers."""
     calls = itertools.count()
-    return lambda model, messages, index: "  <<reference 9 x>>" if next(calls) < blanks else "Red."
+    return lambda model, messages, index: blank if next(calls) < blanks else "Red."
 
 
+@pytest.mark.parametrize("blank", ["  <<reference 9 x>>", "\n\n "])  # a fence first; nothing but blank space
 @pytest.mark.parametrize("blanks", [1, 2])
-async def test_an_aggregation_that_wrote_nothing_runs_again(upstream: ScriptedServer, blanks: int) -> None:
+async def test_an_aggregation_that_wrote_nothing_runs_again(upstream: ScriptedServer, blanks: int, blank: str) -> None:
     upstream.script("a", answer="Red, I think.")
     async with Ensemble.from_config(moa_config(upstream.base_url, [["a"]])) as ens:
-        upstream.script("agg", answer=blank_first(blanks))
+        upstream.script("agg", answer=blank_first(blanks, blank))
         whole = await ens.acomplete(USER, seed=5)
-        upstream.script("agg", answer=blank_first(blanks))
+        upstream.script("agg", answer=blank_first(blanks, blank))
         streamed, trace = await stream_text_and_trace(ens, USER)
     assert whole.text == "Red." and streamed == "Red."  # no blank space of the blank runs reaches the stream
     for calls in (whole.trace, trace):
