@@ -12,6 +12,7 @@ and cancelling the request cancels every call under it. A run's state comes in o
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -55,8 +56,11 @@ from moa.types import (
 )
 
 #: how many times more an aggregation that wrote nothing runs, with the next seed: a small model sometimes opens a
-#: reference fence as its first token (moa cuts it: the answer is blank; 1 in 30 seeds of the default recipe)
+#: reference fence as its first token (moa cuts it: the answer is blank; 1 in 30 seeds of the default recipe).
+#: Some references make that likely on every seed: after the reruns the answer is the first reference itself.
 BLANK_RERUNS = 2
+
+log = logging.getLogger(__name__)
 
 #: builds a deceptive agent's prompt from the request, the references, its instructions and its own system prompt
 #: (``defenses.deceptive.deceptive_messages``, handed in by whoever builds the engine)
@@ -303,12 +307,13 @@ class LayeredEngine:
         return ModelCaller(self._agg_backend, self._agg_model, params, site, state.ctx, self.config.aggregator.hedge)
 
     async def _aggregate(self, state: RequestState, references: list[Proposal]) -> Generation:
-        """The aggregator's answer, run again (``BLANK_RERUNS`` times at most) while it is blank."""
+        """The aggregator's answer, run again (``BLANK_RERUNS`` times at most) while it is blank; still blank, the
+        first reference (``_fallback``)."""
         for attempt in range(BLANK_RERUNS + 1):
             answer = await self.aggregator.aggregate(state.request, references, self._caller(state, attempt=attempt))
             if answer.text.strip():
-                break
-        return answer
+                return answer
+        return _fallback(references, answer)
 
     async def _aggregate_stream(self, state: RequestState, references: list[Proposal]) -> AsyncGenerator[Delta, None]:
         """The aggregator's stream, run again (``BLANK_RERUNS`` times at most) while it has said nothing but blank
@@ -330,9 +335,7 @@ class LayeredEngine:
                 await aclose_stream(pieces)
             if held is None:
                 return
-            if attempt == BLANK_RERUNS:
-                for piece in held:
-                    yield piece
+        yield Delta(content=_fallback(references, Generation("")).text, finish_reason="stop")
 
     # ---- whole requests ------------------------------------------------------------------------------------
 
@@ -440,6 +443,17 @@ def _as_overrides(params: SamplingParams) -> dict[str, Any]:
 async def _as_stream(answer: Generation) -> AsyncGenerator[Delta, None]:
     """A finished answer as a stream of one delta (a defense's answer, where the aggregator would stream)."""
     yield Delta(content=answer.text, finish_reason=answer.finish_reason or "stop")
+
+
+def _fallback(references: list[Proposal], blank: Generation) -> Generation:
+    """The answer when every run of the aggregator was blank: the first reference (a layer keeps only proposals
+    with text), else the blank answer itself."""
+    if not references:
+        return blank
+    log.warning(
+        "the aggregator wrote nothing in %d runs: the answer is %s's proposal", BLANK_RERUNS + 1, references[0].agent
+    )
+    return Generation(references[0].text, "stop")
 
 
 def _empty_proposals(outcomes: list[list[Proposal] | BaseException]) -> list[Proposal]:

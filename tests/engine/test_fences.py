@@ -54,13 +54,15 @@ async def test_an_aggregation_that_wrote_nothing_runs_again(upstream: ScriptedSe
     assert seeds == [5 + k for k in range(blanks + 1)]  # a seeded request's reruns take the next seeds
 
 
-async def test_an_aggregation_blank_every_time_answers_blank(upstream: ScriptedServer) -> None:
+async def test_an_aggregation_blank_every_time_answers_with_the_first_proposal(upstream: ScriptedServer) -> None:
     upstream.script("a", answer="Red, I think.")
+    upstream.script("b", answer="Blue.")
     upstream.script("agg", answer="<<reference 9 x>>")
-    async with Ensemble.from_config(moa_config(upstream.base_url, [["a"]])) as ens:
+    async with Ensemble.from_config(moa_config(upstream.base_url, [["a", "b"]])) as ens:
         whole = await ens.acomplete(USER)
         streamed, _ = await stream_text_and_trace(ens, USER)
-    assert whole.text == "" and streamed == ""
+    assert whole.text == "Red, I think." and streamed == "Red, I think."
+    assert whole.choices[0].finish_reason == "stop"
     assert len(upstream.for_model("agg")) == 2 * 3  # the first run and two reruns, whole and streamed
 
 

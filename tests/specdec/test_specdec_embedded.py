@@ -152,6 +152,9 @@ async def test_self_moa_with_a_speculative_torch_aggregator() -> None:
     async with Ensemble.from_config(config) as ensemble:
         await ensemble.astart()
         result = await ensemble.acomplete([{"role": "user", "content": "Why is the sky blue?"}])
-    assert [(c.role, c.n, c.outcome) for c in result.trace] == [("proposer", 2, "ok"), ("aggregator", 1, "ok")]
+    assert [(c.role, c.n, c.outcome) for c in result.trace if c.step is None] == [
+        ("proposer", 2, "ok"),
+        ("aggregator", 1, "ok"),
+    ]
     assert result.text.strip() and len(result.proposals) == 2
     assert result.usage.completion_tokens == sum(c.completion_tokens for c in result.trace)
