@@ -35,6 +35,7 @@ from moa.interfaces import Aggregate, Aggregator, CallSite, Defense
 from moa.progress import ProgressSink
 from moa.prompts import REFERENCE_STOPS, SYNTHESIZE_INSTRUCTIONS, with_references, with_system_prompt
 from moa.quorum import wait_for_quorum
+from moa.repair import AnswerCheck, CheckFor, checked, checks_for
 from moa.sampling import derived_seed, sampling_params, seed_offset
 from moa.stops import StopFilter, with_stops
 from moa.tasks import cancel_and_wait
@@ -57,6 +58,10 @@ from moa.types import (
 #: how many times more an aggregation that wrote nothing runs, with the next seed: a small model sometimes opens a
 #: reference fence as its first token (moa cuts it: the answer is blank; 1 in 30 seeds of the default recipe)
 BLANK_RERUNS = 2
+
+#: what a request may ask of its final answer (``moa.repair``): each builder makes its check, or none; a final answer
+#: failing one gets one repair call, then the check's error
+ANSWER_CHECKS: tuple[CheckFor, ...] = ()
 
 #: builds a deceptive agent's prompt from the request, the references, its instructions and its own system prompt
 #: (``defenses.deceptive.deceptive_messages``, handed in by whoever builds the engine)
@@ -310,6 +315,19 @@ class LayeredEngine:
                 break
         return answer
 
+    async def _checked(self, state: RequestState, answer: Generation, checks: list[AnswerCheck]) -> Generation:
+        """``answer`` through the repair step: one repair call to the aggregator (traced ``step: repair``) when a
+        check fails, then the check's error."""
+        if not checks:
+            return answer
+
+        async def repair(messages: list[Message]) -> Generation:
+            site = CallSite(len(self.layers) + 1, "aggregator", "aggregator", "repair")
+            result = await self._caller(state, site).generate(messages)
+            return result.generations[0]
+
+        return await checked(answer, state.request.messages, checks, repair)
+
     async def _aggregate_stream(self, state: RequestState, references: list[Proposal]) -> AsyncGenerator[Delta, None]:
         """The aggregator's stream, run again (``BLANK_RERUNS`` times at most) while it has said nothing but blank
         space: what it sent is held until a piece with text comes, so a rerun sends no client anything twice."""
@@ -388,6 +406,7 @@ class LayeredEngine:
             references, answer = await self._run_layers(state)
             if answer is None:
                 answer = await self._aggregate(state, references)
+            answer = await self._checked(state, answer, checks_for(request, ANSWER_CHECKS))
         return Completion(
             model=self.config.name,
             choices=[Choice(message=ChatMessage(content=answer.text), finish_reason=answer.finish_reason or "stop")],
@@ -404,11 +423,19 @@ class LayeredEngine:
     async def stream(self, request: ChatRequest, ctx: RequestContext) -> AsyncGenerator[Delta, None]:
         """The aggregator's tokens as they come (a defense's finished answer in one piece); the last delta carries
         finish_reason, usage, the trace and the defense's records. Closing it closes the aggregator's stream (its
-        slot and connection) before ``aclose`` returns. ``ctx`` as ``complete`` takes it."""
+        slot and connection) before ``aclose`` returns. ``ctx`` as ``complete`` takes it.
+
+        A request whose answer is checked (``ANSWER_CHECKS``: ``response_format``) cannot have it sent before the
+        check: its aggregator's call is made whole, checked (and repaired), and the answer streamed in one piece."""
         state = RequestState(request, ctx)
+        checks = checks_for(request, ANSWER_CHECKS)
         async with self._deadline(state) as timer:
             references, answer = await self._run_layers(state)
             finish_reason = "stop"
+            if checks:
+                if answer is None:
+                    answer = await self._aggregate(state, references)
+                answer = await self._checked(state, answer, checks)
             if answer is None:
                 pieces = self._aggregate_stream(state, references)
             else:
