@@ -21,6 +21,7 @@ from moa import registry, structured
 from moa.backend import Backend
 from moa.budget import RequestBudget
 from moa.config import EnsembleConfig, config_error, load_config
+from moa.content import read_content, unread_part
 from moa.context import RequestContext
 from moa.engine import Agent, Deception, Layer, LayeredEngine
 from moa.errors import ConfigError, InvalidStructuredOutputError, MoaError, UnsupportedFieldError
@@ -33,8 +34,8 @@ from moa.types import ChatRequest, Completion, Delta, Message
 
 class _MessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: str = Field(pattern="^(system|user|assistant)$")
-    content: str
+    role: str = Field(pattern="^(system|developer|user|assistant)$")
+    content: str | list[Any]  # a list of content parts (``moa.content``)
 
 
 class _Overrides(SamplingFields, RequestExtensions):
@@ -58,7 +59,8 @@ def build_messages(messages: Sequence[Message | dict[str, Any]]) -> list[Message
             mi = _MessageIn.model_validate(m)
         except ValidationError as e:
             raise config_error(e, f"messages[{i}]") from None
-        parsed.append(Message(mi.role, mi.content))  # type: ignore[arg-type]
+        text, parts = read_content(mi.content, f"messages[{i}].content")
+        parsed.append(Message(mi.role, text, parts))  # type: ignore[arg-type]
     if parsed[-1].role != "user":
         raise ConfigError("the last message must come from the user", f"messages[{len(parsed) - 1}].role")
     return parsed
@@ -90,6 +92,21 @@ def refuse_unsupported(config: EnsembleConfig, request: ChatRequest) -> None:
             reason = config.backends[name].field_support().refusal(field, name)
             if reason is not None:
                 raise UnsupportedFieldError(reason, field, field=field, backend=name)
+
+
+def refuse_unread_parts(config: EnsembleConfig, request: ChatRequest) -> None:
+    """Refuse a conversation holding a content part that no proposer of some layer reads (each would see a marker,
+    or refuses it): a ``ConfigError`` naming the part and the layer's backends, never a silent strip."""
+    for li, layer in enumerate(config.layers, 1):
+        backends = sorted({a.backend for a in layer.agents})
+        path = unread_part(request.messages, [config.backends[b].reads for b in backends])
+        if path is not None:
+            names = ", ".join(repr(b) for b in backends)
+            raise ConfigError(
+                f"no proposer of layer {li} reads this content part: backend {names} takes text only "
+                f"(an openai backend's input: [text, image, audio] takes more)",
+                path,
+            )
 
 
 def _name(fmt: Any) -> str:
@@ -196,6 +213,7 @@ class Ensemble:
         ``context`` (``context``'s; by default a fresh one)."""
         self._bind_loop()
         refuse_unsupported(self.config, request)
+        refuse_unread_parts(self.config, request)
         return await self._engine.complete(request, context or self.context(request))
 
     @overload
@@ -237,6 +255,7 @@ class Ensemble:
         as ``arun`` takes it (by default a fresh one, made when the stream starts); with ``progress`` the events go
         to a sink of the stream's own (set on ``context``)."""
         refuse_unsupported(self.config, request)
+        refuse_unread_parts(self.config, request)
         if progress:
             return with_progress(lambda sink: self._stream(request, context, sink))
         return self._stream(request, context)

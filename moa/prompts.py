@@ -88,13 +88,20 @@ def with_references(
     if at == "end":
         latest = [m for m in messages if m.role == "user"][-1:]
         return [*messages, Message("system", block), *latest]
-    system = [m.content for m in messages if m.role == "system"]
-    return [Message("system", "\n\n".join([*system, block])), *(m for m in messages if m.role != "system")]
+    system = [m.content for m in messages if m.role in SYSTEM_ROLES]
+    return [Message("system", "\n\n".join([*system, block])), *(m for m in messages if m.role not in SYSTEM_ROLES)]
+
+
+#: the roles of instructions: ``developer`` is OpenAI's newer name of ``system``
+SYSTEM_ROLES = ("system", "developer")
 
 
 def with_system_prompt(messages: Sequence[Message], system_prompt: str | None) -> list[Message]:
     """The conversation with an agent's own system prompt first in its one system message."""
     if not system_prompt:
         return list(messages)
-    system = [m.content for m in messages if m.role == "system"]
-    return [Message("system", "\n\n".join([system_prompt, *system])), *(m for m in messages if m.role != "system")]
+    system = [m.content for m in messages if m.role in SYSTEM_ROLES]
+    return [
+        Message("system", "\n\n".join([system_prompt, *system])),
+        *(m for m in messages if m.role not in SYSTEM_ROLES),
+    ]

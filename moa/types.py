@@ -23,17 +23,23 @@ from moa.response_format import ResponseFormat
 
 #: ``tool``: a tool's result; moa's edges (server, SDK) refuse tool history today, but a backend fits one to its chat
 #: template like any turn (``proposers.chat_template``)
-Role = Literal["system", "user", "assistant", "tool"]
+#: ``developer``: OpenAI's newer name of the system role, kept for upstreams that take it and sent as ``system`` to the
+#: others (``proposers.chat_template.developer_as_system``)
+Role = Literal["system", "developer", "user", "assistant", "tool"]
 TopLogprobs = tuple[tuple[str, float], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
     role: Role
+    #: the text (a message sent as content parts: its text parts joined by newlines)
     content: str
+    #: the content parts as sent (OpenAI's ``text``, ``image_url``, ``input_audio``), kept when any is not text
+    #: (``moa.content``); ``None``: the content is the text alone
+    parts: tuple[dict[str, Any], ...] | None = field(default=None, hash=False)
 
-    def to_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def to_dict(self) -> dict[str, Any]:
+        return {"role": self.role, "content": self.content if self.parts is None else [dict(p) for p in self.parts]}
 
 
 #: seeds are int64 on the wire (OpenAI's API, vLLM)

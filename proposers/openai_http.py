@@ -21,6 +21,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from moa.config import OpenAIBackendConfig
+from moa.content import with_markers
 from moa.errors import (
     APIConnectionError,
     BackendError,
@@ -32,7 +33,7 @@ from moa.errors import (
 )
 from moa.redact import MIN_FREE_LENGTH, Redactor
 from moa.types import Delta, GenerateResult, Generation, Message, SamplingParams, TopLogprobs, Usage
-from proposers.chat_template import TemplateRules
+from proposers.chat_template import TemplateRules, developer_as_system
 from proposers.openai_schema import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -108,6 +109,15 @@ class OpenAIProposer:
                 body["stream_options"] = {"include_usage": True}
         return body
 
+    def _fitted(self, messages: list[Message]) -> tuple[list[Message], str | None]:
+        """``messages`` as this upstream takes them: parts it does not read (``input:``) as markers, ``developer``
+        as ``system`` unless it keeps it; and what changed."""
+        messages, marked = with_markers(messages, self.config.reads)
+        developer = None
+        if not self.config.keeps_developer:
+            messages, developer = developer_as_system(messages)
+        return messages, _notes(marked, developer)
+
     @contextmanager
     def _mapped_errors(self) -> Iterator[None]:
         """Turn aiohttp's and the decoder's failures into moa's tree, in one place; every message masked."""
@@ -159,6 +169,7 @@ class OpenAIProposer:
         self, messages: list[Message], params: SamplingParams, n: int = 1, *, model: str | None = None
     ) -> GenerateResult:
         model = model or self.config.model
+        messages, fitted = self._fitted(messages)
         async with self.templates.layout(model or "", messages) as layout:
             while True:
                 body = self._body(layout.messages, params, n=n, model=model, stream=False)
@@ -183,12 +194,13 @@ class OpenAIProposer:
             for c in choices
         ]
         usage = data.usage.to_usage() if data.usage is not None else Usage.of(0, 0)
-        return GenerateResult(generations=generations, usage=usage, template=layout.note)
+        return GenerateResult(generations=generations, usage=usage, template=_notes(fitted, layout.note))
 
     async def stream(
         self, messages: list[Message], params: SamplingParams, *, model: str | None = None
     ) -> AsyncIterator[Delta]:
         model = model or self.config.model
+        messages, fitted = self._fitted(messages)
         finish_reason: str | None = None
         usage: Usage | None = None
         pieces = 0
@@ -233,7 +245,7 @@ class OpenAIProposer:
                         raise APIConnectionError(f"{self.name}: stream ended before it finished", backend=self.name)
         if usage is None:  # the server reports none: count pieces, the closest thing we can see
             usage = Usage.of(0, pieces)
-        yield Delta(finish_reason=finish_reason or "stop", usage=usage, template=layout.note)
+        yield Delta(finish_reason=finish_reason or "stop", usage=usage, template=_notes(fitted, layout.note))
 
     async def embed(self, texts: list[str], *, model: str | None = None) -> EmbeddingResult:
         """One POST to ``{base_url}/embeddings``: a vector per text, in order."""
@@ -263,6 +275,11 @@ class OpenAIProposer:
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
+
+
+def _notes(*notes: str | None) -> str | None:
+    """How a prompt was fitted, in words: the notes that say something, joined."""
+    return "; ".join(n for n in notes if n) or None
 
 
 def _secrets(api_key: str | None, headers: Mapping[str, str]) -> list[str]:

@@ -45,6 +45,7 @@ from moa.errors import (
 from moa.types import Delta, GenerateResult, Generation, Message, SamplingParams, TopLogprobs, Usage
 from proposers.chat_template import TemplateRules, adapt
 from proposers.embedded import resolve_model
+from proposers.local_input import local_messages
 from proposers.local_template import chat_template_text, probe_tokenizer
 from proposers.main_module import MAIN_GUARD_HINT, importing_main_of_a_spawned_process, main_module_not_reimported
 
@@ -151,7 +152,10 @@ class VLLMProposer:
             raise EngineError(f"{self.name}: the vLLM engine has no tokenizer", backend=self.name)
         if self.template_rules is None:
             self.template_rules = probe_tokenizer(tokenizer, self._chat_template, self.name)
+        multimodal = bool(engine.model_config.is_multimodal_model)
+        messages, fitted = local_messages(self.name, self.config, messages, multimodal=multimodal)
         messages, note = adapt(messages, self.template_rules)
+        note = "; ".join(n for n in (fitted, note) if n) or None
         template = self._chat_template
         try:
             ids = tokenizer.apply_chat_template(

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from moa.config.base import Strict
 from moa.config.policies import HedgePolicy, RateLimit, RetryPolicy
+from moa.content import InputKind
 from moa.defense_config import type_names
 from moa.pricing import Prices
 from moa.sampling import OPENAI_FIELDS, VLLM_FIELDS, FieldSupport
@@ -28,6 +29,27 @@ class BackendConfigBase(Strict):
     timeout_s: Annotated[float, Field(gt=0)] = Field(default=120.0, description="per-call timeout")
     prices: Prices | None = Field(default=None, description="USD per million tokens: each call's cost_usd")
     hedge: HedgePolicy | None = Field(default=None, description="hedged calls (off by default)")
+    input: tuple[InputKind, ...] | None = Field(
+        default=None,
+        description="the content parts its model reads (text, image, audio); a part of another kind reaches it as a "
+        "marker ([image]); unset: an openai backend forwards every part as sent, an in-process one refuses them",
+    )
+
+    @field_validator("input")
+    @classmethod
+    def _reads_text(cls, kinds: tuple[InputKind, ...] | None) -> tuple[InputKind, ...] | None:
+        if kinds is not None and "text" not in kinds:
+            raise ValueError("must include text")
+        return kinds
+
+    def reads(self, kind: InputKind) -> bool:
+        """Its model reads parts of ``kind`` (``input:``, else its type's default: ``forwards_parts``)."""
+        return kind in self.input if self.input is not None else kind == "text" or self.forwards_parts
+
+    @property
+    def forwards_parts(self) -> bool:
+        """Without ``input:``, image and audio parts are sent as they came (the upstream decides)."""
+        return False
 
     @property
     @abstractmethod
@@ -82,6 +104,22 @@ class OpenAIBackendConfig(BackendConfigBase):
     vllm_extensions: bool = Field(
         default=False, description="the upstream is a vLLM server: vLLM's sampling fields (repetition_penalty) are sent"
     )
+    developer_role: bool | None = Field(
+        default=None,
+        description="developer turns are sent as developer (true) or as system (false); unset: developer only to "
+        "OpenAI's own API (api.openai.com)",
+    )
+
+    @property
+    def forwards_parts(self) -> bool:
+        return True
+
+    @property
+    def keeps_developer(self) -> bool:
+        """``developer`` turns go out as they are; else as ``system``."""
+        if self.developer_role is not None:
+            return self.developer_role
+        return self.base_url.startswith("https://api.openai.com")
 
     def field_support(self) -> FieldSupport:
         """OpenAI's sampling fields, and vLLM's with ``vllm_extensions``."""
@@ -140,6 +178,13 @@ class InProcessBackendConfig(BackendConfigBase):
     model: str
     device: Literal["auto", "cuda", "cpu"] = "auto"
     dtype: str = "auto"
+
+    @field_validator("input")
+    @classmethod
+    def _text_only(cls, kinds: tuple[InputKind, ...] | None) -> tuple[InputKind, ...] | None:
+        if kinds is not None and set(kinds) != {"text"}:
+            raise ValueError("an in-process backend reads text only: [text] (image and audio parts become markers)")
+        return kinds
 
     @property
     def endpoint(self) -> None:

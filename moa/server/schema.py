@@ -173,26 +173,9 @@ def _refuse_tool_history(message: dict[str, Any], index: int) -> None:
 
 
 def _normalize_message(message: dict[str, Any], index: int) -> dict[str, Any]:
-    """OpenAI's newer spellings in the shape ``build_messages`` checks: text parts joined, developer as system."""
+    """A message in the shape ``build_messages`` checks (its content parts, ``developer`` role and all)."""
     _refuse_tool_history(message, index)
-    content = message.get("content")
-    if isinstance(content, list):
-        message = {**message, "content": _join_text_parts(content, index)}
-    if message.get("role") == "developer":
-        message = {**message, "role": "system"}
     return message
-
-
-def _join_text_parts(parts: list[Any], index: int) -> str:
-    texts = []
-    for j, part in enumerate(parts):
-        where = f"messages[{index}].content[{j}]"
-        if not isinstance(part, dict) or part.get("type") != "text":
-            raise ConfigError("only text content parts are supported", f"{where}.type")
-        if not isinstance(part.get("text"), str):
-            raise ConfigError("must be a string", f"{where}.text")
-        texts.append(part["text"])
-    return "\n".join(texts)
 
 
 def _json_type(value: Any) -> str:

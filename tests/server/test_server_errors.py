@@ -59,9 +59,9 @@ def _error(exc: openai.APIStatusError) -> dict:
             "last",
         ),
         (
-            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            {"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "x"}}]}]},
             "messages[0].content[0].type",
-            "text",
+            "unsupported content part type 'file'",
         ),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "not supported"),
         ({"logprobs": True}, "logprobs", "not supported"),

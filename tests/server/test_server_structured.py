@@ -1,5 +1,6 @@
 """Structured outputs over ``moa serve``: the official client's ``parse()``, LangChain's ``with_structured_output``,
-a stream that sends only the checked answer, and a 502 ``invalid_structured_output`` after one repair."""
+a stream that sends only the checked answer, and a 502 ``invalid_structured_output`` after one repair. And the rest
+of what shapes a request's input: content parts and the ``developer`` role."""
 
 from __future__ import annotations
 
@@ -34,7 +35,10 @@ def repaired_by(first: str, then: str) -> Any:
 
 @pytest.fixture(scope="module")
 def serve(upstream_sync_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    configs = [ensemble(upstream_sync_url, "json", [["s1", "s2"]], "sagg")]
+    configs = [
+        ensemble(upstream_sync_url, "json", [["s1", "s2"]], "sagg"),
+        ensemble(upstream_sync_url, "text-only", [["t1"]], "tagg", backend={"input": ["text"]}),
+    ]
     with moa_serve(tmp_path_factory.mktemp("serve-structured"), configs) as server:
         yield server
 
@@ -104,3 +108,26 @@ def test_langchain_with_structured_output(serve: ServeProcess, upstream_thread: 
     city = llm.with_structured_output(City, method="json_schema").invoke("Describe a city.")
     assert city == City(name="Lyon", population=522000)
     assert upstream_thread.for_model("sagg")[0].body["response_format"]["json_schema"]["name"] == "City"
+
+
+IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "low"}}
+
+
+def test_an_image_part_reaches_the_upstream_as_sent(serve: ServeProcess, upstream_thread: ScriptedServer) -> None:
+    content = [{"type": "text", "text": "What is this?"}, IMAGE]
+    with serve.client() as client:
+        client.chat.completions.create(
+            model="json",
+            messages=[{"role": "developer", "content": "Be brief."}, {"role": "user", "content": content}],  # type: ignore[list-item]
+        )
+    for model in ("s1", "s2"):
+        (sent,) = upstream_thread.for_model(model)
+        assert sent.messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": content}]
+
+
+def test_a_part_no_proposer_reads_is_a_400_naming_it(serve: ServeProcess, upstream_thread: ScriptedServer) -> None:
+    content = [{"type": "text", "text": "What is this?"}, IMAGE]
+    with serve.client() as client, pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="text-only", messages=[{"role": "user", "content": content}])  # type: ignore[list-item]
+    assert isinstance(info.value.body, dict) and info.value.body["param"] == "messages[0].content[1]"
+    assert upstream_thread.requests == []
