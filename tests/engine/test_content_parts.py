@@ -96,7 +96,10 @@ def test_an_in_process_backend_reads_text_only() -> None:
 
 
 def test_an_in_process_backend_refuses_a_part_naming_itself_or_reads_its_marker() -> None:
-    messages = [Message("developer", "Be brief."), Message("user", "What?", ({"type": "text", "text": "What?"}, IMAGE))]
+    messages = [
+        Message("developer", "Be brief."),
+        Message("user", "What?", parts=({"type": "text", "text": "What?"}, IMAGE)),
+    ]
     with pytest.raises(BadRequestError) as info:
         local_messages("local", VLLMBackendConfig(type="vllm", model="m"), messages, multimodal=False)
     assert "local: messages[1].content[1]" in str(info.value) and "not multimodal" in str(info.value)
@@ -112,7 +115,7 @@ def test_an_in_process_backend_refuses_a_part_naming_itself_or_reads_its_marker(
 
 def test_fitting_a_template_keeps_the_parts() -> None:
     parts = ({"type": "text", "text": "Look."}, IMAGE)
-    messages = [Message("system", "Be kind."), Message("user", "Hi."), Message("user", "Look.", parts)]
+    messages = [Message("system", "Be kind."), Message("user", "Hi."), Message("user", "Look.", parts=parts)]
     fitted, _ = adapt(messages, TemplateRules(system="fold", alternate=True))
     (turn,) = fitted
     assert turn.parts is not None and IMAGE in turn.parts
@@ -121,7 +124,7 @@ def test_fitting_a_template_keeps_the_parts() -> None:
 
 
 def test_markers_stand_where_the_parts_stood() -> None:
-    message = Message("user", "a\nb", ({"type": "text", "text": "a"}, AUDIO, {"type": "text", "text": "b"}))
+    message = Message("user", "a\nb", parts=({"type": "text", "text": "a"}, AUDIO, {"type": "text", "text": "b"}))
     (marked,), note = with_markers([message], lambda kind: kind == "text")
     assert marked.to_dict() == {"role": "user", "content": "a\n[audio]\nb"}
     assert note is not None and "messages[0].content[1] (input_audio)" in note
