@@ -80,6 +80,10 @@ Stop = Annotated[tuple[str, ...], BeforeValidator(_one_stop)]
 Seed = Annotated[int, Field(ge=-INT64, lt=INT64)]
 #: OpenAI's frequency and presence penalties
 Penalty = Annotated[float, Field(ge=-2, le=2)]
+#: a token id as ``logit_bias`` keys it (a string of digits), and the bias
+TokenId = Annotated[str, Field(pattern=r"^[0-9]{1,10}$")]
+Bias = Annotated[float, Field(ge=-100, le=100)]
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +118,14 @@ class SamplingFields(BaseModel):
     presence_penalty: Annotated[Penalty | None, OPENAI_AND_VLLM] = None
     #: vLLM's: > 1 makes tokens already in the prompt or the answer less likely, < 1 more
     repetition_penalty: Annotated[Annotated[float, Field(gt=0)] | None, Wire(vllm=True)] = None
+    #: vLLM's: sample from the k most likely tokens only (-1 or 0: all)
+    top_k: Annotated[Annotated[int, Field(ge=-1)] | None, Wire(vllm=True)] = None
+    #: vLLM's: drop tokens less likely than min_p times the most likely one
+    min_p: Annotated[Annotated[float, Field(ge=0, le=1)] | None, Wire(vllm=True)] = None
+    #: OpenAI's: token id (as a string) -> bias added to its logit, -100 to 100
+    logit_bias: Annotated[dict[TokenId, Bias] | None, OPENAI_AND_VLLM] = None
+    #: OpenAI's: how much a reasoning model thinks before it answers
+    reasoning_effort: Annotated[ReasoningEffort | None, Wire(openai=True)] = None
     #: OpenAI's: JSON (``json_object``) or JSON matching a schema (``json_schema``) for the answer; the final answer is
     #: checked against it (``moa.structured``), in-process vLLM enforces it with its structured outputs
     response_format: Annotated[ResponseFormat | None, OPENAI_AND_VLLM] = None

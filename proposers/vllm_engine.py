@@ -187,6 +187,8 @@ class VLLMProposer:
         """vLLM's sampling params of one call: every field ``params`` sets under its own name (one vLLM does not
         take is refused, naming it); ``max_tokens`` capped to the ``room`` the prompt leaves in the context."""
         chosen = self.fields.wire(params, self.name)
+        if "logit_bias" in chosen:  # OpenAI keys token ids as strings, vLLM as ints
+            chosen["logit_bias"] = {int(token): bias for token, bias in chosen["logit_bias"].items()}
         if "response_format" in chosen:  # OpenAI's field, enforced by vLLM's structured outputs (xgrammar)
             chosen["structured_outputs"] = structured_outputs(chosen.pop("response_format"))
         if params.logprobs is not None:

@@ -43,6 +43,10 @@ SAMPLES: dict[str, Any] = {
     "presence_penalty": -0.5,
     "repetition_penalty": 1.2,
     "response_format": {"type": "json_object"},
+    "top_k": 40,
+    "min_p": 0.05,
+    "logit_bias": {"15": 2.0},
+    "reasoning_effort": "low",
 }
 #: an answer every sample accepts (response_format asks for a JSON object)
 JSON_ANSWER = '{"answer": "final"}'
@@ -55,9 +59,9 @@ def test_every_declared_field_has_a_sample() -> None:
 
 def test_the_apis_take_the_fields_their_wire_says() -> None:
     openai = {"temperature", "top_p", "max_tokens", "stop", "seed", "frequency_penalty", "presence_penalty"}
-    openai |= {"response_format"}
+    openai |= {"response_format", "logit_bias", "reasoning_effort"}
     assert OPENAI_FIELDS == openai
-    assert VLLM_FIELDS == OPENAI_FIELDS | {"repetition_penalty"}
+    assert VLLM_FIELDS == OPENAI_FIELDS - {"reasoning_effort"} | {"repetition_penalty", "top_k", "min_p"}
 
 
 @pytest.mark.parametrize(
@@ -140,6 +144,9 @@ def test_a_field_reaches_vllms_sampling_params(field: str) -> None:
             proposer.sampling_params(params, 1, room=100)
         return
     built = proposer.sampling_params(params, 1, room=100)
+    if field == "logit_bias":  # vLLM keys it by token id as an int
+        assert built.logit_bias == {15: 2.0}
+        return
     if field == "response_format":  # vLLM enforces it with its structured outputs
         from vllm.sampling_params import StructuredOutputsParams
 
