@@ -11,6 +11,7 @@ import asyncio
 import os
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
+from dataclasses import replace
 from functools import partial
 from typing import Any, Literal, overload
 
@@ -142,6 +143,22 @@ def refuse_unsupported(config: EnsembleConfig, request: ChatRequest) -> None:
             reason = config.backends[name].field_support().refusal(field, name)
             if reason is not None:
                 raise UnsupportedFieldError(reason, field, field=field, backend=name)
+
+
+def without_unsupported(config: EnsembleConfig, request: ChatRequest) -> tuple[ChatRequest, list[str]]:
+    """``request`` less every field ``refuse_unsupported`` would refuse, and their names (``moa serve --lenient``:
+    accepted and ignored, as vLLM's server does, and named in a response header)."""
+    dropped: list[str] = []
+    while True:
+        try:
+            refuse_unsupported(config, request)
+        except UnsupportedFieldError as e:
+            if e.field in dropped:  # not a field setting None removes: refuse it after all
+                raise
+            dropped.append(e.field)
+            request = replace(request, params=request.params.model_copy(update={e.field: None}))
+        else:
+            return request, dropped
 
 
 def refuse_unread_parts(config: EnsembleConfig, request: ChatRequest) -> None:

@@ -7,13 +7,14 @@ import json
 import logging
 import time
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from moa.context import RequestContext
-from moa.ensemble import Ensemble
+from moa.ensemble import Ensemble, without_unsupported
 from moa.errors import ConfigError
 from moa.server import ids, limits_status
 from moa.server.access import ACCESS, Access
@@ -57,7 +58,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         _check_room(state)
         body = await _read_json(request, state.settings)
         label, ensemble = _ensemble_of(state, body)
-        parsed = parse_chat_request(body)
+        parsed = parse_chat_request(body, lenient=state.settings.lenient)
+        if state.settings.lenient:
+            parsed = _lenient(parsed, ensemble)
         _admit(state)
         rid = ids.request_id(request)
         try:
@@ -92,6 +95,20 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         state.metrics.record_calls(label, calls)
         state.metrics.record_request(label, status, time.monotonic() - started)
         request[ACCESS] = Access(label, status, Usage.total(calls))
+
+
+#: the header of a ``--lenient`` answer naming the request fields it ignored
+IGNORED_HEADER = "x-moa-ignored-fields"
+
+
+def _lenient(parsed: ParsedChat, ensemble: Ensemble) -> ParsedChat:
+    """``parsed`` less the fields the ensemble's backends cannot honour, each added to what it ignores."""
+    request, dropped = without_unsupported(ensemble.config, parsed.request)
+    return replace(parsed, request=request, ignored=(*parsed.ignored, *dropped))
+
+
+def ignored_headers(parsed: ParsedChat) -> dict[str, str]:
+    return {IGNORED_HEADER: ", ".join(parsed.ignored)} if parsed.ignored else {}
 
 
 def _check_room(state: ServerState) -> None:
@@ -178,7 +195,8 @@ async def _complete(
 ) -> web.Response:
     completions = await complete_choices(ensemble, parsed, request_id, runs)
     body = completion_body(parsed, completions)
-    return web.json_response(body, headers=usage_headers(Usage.model_validate(body["usage"])))
+    headers = {**usage_headers(Usage.model_validate(body["usage"])), **ignored_headers(parsed)}
+    return web.json_response(body, headers=headers)
 
 
 def usage_headers(usage: Usage) -> dict[str, str]:
@@ -239,6 +257,7 @@ async def _stream(
                 want_usage=parsed.include_usage,
                 want_trace=parsed.trace,
                 result=result,
+                headers=ignored_headers(parsed),
             )
     finally:
         if result.first_token_s is not None:

@@ -124,12 +124,24 @@ class ParsedChat:
     include_usage: bool
     trace: bool
     include_progress: bool = False
+    #: ``--lenient``: the fields accepted but ignored, which the response names (``x-moa-ignored-fields``)
+    ignored: tuple[str, ...] = ()
 
 
-def parse_chat_request(body: Any) -> ParsedChat:
-    """Validate a decoded JSON body; every problem is a ``ConfigError`` naming the field."""
+#: every name the body may use for a field (``moa_deadline_s``, ``max_completion_tokens``, ...)
+_KNOWN = frozenset(f.alias or name for name, f in ChatCompletionRequest.model_fields.items())
+
+
+def parse_chat_request(body: Any, *, lenient: bool = False) -> ParsedChat:
+    """Validate a decoded JSON body; every problem is a ``ConfigError`` naming the field. ``lenient``
+    (``moa serve --lenient``): a field moa cannot honour, or does not know, is dropped and listed in ``ignored``
+    instead of refused."""
     if not isinstance(body, dict):
         raise ConfigError(f"the request body must be a JSON object, got {_json_type(body)}")
+    ignored: list[str] = []
+    if lenient:
+        ignored = [k for k, v in body.items() if k not in _KNOWN and not _asks_nothing(k, v)]
+        body = {k: v for k, v in body.items() if k in _KNOWN}
     try:
         req = ChatCompletionRequest.model_validate(_without_neutral(body))
     except ValidationError as e:
@@ -143,8 +155,20 @@ def parse_chat_request(body: Any) -> ParsedChat:
     request = ChatRequest(messages, params, **extensions(req))
     options = req.stream_options or StreamOptions()
     return ParsedChat(
-        req.model, request, req.n, req.stream, options.include_usage, req.moa_trace, options.include_progress
+        req.model,
+        request,
+        req.n,
+        req.stream,
+        options.include_usage,
+        req.moa_trace,
+        options.include_progress,
+        tuple(ignored),
     )
+
+
+def _asks_nothing(name: str, value: Any) -> bool:
+    """A field moa cannot honour, left at a value that asks for nothing (not worth naming as ignored)."""
+    return value is None or (name in _NEUTRAL and value in _NEUTRAL[name])
 
 
 def _without_neutral(body: dict[str, Any]) -> dict[str, Any]:

@@ -129,6 +129,7 @@ async def write_stream(
     want_usage: bool,
     want_trace: bool,
     result: StreamResult,
+    headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
     """Relay ``deltas`` as SSE. Raises (for an ordinary error response) only if nothing was sent yet.
 
@@ -143,14 +144,14 @@ async def write_stream(
         async for index, delta in deltas:
             if isinstance(delta, ProgressEvent):  # asked for: the response starts with the first event
                 if response is None:
-                    response = await _start(request)
+                    response = await _start(request, headers)
                     pending = _roles(fmt, n)
                 await send(request, response, fmt.progress(index, delta))
                 continue
             if result.first_token_s is None:
                 result.first_token_s = time.monotonic() - started
             if response is None:
-                response = await _start(request)
+                response = await _start(request, headers)
                 pending = _roles(fmt, n)
             if delta.content:
                 await send(request, response, pending + fmt.token(index, delta.content))
@@ -203,11 +204,11 @@ def uncancel() -> None:
         task.uncancel()
 
 
-async def _start(request: web.Request) -> web.StreamResponse:
+async def _start(request: web.Request, headers: dict[str, str] | None = None) -> web.StreamResponse:
     transport = request.transport
     if transport is None or transport.is_closing():
         raise ClientClosed("the client closed the connection")
-    response = web.StreamResponse(headers=SSE_HEADERS)
+    response = web.StreamResponse(headers={**SSE_HEADERS, **(headers or {})})
     try:
         await response.prepare(request)
     except ConnectionError:
