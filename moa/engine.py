@@ -6,7 +6,8 @@ every layer's) and may answer itself from aggregations of subsets; else the aggr
 Agents the config marks deceptive (red-teaming) get misleading instructions; the aggregator is always trusted.
 The trace gets one record per model call, whatever its outcome. Everything runs under the request's deadline,
 and cancelling the request cancels every call under it. A run's state comes in one ``RequestContext``
-(``moa.context``), made by whoever runs the request (``moa.Ensemble``), and goes down to every call with it.
+(``moa.context``), made by whoever runs the request (``moa.Ensemble``), and goes down to every call with it; when
+the request is traced (``moa.telemetry``) the run, each layer and the aggregation are spans its calls' spans go under.
 """
 
 from __future__ import annotations

@@ -58,9 +58,9 @@ def traced(
                         if capture and item.content:
                             pieces.append(item.content)
                     yield item
-        except BackendError as e:
+        except Exception as e:  # a cancellation is an outcome, not an error (moa.outcome: cancelled)
             error_type = type(e).__name__
-            if e.status is not None:
+            if isinstance(e, BackendError) and e.status is not None:
                 span.set({"http.response.status_code": e.status})
             raise
         finally:

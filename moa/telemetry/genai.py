@@ -81,8 +81,14 @@ def record_attributes(record: CallRecord) -> dict[str, AttributeValue]:
 
 
 def request_attributes(ensemble: str, request_id: str) -> dict[str, AttributeValue]:
-    """A request's span when it starts."""
-    return {"gen_ai.operation.name": "invoke_workflow", "gen_ai.workflow.name": ensemble, "moa.request_id": request_id}
+    """A request's span when it starts (``moa.request_id``: a server's ``x-request-id``; the SDK's requests have none)."""
+    attributes: dict[str, AttributeValue] = {
+        "gen_ai.operation.name": "invoke_workflow",
+        "gen_ai.workflow.name": ensemble,
+    }
+    if request_id != "-":
+        attributes["moa.request_id"] = request_id
+    return attributes
 
 
 def totals(trace: Sequence[CallRecord]) -> dict[str, AttributeValue]:

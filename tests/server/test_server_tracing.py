@@ -62,7 +62,9 @@ def test_serve_joins_the_clients_trace_and_upstream_requests_carry_it(
         client = server.client()
         traceparent = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
         answer = client.chat.completions.create(
-            model="traced", messages=USER, extra_headers={"traceparent": traceparent, "tracestate": "vendor=1"}
+            model="traced",
+            messages=USER,
+            extra_headers={"traceparent": traceparent, "tracestate": "vendor=1", "x-request-id": "trace-test-1"},
         )
         assert answer.choices[0].message.content == "agg answer 0"
         spans = _in_trace(receiver, CLIENT_TRACE, 7)  # workflow, 2 layers, aggregate, 4 calls
@@ -70,6 +72,7 @@ def test_serve_joins_the_clients_trace_and_upstream_requests_carry_it(
     assert root.parent_span_id == CLIENT_SPAN  # a child of the client's span
     assert root.resource["service.name"] == "moa-under-test"
     assert root.attributes["gen_ai.operation.name"] == "invoke_workflow"
+    assert root.attributes["moa.request_id"] == "trace-test-1"  # the x-request-id of its log lines
     clients = {s.span_id: s for s in spans if s.kind == "SPAN_KIND_CLIENT"}
     assert sorted(s.name for s in clients.values()) == ["chat agg", "chat p1", "chat p2", "chat q1"]
     by_id = {s.span_id: s for s in spans}

@@ -15,6 +15,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 from moa import Ensemble, telemetry
@@ -314,3 +315,16 @@ async def test_a_defenses_embedding_calls_are_embeddings_spans_in_their_layer(
     assert embed.attributes["gen_ai.usage.input_tokens"] > 0
     [request] = upstream.for_model("e")
     assert request.headers["traceparent"].split("-")[2] == f"{embed.context.span_id:016x}"
+
+
+async def test_a_request_the_sampler_drops_keeps_nothing_but_still_passes_its_trace_on(
+    upstream: ScriptedServer, spans: InMemorySpanExporter
+) -> None:
+    provider = TracerProvider(sampler=ALWAYS_OFF)  # what OTEL_TRACES_SAMPLER=always_off makes
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    telemetry.configure(provider)
+    async with Ensemble.from_config(moa_config(upstream.base_url, [["p1"]], "agg")) as ens:
+        await ens.acomplete(USER)
+    assert spans.get_finished_spans() == ()
+    flags = {r.headers["traceparent"].split("-")[3] for r in upstream.requests}
+    assert len(upstream.requests) == 2 and {int(f, 16) & 1 for f in flags} == {0}  # not sampled, said so upstream
