@@ -328,3 +328,22 @@ async def test_a_request_the_sampler_drops_keeps_nothing_but_still_passes_its_tr
     assert spans.get_finished_spans() == ()
     flags = {r.headers["traceparent"].split("-")[3] for r in upstream.requests}
     assert len(upstream.requests) == 2 and {int(f, 16) & 1 for f in flags} == {0}  # not sampled, said so upstream
+
+
+async def test_a_stream_closed_early_ends_every_span_as_cancelled(
+    upstream: ScriptedServer, spans: InMemorySpanExporter
+) -> None:
+    upstream.script("agg", answer=" ".join(["word"] * 200), latency_s=2.0)  # 0.2 s between pieces
+    async with Ensemble.from_config(moa_config(upstream.base_url, [["p1"]], "agg")) as ens:
+        stream = ens.astream(USER)
+        first = await asyncio.wait_for(anext(stream), timeout=5)
+        assert first.content
+        await stream.aclose()
+    named = _by_name(spans.get_finished_spans())
+    assert sorted(named) == ["aggregate", "chat agg", "chat p1", "invoke_workflow test", "layer 1"]  # all ended
+    [root], [aggregate], [agg] = named["invoke_workflow test"], named["aggregate"], named["chat agg"]
+    assert agg.attributes is not None and agg.attributes["moa.outcome"] == "cancelled"
+    for span in (root, aggregate, agg):
+        assert span.status.status_code == StatusCode.UNSET  # a client that left is no error
+    assert root.attributes is not None and aggregate.attributes is not None
+    assert root.attributes["moa.outcome"] == aggregate.attributes["moa.outcome"] == "cancelled"
