@@ -32,15 +32,17 @@ CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 
 
 class OtelSpan:
-    """A ``moa.telemetry.span.Span`` over an OpenTelemetry span; the parent of a request's span has none."""
+    """A ``moa.telemetry.span.Span`` over an OpenTelemetry span; the parent of a request's span has none. What is
+    ``set`` while the span runs is written once, when it ends (the SDK cleans and locks on every write)."""
 
-    __slots__ = ("_tracer", "_span", "_context", "_capture")
+    __slots__ = ("_tracer", "_span", "_context", "_capture", "_pending")
 
     def __init__(self, tracer: Tracer, span: trace.Span | None, context: Context, capture: bool) -> None:
         self._tracer = tracer
         self._span = span
         self._context = context
         self._capture = capture
+        self._pending: dict[str, AttributeValue] = {}
 
     @property
     def recording(self) -> bool:
@@ -57,7 +59,7 @@ class OtelSpan:
 
     def set(self, attributes: Attributes) -> None:
         if self._span is not None:
-            self._span.set_attributes(attributes)
+            self._pending.update(attributes)
 
     def event(self, name: str, attributes: Attributes | None = None) -> None:
         if self._span is not None:
@@ -65,11 +67,13 @@ class OtelSpan:
 
     def fail(self, error_type: str, message: str) -> None:
         if self._span is not None:
-            self._span.set_attribute("error.type", error_type)
+            self._pending["error.type"] = error_type
             self._span.set_status(Status(StatusCode.ERROR, message))
 
     def end(self) -> None:
         if self._span is not None:
+            if self._pending:
+                self._span.set_attributes(self._pending)
             self._span.end()
 
     def headers(self) -> dict[str, str]:
