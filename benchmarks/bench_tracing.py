@@ -9,6 +9,10 @@ latency and TTFT for each, the differences, each server's CPU per request and th
 <= 2% added at p50.
 
     python -m benchmarks.bench_tracing [--rounds 6] [--clients 8] [--requests 5] [--before DIR] [--json PATH]
+
+``--in-process N`` measures instead the CPU the SDK's spans cost in one process, without any export: N requests of
+the same ensemble through ``moa.Ensemble`` on an endpoint that answers at once, untraced and then traced into
+OpenTelemetry's in-memory exporter, CPU time a request for each.
 """
 
 from __future__ import annotations
@@ -146,6 +150,43 @@ async def bench(args: argparse.Namespace) -> dict[str, float]:
     return report(args, samples, cpu, spans, errors)
 
 
+async def in_process(args: argparse.Namespace) -> dict[str, float]:
+    """CPU a request in this process, untraced and traced into the in-memory exporter (no export)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from moa import Ensemble, telemetry
+
+    flat: dict[str, float] = {}
+    with launch(SimSettings(ttft_s=0.0, tpot_s=0.0, tokens=args.tokens)) as sim_url:
+        config = ensemble_config(sim_url, args.proposer_tokens)
+        for side in ("off", "traced", "off", "traced"):  # twice each, interleaved
+            exporter = InMemorySpanExporter()
+            provider = TracerProvider()
+            provider.add_span_processor(BatchSpanProcessor(exporter))
+            telemetry.configure(provider if side == "traced" else None)
+            async with Ensemble.from_config(config) as ens:
+                for _ in range(10):  # warm up
+                    await ens.acomplete(PROMPT)
+                started = time.process_time()
+                for _ in range(args.in_process // 8):
+                    await asyncio.gather(*(ens.acomplete(PROMPT) for _ in range(8)))
+                per_request = (time.process_time() - started) / (args.in_process // 8 * 8) * 1000
+            provider.shutdown()
+            print(
+                f"{side:>6}: {per_request:.2f} ms CPU a request in process ({len(exporter.get_finished_spans())} spans)"
+            )
+            flat[f"{side}.cpu_ms_per_request"] = min(per_request, flat.get(f"{side}.cpu_ms_per_request", 1e9))
+    telemetry.configure(None)
+    added = flat["traced.cpu_ms_per_request"] - flat["off.cpu_ms_per_request"]
+    print(
+        f"added by the SDK's spans (the better of two runs each): {added:.2f} ms CPU a request, {added / 15:.3f} ms a span"
+    )
+    flat["added.cpu_ms_per_request"] = added
+    return flat
+
+
 def report(
     args: argparse.Namespace,
     samples: dict[str, list[tuple[float, float]]],
@@ -207,9 +248,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="tokens of the streamed answer")
     parser.add_argument("--proposer-tokens", type=int, default=32, help="tokens of each proposer's answer")
     parser.add_argument("--before", type=Path, metavar="DIR", help="also serve from this checkout (untraced)")
+    parser.add_argument("--in-process", type=int, metavar="N", help="measure the spans' CPU in process instead")
     add_json_option(parser)
     args = parser.parse_args()
-    figures = asyncio.run(bench(args))
+    figures = asyncio.run(in_process(args) if args.in_process else bench(args))
     write_figures(args.json, "bench_tracing", args, figures)
 
 
