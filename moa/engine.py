@@ -6,13 +6,14 @@ every layer's) and may answer itself from aggregations of subsets; else the aggr
 Agents the config marks deceptive (red-teaming) get misleading instructions; the aggregator is always trusted.
 The trace gets one record per model call, whatever its outcome. Everything runs under the request's deadline,
 and cancelling the request cancels every call under it. A run's state comes in one ``RequestContext``
-(``moa.context``), made by whoever runs the request (``moa.Ensemble``), and goes down to every call with it.
+(``moa.context``), made by whoever runs the request (``moa.Ensemble``), and goes down to every call with it; when
+the request is traced (``moa.telemetry``) the run, each layer and the aggregation are spans its calls' spans go under.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -40,6 +41,8 @@ from moa.sampling import derived_seed, sampling_params, seed_offset
 from moa.stops import StopFilter, with_stops
 from moa.structured import schema_check
 from moa.tasks import cancel_and_wait
+from moa.telemetry import Span, in_span, opened, request_parent
+from moa.telemetry.genai import request_attributes, totals
 from moa.tools import StreamedIds, as_pieces, unique_ids, with_call_text
 from moa.types import (
     CallRecord,
@@ -146,6 +149,10 @@ class RequestState:
     @property
     def trace(self) -> list[CallRecord]:
         return self.ctx.trace
+
+    def within(self, span: Span | None) -> RequestState:
+        """This state (the same proposals, records and trace), its calls' spans going under ``span``."""
+        return self if span is None else replace(self, ctx=self.ctx.within(span))
 
 
 class LayeredEngine:
@@ -283,19 +290,26 @@ class LayeredEngine:
         references: list[Proposal] = []
         answer = None
         for layer in self.layers:
-            references = await self._run_layer(layer, state, references)
-            if (sink := state.ctx.progress) is not None:
-                tokens = sum(
-                    r.completion_tokens for r in state.trace if r.layer == layer.index and r.role == "proposer"
-                )
-                sink.event("layer_done", layer=layer.index, role="proposer", agent="", model="", tokens=tokens)
-            final = layer is self.layers[-1]
-            if self.defense is not None and (final or self.defense.between_layers):
-                aggregate = self._aggregate_for_defense(state, layer.index)
-                ctx = state.ctx.embedding_calls_at(CallSite(layer.index, "defense", "embedder", "embed"))
-                verdict = await self.defense.apply(state.request, references, aggregate, final=final, ctx=ctx)
-                state.defense.append(verdict.record)
-                references, answer = verdict.references, verdict.answer
+            with opened(state.ctx.span, f"layer {layer.index}", {"moa.layer": layer.index}) as span:
+                references, answer = await self._screened_layer(layer, state.within(span), references)
+        return references, answer
+
+    async def _screened_layer(
+        self, layer: Layer, state: RequestState, references: list[Proposal]
+    ) -> tuple[list[Proposal], Generation | None]:
+        """One layer's survivors, screened by the defense where it applies (and its answer, when it made one)."""
+        answer = None
+        references = await self._run_layer(layer, state, references)
+        if (sink := state.ctx.progress) is not None:
+            tokens = sum(r.completion_tokens for r in state.trace if r.layer == layer.index and r.role == "proposer")
+            sink.event("layer_done", layer=layer.index, role="proposer", agent="", model="", tokens=tokens)
+        final = layer is self.layers[-1]
+        if self.defense is not None and (final or self.defense.between_layers):
+            aggregate = self._aggregate_for_defense(state, layer.index)
+            ctx = state.ctx.embedding_calls_at(CallSite(layer.index, "defense", "embedder", "embed"))
+            verdict = await self.defense.apply(state.request, references, aggregate, final=final, ctx=ctx)
+            state.defense.append(verdict.record)
+            references, answer = verdict.references, verdict.answer
         return references, answer
 
     def _aggregate_for_defense(self, state: RequestState, layer: int) -> Aggregate:
@@ -317,11 +331,15 @@ class LayeredEngine:
         return ModelCaller(self._agg_backend, self._agg_model, params, site, state.ctx, self.config.aggregator.hedge)
 
     async def _aggregate(self, state: RequestState, references: list[Proposal]) -> Generation:
-        """The aggregator's answer, run again (``BLANK_RERUNS`` times at most) while it is blank."""
-        for attempt in range(BLANK_RERUNS + 1):
-            answer = await self.aggregator.aggregate(state.request, references, self._caller(state, attempt=attempt))
-            if answer.text.strip() or answer.tool_calls:
-                break
+        """The aggregator's answer, run again (``BLANK_RERUNS`` times at most) while it is blank; its calls go under
+        the aggregation's span, when the request is traced."""
+        with opened(state.ctx.span, "aggregate", {"moa.layer": len(self.layers) + 1}) as span:
+            state = state.within(span)
+            for attempt in range(BLANK_RERUNS + 1):
+                caller = self._caller(state, attempt=attempt)
+                answer = await self.aggregator.aggregate(state.request, references, caller)
+                if answer.text.strip() or answer.tool_calls:
+                    break
         return answer
 
     def _checks(self, request: ChatRequest) -> list[AnswerCheck]:
@@ -343,9 +361,21 @@ class LayeredEngine:
 
         return await checked(answer, state.request.messages, checks, repair)
 
-    async def _aggregate_stream(self, state: RequestState, references: list[Proposal]) -> AsyncGenerator[Delta, None]:
+    def _aggregate_stream(self, state: RequestState, references: list[Proposal]) -> AsyncGenerator[Delta, None]:
         """The aggregator's stream, run again (``BLANK_RERUNS`` times at most) while it has said nothing but blank
-        space: what it sent is held until a piece with text comes, so a rerun sends no client anything twice."""
+        space: what it sent is held until a piece with text comes, so a rerun sends no client anything twice. Its
+        calls go under the aggregation's span, when the request is traced."""
+        attributes = {"moa.layer": len(self.layers) + 1}
+        return in_span(
+            state.ctx.span,
+            "aggregate",
+            attributes,
+            lambda span: self._aggregate_stream_in(state.within(span), references),
+        )
+
+    async def _aggregate_stream_in(
+        self, state: RequestState, references: list[Proposal]
+    ) -> AsyncGenerator[Delta, None]:
         for attempt in range(BLANK_RERUNS + 1):
             held: list[Delta] | None = []
             pieces = self.aggregator.stream(state.request, references, self._caller(state, attempt=attempt))
@@ -385,15 +415,23 @@ class LayeredEngine:
         return RequestBudget(min(given))
 
     def context_for(
-        self, request: ChatRequest, *, request_id: str = "-", progress: ProgressSink | None = None
+        self,
+        request: ChatRequest,
+        *,
+        request_id: str = "-",
+        progress: ProgressSink | None = None,
+        trace_context: Mapping[str, str] | None = None,
     ) -> RequestContext:
         """A run's state for ``request``: its deadline (``deadline_s``) running from now, its budget
-        (``budget_for``), ``progress`` the sink of its calls' events. Call it from the event loop."""
+        (``budget_for``), ``progress`` the sink of its calls' events, and when tracing is on the parent of its
+        span (``trace_context``'s W3C ``traceparent``, else the caller's current span). Call it from the event
+        loop."""
         return RequestContext.start(
             deadline_s=self.deadline_s(request),
             budget=self.budget_for(request),
             progress=progress,
             request_id=request_id,
+            span=request_parent(trace_context),
         )
 
     @asynccontextmanager
@@ -415,13 +453,20 @@ class LayeredEngine:
             raise
 
     async def complete(self, request: ChatRequest, ctx: RequestContext) -> Completion:
-        """One run of ``request`` under ``ctx`` (its deadline, budget, trace and progress sink)."""
-        state = RequestState(request, ctx)
-        async with self._deadline(state):
-            references, answer = await self._run_layers(state)
-            if answer is None:
-                answer = await self._aggregate(state, references)
-            answer = await self._checked(state, answer, self._checks(request))
+        """One run of ``request`` under ``ctx`` (its deadline, budget, trace and progress sink); traced, its span
+        is ``invoke_workflow <ensemble>``."""
+        name = f"invoke_workflow {self.config.name}"
+        with opened(ctx.span, name, request_attributes(self.config.name, ctx.request_id)) as span:
+            state = RequestState(request, ctx.within(span))
+            try:
+                async with self._deadline(state):
+                    references, answer = await self._run_layers(state)
+                    if answer is None:
+                        answer = await self._aggregate(state, references)
+                    answer = await self._checked(state, answer, self._checks(request))
+            finally:
+                if span is not None:
+                    span.set(totals(state.trace))
         return Completion(
             model=self.config.name,
             choices=[_choice(answer)],
@@ -435,15 +480,24 @@ class LayeredEngine:
             defense=state.defense,
         )
 
-    async def stream(self, request: ChatRequest, ctx: RequestContext) -> AsyncGenerator[Delta, None]:
+    def stream(self, request: ChatRequest, ctx: RequestContext) -> AsyncGenerator[Delta, None]:
         """The aggregator's tokens as they come (a defense's finished answer in one piece); the last delta carries
         finish_reason, usage, the trace and the defense's records. Closing it closes the aggregator's stream (its
         slot and connection) before ``aclose`` returns. ``ctx`` as ``complete`` takes it.
 
         A request whose answer is checked (``ANSWER_CHECKS``: ``response_format``) cannot have it sent before the
         check: its aggregator's call is made whole, checked (and repaired), and the answer streamed in one piece."""
-        state = RequestState(request, ctx)
-        checks = self._checks(request)
+        name = f"invoke_workflow {self.config.name}"
+        return in_span(
+            ctx.span,
+            name,
+            request_attributes(self.config.name, ctx.request_id),
+            lambda span: self._stream(RequestState(request, ctx.within(span)), ctx),
+            end=lambda span: span.set(totals(ctx.trace)),
+        )
+
+    async def _stream(self, state: RequestState, ctx: RequestContext) -> AsyncGenerator[Delta, None]:
+        checks = self._checks(state.request)
         async with self._deadline(state) as timer:
             references, answer = await self._run_layers(state)
             finish_reason = "stop"

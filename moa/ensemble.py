@@ -268,12 +268,19 @@ class Ensemble:
         return self._engine.budget_for(request)
 
     def context(
-        self, request: ChatRequest, *, request_id: str = "-", progress: ProgressSink | None = None
+        self,
+        request: ChatRequest,
+        *,
+        request_id: str = "-",
+        progress: ProgressSink | None = None,
+        trace_context: Mapping[str, str] | None = None,
     ) -> RequestContext:
         """A run's state for ``request``, its deadline running from now (the shorter of the request's own and the
         config's) and its budget (``budget_for``); ``choice()`` of it gives the sibling runs of one request
-        (``n > 1``) one budget. ``progress``: where its calls' progress events go. Call it from the event loop."""
-        return self._engine.context_for(request, request_id=request_id, progress=progress)
+        (``n > 1``) one budget. ``progress``: where its calls' progress events go. With tracing on (``moa[otel]``,
+        configured), its span's parent: ``trace_context``'s W3C ``traceparent`` (an incoming request's headers),
+        else the caller's current span. Call it from the event loop."""
+        return self._engine.context_for(request, request_id=request_id, progress=progress, trace_context=trace_context)
 
     async def arun(self, request: ChatRequest, context: RequestContext | None = None) -> Completion:
         """Run the ensemble on a request already validated (``build_request``'s, or ``moa serve``'s) under

@@ -32,6 +32,7 @@ from moa.errors import (
     error_for_status,
 )
 from moa.redact import MIN_FREE_LENGTH, Redactor
+from moa.telemetry import upstream_headers, upstream_response
 from moa.tools import ToolCall, ToolCallDelta, unique_ids
 from moa.types import Delta, GenerateResult, Generation, Message, SamplingParams, TopLogprobs, Usage
 from proposers.chat_template import TemplateRules, developer_as_system
@@ -166,7 +167,7 @@ class OpenAIProposer:
 
     async def _post(self, url: str, body: dict[str, Any]) -> bytes:
         """POST ``body``; the answer's bytes, or the upstream's error status as moa's exception."""
-        async with self._get_session().post(url, json=body) as resp:
+        async with self._get_session().post(url, json=body, headers=upstream_headers()) as resp:
             await self._raise_for_status(resp)
             return await resp.read()
 
@@ -193,6 +194,7 @@ class OpenAIProposer:
             raise self._malformed(e) from None
         if not data.choices:
             raise MalformedResponseError(f"{self.name}: malformed response: choices: empty", backend=self.name)
+        upstream_response(data.model, data.id, self._redact)
         choices = sorted(data.choices, key=lambda c: c.index)
         generations = [
             Generation(
@@ -218,7 +220,7 @@ class OpenAIProposer:
             async with self.templates.layout(model or "", messages) as layout:
                 while True:
                     body = self._body(layout.messages, params, n=1, model=model, stream=True)
-                    resp = await self._get_session().post(self._url, json=body)
+                    resp = await self._get_session().post(self._url, json=body, headers=upstream_headers())
                     try:
                         await self._raise_for_status(resp)
                     except BaseException as e:
@@ -242,6 +244,8 @@ class OpenAIProposer:
                         err = chunk.error
                         msg = err if isinstance(err, str) else err.message or "(no message)"
                         raise ServerError(self._redact(f"{self.name}: error in stream: {msg}"), backend=self.name)
+                    if pieces == 0:
+                        upstream_response(chunk.model, chunk.id, self._redact)
                     if chunk.usage is not None:
                         usage = chunk.usage.to_usage()
                     for choice in chunk.choices or ():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
 
@@ -89,6 +89,8 @@ class ChatCompletion(_Body):
 
     choices: list[ChatCompletionChoice]
     usage: CompletionUsage | None = None
+    id: Any = None  # read for traces only (``gen_ai.response.id``): any shape is taken, a string is used
+    model: Any = None  # the same (``gen_ai.response.model``)
 
 
 class FunctionCallPiece(_Body):
@@ -123,6 +125,8 @@ class ChatCompletionChunk(_Body):
     choices: list[ChunkChoice] | None = None
     usage: CompletionUsage | None = None
     error: ErrorObject | StrictStr | None = None
+    id: Any = None  # read for traces only, as ChatCompletion's
+    model: Any = None
 
 
 class ErrorBody(_Body):

@@ -11,6 +11,7 @@ from contextlib import aclosing
 from moa.calls.call import Call, CallState, Meter, Send, T
 from moa.errors import APITimeoutError, MalformedResponseError
 from moa.limits import Limits
+from moa.telemetry import calling
 from moa.tools import ToolCallDelta, calls_of
 from moa.types import Delta, GenerateResult, Generation, Usage
 
@@ -36,7 +37,11 @@ def timed(call: Call, timeout_s: float, meter: Meter[T], open_: Callable[[], Asy
                 while True:
                     timer.reschedule(loop.time() + timeout_s)
                     try:
-                        item = await anext(stream)
+                        if state.span is None:
+                            item = await anext(stream)
+                        else:
+                            with calling(state.span):  # its HTTP request carries the span's traceparent
+                                item = await anext(stream)
                     except StopAsyncIteration:
                         return
                     timer.reschedule(None)

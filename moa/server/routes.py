@@ -69,7 +69,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 response = await _stream(request, ensemble, parsed, result=result, runs=runs)
                 status = result.error_status or response.status
             else:
-                response = await _complete(ensemble, parsed, rid, runs)
+                response = await _complete(ensemble, parsed, rid, runs, trace_context(request))
                 status = response.status
         finally:
             state.admitted -= 1
@@ -109,6 +109,18 @@ def _lenient(parsed: ParsedChat, ensemble: Ensemble) -> ParsedChat:
 
 def ignored_headers(parsed: ParsedChat) -> dict[str, str]:
     return {IGNORED_HEADER: ", ".join(parsed.ignored)} if parsed.ignored else {}
+
+
+#: the W3C Trace Context headers a client's trace is joined by (nothing else of its headers reaches the tracer)
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def trace_context(request: web.Request) -> dict[str, str] | None:
+    """The client's ``traceparent`` and ``tracestate``, for the request's span to join its trace; ``None`` when it
+    sent no ``traceparent`` (its span is then the root of a trace of its own)."""
+    if "traceparent" not in request.headers:
+        return None
+    return {name: request.headers[name] for name in TRACE_HEADERS if name in request.headers}
 
 
 def _check_room(state: ServerState) -> None:
@@ -191,9 +203,13 @@ COST_HEADER, TOKENS_HEADER = "x-moa-cost-usd", "x-moa-total-tokens"
 
 
 async def _complete(
-    ensemble: Ensemble, parsed: ParsedChat, request_id: str, runs: list[RequestContext]
+    ensemble: Ensemble,
+    parsed: ParsedChat,
+    request_id: str,
+    runs: list[RequestContext],
+    trace_context: dict[str, str] | None = None,
 ) -> web.Response:
-    completions = await complete_choices(ensemble, parsed, request_id, runs)
+    completions = await complete_choices(ensemble, parsed, request_id, runs, trace_context)
     body = completion_body(parsed, completions)
     headers = {**usage_headers(Usage.model_validate(body["usage"])), **ignored_headers(parsed)}
     return web.json_response(body, headers=headers)
@@ -246,7 +262,7 @@ async def _stream(
 ) -> web.StreamResponse:
     state = request.app[STATE]
     fmt = ChunkFormat(parsed.model, parsed.include_usage)
-    deltas = stream_choices(ensemble, parsed, ids.request_id(request), runs)
+    deltas = stream_choices(ensemble, parsed, ids.request_id(request), runs, trace_context(request))
     try:
         async with aclosing(deltas):
             return await write_stream(
