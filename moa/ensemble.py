@@ -33,6 +33,7 @@ from moa.sampling import RequestExtensions, SamplingFields, extensions, sampling
 from moa.tool_requests import spec_of
 from moa.tools import Tool, ToolCall, ToolChoice
 from moa.types import ChatRequest, Completion, Delta, Message
+from moa.validation import PathError
 
 
 class _FunctionCallIn(BaseModel):
@@ -63,7 +64,7 @@ class _MessageIn(BaseModel):
         if self.role == "tool" and self.tool_call_id is None:
             raise ValueError("tool_call_id: a tool message names the call it answers")
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise ValueError("content: required (null only on an assistant message with tool_calls)")
+            raise PathError("content", "field required (null only on an assistant message with tool_calls)")
         return self
 
     def to_message(self, at: str) -> Message:
