@@ -170,9 +170,10 @@ def refuse_unread_parts(config: EnsembleConfig, request: ChatRequest) -> None:
         path = unread_part(request.messages, [config.backends[b].reads for b in backends])
         if path is not None:
             names = ", ".join(repr(b) for b in backends)
+            which = f"backend {names} does" if len(backends) == 1 else f"backends {names} do"
             raise ConfigError(
-                f"no proposer of layer {li} reads this content part: backend {names} takes text only "
-                f"(an openai backend's input: [text, image, audio] takes more)",
+                f"no proposer of layer {li} reads this content part: {which} not take it (input:; an openai "
+                f"backend without input: forwards every part)",
                 path,
             )
 
