@@ -25,6 +25,7 @@ from moa.calls.record import EMBEDDING, STREAM, WHOLE, Answer, budgeted, recorde
 from moa.calls.retry import backoff_delay as backoff_delay
 from moa.calls.retry import retry_delay as retry_delay
 from moa.calls.retry import retrying
+from moa.calls.span import traced
 from moa.config import BackendConfig, HedgePolicy, OpenAIBackendConfig, RateLimit, RetryPolicy
 from moa.context import RequestContext
 from moa.defense_config import OpenAIEmbeddings
@@ -36,6 +37,7 @@ from moa.limits import BackendLimits, Limits, estimate_tokens
 from moa.pricing import Prices
 from moa.shared_limits import limits_for
 from moa.stops import cut_result, cut_stream, with_stops
+from moa.telemetry.genai import call_attributes, server
 from moa.types import Delta, GenerateResult, Message, SamplingParams
 from proposers.openai_schema import EmbeddingResult
 
@@ -51,6 +53,8 @@ class Backend:
         timeout_s: float,
         prices: Prices | None = None,
         hedge: HedgePolicy | None = None,
+        provider: str = "openai",
+        endpoint: str | None = None,
     ) -> None:
         self.name = name
         self.proposer = proposer
@@ -60,6 +64,8 @@ class Backend:
         self.prices = prices
         self.hedge = hedge  # the default of calls that name no policy of their own
         self.hedging = Hedging()
+        self.provider = provider  # gen_ai.provider.name of its calls' spans: its config's type
+        self.server = server(endpoint)  # server.address and server.port of its calls' spans
 
     @classmethod
     def from_config(cls, name: str, config: BackendConfig) -> Backend:
@@ -74,6 +80,8 @@ class Backend:
             timeout_s=config.timeout_s,
             prices=config.prices,
             hedge=config.hedge,
+            provider=config.type,
+            endpoint=config.endpoint,
         )
 
     @classmethod
@@ -101,6 +109,7 @@ class Backend:
             retry=backend_config.retry,
             timeout_s=config.timeout_s,
             prices=config.prices,
+            endpoint=config.base_url,
         )
 
     async def start(self) -> None:
@@ -126,11 +135,22 @@ class Backend:
         """One attempt: a slot of the limits, the proposer's items (``open_()``) under the per-call timeout."""
         return limited(call, self.limits, meter, timed(call, self.timeout_s, meter, open_))
 
-    def _lane(self, call: Call, answer: Answer[T], attempt: Send[T]) -> Send[T]:
-        """One logical call: its budget, its progress and record, its retries around ``attempt``."""
-        return budgeted(
-            call, self, recorded(call, self, answer, start=self.start, inner=retrying(call, self.retry, attempt))
-        )
+    def _lane(
+        self,
+        call: Call,
+        answer: Answer[T],
+        attempt: Send[T],
+        params: SamplingParams | None = None,
+        messages: Sequence[Message] = (),
+    ) -> Send[T]:
+        """One logical call: its budget, its span (a traced request's), its progress and record, its retries
+        around ``attempt``."""
+        inner = recorded(call, self, answer, start=self.start, inner=retrying(call, self.retry, attempt))
+        if call.ctx.span is not None:
+            operation = "chat" if params is not None else "embeddings"
+            attributes = call_attributes(operation, self.provider, call.model, self.server, params, call.n)
+            inner = traced(call, operation, attributes, inner, messages)
+        return budgeted(call, self, inner)
 
     def _chat_call(
         self,
@@ -187,7 +207,7 @@ class Backend:
             attempt = self._attempt(
                 call, RESULTS, lambda: _one(self.proposer.generate(messages, params, n, model=model))
             )
-        lane = self._lane(call, WHOLE, checked(call, attempt))
+        lane = self._lane(call, WHOLE, checked(call, attempt), params, messages)
         if policy is None:
             return await _answer(lane(CallState()))
         kind: CallKind = "stream" if as_stream else "whole"
@@ -210,7 +230,7 @@ class Backend:
         piece arrives."""
         call = self._chat_call(messages, params, model=model, site=site, ctx=ctx, n=1)
         attempt = self._attempt(call, DELTAS, lambda: self.proposer.stream(messages, params, model=model))
-        lane = self._lane(call, STREAM, attempt)
+        lane = self._lane(call, STREAM, attempt, params, messages)
         policy = hedge or self.hedge
         if policy is None:
             return lane(CallState())

@@ -2,7 +2,8 @@
 as an argument, through the engine to every backend call.
 
 A ``RequestContext`` holds the request's id (for its log lines), its deadline, its budget, the trace its calls
-are recorded in, the sink of its progress events and where its embedding calls are recorded. The ``n`` choices
+are recorded in, the sink of its progress events, where its embedding calls are recorded and, when it is traced,
+the span its calls' spans go under (``moa.telemetry``: the request's, then each layer's; ``within``). The ``n`` choices
 of one request are sibling contexts (``choice``): one id, deadline, budget and progress sink, a trace each.
 """
 
@@ -15,6 +16,7 @@ from typing import Literal
 
 from moa.budget import RequestBudget
 from moa.progress import ProgressSink
+from moa.telemetry import Span
 from moa.types import CallRecord
 
 CallRole = Literal["proposer", "aggregator", "defense"]
@@ -45,6 +47,7 @@ class RequestContext:
     progress: ProgressSink | None = None
     trace: list[CallRecord] = field(default_factory=list)
     embeddings: CallSite = EMBEDDINGS  # where this run's embedding calls are recorded
+    span: Span | None = None  # the parent of the spans made under it; None: the request is not traced
 
     @classmethod
     def start(
@@ -54,10 +57,11 @@ class RequestContext:
         budget: RequestBudget | None = None,
         progress: ProgressSink | None = None,
         request_id: str = "-",
+        span: Span | None = None,
     ) -> RequestContext:
         """A context whose deadline, ``deadline_s`` from now, is running (needs the running loop)."""
         at = None if deadline_s is None else asyncio.get_running_loop().time() + deadline_s
-        return cls(request_id, deadline_s, at, budget, progress)
+        return cls(request_id, deadline_s, at, budget, progress, span=span)
 
     def remaining_s(self) -> float:
         """Seconds left before the deadline (``inf`` without one)."""
@@ -68,6 +72,10 @@ class RequestContext:
     def choice(self) -> RequestContext:
         """A sibling for another choice of the same request: everything shared but the trace."""
         return replace(self, trace=[])
+
+    def within(self, span: Span | None) -> RequestContext:
+        """This context (the same trace, budget and progress), its calls' spans going under ``span``."""
+        return self if span is None else replace(self, span=span)
 
     def embedding_calls_at(self, site: CallSite) -> RequestContext:
         """This context, with its embedding calls recorded at ``site`` (in the same trace)."""

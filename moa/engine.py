@@ -6,16 +6,17 @@ every layer's) and may answer itself from aggregations of subsets; else the aggr
 Agents the config marks deceptive (red-teaming) get misleading instructions; the aggregator is always trusted.
 The trace gets one record per model call, whatever its outcome. Everything runs under the request's deadline,
 and cancelling the request cancels every call under it. A run's state comes in one ``RequestContext``
-(``moa.context``), made by whoever runs the request (``moa.Ensemble``), and goes down to every call with it.
+(``moa.context``), made by whoever runs the request (``moa.Ensemble``), and goes down to every call with it; when
+the request is traced (``moa.telemetry``) the run, each layer and the aggregation are spans its calls' spans go under.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from moa.backend import Backend, ModelCaller, aclose_stream
@@ -36,9 +37,14 @@ from moa.interfaces import Aggregate, Aggregator, CallSite, Defense
 from moa.progress import ProgressSink
 from moa.prompts import REFERENCE_STOPS, SYNTHESIZE_INSTRUCTIONS, with_references, with_system_prompt
 from moa.quorum import wait_for_quorum
+from moa.repair import AnswerCheck, CheckFor, checked, checks_for
 from moa.sampling import derived_seed, sampling_params, seed_offset
 from moa.stops import StopFilter, with_stops
+from moa.structured import schema_check
 from moa.tasks import cancel_and_wait
+from moa.telemetry import Span, in_span, opened, request_parent
+from moa.telemetry.genai import request_attributes, totals
+from moa.tools import StreamedIds, as_pieces, unique_ids, with_call_text
 from moa.types import (
     CallRecord,
     ChatMessage,
@@ -61,6 +67,10 @@ from moa.types import (
 BLANK_RERUNS = 2
 
 log = logging.getLogger(__name__)
+
+#: what a request may ask of its final answer (``moa.repair``): each builder makes its check, or none; a final answer
+#: failing one gets one repair call, then the check's error
+ANSWER_CHECKS: tuple[CheckFor, ...] = (schema_check,)
 
 #: builds a deceptive agent's prompt from the request, the references, its instructions and its own system prompt
 #: (``defenses.deceptive.deceptive_messages``, handed in by whoever builds the engine)
@@ -144,6 +154,10 @@ class RequestState:
     def trace(self) -> list[CallRecord]:
         return self.ctx.trace
 
+    def within(self, span: Span | None) -> RequestState:
+        """This state (the same proposals, records and trace), its calls' spans going under ``span``."""
+        return self if span is None else replace(self, ctx=self.ctx.within(span))
+
 
 class LayeredEngine:
     def __init__(
@@ -177,17 +191,24 @@ class LayeredEngine:
         params = with_stops(agent.params, markup)
         if params.seed is None and state.request.params.seed is not None:  # a seeded request seeds every agent
             params = params.merged(seed=derived_seed(state.request.params.seed, f"{layer.index}/{agent.name}"))
+        fmt = state.request.params.response_format
+        if self.config.structured.proposers and fmt is not None and params.response_format is None:
+            params = params.merged(response_format=fmt)  # structured: {proposers: true}
+        if state.request.tools is not None:  # every proposer is offered the request's tools
+            params = params.merged(tools=state.request.tools)
 
-        def cut(text: str) -> str:
-            return StopFilter(agent.params.stop or (), markup).cut(text)
+        def proposal(name: str, answer: Generation) -> Proposal:
+            """An answer as later layers read it: its text cut at the agent's stops, its calls written out."""
+            text = StopFilter(agent.params.stop or (), markup).cut(answer.text)
+            return Proposal(layer.index, name, with_call_text(text, answer.tool_calls), deceptive, answer.tool_calls)
 
         backend, model, ctx = agent.backend, agent.model, state.ctx
         if agent.n == 1:
             result = await backend.generate(messages, params, model=model, site=site, ctx=ctx, hedge=hedge)
-            return [Proposal(layer.index, agent.name, cut(result.generations[0].text), deceptive)]
+            return [proposal(agent.name, result.generations[0])]
         if backend.supports_n:  # one call; a backend may return fewer than n (its record says so)
             result = await backend.generate(messages, params, model=model, site=site, ctx=ctx, n=agent.n, hedge=hedge)
-            samples = list(enumerate(g.text for g in result.generations[: agent.n]))
+            samples = list(enumerate(result.generations[: agent.n]))
         else:  # the backend takes one sample a call: n calls at once, keeping the samples that arrive
             calls = [
                 backend.generate(
@@ -201,11 +222,11 @@ class LayeredEngine:
                 for i in range(agent.n)
             ]
             results = await asyncio.gather(*calls, return_exceptions=True)
-            samples = [(i, r.generations[0].text) for i, r in enumerate(results) if not isinstance(r, BaseException)]
+            samples = [(i, r.generations[0]) for i, r in enumerate(results) if not isinstance(r, BaseException)]
             if not samples:
                 raise next(r for r in results if isinstance(r, BaseException))
         # a sample keeps the name of the call that made it, whichever others failed
-        return [Proposal(layer.index, f"{agent.name}#{i + 1}", cut(text), deceptive) for i, text in samples]
+        return [proposal(f"{agent.name}#{i + 1}", answer) for i, answer in samples]
 
     async def _gather_quorum(
         self, layer: Layer, wait: WaitPolicy, state: RequestState, texts: list[str]
@@ -273,19 +294,26 @@ class LayeredEngine:
         references: list[Proposal] = []
         answer = None
         for layer in self.layers:
-            references = await self._run_layer(layer, state, references)
-            if (sink := state.ctx.progress) is not None:
-                tokens = sum(
-                    r.completion_tokens for r in state.trace if r.layer == layer.index and r.role == "proposer"
-                )
-                sink.event("layer_done", layer=layer.index, role="proposer", agent="", model="", tokens=tokens)
-            final = layer is self.layers[-1]
-            if self.defense is not None and (final or self.defense.between_layers):
-                aggregate = self._aggregate_for_defense(state, layer.index)
-                ctx = state.ctx.embedding_calls_at(CallSite(layer.index, "defense", "embedder", "embed"))
-                verdict = await self.defense.apply(state.request, references, aggregate, final=final, ctx=ctx)
-                state.defense.append(verdict.record)
-                references, answer = verdict.references, verdict.answer
+            with opened(state.ctx.span, f"layer {layer.index}", {"moa.layer": layer.index}) as span:
+                references, answer = await self._screened_layer(layer, state.within(span), references)
+        return references, answer
+
+    async def _screened_layer(
+        self, layer: Layer, state: RequestState, references: list[Proposal]
+    ) -> tuple[list[Proposal], Generation | None]:
+        """One layer's survivors, screened by the defense where it applies (and its answer, when it made one)."""
+        answer = None
+        references = await self._run_layer(layer, state, references)
+        if (sink := state.ctx.progress) is not None:
+            tokens = sum(r.completion_tokens for r in state.trace if r.layer == layer.index and r.role == "proposer")
+            sink.event("layer_done", layer=layer.index, role="proposer", agent="", model="", tokens=tokens)
+        final = layer is self.layers[-1]
+        if self.defense is not None and (final or self.defense.between_layers):
+            aggregate = self._aggregate_for_defense(state, layer.index)
+            ctx = state.ctx.embedding_calls_at(CallSite(layer.index, "defense", "embedder", "embed"))
+            verdict = await self.defense.apply(state.request, references, aggregate, final=final, ctx=ctx)
+            state.defense.append(verdict.record)
+            references, answer = verdict.references, verdict.answer
         return references, answer
 
     def _aggregate_for_defense(self, state: RequestState, layer: int) -> Aggregate:
@@ -308,16 +336,50 @@ class LayeredEngine:
 
     async def _aggregate(self, state: RequestState, references: list[Proposal]) -> Generation:
         """The aggregator's answer, run again (``BLANK_RERUNS`` times at most) while it is blank; still blank, the
-        first reference (``_fallback``)."""
-        for attempt in range(BLANK_RERUNS + 1):
-            answer = await self.aggregator.aggregate(state.request, references, self._caller(state, attempt=attempt))
-            if answer.text.strip():
-                return answer
+        first reference (``_fallback``). Its calls go under the aggregation's span, when the request is traced."""
+        with opened(state.ctx.span, "aggregate", {"moa.layer": len(self.layers) + 1}) as span:
+            state = state.within(span)
+            for attempt in range(BLANK_RERUNS + 1):
+                caller = self._caller(state, attempt=attempt)
+                answer = await self.aggregator.aggregate(state.request, references, caller)
+                if answer.text.strip() or answer.tool_calls:
+                    return answer
         return _fallback(references, answer)
 
-    async def _aggregate_stream(self, state: RequestState, references: list[Proposal]) -> AsyncGenerator[Delta, None]:
+    def _checks(self, request: ChatRequest) -> list[AnswerCheck]:
+        """The checks of ``request``'s final answer, which is sampled as the aggregator's config and the request say
+        (a ``response_format`` from either)."""
+        answer_params = self._agg_params.merged(**_as_overrides(request.params))
+        return checks_for(replace(request, params=answer_params), ANSWER_CHECKS)
+
+    async def _checked(self, state: RequestState, answer: Generation, checks: list[AnswerCheck]) -> Generation:
+        """``answer`` through the repair step: one repair call to the aggregator (traced ``step: repair``) when a
+        check fails, then the check's error."""
+        if not checks:
+            return answer
+
+        async def repair(messages: list[Message]) -> Generation:
+            site = CallSite(len(self.layers) + 1, "aggregator", "aggregator", "repair")
+            result = await self._caller(state, site).generate(messages)
+            return result.generations[0]
+
+        return await checked(answer, state.request.messages, checks, repair)
+
+    def _aggregate_stream(self, state: RequestState, references: list[Proposal]) -> AsyncGenerator[Delta, None]:
         """The aggregator's stream, run again (``BLANK_RERUNS`` times at most) while it has said nothing but blank
-        space: what it sent is held until a piece with text comes, so a rerun sends no client anything twice."""
+        space: what it sent is held until a piece with text comes, so a rerun sends no client anything twice. Its
+        calls go under the aggregation's span, when the request is traced."""
+        attributes = {"moa.layer": len(self.layers) + 1}
+        return in_span(
+            state.ctx.span,
+            "aggregate",
+            attributes,
+            lambda span: self._aggregate_stream_in(state.within(span), references),
+        )
+
+    async def _aggregate_stream_in(
+        self, state: RequestState, references: list[Proposal]
+    ) -> AsyncGenerator[Delta, None]:
         for attempt in range(BLANK_RERUNS + 1):
             held: list[Delta] | None = []
             pieces = self.aggregator.stream(state.request, references, self._caller(state, attempt=attempt))
@@ -327,7 +389,7 @@ class LayeredEngine:
                         yield delta
                         continue
                     held.append(delta)
-                    if delta.content and delta.content.strip():
+                    if (delta.content and delta.content.strip()) or delta.tool_calls:
                         for piece in held:
                             yield piece
                         held = None
@@ -355,15 +417,23 @@ class LayeredEngine:
         return RequestBudget(min(given))
 
     def context_for(
-        self, request: ChatRequest, *, request_id: str = "-", progress: ProgressSink | None = None
+        self,
+        request: ChatRequest,
+        *,
+        request_id: str = "-",
+        progress: ProgressSink | None = None,
+        trace_context: Mapping[str, str] | None = None,
     ) -> RequestContext:
         """A run's state for ``request``: its deadline (``deadline_s``) running from now, its budget
-        (``budget_for``), ``progress`` the sink of its calls' events. Call it from the event loop."""
+        (``budget_for``), ``progress`` the sink of its calls' events, and when tracing is on the parent of its
+        span (``trace_context``'s W3C ``traceparent``, else the caller's current span). Call it from the event
+        loop."""
         return RequestContext.start(
             deadline_s=self.deadline_s(request),
             budget=self.budget_for(request),
             progress=progress,
             request_id=request_id,
+            span=request_parent(trace_context),
         )
 
     @asynccontextmanager
@@ -385,15 +455,23 @@ class LayeredEngine:
             raise
 
     async def complete(self, request: ChatRequest, ctx: RequestContext) -> Completion:
-        """One run of ``request`` under ``ctx`` (its deadline, budget, trace and progress sink)."""
-        state = RequestState(request, ctx)
-        async with self._deadline(state):
-            references, answer = await self._run_layers(state)
-            if answer is None:
-                answer = await self._aggregate(state, references)
+        """One run of ``request`` under ``ctx`` (its deadline, budget, trace and progress sink); traced, its span
+        is ``invoke_workflow <ensemble>``."""
+        name = f"invoke_workflow {self.config.name}"
+        with opened(ctx.span, name, request_attributes(self.config.name, ctx.request_id)) as span:
+            state = RequestState(request, ctx.within(span))
+            try:
+                async with self._deadline(state):
+                    references, answer = await self._run_layers(state)
+                    if answer is None:
+                        answer = await self._aggregate(state, references)
+                    answer = await self._checked(state, answer, self._checks(request))
+            finally:
+                if span is not None:
+                    span.set(totals(state.trace))
         return Completion(
             model=self.config.name,
-            choices=[Choice(message=ChatMessage(content=answer.text), finish_reason=answer.finish_reason or "stop")],
+            choices=[_choice(answer)],
             usage=Usage.total(state.trace),
             trace=state.trace,
             proposals=[
@@ -404,28 +482,48 @@ class LayeredEngine:
             defense=state.defense,
         )
 
-    async def stream(self, request: ChatRequest, ctx: RequestContext) -> AsyncGenerator[Delta, None]:
+    def stream(self, request: ChatRequest, ctx: RequestContext) -> AsyncGenerator[Delta, None]:
         """The aggregator's tokens as they come (a defense's finished answer in one piece); the last delta carries
         finish_reason, usage, the trace and the defense's records. Closing it closes the aggregator's stream (its
-        slot and connection) before ``aclose`` returns. ``ctx`` as ``complete`` takes it."""
-        state = RequestState(request, ctx)
+        slot and connection) before ``aclose`` returns. ``ctx`` as ``complete`` takes it.
+
+        A request whose answer is checked (``ANSWER_CHECKS``: ``response_format``) cannot have it sent before the
+        check: its aggregator's call is made whole, checked (and repaired), and the answer streamed in one piece."""
+        name = f"invoke_workflow {self.config.name}"
+        return in_span(
+            ctx.span,
+            name,
+            request_attributes(self.config.name, ctx.request_id),
+            lambda span: self._stream(RequestState(request, ctx.within(span)), ctx),
+            end=lambda span: span.set(totals(ctx.trace)),
+        )
+
+    async def _stream(self, state: RequestState, ctx: RequestContext) -> AsyncGenerator[Delta, None]:
+        checks = self._checks(state.request)
         async with self._deadline(state) as timer:
             references, answer = await self._run_layers(state)
             finish_reason = "stop"
+            if checks:
+                if answer is None:
+                    answer = await self._aggregate(state, references)
+                answer = await self._checked(state, answer, checks)
             if answer is None:
                 pieces = self._aggregate_stream(state, references)
             else:
                 pieces = _as_stream(answer)
+            ids = StreamedIds()  # each call's id unique in the response
             try:
                 async for delta in pieces:
                     if delta.finish_reason is not None:
                         finish_reason = delta.finish_reason
-                    if delta.content:
+                    if delta.tool_calls:
+                        finish_reason = "tool_calls"
+                    if delta.content or delta.tool_calls:
                         # no timer runs while the consumer holds a piece (it would cancel the consumer's own work);
                         # a deadline that passed meanwhile is raised here when the consumer asks for more
                         when = timer.when()
                         timer.reschedule(None)
-                        yield Delta(content=delta.content)
+                        yield Delta(content=delta.content, tool_calls=ids.pieces(delta.tool_calls))
                         if when is not None and asyncio.get_running_loop().time() >= when:
                             raise DeadlineExceededError(ctx.deadline_s or 0.0)
                         timer.reschedule(when)
@@ -442,7 +540,20 @@ def _as_overrides(params: SamplingParams) -> dict[str, Any]:
 
 async def _as_stream(answer: Generation) -> AsyncGenerator[Delta, None]:
     """A finished answer as a stream of one delta (a defense's answer, where the aggregator would stream)."""
-    yield Delta(content=answer.text, finish_reason=answer.finish_reason or "stop")
+    yield Delta(content=answer.text, finish_reason=_finish_reason(answer), tool_calls=as_pieces(answer.tool_calls))
+
+
+def _finish_reason(answer: Generation) -> str:
+    """The answer's finish reason: ``tool_calls`` when it makes calls (whatever the upstream said)."""
+    return "tool_calls" if answer.tool_calls else answer.finish_reason or "stop"
+
+
+def _choice(answer: Generation) -> Choice:
+    """The answer as a ``chat.completion`` choice: its calls each with an id unique in it, ``content`` null when it
+    only calls tools."""
+    calls = [c.to_dict() for c in unique_ids(answer.tool_calls)] or None
+    content = answer.text if answer.text or calls is None else None
+    return Choice(message=ChatMessage(content=content, tool_calls=calls), finish_reason=_finish_reason(answer))
 
 
 def _fallback(references: list[Proposal], blank: Generation) -> Generation:

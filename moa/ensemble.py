@@ -11,29 +11,67 @@ import asyncio
 import os
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
+from dataclasses import replace
 from functools import partial
 from typing import Any, Literal, overload
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from defenses.deceptive import deceptive_messages
-from moa import registry
+from moa import registry, structured
 from moa.backend import Backend
 from moa.budget import RequestBudget
 from moa.config import EnsembleConfig, config_error, load_config
+from moa.content import read_content, unread_part
 from moa.context import RequestContext
 from moa.engine import Agent, Deception, Layer, LayeredEngine
-from moa.errors import ConfigError, MoaError, UnsupportedFieldError
+from moa.errors import ConfigError, InvalidStructuredOutputError, MoaError, UnsupportedFieldError
 from moa.interfaces import Aggregator, Defense
 from moa.progress import ProgressEvent, ProgressSink, with_progress
+from moa.response_format import of_model
 from moa.sampling import RequestExtensions, SamplingFields, extensions, sampling_params, set_fields
+from moa.tool_requests import spec_of
+from moa.tools import Tool, ToolCall, ToolChoice
 from moa.types import ChatRequest, Completion, Delta, Message
+from moa.validation import PathError
+
+
+class _FunctionCallIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    arguments: str
+
+
+class _ToolCallIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: _FunctionCallIn
 
 
 class _MessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: str = Field(pattern="^(system|user|assistant)$")
-    content: str
+    role: str = Field(pattern="^(system|developer|user|assistant|tool)$")
+    content: str | list[Any] | None = None  # a list of content parts (``moa.content``); None only on tool calls
+    tool_calls: list[_ToolCallIn] | None = None
+    tool_call_id: str | None = Field(default=None, min_length=1)
+    name: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> _MessageIn:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("tool_calls: only an assistant message makes tool calls")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("tool_call_id: a tool message names the call it answers")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise PathError("content", "field required (null only on an assistant message with tool_calls)")
+        return self
+
+    def to_message(self, at: str) -> Message:
+        """The turn as moa reads it; ``at`` is its path (``messages[1]``), for errors in its content parts."""
+        calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in self.tool_calls or ())
+        text, parts = read_content(self.content or "", f"{at}.content")
+        return Message(self.role, text, calls, self.tool_call_id, self.name, parts)  # type: ignore[arg-type]
 
 
 class _Overrides(SamplingFields, RequestExtensions):
@@ -42,6 +80,9 @@ class _Overrides(SamplingFields, RequestExtensions):
 
     model_config = ConfigDict(extra="forbid")
     deception_target: str | None = Field(default=None, min_length=1, description="red-teaming: the option to argue for")
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
 
 def build_messages(messages: Sequence[Message | dict[str, Any]]) -> list[Message]:
@@ -57,31 +98,88 @@ def build_messages(messages: Sequence[Message | dict[str, Any]]) -> list[Message
             mi = _MessageIn.model_validate(m)
         except ValidationError as e:
             raise config_error(e, f"messages[{i}]") from None
-        parsed.append(Message(mi.role, mi.content))  # type: ignore[arg-type]
-    if parsed[-1].role != "user":
-        raise ConfigError("the last message must come from the user", f"messages[{len(parsed) - 1}].role")
+        message = mi.to_message(f"messages[{i}]")
+        made = {c.id for m in parsed for c in m.tool_calls}
+        if message.tool_call_id is not None and message.tool_call_id not in made:
+            raise ConfigError("names no call of an earlier assistant message", f"messages[{i}].tool_call_id")
+        parsed.append(message)
+    if parsed[-1].role not in ("user", "tool"):
+        raise ConfigError(
+            "the last message must come from the user (or be a tool's result)", f"messages[{len(parsed) - 1}].role"
+        )
     return parsed
 
 
 def build_request(messages: Sequence[Message | dict[str, Any]], overrides: dict[str, Any]) -> ChatRequest:
-    """Validate a caller's messages and overrides; errors name the field (``messages[1].role: ...``)."""
+    """Validate a caller's messages and overrides; errors name the field (``messages[1].role: ...``). A pydantic
+    model class as ``response_format`` is its strict ``json_schema`` format (``moa.response_format.of_model``)."""
     parsed = build_messages(messages)
+    fmt = overrides.get("response_format")
+    if isinstance(fmt, type) and issubclass(fmt, BaseModel):
+        overrides = {**overrides, "response_format": of_model(fmt)}
     try:
         o = _Overrides.model_validate(overrides)
     except ValidationError as e:
         raise config_error(e) from None
-    return ChatRequest(parsed, sampling_params(o), deception_target=o.deception_target, **extensions(o))
+    spec = spec_of(o.tools, o.tool_choice, o.parallel_tool_calls)
+    return ChatRequest(parsed, sampling_params(o, tools=spec), deception_target=o.deception_target, **extensions(o))
 
 
 def refuse_unsupported(config: EnsembleConfig, request: ChatRequest) -> None:
     """Refuse a sampling field a request sets that a backend it reaches cannot honour (``UnsupportedFieldError``,
-    naming both): every field reaches the aggregator's backend; the seed also every agent's that sets none."""
+    naming both): every field reaches the aggregator's backend; the seed also every agent's that sets none, and the
+    response format every agent's with ``structured: {proposers: true}``; tools every backend the request reaches
+    (``tools_refusal``)."""
     seeded = sorted({a.backend for layer in config.layers for a in layer.agents if a.seed is None})
+    structured = sorted({a.backend for layer in config.layers for a in layer.agents if config.structured.proposers})
+    also = {"seed": seeded, "response_format": structured}
+    if request.tools is not None:  # every agent and the aggregator are offered the tools
+        reached = sorted({config.aggregator.backend, *(a.backend for layer in config.layers for a in layer.agents)})
+        for name in reached:
+            reason = config.backends[name].tools_refusal()
+            if reason is not None:
+                raise UnsupportedFieldError(f"backend {name!r}: {reason}", "tools", field="tools", backend=name)
     for field in set_fields(request.params):
-        for name in [config.aggregator.backend, *(seeded if field == "seed" else [])]:
+        for name in [config.aggregator.backend, *also.get(field, [])]:
             reason = config.backends[name].field_support().refusal(field, name)
             if reason is not None:
                 raise UnsupportedFieldError(reason, field, field=field, backend=name)
+
+
+def without_unsupported(config: EnsembleConfig, request: ChatRequest) -> tuple[ChatRequest, list[str]]:
+    """``request`` less every field ``refuse_unsupported`` would refuse, and their names (``moa serve --lenient``:
+    accepted and ignored, as vLLM's server does, and named in a response header)."""
+    dropped: list[str] = []
+    while True:
+        try:
+            refuse_unsupported(config, request)
+        except UnsupportedFieldError as e:
+            if e.field in dropped:  # not a field setting None removes: refuse it after all
+                raise
+            dropped.append(e.field)
+            request = replace(request, params=request.params.model_copy(update={e.field: None}))
+        else:
+            return request, dropped
+
+
+def refuse_unread_parts(config: EnsembleConfig, request: ChatRequest) -> None:
+    """Refuse a conversation holding a content part that no proposer of some layer reads (each would see a marker,
+    or refuses it): a ``ConfigError`` naming the part and the layer's backends, never a silent strip."""
+    for li, layer in enumerate(config.layers, 1):
+        backends = sorted({a.backend for a in layer.agents})
+        path = unread_part(request.messages, [config.backends[b].reads for b in backends])
+        if path is not None:
+            names = ", ".join(repr(b) for b in backends)
+            which = f"backend {names} does" if len(backends) == 1 else f"backends {names} do"
+            raise ConfigError(
+                f"no proposer of layer {li} reads this content part: {which} not take it (input:; an openai "
+                f"backend without input: forwards every part)",
+                path,
+            )
+
+
+def _name(fmt: Any) -> str:
+    return fmt.__name__ if isinstance(fmt, type) else "JSON"
 
 
 def _build_engine(config: EnsembleConfig) -> LayeredEngine:
@@ -149,8 +247,22 @@ class Ensemble:
             raise MoaError("this Ensemble is bound to another event loop; make one Ensemble per loop")
 
     async def acomplete(self, messages: Sequence[Message | dict[str, Any]], **overrides: Any) -> Completion:
-        """Run the ensemble on a conversation; ``overrides`` set the final answer's sampling and deadline."""
-        return await self.arun(build_request(messages, overrides))
+        """Run the ensemble on a conversation; ``overrides`` set the final answer's sampling and deadline.
+
+        With ``response_format`` (a pydantic model class, or OpenAI's ``json_object`` / ``json_schema`` dict) the
+        answer is checked against it (one repair call, then ``InvalidStructuredOutputError``) and ``result.parsed``
+        is the model's instance, or the decoded JSON, as openai's ``parse()`` returns it."""
+        request = build_request(messages, overrides)
+        result = await self.arun(request)
+        fmt = overrides.get("response_format")
+        try:
+            if isinstance(fmt, type) and issubclass(fmt, BaseModel):
+                result.parsed = fmt.model_validate_json(result.text)
+            else:
+                result.parsed = structured.parsed(request, result.text)
+        except (ValueError, ValidationError) as e:
+            raise InvalidStructuredOutputError(f"the answer does not parse as {_name(fmt)}: {e}") from None
+        return result
 
     def budget_for(self, request: ChatRequest) -> RequestBudget | None:
         """The spending limit of ``request`` (``max_cost_usd``, its own or the config's); ``None`` without one.
@@ -158,18 +270,26 @@ class Ensemble:
         return self._engine.budget_for(request)
 
     def context(
-        self, request: ChatRequest, *, request_id: str = "-", progress: ProgressSink | None = None
+        self,
+        request: ChatRequest,
+        *,
+        request_id: str = "-",
+        progress: ProgressSink | None = None,
+        trace_context: Mapping[str, str] | None = None,
     ) -> RequestContext:
         """A run's state for ``request``, its deadline running from now (the shorter of the request's own and the
         config's) and its budget (``budget_for``); ``choice()`` of it gives the sibling runs of one request
-        (``n > 1``) one budget. ``progress``: where its calls' progress events go. Call it from the event loop."""
-        return self._engine.context_for(request, request_id=request_id, progress=progress)
+        (``n > 1``) one budget. ``progress``: where its calls' progress events go. With tracing on (``moa[otel]``,
+        configured), its span's parent: ``trace_context``'s W3C ``traceparent`` (an incoming request's headers),
+        else the caller's current span. Call it from the event loop."""
+        return self._engine.context_for(request, request_id=request_id, progress=progress, trace_context=trace_context)
 
     async def arun(self, request: ChatRequest, context: RequestContext | None = None) -> Completion:
         """Run the ensemble on a request already validated (``build_request``'s, or ``moa serve``'s) under
         ``context`` (``context``'s; by default a fresh one)."""
         self._bind_loop()
         refuse_unsupported(self.config, request)
+        refuse_unread_parts(self.config, request)
         return await self._engine.complete(request, context or self.context(request))
 
     @overload
@@ -211,6 +331,7 @@ class Ensemble:
         as ``arun`` takes it (by default a fresh one, made when the stream starts); with ``progress`` the events go
         to a sink of the stream's own (set on ``context``)."""
         refuse_unsupported(self.config, request)
+        refuse_unread_parts(self.config, request)
         if progress:
             return with_progress(lambda sink: self._stream(request, context, sink))
         return self._stream(request, context)

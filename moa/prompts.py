@@ -86,15 +86,23 @@ def with_references(
     ``<<reference 4 ...>>`` block of its own) instead of replying, even with a closing line asking for the reply."""
     block = instructions + "\n\n" + render_references(references)
     if at == "end":
-        latest = [m for m in messages if m.role == "user"][-1:]
+        # a conversation ending in a tool's result goes on from it: the question is not asked again
+        latest = [] if messages and messages[-1].role == "tool" else [m for m in messages if m.role == "user"][-1:]
         return [*messages, Message("system", block), *latest]
-    system = [m.content for m in messages if m.role == "system"]
-    return [Message("system", "\n\n".join([*system, block])), *(m for m in messages if m.role != "system")]
+    system = [m.content for m in messages if m.role in SYSTEM_ROLES]
+    return [Message("system", "\n\n".join([*system, block])), *(m for m in messages if m.role not in SYSTEM_ROLES)]
+
+
+#: the roles of instructions: ``developer`` is OpenAI's newer name of ``system``
+SYSTEM_ROLES = ("system", "developer")
 
 
 def with_system_prompt(messages: Sequence[Message], system_prompt: str | None) -> list[Message]:
     """The conversation with an agent's own system prompt first in its one system message."""
     if not system_prompt:
         return list(messages)
-    system = [m.content for m in messages if m.role == "system"]
-    return [Message("system", "\n\n".join([system_prompt, *system])), *(m for m in messages if m.role != "system")]
+    system = [m.content for m in messages if m.role in SYSTEM_ROLES]
+    return [
+        Message("system", "\n\n".join([system_prompt, *system])),
+        *(m for m in messages if m.role not in SYSTEM_ROLES),
+    ]

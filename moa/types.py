@@ -19,19 +19,44 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-#: ``tool``: a tool's result; moa's edges (server, SDK) refuse tool history today, but a backend fits one to its chat
-#: template like any turn (``proposers.chat_template``)
-Role = Literal["system", "user", "assistant", "tool"]
+from moa.response_format import ResponseFormat
+from moa.tools import ToolCall, ToolCallDelta, ToolSpec
+
+#: ``tool``: a tool's result (``tool_call_id`` names the call it answers); ``developer``: OpenAI's newer name of the
+#: system role, kept for upstreams that take it and sent as ``system`` to the others
+#: (``proposers.chat_template.developer_as_system``)
+Role = Literal["system", "developer", "user", "assistant", "tool"]
 TopLogprobs = tuple[tuple[str, float], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
     role: Role
+    #: the text (a message sent as content parts: its text parts joined by newlines)
     content: str
+    #: an assistant turn's calls (``moa.tools``); its content may then be empty
+    tool_calls: tuple[ToolCall, ...] = ()
+    #: a ``tool`` turn: the id of the call whose result it is
+    tool_call_id: str | None = None
+    #: the participant's name, as OpenAI's API takes it; sent to every upstream
+    name: str | None = None
+    #: the content parts as sent (OpenAI's ``text``, ``image_url``, ``input_audio``), kept when any is not text
+    #: (``moa.content``); ``None``: the content is the text alone
+    parts: tuple[dict[str, Any], ...] | None = field(default=None, hash=False)
 
-    def to_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def to_dict(self) -> dict[str, Any]:
+        """The turn on OpenAI's wire: an assistant turn that only calls tools has ``content: null``; a turn sent as
+        content parts has them as its content."""
+        content: Any = self.content if self.parts is None else [dict(p) for p in self.parts]
+        out: dict[str, Any] = {"role": self.role, "content": content}
+        if self.tool_calls:
+            out["tool_calls"] = [c.to_dict() for c in self.tool_calls]
+            out["content"] = content or None
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            out["name"] = self.name
+        return out
 
 
 #: seeds are int64 on the wire (OpenAI's API, vLLM)
@@ -55,6 +80,10 @@ Stop = Annotated[tuple[str, ...], BeforeValidator(_one_stop)]
 Seed = Annotated[int, Field(ge=-INT64, lt=INT64)]
 #: OpenAI's frequency and presence penalties
 Penalty = Annotated[float, Field(ge=-2, le=2)]
+#: a token id as ``logit_bias`` keys it (a string of digits), and the bias
+TokenId = Annotated[str, Field(pattern=r"^[0-9]{1,10}$")]
+Bias = Annotated[float, Field(ge=-100, le=100)]
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +118,17 @@ class SamplingFields(BaseModel):
     presence_penalty: Annotated[Penalty | None, OPENAI_AND_VLLM] = None
     #: vLLM's: > 1 makes tokens already in the prompt or the answer less likely, < 1 more
     repetition_penalty: Annotated[Annotated[float, Field(gt=0)] | None, Wire(vllm=True)] = None
+    #: vLLM's: sample from the k most likely tokens only (-1 or 0: all)
+    top_k: Annotated[Annotated[int, Field(ge=-1)] | None, Wire(vllm=True)] = None
+    #: vLLM's: drop tokens less likely than min_p times the most likely one
+    min_p: Annotated[Annotated[float, Field(ge=0, le=1)] | None, Wire(vllm=True)] = None
+    #: OpenAI's: token id (as a string) -> bias added to its logit, -100 to 100
+    logit_bias: Annotated[dict[TokenId, Bias] | None, OPENAI_AND_VLLM] = None
+    #: OpenAI's: how much a reasoning model thinks before it answers
+    reasoning_effort: Annotated[ReasoningEffort | None, Wire(openai=True)] = None
+    #: OpenAI's: JSON (``json_object``) or JSON matching a schema (``json_schema``) for the answer; the final answer is
+    #: checked against it (``moa.structured``), in-process vLLM enforces it with its structured outputs
+    response_format: Annotated[ResponseFormat | None, OPENAI_AND_VLLM] = None
 
 
 class SamplingParams(SamplingFields):
@@ -99,6 +139,9 @@ class SamplingParams(SamplingFields):
     #: return this many most likely tokens, with log-probabilities, per position; asked by moa (the AlpacaEval
     #: judge), never by a request, and answered where the backend can (``Generation.logprobs``, else ``None``)
     logprobs: int | None = None
+    #: the request's tools (``moa.tools.ToolSpec``), set on every call of a request that offers them: a backend
+    #: sends them in its wire format or refuses them by name
+    tools: ToolSpec | None = None
 
     def merged(self, **overrides: Any) -> SamplingParams:
         """A copy with every override that is not ``None`` applied; a name that is not a field is a ``TypeError``."""
@@ -116,6 +159,8 @@ class Generation:
     #: when ``SamplingParams.logprobs`` asked and the backend answers: per generated position, the most likely
     #: tokens there as (token, logprob), most likely first
     logprobs: tuple[TopLogprobs, ...] | None = None
+    #: the calls the answer makes (``finish_reason`` then ``tool_calls``); its text may be empty
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +183,8 @@ class Delta:
     content: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
+    #: pieces of the answer's tool calls (``moa.tools.ToolCallDelta``), as OpenAI streams them
+    tool_calls: tuple[ToolCallDelta, ...] = ()
     trace: list[CallRecord] | None = None
     defense: list[DefenseRecord] | None = None
     template: str | None = None  # on a proposer's last delta: how it fitted the prompt to its chat template
@@ -149,8 +196,9 @@ class Proposal:
 
     layer: int
     agent: str
-    text: str
+    text: str  # with tool calls: their text form (``moa.tools.with_call_text``), which references and defenses read
     deceptive: bool = False  # red-team ground truth, for the record only: defenses never read it
+    tool_calls: tuple[ToolCall, ...] = ()  # the calls it makes, as made (``decide: vote`` counts them)
 
     def with_text(self, text: str) -> Proposal:
         return replace(self, text=text)
@@ -165,6 +213,12 @@ class ChatRequest:
     deadline_s: float | None = None
     deception_target: str | None = None  # red-teaming: the option deceptive agents argue for (multiple choice)
     max_cost_usd: float | None = None  # may lower the config's budget, never raise it
+
+    @property
+    def tools(self) -> ToolSpec | None:
+        """The tools the request offers: carried on its params, so the aggregator's call gets them as it gets
+        every field of the request's sampling (the engine also hands them to every proposer)."""
+        return self.params.tools
 
 
 # ---- JSON at the edges ---------------------------------------------------------------------------------
@@ -285,7 +339,8 @@ class DefenseRecord(_Model):
 
 class ChatMessage(_Model):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None = Field(default=None, description="OpenAI's tool_calls objects")
 
 
 class Choice(_Model):
@@ -306,10 +361,20 @@ class Completion(_Model):
     trace: list[CallRecord] = Field(default_factory=list)
     proposals: list[ProposalRecord] = Field(default_factory=list)
     defense: list[DefenseRecord] = Field(default_factory=list)
+    parsed: Any = Field(
+        default=None,
+        exclude=True,
+        description="the SDK's: with response_format, the answer parsed (a pydantic model's instance, or the JSON)",
+    )
 
     @property
     def text(self) -> str:
-        return self.choices[0].message.content
+        return self.choices[0].message.content or ""
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """The answer's tool calls, OpenAI's objects; empty when it makes none."""
+        return self.choices[0].message.tool_calls or []
 
     @property
     def extra_calls(self) -> int:

@@ -120,7 +120,7 @@ def adapt(messages: Sequence[Message], rules: TemplateRules) -> tuple[list[Messa
             m = Message("user", _fenced("tool result", m.content))
             changed("tool result folded into a user turn")
         if m.role == "user" and pending:
-            m = Message("user", "\n\n".join([*pending, m.content]))
+            m = _prepended(m, "\n\n".join(pending))
             pending = []
         out.append(m)
     if pending:  # system turns after the last user turn: into that turn, else a user turn of their own
@@ -140,7 +140,7 @@ def _alternating(messages: list[Message], changed: Callable[[str], None]) -> lis
     for m in messages:
         before = out[-1] if out else None
         if before is not None and m.role == before.role and m.role in ("user", "assistant"):
-            out[-1] = replace(before, content=f"{before.content}\n\n{m.content}")
+            out[-1] = _merged(before, m)
             changed("consecutive turns merged")
             continue
         if m.role == "assistant" and all(o.role == "system" for o in out):
@@ -148,6 +148,34 @@ def _alternating(messages: list[Message], changed: Callable[[str], None]) -> lis
             changed("opening user turn added")
         out.append(m)
     return out
+
+
+def developer_as_system(messages: Sequence[Message]) -> tuple[list[Message], str | None]:
+    """``developer`` turns as ``system`` turns, for an upstream that does not take OpenAI's newer role; and what
+    changed (``None``: nothing)."""
+    if all(m.role != "developer" for m in messages):
+        return list(messages), None
+    return [replace(m, role="system") if m.role == "developer" else m for m in messages], "developer sent as system"
+
+
+def _as_parts(m: Message) -> tuple[dict[str, object], ...]:
+    return m.parts if m.parts is not None else ({"type": "text", "text": m.content},)
+
+
+def _merged(first: Message, second: Message) -> Message:
+    """Two turns of one role as one, blank line between (their parts in order when either is sent as parts)."""
+    content = f"{first.content}\n\n{second.content}"
+    if first.parts is None and second.parts is None:
+        return replace(first, content=content)
+    return replace(first, content=content, parts=(*_as_parts(first), *_as_parts(second)))
+
+
+def _prepended(m: Message, text: str) -> Message:
+    """A user turn with ``text`` ahead of its own (a text part first when it is sent as parts)."""
+    content = "\n\n".join([text, m.content])
+    if m.parts is None:
+        return Message("user", content)
+    return replace(m, content=content, parts=({"type": "text", "text": text}, *m.parts))
 
 
 def conform(messages: Sequence[Message], rules: TemplateRules) -> list[Message]:

@@ -21,6 +21,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from moa.config import OpenAIBackendConfig
+from moa.content import with_markers
 from moa.errors import (
     APIConnectionError,
     BackendError,
@@ -31,8 +32,10 @@ from moa.errors import (
     error_for_status,
 )
 from moa.redact import MIN_FREE_LENGTH, Redactor
+from moa.telemetry import upstream_headers, upstream_response
+from moa.tools import ToolCall, ToolCallDelta, unique_ids
 from moa.types import Delta, GenerateResult, Generation, Message, SamplingParams, TopLogprobs, Usage
-from proposers.chat_template import TemplateRules
+from proposers.chat_template import TemplateRules, developer_as_system
 from proposers.openai_schema import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -40,6 +43,8 @@ from proposers.openai_schema import (
     CreateEmbeddingResponse,
     EmbeddingResult,
     ErrorBody,
+    MessageToolCall,
+    ToolCallPiece,
     describe,
     parse_body,
 )
@@ -99,6 +104,8 @@ class OpenAIProposer:
         if n != 1:
             body["n"] = n
         body.update(self.fields.wire(params, self.name))  # each under its own name: OpenAI's, vLLM's extensions
+        if params.tools is not None:
+            body.update(params.tools.wire())
         if params.logprobs is not None:
             body["logprobs"] = True
             body["top_logprobs"] = params.logprobs
@@ -107,6 +114,15 @@ class OpenAIProposer:
             if self.config.stream_usage:
                 body["stream_options"] = {"include_usage": True}
         return body
+
+    def _fitted(self, messages: list[Message]) -> tuple[list[Message], str | None]:
+        """``messages`` as this upstream takes them: parts it does not read (``input:``) as markers, ``developer``
+        as ``system`` unless it keeps it; and what changed."""
+        messages, marked = with_markers(messages, self.config.reads)
+        developer = None
+        if not self.config.keeps_developer:
+            messages, developer = developer_as_system(messages)
+        return messages, _notes(marked, developer)
 
     @contextmanager
     def _mapped_errors(self) -> Iterator[None]:
@@ -151,7 +167,7 @@ class OpenAIProposer:
 
     async def _post(self, url: str, body: dict[str, Any]) -> bytes:
         """POST ``body``; the answer's bytes, or the upstream's error status as moa's exception."""
-        async with self._get_session().post(url, json=body) as resp:
+        async with self._get_session().post(url, json=body, headers=upstream_headers()) as resp:
             await self._raise_for_status(resp)
             return await resp.read()
 
@@ -159,6 +175,7 @@ class OpenAIProposer:
         self, messages: list[Message], params: SamplingParams, n: int = 1, *, model: str | None = None
     ) -> GenerateResult:
         model = model or self.config.model
+        messages, fitted = self._fitted(messages)
         async with self.templates.layout(model or "", messages) as layout:
             while True:
                 body = self._body(layout.messages, params, n=n, model=model, stream=False)
@@ -177,18 +194,25 @@ class OpenAIProposer:
             raise self._malformed(e) from None
         if not data.choices:
             raise MalformedResponseError(f"{self.name}: malformed response: choices: empty", backend=self.name)
+        upstream_response(data.model, data.id, self._redact)
         choices = sorted(data.choices, key=lambda c: c.index)
         generations = [
-            Generation(text=c.message.content or "", finish_reason=c.finish_reason, logprobs=_top_logprobs(c.logprobs))
+            Generation(
+                text=c.message.content or "",
+                finish_reason=c.finish_reason,
+                logprobs=_top_logprobs(c.logprobs),
+                tool_calls=_tool_calls(c.message.tool_calls),
+            )
             for c in choices
         ]
         usage = data.usage.to_usage() if data.usage is not None else Usage.of(0, 0)
-        return GenerateResult(generations=generations, usage=usage, template=layout.note)
+        return GenerateResult(generations=generations, usage=usage, template=_notes(fitted, layout.note))
 
     async def stream(
         self, messages: list[Message], params: SamplingParams, *, model: str | None = None
     ) -> AsyncIterator[Delta]:
         model = model or self.config.model
+        messages, fitted = self._fitted(messages)
         finish_reason: str | None = None
         usage: Usage | None = None
         pieces = 0
@@ -196,7 +220,7 @@ class OpenAIProposer:
             async with self.templates.layout(model or "", messages) as layout:
                 while True:
                     body = self._body(layout.messages, params, n=1, model=model, stream=True)
-                    resp = await self._get_session().post(self._url, json=body)
+                    resp = await self._get_session().post(self._url, json=body, headers=upstream_headers())
                     try:
                         await self._raise_for_status(resp)
                     except BaseException as e:
@@ -220,20 +244,23 @@ class OpenAIProposer:
                         err = chunk.error
                         msg = err if isinstance(err, str) else err.message or "(no message)"
                         raise ServerError(self._redact(f"{self.name}: error in stream: {msg}"), backend=self.name)
+                    if pieces == 0:
+                        upstream_response(chunk.model, chunk.id, self._redact)
                     if chunk.usage is not None:
                         usage = chunk.usage.to_usage()
                     for choice in chunk.choices or ():
                         content = choice.delta.content if choice.delta is not None else None
-                        if content:
+                        calls = _call_pieces(choice.delta.tool_calls if choice.delta is not None else None)
+                        if content or calls:
                             pieces += 1
-                            yield Delta(content=content)
+                            yield Delta(content=content or "", tool_calls=calls)
                         finish_reason = choice.finish_reason or finish_reason
                 else:
                     if finish_reason is None:
                         raise APIConnectionError(f"{self.name}: stream ended before it finished", backend=self.name)
         if usage is None:  # the server reports none: count pieces, the closest thing we can see
             usage = Usage.of(0, pieces)
-        yield Delta(finish_reason=finish_reason or "stop", usage=usage, template=layout.note)
+        yield Delta(finish_reason=finish_reason or "stop", usage=usage, template=_notes(fitted, layout.note))
 
     async def embed(self, texts: list[str], *, model: str | None = None) -> EmbeddingResult:
         """One POST to ``{base_url}/embeddings``: a vector per text, in order."""
@@ -265,6 +292,11 @@ class OpenAIProposer:
         self._session = None
 
 
+def _notes(*notes: str | None) -> str | None:
+    """How a prompt was fitted, in words: the notes that say something, joined."""
+    return "; ".join(n for n in notes if n) or None
+
+
 def _secrets(api_key: str | None, headers: Mapping[str, str]) -> list[str]:
     """What to mask: the key, every configured header value, and each long word of one (``Bearer <key>``)."""
     secrets = [api_key or ""]
@@ -272,6 +304,24 @@ def _secrets(api_key: str | None, headers: Mapping[str, str]) -> list[str]:
         secrets.append(value)
         secrets.extend(word for word in value.split() if len(word) >= MIN_FREE_LENGTH)
     return secrets
+
+
+def _tool_calls(calls: list[MessageToolCall] | None) -> tuple[ToolCall, ...]:
+    """An answer's tool calls, each id unique in it (the upstream's kept, one made where it sent none)."""
+    return unique_ids(tuple(ToolCall(c.id or "", c.function.name, c.function.arguments) for c in calls or ()))
+
+
+def _call_pieces(pieces: list[ToolCallPiece] | None) -> tuple[ToolCallDelta, ...]:
+    """One chunk's pieces of tool calls, as sent."""
+    return tuple(
+        ToolCallDelta(
+            p.index,
+            p.id,
+            p.function.name if p.function is not None else None,
+            (p.function.arguments or "") if p.function is not None else "",
+        )
+        for p in pieces or ()
+    )
 
 
 def _top_logprobs(logprobs: ChoiceLogprobs | None) -> tuple[TopLogprobs, ...] | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError
 
@@ -62,8 +62,19 @@ class ChoiceLogprobs(_Body):
     content: list[TokenLogprob] | None = None
 
 
+class FunctionCall(_Body):
+    name: StrictStr
+    arguments: StrictStr = "{}"
+
+
+class MessageToolCall(_Body):
+    id: StrictStr | None = None  # some servers send none: moa makes one
+    function: FunctionCall
+
+
 class ChatCompletionMessage(_Body):
     content: StrictStr | None = None
+    tool_calls: list[MessageToolCall] | None = None
 
 
 class ChatCompletionChoice(_Body):
@@ -78,10 +89,24 @@ class ChatCompletion(_Body):
 
     choices: list[ChatCompletionChoice]
     usage: CompletionUsage | None = None
+    id: Any = None  # read for traces only (``gen_ai.response.id``): any shape is taken, a string is used
+    model: Any = None  # the same (``gen_ai.response.model``)
+
+
+class FunctionCallPiece(_Body):
+    name: StrictStr | None = None
+    arguments: StrictStr | None = None
+
+
+class ToolCallPiece(_Body):
+    index: Index = 0
+    id: StrictStr | None = None
+    function: FunctionCallPiece | None = None
 
 
 class ChoiceDelta(_Body):
     content: StrictStr | None = None
+    tool_calls: list[ToolCallPiece] | None = None
 
 
 class ChunkChoice(_Body):
@@ -100,6 +125,8 @@ class ChatCompletionChunk(_Body):
     choices: list[ChunkChoice] | None = None
     usage: CompletionUsage | None = None
     error: ErrorObject | StrictStr | None = None
+    id: Any = None  # read for traces only, as ChatCompletion's
+    model: Any = None
 
 
 class ErrorBody(_Body):

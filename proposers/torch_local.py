@@ -20,6 +20,7 @@ from moa.config import TorchBackendConfig
 from moa.errors import BackendError, ConfigError, EngineError, NotFoundError
 from moa.types import Delta, GenerateResult, Generation, Message, SamplingParams, Usage
 from proposers.chat_template import TemplateRules, adapt
+from proposers.local_input import local_messages
 from proposers.local_template import probe_tokenizer
 from proposers.specdec.runner import Runner
 
@@ -102,8 +103,9 @@ class TorchProposer:
 
     def _encode(self, runner: Runner, messages: list[Message]) -> tuple[list[int], str | None]:
         """The prompt's token ids, the conversation fitted to the template's rules first; and how it was fitted."""
+        messages, fitted = local_messages(self.name, self.config, messages)
         messages, note = adapt(messages, self.template_rules or TemplateRules())
-        return runner.encode(messages), note
+        return runner.encode(messages), "; ".join(n for n in (fitted, note) if n) or None
 
     def _check_model(self, model: str | None) -> None:
         if model is not None and model != self.config.model:

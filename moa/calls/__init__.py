@@ -4,6 +4,7 @@ Every call (a whole chat call, a stream, an embeddings call) takes the same path
 
     hedged      (hedge.py)   a second lane when the first is slow; the first to send something wins
     budgeted    (record.py)  the call's worst case held against the request's budget, settled at its cost
+    traced      (span.py)    a traced request's CLIENT span (added only when the request has a span)
     recorded    (record.py)  progress events and the call's one trace record, however it ends
     retrying    (retry.py)   a new attempt after a failure before the first item, as ``retry_delay`` decides
     checked / joined         a whole answer checked (it has choices); a whole call made as a stream joined

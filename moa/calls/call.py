@@ -9,6 +9,7 @@ from typing import Generic, Protocol, TypeVar
 
 from moa.context import CallSite, RequestContext
 from moa.limits import tokens_from_chars
+from moa.telemetry import Span
 from moa.types import CallRecord, Delta, GenerateResult, Usage
 from proposers.openai_schema import EmbeddingResult
 
@@ -41,6 +42,7 @@ class CallState:
     reason: str | None = None  # why the call was cancelled, when the backend cancelled it ("hedge lost")
     first_token: Callable[[], None] | None = None  # told when the call's first piece arrives (a hedge's race)
     record: CallRecord | None = None  # the call's trace record, once made
+    span: Span | None = None  # the call's CLIENT span, when its request is traced
 
 
 #: one layer of a call: the call's state in, its items out
@@ -85,7 +87,7 @@ class DeltaMeter:
         return item.usage if item.finish_reason is not None else None
 
     def observe(self, state: CallState, item: Delta) -> None:
-        if item.content and (told := state.first_token) is not None:
+        if (item.content or item.tool_calls) and (told := state.first_token) is not None:
             state.first_token = None  # once a call, whichever attempt sends it
             told()
         if item.finish_reason is not None and item.usage is not None:

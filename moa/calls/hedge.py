@@ -79,6 +79,8 @@ async def hedged(
                     index, item = await queue.get()
             except TimeoutError:
                 if hedging.admit(policy):
+                    if (span := lanes[0][1].span) is not None:
+                        span.event("moa.hedge", {"moa.delay_s": loop.time() - began})
                     launch(True)
                 delay = None
                 continue

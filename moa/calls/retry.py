@@ -41,6 +41,18 @@ def retry_delay(policy: RetryPolicy, err: BackendError, retries_so_far: int, rem
     return delay if delay < remaining_s else None
 
 
+def retry_event(err: BackendError, retry: int, delay: float) -> dict[str, str | int | float]:
+    """A retry's span event: which retry, after what (the error's class and status), after how long."""
+    attributes: dict[str, str | int | float] = {
+        "moa.retry": retry,
+        "error.type": type(err).__name__,
+        "moa.delay_s": delay,
+    }
+    if err.status is not None:
+        attributes["http.response.status_code"] = err.status
+    return attributes
+
+
 def retrying(call: Call, policy: RetryPolicy, inner: Send[T]) -> Send[T]:
     """``inner`` again after a failure before its first item, as ``retry_delay`` decides (no wait past the
     request's deadline); a failure after the first item ends the call. Counts ``state.retries``."""
@@ -67,6 +79,8 @@ def retrying(call: Call, policy: RetryPolicy, inner: Send[T]) -> Send[T]:
                     policy.max_retries,
                     delay,
                 )
+                if state.span is not None:
+                    state.span.event("moa.retry", retry_event(err, state.retries + 1, delay))
                 await asyncio.sleep(delay)
             state.retries += 1
 

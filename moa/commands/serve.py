@@ -90,6 +90,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="event loop: uvloop (faster) or asyncio's own; auto: uvloop when installed",
     )
     p.add_argument(
+        "--lenient",
+        action="store_true",
+        help="accept and ignore request fields the ensemble cannot honour (as vLLM does), naming them in the "
+        "x-moa-ignored-fields response header, instead of a 400",
+    )
+    p.add_argument(
         "--verbose",
         action="store_true",
         help="let local engines' output (vLLM, torch, Triton) through to stderr; else it goes to "
@@ -123,6 +129,7 @@ def _serve(args: argparse.Namespace) -> int:
         api_keys=load_keys(args.api_key_env, args.api_key_file),
         read_timeout_s=args.read_timeout,
         keepalive_timeout_s=args.keepalive_timeout,
+        lenient=args.lenient,
     )
     ensembles: dict[str, Ensemble] = {}
     for source in served_configs(args):

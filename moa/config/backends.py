@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from moa.config.base import Strict
 from moa.config.policies import HedgePolicy, RateLimit, RetryPolicy
+from moa.content import InputKind
 from moa.defense_config import type_names
 from moa.pricing import Prices
 from moa.sampling import OPENAI_FIELDS, VLLM_FIELDS, FieldSupport
@@ -28,6 +29,27 @@ class BackendConfigBase(Strict):
     timeout_s: Annotated[float, Field(gt=0)] = Field(default=120.0, description="per-call timeout")
     prices: Prices | None = Field(default=None, description="USD per million tokens: each call's cost_usd")
     hedge: HedgePolicy | None = Field(default=None, description="hedged calls (off by default)")
+    input: tuple[InputKind, ...] | None = Field(
+        default=None,
+        description="the content parts its model reads (text, image, audio); a part of another kind reaches it as a "
+        "marker ([image]); unset: an openai backend forwards every part as sent, an in-process one refuses them",
+    )
+
+    @field_validator("input")
+    @classmethod
+    def _reads_text(cls, kinds: tuple[InputKind, ...] | None) -> tuple[InputKind, ...] | None:
+        if kinds is not None and "text" not in kinds:
+            raise ValueError("must include text")
+        return kinds
+
+    def reads(self, kind: InputKind) -> bool:
+        """Its model reads parts of ``kind`` (``input:``, else its type's default: ``forwards_parts``)."""
+        return kind in self.input if self.input is not None else kind == "text" or self.forwards_parts
+
+    @property
+    def forwards_parts(self) -> bool:
+        """Without ``input:``, image and audio parts are sent as they came (the upstream decides)."""
+        return False
 
     @property
     @abstractmethod
@@ -43,6 +65,10 @@ class BackendConfigBase(Strict):
     @abstractmethod
     def field_support(self) -> FieldSupport:
         """The sampling fields its calls honour; a call that sets another is refused naming the field."""
+
+    def tools_refusal(self) -> str | None:
+        """Why its calls cannot be offered tools (``tools``, ``moa.tools``); ``None`` when they can."""
+        return None
 
     @property
     def in_process(self) -> bool:
@@ -82,6 +108,22 @@ class OpenAIBackendConfig(BackendConfigBase):
     vllm_extensions: bool = Field(
         default=False, description="the upstream is a vLLM server: vLLM's sampling fields (repetition_penalty) are sent"
     )
+    developer_role: bool | None = Field(
+        default=None,
+        description="developer turns are sent as developer (true) or as system (false); unset: developer only to "
+        "OpenAI's own API (api.openai.com)",
+    )
+
+    @property
+    def forwards_parts(self) -> bool:
+        return True
+
+    @property
+    def keeps_developer(self) -> bool:
+        """``developer`` turns go out as they are; else as ``system``."""
+        if self.developer_role is not None:
+            return self.developer_role
+        return self.base_url.startswith("https://api.openai.com")
 
     def field_support(self) -> FieldSupport:
         """OpenAI's sampling fields, and vLLM's with ``vllm_extensions``."""
@@ -141,6 +183,13 @@ class InProcessBackendConfig(BackendConfigBase):
     device: Literal["auto", "cuda", "cpu"] = "auto"
     dtype: str = "auto"
 
+    @field_validator("input")
+    @classmethod
+    def _text_only(cls, kinds: tuple[InputKind, ...] | None) -> tuple[InputKind, ...] | None:
+        if kinds is not None and set(kinds) != {"text"}:
+            raise ValueError("an in-process backend reads text only: [text] (image and audio parts become markers)")
+        return kinds
+
     @property
     def endpoint(self) -> None:
         return None
@@ -173,6 +222,9 @@ class VLLMBackendConfig(InProcessBackendConfig):
     def field_support(self) -> FieldSupport:
         """Every sampling field vLLM's ``SamplingParams`` takes."""
         return FieldSupport(VLLM_FIELDS)
+
+    def tools_refusal(self) -> str | None:
+        return "in-process vLLM does not take tools yet; serve the model with vLLM's server (type: openai)"
 
 
 class SpeculativeConfig(Strict):
@@ -218,6 +270,9 @@ class TorchBackendConfig(InProcessBackendConfig):
         """What ``proposers.specdec``'s decode loop implements."""
         fields = frozenset({"temperature", "top_p", "max_tokens", "stop", "seed"})
         return FieldSupport(fields, "moa's torch decode loop does not implement it")
+
+    def tools_refusal(self) -> str | None:
+        return "moa's torch decode loop cannot call tools"
 
 
 BackendConfig = Annotated[OpenAIBackendConfig | VLLMBackendConfig | TorchBackendConfig, Field(discriminator="type")]

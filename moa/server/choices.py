@@ -10,7 +10,7 @@ others are cancelled and the failure is raised.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Mapping
 from dataclasses import replace
 from typing import TypeVar
 
@@ -31,9 +31,12 @@ def request_for_choice(parsed: ParsedChat, index: int) -> ChatRequest:
     return replace(request, params=request.params.merged(seed=seed_offset(request.params.seed, index)))
 
 
-def contexts_for(ensemble: Ensemble, parsed: ParsedChat, request_id: str) -> list[RequestContext]:
-    """One context for each of the request's ``n`` choices: siblings sharing its deadline and budget."""
-    first = ensemble.context(parsed.request, request_id=request_id)
+def contexts_for(
+    ensemble: Ensemble, parsed: ParsedChat, request_id: str, trace_context: Mapping[str, str] | None = None
+) -> list[RequestContext]:
+    """One context for each of the request's ``n`` choices: siblings sharing its deadline and budget (and, when
+    traced, the parent of their spans: the client's ``traceparent`` in ``trace_context``)."""
+    first = ensemble.context(parsed.request, request_id=request_id, trace_context=trace_context)
     return [first] + [first.choice() for _ in range(parsed.n - 1)]
 
 
@@ -49,21 +52,29 @@ async def all_or_none(calls: list[Awaitable[T]]) -> list[T]:
 
 
 async def complete_choices(
-    ensemble: Ensemble, parsed: ParsedChat, request_id: str, runs: list[RequestContext]
+    ensemble: Ensemble,
+    parsed: ParsedChat,
+    request_id: str,
+    runs: list[RequestContext],
+    trace_context: Mapping[str, str] | None = None,
 ) -> list[Completion]:
     """Every choice's completion; ``runs`` gets each choice's context."""
-    contexts = contexts_for(ensemble, parsed, request_id)
+    contexts = contexts_for(ensemble, parsed, request_id, trace_context)
     runs.extend(contexts)
     return await all_or_none([ensemble.arun(request_for_choice(parsed, i), c) for i, c in enumerate(contexts)])
 
 
 async def stream_choices(
-    ensemble: Ensemble, parsed: ParsedChat, request_id: str, runs: list[RequestContext]
+    ensemble: Ensemble,
+    parsed: ParsedChat,
+    request_id: str,
+    runs: list[RequestContext],
+    trace_context: Mapping[str, str] | None = None,
 ) -> AsyncGenerator[tuple[int, Delta | ProgressEvent], None]:
     """``(choice index, delta)`` as each choice's tokens arrive (and its progress events, when the request asked
     for them); ``runs`` gets each choice's context. Closing this cancels every choice."""
     progress = parsed.include_progress
-    contexts = contexts_for(ensemble, parsed, request_id)
+    contexts = contexts_for(ensemble, parsed, request_id, trace_context)
     runs.extend(contexts)
     streams = [
         ensemble.astream_request(request_for_choice(parsed, i), progress=progress, context=c)

@@ -7,13 +7,14 @@ import json
 import logging
 import time
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from moa.context import RequestContext
-from moa.ensemble import Ensemble
+from moa.ensemble import Ensemble, without_unsupported
 from moa.errors import ConfigError
 from moa.server import ids, limits_status
 from moa.server.access import ACCESS, Access
@@ -57,7 +58,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         _check_room(state)
         body = await _read_json(request, state.settings)
         label, ensemble = _ensemble_of(state, body)
-        parsed = parse_chat_request(body)
+        parsed = parse_chat_request(body, lenient=state.settings.lenient)
+        if state.settings.lenient:
+            parsed = _lenient(parsed, ensemble)
         _admit(state)
         rid = ids.request_id(request)
         try:
@@ -66,7 +69,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 response = await _stream(request, ensemble, parsed, result=result, runs=runs)
                 status = result.error_status or response.status
             else:
-                response = await _complete(ensemble, parsed, rid, runs)
+                response = await _complete(ensemble, parsed, rid, runs, trace_context(request))
                 status = response.status
         finally:
             state.admitted -= 1
@@ -92,6 +95,32 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         state.metrics.record_calls(label, calls)
         state.metrics.record_request(label, status, time.monotonic() - started)
         request[ACCESS] = Access(label, status, Usage.total(calls))
+
+
+#: the header of a ``--lenient`` answer naming the request fields it ignored
+IGNORED_HEADER = "x-moa-ignored-fields"
+
+
+def _lenient(parsed: ParsedChat, ensemble: Ensemble) -> ParsedChat:
+    """``parsed`` less the fields the ensemble's backends cannot honour, each added to what it ignores."""
+    request, dropped = without_unsupported(ensemble.config, parsed.request)
+    return replace(parsed, request=request, ignored=(*parsed.ignored, *dropped))
+
+
+def ignored_headers(parsed: ParsedChat) -> dict[str, str]:
+    return {IGNORED_HEADER: ", ".join(parsed.ignored)} if parsed.ignored else {}
+
+
+#: the W3C Trace Context headers a client's trace is joined by (nothing else of its headers reaches the tracer)
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def trace_context(request: web.Request) -> dict[str, str] | None:
+    """The client's ``traceparent`` and ``tracestate``, for the request's span to join its trace; ``None`` when it
+    sent no ``traceparent`` (its span is then the root of a trace of its own)."""
+    if "traceparent" not in request.headers:
+        return None
+    return {name: request.headers[name] for name in TRACE_HEADERS if name in request.headers}
 
 
 def _check_room(state: ServerState) -> None:
@@ -174,11 +203,16 @@ COST_HEADER, TOKENS_HEADER = "x-moa-cost-usd", "x-moa-total-tokens"
 
 
 async def _complete(
-    ensemble: Ensemble, parsed: ParsedChat, request_id: str, runs: list[RequestContext]
+    ensemble: Ensemble,
+    parsed: ParsedChat,
+    request_id: str,
+    runs: list[RequestContext],
+    trace_context: dict[str, str] | None = None,
 ) -> web.Response:
-    completions = await complete_choices(ensemble, parsed, request_id, runs)
+    completions = await complete_choices(ensemble, parsed, request_id, runs, trace_context)
     body = completion_body(parsed, completions)
-    return web.json_response(body, headers=usage_headers(Usage.model_validate(body["usage"])))
+    headers = {**usage_headers(Usage.model_validate(body["usage"])), **ignored_headers(parsed)}
+    return web.json_response(body, headers=headers)
 
 
 def usage_headers(usage: Usage) -> dict[str, str]:
@@ -188,6 +222,12 @@ def usage_headers(usage: Usage) -> dict[str, str]:
     if usage.cost is not None:
         headers[COST_HEADER] = f"{usage.cost:.10f}".rstrip("0").rstrip(".") or "0"
     return headers
+
+
+def _message(completion: Completion) -> dict[str, Any]:
+    """The answer's message: ``content`` always (null when it only calls tools), ``tool_calls`` when it makes any."""
+    message = completion.choices[0].message
+    return {**message.model_dump(exclude_none=True), "content": message.content}
 
 
 def completion_body(parsed: ParsedChat, completions: list[Completion]) -> dict[str, Any]:
@@ -201,7 +241,7 @@ def completion_body(parsed: ParsedChat, completions: list[Completion]) -> dict[s
         "choices": [
             {
                 "index": i,
-                "message": {"role": "assistant", "content": c.text},
+                "message": _message(c),
                 "logprobs": None,
                 "finish_reason": c.choices[0].finish_reason,
             }
@@ -222,7 +262,7 @@ async def _stream(
 ) -> web.StreamResponse:
     state = request.app[STATE]
     fmt = ChunkFormat(parsed.model, parsed.include_usage)
-    deltas = stream_choices(ensemble, parsed, ids.request_id(request), runs)
+    deltas = stream_choices(ensemble, parsed, ids.request_id(request), runs, trace_context(request))
     try:
         async with aclosing(deltas):
             return await write_stream(
@@ -233,6 +273,7 @@ async def _stream(
                 want_usage=parsed.include_usage,
                 want_trace=parsed.trace,
                 result=result,
+                headers=ignored_headers(parsed),
             )
     finally:
         if result.first_token_s is not None:

@@ -23,6 +23,8 @@ class ServerSettings:
     read_timeout_s: float = 10.0
     #: seconds an idle keep-alive connection, or one whose headers are unfinished, is kept open
     keepalive_timeout_s: float = 15.0
+    #: accept and ignore the fields an ensemble cannot honour (named in ``x-moa-ignored-fields``) instead of a 400
+    lenient: bool = False
 
     def __post_init__(self) -> None:
         if self.max_queue < 1:

@@ -2,7 +2,8 @@
 
 The response starts when the first token (or the end) of any choice arrives, so a request that fails before
 that still gets a proper HTTP status. The first chunk of each choice carries the role; then come its tokens,
-one chunk each; then one chunk with its ``finish_reason``. A last chunk with no choices carries ``usage`` when
+one chunk each (and its tool calls' pieces, a chunk each, in OpenAI's ``delta.tool_calls`` shape); then one chunk
+with its ``finish_reason``. A last chunk with no choices carries ``usage`` when
 ``stream_options.include_usage`` asked and ``moa_trace`` when the request asked. A failure after the response
 began is sent as an ``{"error": ...}`` event, and logged (the event may say the details are in the log).
 The stream always ends with ``data: [DONE]``, also when the server's drain timeout cuts it off (an error event
@@ -128,6 +129,7 @@ async def write_stream(
     want_usage: bool,
     want_trace: bool,
     result: StreamResult,
+    headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
     """Relay ``deltas`` as SSE. Raises (for an ordinary error response) only if nothing was sent yet.
 
@@ -142,17 +144,21 @@ async def write_stream(
         async for index, delta in deltas:
             if isinstance(delta, ProgressEvent):  # asked for: the response starts with the first event
                 if response is None:
-                    response = await _start(request)
+                    response = await _start(request, headers)
                     pending = _roles(fmt, n)
                 await send(request, response, fmt.progress(index, delta))
                 continue
             if result.first_token_s is None:
                 result.first_token_s = time.monotonic() - started
             if response is None:
-                response = await _start(request)
+                response = await _start(request, headers)
                 pending = _roles(fmt, n)
             if delta.content:
                 await send(request, response, pending + fmt.token(index, delta.content))
+                pending = b""
+            if delta.tool_calls:  # OpenAI's pieces: delta.tool_calls[i].index/id/type/function.name/arguments
+                calls = [piece.to_dict() for piece in delta.tool_calls]
+                await send(request, response, pending + fmt.chunk(index, {"tool_calls": calls}))
                 pending = b""
             if delta.finish_reason is not None:
                 finished[index] = delta
@@ -198,11 +204,11 @@ def uncancel() -> None:
         task.uncancel()
 
 
-async def _start(request: web.Request) -> web.StreamResponse:
+async def _start(request: web.Request, headers: dict[str, str] | None = None) -> web.StreamResponse:
     transport = request.transport
     if transport is None or transport.is_closing():
         raise ClientClosed("the client closed the connection")
-    response = web.StreamResponse(headers=SSE_HEADERS)
+    response = web.StreamResponse(headers={**SSE_HEADERS, **(headers or {})})
     try:
         await response.prepare(request)
     except ConnectionError:

@@ -15,5 +15,5 @@ def test_merged_applies_the_overrides_that_are_set() -> None:
 
 
 def test_merged_refuses_a_name_that_is_not_a_field() -> None:
-    with pytest.raises(TypeError, match="top_k"):
-        SamplingParams().merged(**{"top_k": 5})
+    with pytest.raises(TypeError, match="top_a"):  # not a field (top_k is vLLM's, declared since)
+        SamplingParams().merged(**{"top_a": 5})
