@@ -40,7 +40,7 @@ from moa.quorum import wait_for_quorum
 from moa.repair import AnswerCheck, CheckFor, checked, checks_for
 from moa.sampling import derived_seed, sampling_params, seed_offset
 from moa.stops import StopFilter, with_stops
-from moa.structured import schema_check
+from moa.structured import json_format, schema_check
 from moa.tasks import cancel_and_wait
 from moa.telemetry import Span, in_span, opened, request_parent
 from moa.telemetry.genai import request_attributes, totals
@@ -60,6 +60,7 @@ from moa.types import (
     SamplingParams,
     Usage,
 )
+from moa.vote import majority
 
 #: how many times more an aggregation that wrote nothing runs, with the next seed: a small model sometimes opens a
 #: reference fence as its first token (moa cuts it: the answer is blank; 1 in 30 seeds of the default recipe).
@@ -149,6 +150,7 @@ class RequestState:
     proposals: list[Proposal] = field(default_factory=list)
     defense: list[DefenseRecord] = field(default_factory=list)
     dropped: list[ProposalRecord] = field(default_factory=list)  # the stragglers a quorum went on without
+    vote: str | None = None  # decide: vote without a majority: why the aggregator decides (its call's step)
 
     @property
     def trace(self) -> list[CallRecord]:
@@ -330,9 +332,33 @@ class LayeredEngine:
         params = self._agg_params.merged(**_as_overrides(state.request.params))
         if attempt:
             params = params.merged(seed=seed_offset(params.seed, attempt))
-        step = f"rerun {attempt}" if attempt else None
+        step = f"rerun {attempt}" if attempt else state.vote
         site = site or CallSite(len(self.layers) + 1, "aggregator", "aggregator", step)
         return ModelCaller(self._agg_backend, self._agg_model, params, site, state.ctx, self.config.aggregator.hedge)
+
+    def _voted(self, state: RequestState, references: list[Proposal]) -> Generation | None:
+        """``decide: vote``: the answer a strict majority of the final references agree on (``moa.vote``), traced as
+        the aggregator's call skipped with the vote's count; ``None`` (the aggregator decides, its call's step says
+        why) without a majority, or with ``decide: aggregator``."""
+        if self.config.decide != "vote":
+            return None
+        vote = majority(references, json_answers=json_format(state.request) is not None)
+        if vote.answer is None:
+            state.vote = vote.reason
+            return None
+        agg = self.config.aggregator
+        state.trace.append(
+            CallRecord(
+                layer=len(self.layers) + 1,
+                role="aggregator",
+                agent="aggregator",
+                backend=agg.backend,
+                model=self._agg_model,
+                outcome="skipped",
+                reason=vote.reason,
+            )
+        )
+        return vote.answer
 
     async def _aggregate(self, state: RequestState, references: list[Proposal]) -> Generation:
         """The aggregator's answer, run again (``BLANK_RERUNS`` times at most) while it is blank; still blank, the
@@ -464,6 +490,8 @@ class LayeredEngine:
                 async with self._deadline(state):
                     references, answer = await self._run_layers(state)
                     if answer is None:
+                        answer = self._voted(state, references)
+                    if answer is None:
                         answer = await self._aggregate(state, references)
                     answer = await self._checked(state, answer, self._checks(request))
             finally:
@@ -502,6 +530,8 @@ class LayeredEngine:
         checks = self._checks(state.request)
         async with self._deadline(state) as timer:
             references, answer = await self._run_layers(state)
+            if answer is None:
+                answer = self._voted(state, references)
             finish_reason = "stop"
             if checks:
                 if answer is None:

@@ -177,8 +177,15 @@ def new_call_id() -> str:
 
 def call_text(calls: tuple[ToolCall, ...] | list[ToolCall]) -> str:
     """The calls as later layers, the aggregator and the defenses read them: one line each, the function and its
-    arguments."""
-    return "\n".join(f"[tool call] {c.name}({c.arguments})" for c in calls)
+    arguments (as compact JSON when they parse, so equal calls read the same; else as written)."""
+    return "\n".join(f"[tool call] {c.name}({_written(c)})" for c in calls)
+
+
+def _written(call: ToolCall) -> str:
+    try:
+        return json.dumps(json.loads(call.arguments), ensure_ascii=False)
+    except ValueError:
+        return call.arguments
 
 
 def with_call_text(text: str, calls: tuple[ToolCall, ...] | list[ToolCall]) -> str:

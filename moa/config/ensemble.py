@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -37,6 +37,11 @@ class EnsembleConfig(Strict):
     )
     structured: StructuredConfig = Field(
         default_factory=StructuredConfig, description="who answers in a request's response_format"
+    )
+    decide: Literal["aggregator", "vote"] = Field(
+        default="aggregator",
+        description="vote: a strict majority of the last layer's proposals making the same tool calls (or, with a "
+        "JSON response_format, the same JSON) is the answer, without the aggregator's call",
     )
 
     @model_validator(mode="after")
