@@ -72,3 +72,17 @@ def test_litellm_responses(serve: ServeProcess, upstream_thread: ScriptedServer)
     )
     deltas = "".join(getattr(e, "delta", "") for e in events if e.type == "response.output_text.delta")
     assert deltas == "litellm reads this" and events[-1].type == "response.completed"
+
+
+def test_an_openai_agents_agent_runs_on_its_default_responses_model(
+    serve: ServeProcess, upstream_thread: ScriptedServer
+) -> None:
+    from agents import Agent, OpenAIResponsesModel, Runner, set_tracing_disabled
+
+    set_tracing_disabled(True)
+    upstream_thread.script("agg", answer="the agent's answer")
+    model = OpenAIResponsesModel(model="fast", openai_client=serve.aclient())
+    agent = Agent(name="helper", instructions="Be brief.", model=model)
+    result = Runner.run_sync(agent, "hi")
+    assert result.final_output == "the agent's answer"
+    assert upstream_thread.for_model("p1")[-1].messages[0] == {"role": "system", "content": "Be brief."}
