@@ -57,7 +57,15 @@ def register(app: web.Application) -> None:
 
 
 async def _open_store(app: web.Application) -> None:
-    await app[STORE].open()
+    """Open the store before the server listens. A store named with ``--response-store`` that cannot be opened
+    stops the server (an error naming the option); the default one does not: chat completions do not need it,
+    so the server starts, logs why, and the Responses API answers without storing (reads are 503)."""
+    try:
+        await app[STORE].open()
+    except ConfigError as e:
+        if app[STATE].settings.response_store is not None:
+            raise
+        log.warning("responses will not be stored: the default response store cannot be opened (%s)", e)
 
 
 async def _close_store(app: web.Application) -> None:

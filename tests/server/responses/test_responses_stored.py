@@ -285,3 +285,27 @@ def test_a_server_killed_mid_write_restarts_on_an_intact_database(
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert rows(path) >= len(completed)
+
+
+def test_the_default_store_is_one_file_under_the_state_directory(upstream_sync_url: str, tmp_path: Path) -> None:
+    env = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    with moa_serve(tmp_path, configs(upstream_sync_url), env=env) as s, s.client() as c:
+        created = c.responses.create(model="fast", input="hi")
+        assert c.responses.retrieve(created.id).id == created.id
+    assert rows(tmp_path / "state" / "moa" / "responses.sqlite3") == 1
+
+
+def test_a_default_store_that_cannot_be_opened_leaves_chat_completions_serving(
+    upstream_sync_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "not-a-folder").write_text("")
+    env = {"XDG_STATE_HOME": str(tmp_path / "not-a-folder")}
+    with moa_serve(tmp_path, configs(upstream_sync_url), env=env) as s, s.client() as c:
+        chat = c.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi"}])
+        assert chat.choices[0].message.content
+        created = c.responses.create(model="fast", input="hi")
+        assert created.output_text and created.store is False  # answered, and told it was not stored
+        with pytest.raises(openai.APIStatusError) as e:
+            c.responses.retrieve(created.id)
+        assert e.value.status_code == 503 and e.value.body["code"] == "response_store_unavailable"  # type: ignore[index]
+        assert "responses will not be stored" in s.stderr
