@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from moa.backend import Backend, ModelCaller, aclose_stream
@@ -35,8 +35,10 @@ from moa.interfaces import Aggregate, Aggregator, CallSite, Defense
 from moa.progress import ProgressSink
 from moa.prompts import REFERENCE_STOPS, SYNTHESIZE_INSTRUCTIONS, with_references, with_system_prompt
 from moa.quorum import wait_for_quorum
+from moa.repair import AnswerCheck, CheckFor, checked, checks_for
 from moa.sampling import derived_seed, sampling_params, seed_offset
 from moa.stops import StopFilter, with_stops
+from moa.structured import schema_check
 from moa.tasks import cancel_and_wait
 from moa.types import (
     CallRecord,
@@ -57,6 +59,10 @@ from moa.types import (
 #: how many times more an aggregation that wrote nothing runs, with the next seed: a small model sometimes opens a
 #: reference fence as its first token (moa cuts it: the answer is blank; 1 in 30 seeds of the default recipe)
 BLANK_RERUNS = 2
+
+#: what a request may ask of its final answer (``moa.repair``): each builder makes its check, or none; a final answer
+#: failing one gets one repair call, then the check's error
+ANSWER_CHECKS: tuple[CheckFor, ...] = (schema_check,)
 
 #: builds a deceptive agent's prompt from the request, the references, its instructions and its own system prompt
 #: (``defenses.deceptive.deceptive_messages``, handed in by whoever builds the engine)
@@ -173,6 +179,9 @@ class LayeredEngine:
         params = with_stops(agent.params, markup)
         if params.seed is None and state.request.params.seed is not None:  # a seeded request seeds every agent
             params = params.merged(seed=derived_seed(state.request.params.seed, f"{layer.index}/{agent.name}"))
+        fmt = state.request.params.response_format
+        if self.config.structured.proposers and fmt is not None and params.response_format is None:
+            params = params.merged(response_format=fmt)  # structured: {proposers: true}
 
         def cut(text: str) -> str:
             return StopFilter(agent.params.stop or (), markup).cut(text)
@@ -310,6 +319,25 @@ class LayeredEngine:
                 break
         return answer
 
+    def _checks(self, request: ChatRequest) -> list[AnswerCheck]:
+        """The checks of ``request``'s final answer, which is sampled as the aggregator's config and the request say
+        (a ``response_format`` from either)."""
+        answer_params = self._agg_params.merged(**_as_overrides(request.params))
+        return checks_for(replace(request, params=answer_params), ANSWER_CHECKS)
+
+    async def _checked(self, state: RequestState, answer: Generation, checks: list[AnswerCheck]) -> Generation:
+        """``answer`` through the repair step: one repair call to the aggregator (traced ``step: repair``) when a
+        check fails, then the check's error."""
+        if not checks:
+            return answer
+
+        async def repair(messages: list[Message]) -> Generation:
+            site = CallSite(len(self.layers) + 1, "aggregator", "aggregator", "repair")
+            result = await self._caller(state, site).generate(messages)
+            return result.generations[0]
+
+        return await checked(answer, state.request.messages, checks, repair)
+
     async def _aggregate_stream(self, state: RequestState, references: list[Proposal]) -> AsyncGenerator[Delta, None]:
         """The aggregator's stream, run again (``BLANK_RERUNS`` times at most) while it has said nothing but blank
         space: what it sent is held until a piece with text comes, so a rerun sends no client anything twice."""
@@ -388,6 +416,7 @@ class LayeredEngine:
             references, answer = await self._run_layers(state)
             if answer is None:
                 answer = await self._aggregate(state, references)
+            answer = await self._checked(state, answer, self._checks(request))
         return Completion(
             model=self.config.name,
             choices=[Choice(message=ChatMessage(content=answer.text), finish_reason=answer.finish_reason or "stop")],
@@ -404,11 +433,19 @@ class LayeredEngine:
     async def stream(self, request: ChatRequest, ctx: RequestContext) -> AsyncGenerator[Delta, None]:
         """The aggregator's tokens as they come (a defense's finished answer in one piece); the last delta carries
         finish_reason, usage, the trace and the defense's records. Closing it closes the aggregator's stream (its
-        slot and connection) before ``aclose`` returns. ``ctx`` as ``complete`` takes it."""
+        slot and connection) before ``aclose`` returns. ``ctx`` as ``complete`` takes it.
+
+        A request whose answer is checked (``ANSWER_CHECKS``: ``response_format``) cannot have it sent before the
+        check: its aggregator's call is made whole, checked (and repaired), and the answer streamed in one piece."""
         state = RequestState(request, ctx)
+        checks = self._checks(request)
         async with self._deadline(state) as timer:
             references, answer = await self._run_layers(state)
             finish_reason = "stop"
+            if checks:
+                if answer is None:
+                    answer = await self._aggregate(state, references)
+                answer = await self._checked(state, answer, checks)
             if answer is None:
                 pieces = self._aggregate_stream(state, references)
             else:

@@ -17,15 +17,16 @@ from typing import Any, Literal, overload
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from defenses.deceptive import deceptive_messages
-from moa import registry
+from moa import registry, structured
 from moa.backend import Backend
 from moa.budget import RequestBudget
 from moa.config import EnsembleConfig, config_error, load_config
 from moa.context import RequestContext
 from moa.engine import Agent, Deception, Layer, LayeredEngine
-from moa.errors import ConfigError, MoaError, UnsupportedFieldError
+from moa.errors import ConfigError, InvalidStructuredOutputError, MoaError, UnsupportedFieldError
 from moa.interfaces import Aggregator, Defense
 from moa.progress import ProgressEvent, ProgressSink, with_progress
+from moa.response_format import of_model
 from moa.sampling import RequestExtensions, SamplingFields, extensions, sampling_params, set_fields
 from moa.types import ChatRequest, Completion, Delta, Message
 
@@ -64,8 +65,12 @@ def build_messages(messages: Sequence[Message | dict[str, Any]]) -> list[Message
 
 
 def build_request(messages: Sequence[Message | dict[str, Any]], overrides: dict[str, Any]) -> ChatRequest:
-    """Validate a caller's messages and overrides; errors name the field (``messages[1].role: ...``)."""
+    """Validate a caller's messages and overrides; errors name the field (``messages[1].role: ...``). A pydantic
+    model class as ``response_format`` is its strict ``json_schema`` format (``moa.response_format.of_model``)."""
     parsed = build_messages(messages)
+    fmt = overrides.get("response_format")
+    if isinstance(fmt, type) and issubclass(fmt, BaseModel):
+        overrides = {**overrides, "response_format": of_model(fmt)}
     try:
         o = _Overrides.model_validate(overrides)
     except ValidationError as e:
@@ -75,13 +80,20 @@ def build_request(messages: Sequence[Message | dict[str, Any]], overrides: dict[
 
 def refuse_unsupported(config: EnsembleConfig, request: ChatRequest) -> None:
     """Refuse a sampling field a request sets that a backend it reaches cannot honour (``UnsupportedFieldError``,
-    naming both): every field reaches the aggregator's backend; the seed also every agent's that sets none."""
+    naming both): every field reaches the aggregator's backend; the seed also every agent's that sets none, and the
+    response format every agent's with ``structured: {proposers: true}``."""
     seeded = sorted({a.backend for layer in config.layers for a in layer.agents if a.seed is None})
+    structured = sorted({a.backend for layer in config.layers for a in layer.agents if config.structured.proposers})
+    also = {"seed": seeded, "response_format": structured}
     for field in set_fields(request.params):
-        for name in [config.aggregator.backend, *(seeded if field == "seed" else [])]:
+        for name in [config.aggregator.backend, *also.get(field, [])]:
             reason = config.backends[name].field_support().refusal(field, name)
             if reason is not None:
                 raise UnsupportedFieldError(reason, field, field=field, backend=name)
+
+
+def _name(fmt: Any) -> str:
+    return fmt.__name__ if isinstance(fmt, type) else "JSON"
 
 
 def _build_engine(config: EnsembleConfig) -> LayeredEngine:
@@ -149,8 +161,22 @@ class Ensemble:
             raise MoaError("this Ensemble is bound to another event loop; make one Ensemble per loop")
 
     async def acomplete(self, messages: Sequence[Message | dict[str, Any]], **overrides: Any) -> Completion:
-        """Run the ensemble on a conversation; ``overrides`` set the final answer's sampling and deadline."""
-        return await self.arun(build_request(messages, overrides))
+        """Run the ensemble on a conversation; ``overrides`` set the final answer's sampling and deadline.
+
+        With ``response_format`` (a pydantic model class, or OpenAI's ``json_object`` / ``json_schema`` dict) the
+        answer is checked against it (one repair call, then ``InvalidStructuredOutputError``) and ``result.parsed``
+        is the model's instance, or the decoded JSON, as openai's ``parse()`` returns it."""
+        request = build_request(messages, overrides)
+        result = await self.arun(request)
+        fmt = overrides.get("response_format")
+        try:
+            if isinstance(fmt, type) and issubclass(fmt, BaseModel):
+                result.parsed = fmt.model_validate_json(result.text)
+            else:
+                result.parsed = structured.parsed(request, result.text)
+        except (ValueError, ValidationError) as e:
+            raise InvalidStructuredOutputError(f"the answer does not parse as {_name(fmt)}: {e}") from None
+        return result
 
     def budget_for(self, request: ChatRequest) -> RequestBudget | None:
         """The spending limit of ``request`` (``max_cost_usd``, its own or the config's); ``None`` without one.

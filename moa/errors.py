@@ -19,6 +19,8 @@
     │   ├── APITimeoutError          one call ran past its timeout: retried
     │   └── EngineError              a local engine failed (not retried)
     ├── InsufficientProposalsError   fewer agents of a layer survived than ``min_proposals``
+    ├── InvalidAnswerError           the final answer breaks what the request asked of it, after one repair call
+    │   └── InvalidStructuredOutputError    its content is not the JSON that ``response_format`` asks for
     ├── BudgetExceededError          the next call would take the request past its ``max_cost_usd``
     └── DeadlineExceededError        the request ran past its deadline
 
@@ -166,6 +168,22 @@ class DeadlineExceededError(MoaError, TimeoutError):
     def __init__(self, deadline_s: float) -> None:
         self.deadline_s = deadline_s
         super().__init__(f"request exceeded its deadline of {deadline_s:g} s")
+
+
+class InvalidAnswerError(MoaError):
+    """The final answer breaks what the request asked of it (``moa.repair``); ``param`` names the request field."""
+
+    param: str | None = None
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        self.param = param if param is not None else type(self).param
+        super().__init__(message)
+
+
+class InvalidStructuredOutputError(InvalidAnswerError):
+    """The answer's content is not valid JSON, or breaks ``response_format``'s schema (the first violation)."""
+
+    param = "response_format"
 
 
 _STATUS_ERRORS: dict[int, type[APIStatusError]] = {

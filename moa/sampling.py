@@ -93,7 +93,15 @@ class FieldSupport:
         """The fields ``params`` sets, by name with JSON values (``stop`` a list), each one honoured: the body
         entries of an OpenAI-compatible request, the arguments of vLLM's ``SamplingParams``."""
         self.check(params, backend)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in set_fields(params).items() if v != ()}
+        return {k: _json(v) for k, v in set_fields(params).items() if v != ()}
+
+
+def _json(value: Any) -> Any:
+    """A field's value as JSON: ``stop`` a list, ``response_format`` OpenAI's object."""
+    if isinstance(value, tuple):
+        return list(value)
+    wire = getattr(value, "wire", None)
+    return wire() if callable(wire) else value
 
 
 def _extension_alias(name: str) -> str:

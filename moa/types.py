@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from moa.response_format import ResponseFormat
+
 #: ``tool``: a tool's result; moa's edges (server, SDK) refuse tool history today, but a backend fits one to its chat
 #: template like any turn (``proposers.chat_template``)
 Role = Literal["system", "user", "assistant", "tool"]
@@ -89,6 +91,9 @@ class SamplingFields(BaseModel):
     presence_penalty: Annotated[Penalty | None, OPENAI_AND_VLLM] = None
     #: vLLM's: > 1 makes tokens already in the prompt or the answer less likely, < 1 more
     repetition_penalty: Annotated[Annotated[float, Field(gt=0)] | None, Wire(vllm=True)] = None
+    #: OpenAI's: JSON (``json_object``) or JSON matching a schema (``json_schema``) for the answer; the final answer is
+    #: checked against it (``moa.structured``), in-process vLLM enforces it with its structured outputs
+    response_format: Annotated[ResponseFormat | None, OPENAI_AND_VLLM] = None
 
 
 class SamplingParams(SamplingFields):
@@ -306,6 +311,11 @@ class Completion(_Model):
     trace: list[CallRecord] = Field(default_factory=list)
     proposals: list[ProposalRecord] = Field(default_factory=list)
     defense: list[DefenseRecord] = Field(default_factory=list)
+    parsed: Any = Field(
+        default=None,
+        exclude=True,
+        description="the SDK's: with response_format, the answer parsed (a pydantic model's instance, or the JSON)",
+    )
 
     @property
     def text(self) -> str:

@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, contextmanager
+from typing import Any
 
 from proposers import vllm_args  # first: it quiets vLLM's log before vLLM loads  # isort: skip
 
@@ -29,7 +30,7 @@ from vllm import SamplingParams as VLLMSamplingParams
 from vllm.exceptions import VLLMValidationError
 from vllm.inputs.engine import tokens_input
 from vllm.logprobs import SampleLogprobs
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
@@ -182,6 +183,8 @@ class VLLMProposer:
         """vLLM's sampling params of one call: every field ``params`` sets under its own name (one vLLM does not
         take is refused, naming it); ``max_tokens`` capped to the ``room`` the prompt leaves in the context."""
         chosen = self.fields.wire(params, self.name)
+        if "response_format" in chosen:  # OpenAI's field, enforced by vLLM's structured outputs (xgrammar)
+            chosen["structured_outputs"] = structured_outputs(chosen.pop("response_format"))
         if params.logprobs is not None:
             chosen["logprobs"] = params.logprobs
         if params.seed is None:  # a fresh seed: unseeded, every new engine would sample as its seed 0 says
@@ -301,6 +304,14 @@ def _shut_down(engine: AsyncLLM) -> None:
     manager = getattr(getattr(engine.engine_core, "resources", None), "engine_manager", None)
     for process in getattr(manager, "processes", ()):
         process.join(_REAP_S)
+
+
+def structured_outputs(response_format: dict[str, Any]) -> StructuredOutputsParams:
+    """vLLM's structured outputs for OpenAI's ``response_format`` (as the wire writes it), as vLLM's own server
+    maps it: ``json_object`` any JSON object, ``json_schema`` its schema."""
+    if response_format["type"] == "json_schema":
+        return StructuredOutputsParams(json=response_format["json_schema"]["schema"])
+    return StructuredOutputsParams(json_object=True)
 
 
 def _top_logprobs(positions: SampleLogprobs | None) -> tuple[TopLogprobs, ...] | None:

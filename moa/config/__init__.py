@@ -39,7 +39,15 @@ from moa.config.backends import (
     VLLMSpeculativeConfig,
 )
 from moa.config.ensemble import EnsembleConfig, describe_config
-from moa.config.layers import AgentConfig, LayerConfig, ReferencesAt, ReferencesConfig, SamplingConfig, WaitPolicy
+from moa.config.layers import (
+    AgentConfig,
+    LayerConfig,
+    ReferencesAt,
+    ReferencesConfig,
+    SamplingConfig,
+    StructuredConfig,
+    WaitPolicy,
+)
 from moa.config.loading import (
     DEVICE_ENV,
     DEVICES,
@@ -74,6 +82,7 @@ __all__ = [
     "RateLimit",
     "ReferencesAt",
     "ReferencesConfig",
+    "StructuredConfig",
     "RetryPolicy",
     "SelfMoASeqConfig",
     "SamplingConfig",

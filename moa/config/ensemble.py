@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 from moa.config.aggregator import AggregatorBase, AggregatorConfig
 from moa.config.backends import BackendConfig
 from moa.config.base import Strict
-from moa.config.layers import AgentConfig, LayerConfig, ReferencesConfig, WaitPolicy
+from moa.config.layers import AgentConfig, LayerConfig, ReferencesConfig, StructuredConfig, WaitPolicy
 from moa.defense_config import DeceptionConfig, DefenseConfig, OpenAIEmbeddings, RandomPlacement, RedTeamConfig
 from moa.sampling import set_fields
 from moa.validation import PathError, PathErrors
@@ -34,6 +34,9 @@ class EnsembleConfig(Strict):
     wait: WaitPolicy | None = Field(default=None, description="every layer's quorum unless it sets its own")
     references: ReferencesConfig = Field(
         default_factory=ReferencesConfig, description="where layers 2.. and the aggregator get their references"
+    )
+    structured: StructuredConfig = Field(
+        default_factory=StructuredConfig, description="who answers in a request's response_format"
     )
 
     @model_validator(mode="after")

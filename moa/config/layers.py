@@ -71,3 +71,12 @@ class ReferencesConfig(Strict):
     at: ReferencesAt = Field(
         default="end", description="end: after the conversation (cache-friendly); system: in the system message"
     )
+
+
+class StructuredConfig(Strict):
+    """Who answers in the request's ``response_format`` (``structured:``): always the aggregator."""
+
+    proposers: bool = Field(
+        default=False,
+        description="proposers answer in it too (default: they answer freely, as reasoning helps the aggregator)",
+    )

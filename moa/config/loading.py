@@ -31,6 +31,7 @@ from moa.config.backends import BACKEND_TYPES
 from moa.config.ensemble import EnsembleConfig
 from moa.defense_config import DEFENSE_TYPES, EMBEDDING_TYPES
 from moa.errors import ConfigError
+from moa.response_format import RESPONSE_FORMAT_TYPES
 
 _CONFIG_DIR = Path(__file__).parent.parent / "configs"
 
@@ -142,6 +143,7 @@ UNION_TAGS: validation.UnionTags = (
     (re.compile(r"defense"), DEFENSE_TYPES),
     (re.compile(r"defense\.embeddings"), EMBEDDING_TYPES),
     (re.compile(r"red_team\.placement"), ("positions", "random")),
+    (re.compile(r"(.*\.)?response_format"), RESPONSE_FORMAT_TYPES),  # configs' agents, SDK, server
 )
 
 

@@ -18,6 +18,8 @@ from moa.errors import (
     ContextLengthError,
     DeadlineExceededError,
     InsufficientProposalsError,
+    InvalidAnswerError,
+    InvalidStructuredOutputError,
     MoaError,
     RateLimitError,
 )
@@ -111,6 +113,8 @@ STATUS_MAP: dict[type[BaseException], tuple[int, str, str | None]] = {
     ShuttingDown: (503, "server_error", "shutting_down"),
     StoreUnavailable: (503, "server_error", "response_store_unavailable"),
     DeadlineExceededError: (504, "timeout_error", "deadline_exceeded"),
+    InvalidAnswerError: (502, "upstream_error", "invalid_answer"),
+    InvalidStructuredOutputError: (502, "upstream_error", "invalid_structured_output"),
 }
 
 _INTERNAL = (500, "server_error", "internal_error")
@@ -136,6 +140,8 @@ def error_for(exc: BaseException) -> tuple[int, dict[str, Any]]:
 def _param(exc: BaseException) -> str | None:
     if isinstance(exc, (ConfigError, Rejected)):
         return exc.param if isinstance(exc, Rejected) else exc.path
+    if isinstance(exc, InvalidAnswerError):
+        return exc.param
     if isinstance(exc, ContextLengthError):
         return "messages"
     return None

@@ -2,7 +2,7 @@
 
 Honoured: ``model`` (an ensemble's name), ``messages``, ``stream``, ``stream_options.include_usage``, ``n``, and
 every sampling field (``moa.types.SamplingFields``: ``temperature``, ``max_tokens`` or ``max_completion_tokens``,
-``stop``, ...); they set the final answer's sampling (the proposers keep their configured sampling). A sampling
+``stop``, ``response_format``, ...); they set the final answer's sampling (the proposers keep their configured sampling). A sampling
 field that a backend the request reaches cannot honour is refused when the ensemble runs it
 (``UnsupportedFieldError``, a 400 naming the field and the backend). Extensions: ``moa_trace`` (return the
 calls behind the answer), ``moa_<name>`` for each of ``moa.sampling.RequestExtensions`` (``moa_deadline_s``,
@@ -20,7 +20,7 @@ Tool-call history (an assistant message with ``tool_calls`` or ``function_call``
 message) is refused naming the message: an ensemble neither calls tools nor reads their results.
 
 Refused unless left at their neutral value (``_NEUTRAL``): OpenAI's fields that are not sampling fields moa
-declares (tools, logprobs, structured output, audio and the like), which an ensemble cannot honour. Any other field
+declares (tools, logprobs, audio and the like), which an ensemble cannot honour. Any other field
 is refused as unknown. Every refusal is a ``ConfigError`` whose path names the field.
 """
 

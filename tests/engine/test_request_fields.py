@@ -42,7 +42,10 @@ SAMPLES: dict[str, Any] = {
     "frequency_penalty": 0.5,
     "presence_penalty": -0.5,
     "repetition_penalty": 1.2,
+    "response_format": {"type": "json_object"},
 }
+#: an answer every sample accepts (response_format asks for a JSON object)
+JSON_ANSWER = '{"answer": "final"}'
 FIELDS = list(SamplingFields.model_fields)
 
 
@@ -52,6 +55,7 @@ def test_every_declared_field_has_a_sample() -> None:
 
 def test_the_apis_take_the_fields_their_wire_says() -> None:
     openai = {"temperature", "top_p", "max_tokens", "stop", "seed", "frequency_penalty", "presence_penalty"}
+    openai |= {"response_format"}
     assert OPENAI_FIELDS == openai
     assert VLLM_FIELDS == OPENAI_FIELDS | {"repetition_penalty"}
 
@@ -109,7 +113,7 @@ async def test_a_field_reaches_an_openai_backends_body(
         assert (request_time.value.field, request_time.value.backend, request_time.value.path) == (field, "up", field)
         assert upstream.requests == []
         return
-    upstream.script("agg", answer="final")
+    upstream.script("agg", answer=JSON_ANSWER)
     async with Ensemble.from_config(_config(upstream.base_url, {field: value}, vllm_extensions)) as ens:
         await ens.acomplete(USER)  # the agent's config sets the field
         await ens.acomplete(USER, **{field: value})  # the request sets the final answer's
@@ -136,6 +140,11 @@ def test_a_field_reaches_vllms_sampling_params(field: str) -> None:
             proposer.sampling_params(params, 1, room=100)
         return
     built = proposer.sampling_params(params, 1, room=100)
+    if field == "response_format":  # vLLM enforces it with its structured outputs
+        from vllm.sampling_params import StructuredOutputsParams
+
+        assert built.structured_outputs == StructuredOutputsParams(json_object=True)
+        return
     assert getattr(built, field) == SAMPLES[field]
 
 
@@ -245,6 +254,7 @@ def test_the_server_refuses_a_field_the_backend_cannot_honour_naming_both(
 
 def test_the_server_passes_every_field_on(serve: ServeProcess, upstream_thread: ScriptedServer) -> None:
     fields = {**SAMPLES, "max_tokens": None, "max_completion_tokens": 7}
+    upstream_thread.script("vagg", answer=JSON_ANSWER)
     with serve.client() as client:
         client.chat.completions.create(model="served-by-vllm", messages=USER, extra_body=fields)
         client.chat.completions.create(model="plain", messages=USER, frequency_penalty=0.5, presence_penalty=-0.5)

@@ -67,7 +67,7 @@ def _error(exc: openai.APIStatusError) -> dict:
         ({"logprobs": True}, "logprobs", "not supported"),
         ({"repetition_penalty": 1.2}, "repetition_penalty", "backend 'up' cannot honour this field"),
         ({"frequency_penalty": 3}, "frequency_penalty", "must be <= 2"),
-        ({"response_format": {"type": "json_object"}}, "response_format", "not supported"),
+        ({"response_format": {"type": "yaml"}}, "response_format", "unknown type 'yaml'"),
         ({"temprature": 1}, "temprature", "unknown field"),
         ({"stream_options": {"include_usage": True}}, "stream_options", "stream is true"),
         ({"stream": True, "stream_options": {"include_usage": True, "extra": 1}}, "stream_options.extra", "unknown"),
