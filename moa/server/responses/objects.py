@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from moa.server.responses.formats import echoed
 from moa.server.responses.items import Item, new_id
 from moa.server.responses.schema import ParsedResponses
 from moa.types import CallRecord, Usage
@@ -68,7 +69,7 @@ class ResponseDraft:
             "service_tier": "default",
             "store": req.store is not False,
             "temperature": req.temperature,
-            "text": {"format": {"type": "text"}, "verbosity": "medium"},
+            "text": echoed(req.text),
             "tool_choice": "auto",
             "tools": [],
             "top_logprobs": 0,

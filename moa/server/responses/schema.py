@@ -3,7 +3,8 @@ one request an ensemble runs (``moa.server.schema.ParsedChat``, the same object 
 
 Honoured: ``model`` (an ensemble's name), ``input`` (a string, or items: ``moa.server.responses.items``),
 ``instructions`` (the system message, not carried to a continuation, as OpenAI does), ``max_output_tokens``,
-``temperature``, ``top_p``, ``metadata`` (kept and returned), ``store``, ``previous_response_id``, ``stream``,
+``temperature``, ``top_p``, ``text.format`` (``text``, ``json_object``, ``json_schema``: the chat request's
+``response_format``, ``formats.py``), ``metadata`` (kept and returned), ``store``, ``previous_response_id``, ``stream``,
 and moa's extensions as on chat completions: ``moa_trace``, ``moa_<name>`` of ``RequestExtensions``,
 ``stream_options.include_progress``.
 
@@ -11,8 +12,7 @@ Ignored, since they cannot change the answer: ``user``, ``service_tier``, ``safe
 ``prompt_cache_key``, ``prompt_cache_retention``, ``parallel_tool_calls``, ``include``, ``truncation``,
 ``stream_options.include_obfuscation``.
 
-Refused unless neutral (``_NEUTRAL``): ``tools``, ``tool_choice``, ``text`` (other than ``{"format": {"type":
-"text"}}``), ``reasoning``, ``top_logprobs``, ``background``, ``max_tool_calls``, ``prompt``,
+Refused unless neutral (``_NEUTRAL``): ``tools``, ``tool_choice``, ``reasoning``, ``top_logprobs``, ``background``, ``max_tool_calls``, ``prompt``,
 ``conversation``. Any other field is refused as unknown. Every refusal is a ``ConfigError`` naming the field.
 """
 
@@ -26,7 +26,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from moa.config import config_error
 from moa.ensemble import build_messages
 from moa.errors import ConfigError
+from moa.response_format import JSONFormat
 from moa.sampling import MaxTokens, RequestExtensions, Temperature, TopP, extensions, server_alias
+from moa.server.responses.formats import TextConfig, chat_format
 from moa.server.responses.items import Item, input_items, to_messages
 from moa.server.schema import ParsedChat
 from moa.types import ChatRequest, SamplingParams
@@ -38,7 +40,6 @@ MAX_METADATA, MAX_KEY, MAX_VALUE = 16, 64, 512
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "tools": ([],),
     "tool_choice": ("none", "auto"),
-    "text": ({"format": {"type": "text"}}, {}),
     "reasoning": ({},),
     "top_logprobs": (0,),
     "background": (False,),
@@ -71,6 +72,7 @@ class ResponsesRequest(RequestExtensions):
     previous_response_id: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    text: TextConfig | None = None
     moa_trace: bool = False
     # accepted and ignored: they do not change the answer
     user: str | None = None
@@ -89,6 +91,7 @@ class ParsedResponses:
 
     body: ResponsesRequest
     input: list[Item]
+    response_format: JSONFormat | None = None
 
     @property
     def include_progress(self) -> bool:
@@ -98,7 +101,12 @@ class ParsedResponses:
         """The one request the ensemble runs, continuing ``history`` (the items of the previous response)."""
         req = self.body
         messages = build_messages(to_messages(req.instructions, history, self.input))
-        params = SamplingParams(temperature=req.temperature, top_p=req.top_p, max_tokens=req.max_output_tokens)
+        params = SamplingParams(
+            temperature=req.temperature,
+            top_p=req.top_p,
+            max_tokens=req.max_output_tokens,
+            response_format=self.response_format,
+        )
         request = ChatRequest(messages, params, **extensions(req))
         return ParsedChat(req.model, request, 1, req.stream, True, req.moa_trace, self.include_progress)
 
@@ -114,7 +122,7 @@ def parse_responses_request(body: Any) -> ParsedResponses:
     if req.stream_options is not None and not req.stream:
         raise ConfigError("only allowed when stream is true", "stream_options")
     _check_metadata(req.metadata)
-    return ParsedResponses(req, input_items(req.input))
+    return ParsedResponses(req, input_items(req.input), chat_format(req.text))
 
 
 def _without_neutral(body: dict[str, Any]) -> dict[str, Any]:

@@ -157,7 +157,7 @@ def test_fields_moa_cannot_honour_yet_are_refused_by_name_unless_neutral(
     serve: ServeProcess, client: openai.OpenAI
 ) -> None:
     tool = {"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}
-    for field, value in (("tools", [tool]), ("text", {"format": {"type": "json_object"}}), ("background", True)):
+    for field, value in (("tools", [tool]), ("reasoning", {"effort": "high"}), ("background", True)):
         status, answer = post(serve, {"model": "fast", "input": "hi", field: value})
         assert status == 400 and answer["error"]["param"] == field, answer  # type: ignore[index]
     image = {"type": "input_image", "image_url": "data:image/png;base64,AA=="}
