@@ -130,6 +130,14 @@ def test_a_failed_request_stores_nothing(client: openai.OpenAI, upstream_thread:
     assert rows(db_path) == before
 
 
+def test_an_input_over_the_body_limit_is_refused_before_it_is_stored(serve: ServeProcess, db_path: Path) -> None:
+    before = rows(db_path)
+    body = json.dumps({"model": "fast", "input": "x" * (5 * 1024 * 1024)}).encode()  # the limit is 4 MiB
+    status, _, raw = serve.request("POST", "/v1/responses", body, {"Content-Type": "application/json"})
+    assert status == 413 and json.loads(raw)["error"]["code"] == "request_too_large"
+    assert rows(db_path) == before
+
+
 def test_unknown_query_parameters_are_refused_by_name(serve: ServeProcess, client: openai.OpenAI) -> None:
     created = client.responses.create(model="fast", input="hi")
     status, _, body = serve.request("GET", f"/v1/responses/{created.id}/input_items?ordr=asc")
@@ -225,6 +233,19 @@ def test_a_chain_started_on_one_replica_continues_on_another_over_redis(
     with redis_server.client() as r:
         (key,) = r.keys("moa:response:*")
         assert 0 < r.pttl(key) <= 30 * 86400 * 1000  # the TTL rides on the key
+
+
+def test_another_keys_404_holds_across_replicas_over_redis(
+    upstream_sync_url: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    args = ("--response-store", redis_server.url, "--api-key-env", "MOA_TEST_KEYS")
+    env = {"MOA_TEST_KEYS": "key-alice-0001,key-bob-000002"}
+    cfg = configs(upstream_sync_url)
+    with moa_serve(tmp_path, cfg, *args, env=env) as one, moa_serve(tmp_path, cfg, *args, env=env) as two:
+        mine = one.client("key-alice-0001").responses.create(model="fast", input="private")
+        assert two.client("key-alice-0001").responses.retrieve(mine.id).id == mine.id
+        with pytest.raises(openai.NotFoundError):
+            two.client("key-bob-000002").responses.retrieve(mine.id)
 
 
 def test_a_100_turn_chain_loads_in_one_store_round_trip(
