@@ -4,8 +4,10 @@ its streamed events, against the scripted upstream."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import openai
 import pytest
@@ -302,3 +304,47 @@ def test_a_client_that_leaves_mid_stream_cancels_the_ensembles_calls(
         "counted 499",
     )
     assert status == 200 and "Traceback" not in serve.stderr
+
+
+def test_at_the_drain_timeout_a_stream_ends_with_response_failed_and_a_whole_request_gets_503(
+    upstream_sync_url: str, upstream_thread: ScriptedServer, tmp_path: Path
+) -> None:
+    upstream_thread.script("dagg", answer=" ".join(f"w{i}" for i in range(400)), latency_s=1.0)
+    upstream_thread.script("hagg", latency_s=30)
+    configs = [
+        ensemble(upstream_sync_url, "streamed", [["d1"]], "dagg"),
+        ensemble(upstream_sync_url, "held", [["d2"]], "hagg"),
+    ]
+    store = ("--response-store", f"sqlite:///{tmp_path / 'r.sqlite3'}", "--drain-timeout", "1")
+    with moa_serve(tmp_path, configs, *store) as server:
+        streamed = socket.create_connection((server.host, server.port), timeout=15)
+        streamed.sendall(raw_request({"model": "streamed", "input": "hi", "stream": True}))
+        whole = socket.create_connection((server.host, server.port), timeout=15)
+        whole.sendall(raw_request({"model": "held", "input": "hi"}))
+        seen = b""
+        while b"response.output_text.delta" not in seen:
+            seen += streamed.recv(65536)
+        wait_until(lambda: len(upstream_thread.for_model("hagg")) == 1, 5, "the whole request at its aggregator")
+        server.proc.send_signal(signal.SIGTERM)
+        seen += read_all(streamed)
+        answer = read_all(whole)
+        assert server.proc.wait(timeout=10) == 0
+    events = [json.loads(line[6:]) for line in seen.decode().split("\n") if line.startswith("data: ")]
+    assert events[-1]["type"] == "response.failed"
+    assert events[-1]["response"]["error"]["code"] == "shutting_down"
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert answer.startswith(b"HTTP/1.1 503") and b'"shutting_down"' in answer
+    assert "Traceback" not in server.output
+
+
+def raw_request(body: dict[str, object]) -> bytes:
+    data = json.dumps(body).encode()
+    head = f"POST /v1/responses HTTP/1.1\r\nHost: moa\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    return head.encode() + data
+
+
+def read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
