@@ -40,6 +40,7 @@ from moa.sampling import derived_seed, sampling_params, seed_offset
 from moa.stops import StopFilter, with_stops
 from moa.structured import schema_check
 from moa.tasks import cancel_and_wait
+from moa.tools import StreamedIds, as_pieces, unique_ids, with_call_text
 from moa.types import (
     CallRecord,
     ChatMessage,
@@ -182,17 +183,21 @@ class LayeredEngine:
         fmt = state.request.params.response_format
         if self.config.structured.proposers and fmt is not None and params.response_format is None:
             params = params.merged(response_format=fmt)  # structured: {proposers: true}
+        if state.request.tools is not None:  # every proposer is offered the request's tools
+            params = params.merged(tools=state.request.tools)
 
-        def cut(text: str) -> str:
-            return StopFilter(agent.params.stop or (), markup).cut(text)
+        def proposal(name: str, answer: Generation) -> Proposal:
+            """An answer as later layers read it: its text cut at the agent's stops, its calls written out."""
+            text = StopFilter(agent.params.stop or (), markup).cut(answer.text)
+            return Proposal(layer.index, name, with_call_text(text, answer.tool_calls), deceptive, answer.tool_calls)
 
         backend, model, ctx = agent.backend, agent.model, state.ctx
         if agent.n == 1:
             result = await backend.generate(messages, params, model=model, site=site, ctx=ctx, hedge=hedge)
-            return [Proposal(layer.index, agent.name, cut(result.generations[0].text), deceptive)]
+            return [proposal(agent.name, result.generations[0])]
         if backend.supports_n:  # one call; a backend may return fewer than n (its record says so)
             result = await backend.generate(messages, params, model=model, site=site, ctx=ctx, n=agent.n, hedge=hedge)
-            samples = list(enumerate(g.text for g in result.generations[: agent.n]))
+            samples = list(enumerate(result.generations[: agent.n]))
         else:  # the backend takes one sample a call: n calls at once, keeping the samples that arrive
             calls = [
                 backend.generate(
@@ -206,11 +211,11 @@ class LayeredEngine:
                 for i in range(agent.n)
             ]
             results = await asyncio.gather(*calls, return_exceptions=True)
-            samples = [(i, r.generations[0].text) for i, r in enumerate(results) if not isinstance(r, BaseException)]
+            samples = [(i, r.generations[0]) for i, r in enumerate(results) if not isinstance(r, BaseException)]
             if not samples:
                 raise next(r for r in results if isinstance(r, BaseException))
         # a sample keeps the name of the call that made it, whichever others failed
-        return [Proposal(layer.index, f"{agent.name}#{i + 1}", cut(text), deceptive) for i, text in samples]
+        return [proposal(f"{agent.name}#{i + 1}", answer) for i, answer in samples]
 
     async def _gather_quorum(
         self, layer: Layer, wait: WaitPolicy, state: RequestState, texts: list[str]
@@ -315,7 +320,7 @@ class LayeredEngine:
         """The aggregator's answer, run again (``BLANK_RERUNS`` times at most) while it is blank."""
         for attempt in range(BLANK_RERUNS + 1):
             answer = await self.aggregator.aggregate(state.request, references, self._caller(state, attempt=attempt))
-            if answer.text.strip():
+            if answer.text.strip() or answer.tool_calls:
                 break
         return answer
 
@@ -350,7 +355,7 @@ class LayeredEngine:
                         yield delta
                         continue
                     held.append(delta)
-                    if delta.content and delta.content.strip():
+                    if (delta.content and delta.content.strip()) or delta.tool_calls:
                         for piece in held:
                             yield piece
                         held = None
@@ -419,7 +424,7 @@ class LayeredEngine:
             answer = await self._checked(state, answer, self._checks(request))
         return Completion(
             model=self.config.name,
-            choices=[Choice(message=ChatMessage(content=answer.text), finish_reason=answer.finish_reason or "stop")],
+            choices=[_choice(answer)],
             usage=Usage.total(state.trace),
             trace=state.trace,
             proposals=[
@@ -450,16 +455,19 @@ class LayeredEngine:
                 pieces = self._aggregate_stream(state, references)
             else:
                 pieces = _as_stream(answer)
+            ids = StreamedIds()  # each call's id unique in the response
             try:
                 async for delta in pieces:
                     if delta.finish_reason is not None:
                         finish_reason = delta.finish_reason
-                    if delta.content:
+                    if delta.tool_calls:
+                        finish_reason = "tool_calls"
+                    if delta.content or delta.tool_calls:
                         # no timer runs while the consumer holds a piece (it would cancel the consumer's own work);
                         # a deadline that passed meanwhile is raised here when the consumer asks for more
                         when = timer.when()
                         timer.reschedule(None)
-                        yield Delta(content=delta.content)
+                        yield Delta(content=delta.content, tool_calls=ids.pieces(delta.tool_calls))
                         if when is not None and asyncio.get_running_loop().time() >= when:
                             raise DeadlineExceededError(ctx.deadline_s or 0.0)
                         timer.reschedule(when)
@@ -476,7 +484,20 @@ def _as_overrides(params: SamplingParams) -> dict[str, Any]:
 
 async def _as_stream(answer: Generation) -> AsyncGenerator[Delta, None]:
     """A finished answer as a stream of one delta (a defense's answer, where the aggregator would stream)."""
-    yield Delta(content=answer.text, finish_reason=answer.finish_reason or "stop")
+    yield Delta(content=answer.text, finish_reason=_finish_reason(answer), tool_calls=as_pieces(answer.tool_calls))
+
+
+def _finish_reason(answer: Generation) -> str:
+    """The answer's finish reason: ``tool_calls`` when it makes calls (whatever the upstream said)."""
+    return "tool_calls" if answer.tool_calls else answer.finish_reason or "stop"
+
+
+def _choice(answer: Generation) -> Choice:
+    """The answer as a ``chat.completion`` choice: its calls each with an id unique in it, ``content`` null when it
+    only calls tools."""
+    calls = [c.to_dict() for c in unique_ids(answer.tool_calls)] or None
+    content = answer.text if answer.text or calls is None else None
+    return Choice(message=ChatMessage(content=content, tool_calls=calls), finish_reason=_finish_reason(answer))
 
 
 def _empty_proposals(outcomes: list[list[Proposal] | BaseException]) -> list[Proposal]:

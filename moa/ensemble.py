@@ -14,7 +14,7 @@ from contextlib import aclosing
 from functools import partial
 from typing import Any, Literal, overload
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from defenses.deceptive import deceptive_messages
 from moa import registry, structured
@@ -28,13 +28,45 @@ from moa.interfaces import Aggregator, Defense
 from moa.progress import ProgressEvent, ProgressSink, with_progress
 from moa.response_format import of_model
 from moa.sampling import RequestExtensions, SamplingFields, extensions, sampling_params, set_fields
+from moa.tool_requests import spec_of
+from moa.tools import Tool, ToolCall, ToolChoice
 from moa.types import ChatRequest, Completion, Delta, Message
+
+
+class _FunctionCallIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    arguments: str
+
+
+class _ToolCallIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: _FunctionCallIn
 
 
 class _MessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: str = Field(pattern="^(system|user|assistant)$")
-    content: str
+    role: str = Field(pattern="^(system|user|assistant|tool)$")
+    content: str | None = None  # None only on an assistant turn that calls tools
+    tool_calls: list[_ToolCallIn] | None = None
+    tool_call_id: str | None = Field(default=None, min_length=1)
+    name: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> _MessageIn:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("tool_calls: only an assistant message makes tool calls")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("tool_call_id: a tool message names the call it answers")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content: required (null only on an assistant message with tool_calls)")
+        return self
+
+    def to_message(self) -> Message:
+        calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in self.tool_calls or ())
+        return Message(self.role, self.content or "", calls, self.tool_call_id, self.name)  # type: ignore[arg-type]
 
 
 class _Overrides(SamplingFields, RequestExtensions):
@@ -43,6 +75,9 @@ class _Overrides(SamplingFields, RequestExtensions):
 
     model_config = ConfigDict(extra="forbid")
     deception_target: str | None = Field(default=None, min_length=1, description="red-teaming: the option to argue for")
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
 
 def build_messages(messages: Sequence[Message | dict[str, Any]]) -> list[Message]:
@@ -58,9 +93,15 @@ def build_messages(messages: Sequence[Message | dict[str, Any]]) -> list[Message
             mi = _MessageIn.model_validate(m)
         except ValidationError as e:
             raise config_error(e, f"messages[{i}]") from None
-        parsed.append(Message(mi.role, mi.content))  # type: ignore[arg-type]
-    if parsed[-1].role != "user":
-        raise ConfigError("the last message must come from the user", f"messages[{len(parsed) - 1}].role")
+        message = mi.to_message()
+        made = {c.id for m in parsed for c in m.tool_calls}
+        if message.tool_call_id is not None and message.tool_call_id not in made:
+            raise ConfigError("names no call of an earlier assistant message", f"messages[{i}].tool_call_id")
+        parsed.append(message)
+    if parsed[-1].role not in ("user", "tool"):
+        raise ConfigError(
+            "the last message must come from the user (or be a tool's result)", f"messages[{len(parsed) - 1}].role"
+        )
     return parsed
 
 
@@ -75,16 +116,24 @@ def build_request(messages: Sequence[Message | dict[str, Any]], overrides: dict[
         o = _Overrides.model_validate(overrides)
     except ValidationError as e:
         raise config_error(e) from None
-    return ChatRequest(parsed, sampling_params(o), deception_target=o.deception_target, **extensions(o))
+    spec = spec_of(o.tools, o.tool_choice, o.parallel_tool_calls)
+    return ChatRequest(parsed, sampling_params(o, tools=spec), deception_target=o.deception_target, **extensions(o))
 
 
 def refuse_unsupported(config: EnsembleConfig, request: ChatRequest) -> None:
     """Refuse a sampling field a request sets that a backend it reaches cannot honour (``UnsupportedFieldError``,
     naming both): every field reaches the aggregator's backend; the seed also every agent's that sets none, and the
-    response format every agent's with ``structured: {proposers: true}``."""
+    response format every agent's with ``structured: {proposers: true}``; tools every backend the request reaches
+    (``tools_refusal``)."""
     seeded = sorted({a.backend for layer in config.layers for a in layer.agents if a.seed is None})
     structured = sorted({a.backend for layer in config.layers for a in layer.agents if config.structured.proposers})
     also = {"seed": seeded, "response_format": structured}
+    if request.tools is not None:  # every agent and the aggregator are offered the tools
+        reached = sorted({config.aggregator.backend, *(a.backend for layer in config.layers for a in layer.agents)})
+        for name in reached:
+            reason = config.backends[name].tools_refusal()
+            if reason is not None:
+                raise UnsupportedFieldError(f"backend {name!r}: {reason}", "tools", field="tools", backend=name)
     for field in set_fields(request.params):
         for name in [config.aggregator.backend, *also.get(field, [])]:
             reason = config.backends[name].field_support().refusal(field, name)

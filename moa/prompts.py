@@ -86,7 +86,8 @@ def with_references(
     ``<<reference 4 ...>>`` block of its own) instead of replying, even with a closing line asking for the reply."""
     block = instructions + "\n\n" + render_references(references)
     if at == "end":
-        latest = [m for m in messages if m.role == "user"][-1:]
+        # a conversation ending in a tool's result goes on from it: the question is not asked again
+        latest = [] if messages and messages[-1].role == "tool" else [m for m in messages if m.role == "user"][-1:]
         return [*messages, Message("system", block), *latest]
     system = [m.content for m in messages if m.role == "system"]
     return [Message("system", "\n\n".join([*system, block])), *(m for m in messages if m.role != "system")]

@@ -47,8 +47,8 @@ def first_problem(answer: Generation, checks: Sequence[AnswerCheck]) -> InvalidA
 
 
 def answer_message(answer: Generation) -> Message:
-    """The answer as the assistant's turn of a repair call."""
-    return Message("assistant", answer.text)
+    """The answer as the assistant's turn of a repair call, its tool calls included."""
+    return Message("assistant", answer.text, answer.tool_calls)
 
 
 def repair_messages(conversation: Sequence[Message], answer: Generation, problem: InvalidAnswerError) -> list[Message]:

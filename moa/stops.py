@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
+from dataclasses import replace
 
 from moa.types import Delta, GenerateResult, Generation, SamplingParams
 
@@ -84,6 +85,10 @@ class StopFilter:
         return self.push(text) + self.finish()
 
 
+def _cut_reason(f: StopFilter, g: Generation) -> str | None:
+    return "stop" if f.stopped and not g.tool_calls else g.finish_reason
+
+
 def cut_result(result: GenerateResult, stops: Sequence[str], markup: Sequence[str] = ()) -> GenerateResult:
     """Every generation of ``result`` cut at its first stop string (its finish reason then ``stop``)."""
     if not stops and not markup:
@@ -92,7 +97,7 @@ def cut_result(result: GenerateResult, stops: Sequence[str], markup: Sequence[st
     for g in result.generations:
         f = StopFilter(stops, markup)
         text = f.cut(g.text)
-        generations.append(g if text == g.text else Generation(text, "stop" if f.stopped else g.finish_reason))
+        generations.append(g if text == g.text else replace(g, text=text, finish_reason=_cut_reason(f, g)))
     return GenerateResult(generations, result.usage)
 
 
@@ -108,8 +113,8 @@ async def cut_stream(
             piece = f.push(delta.content) if delta.content else ""
             if delta.finish_reason is not None:
                 piece += f.finish()
-            if piece:
-                yield Delta(content=piece)
+            if piece or delta.tool_calls:
+                yield Delta(content=piece, tool_calls=delta.tool_calls)
             if delta.finish_reason is not None or delta.usage is not None:
                 reason = "stop" if f.stopped and delta.finish_reason is not None else delta.finish_reason
                 yield Delta(finish_reason=reason, usage=delta.usage, trace=delta.trace, defense=delta.defense)

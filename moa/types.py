@@ -20,9 +20,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from moa.response_format import ResponseFormat
+from moa.tools import ToolCall, ToolCallDelta, ToolSpec
 
-#: ``tool``: a tool's result; moa's edges (server, SDK) refuse tool history today, but a backend fits one to its chat
-#: template like any turn (``proposers.chat_template``)
+#: ``tool``: a tool's result (``tool_call_id`` names the call it answers)
 Role = Literal["system", "user", "assistant", "tool"]
 TopLogprobs = tuple[tuple[str, float], ...]
 
@@ -31,9 +31,24 @@ TopLogprobs = tuple[tuple[str, float], ...]
 class Message:
     role: Role
     content: str
+    #: an assistant turn's calls (``moa.tools``); its content may then be empty
+    tool_calls: tuple[ToolCall, ...] = ()
+    #: a ``tool`` turn: the id of the call whose result it is
+    tool_call_id: str | None = None
+    #: the participant's name, as OpenAI's API takes it; sent to every upstream
+    name: str | None = None
 
-    def to_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def to_dict(self) -> dict[str, Any]:
+        """The turn on OpenAI's wire: an assistant turn that only calls tools has ``content: null``."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [c.to_dict() for c in self.tool_calls]
+            out["content"] = self.content or None
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            out["name"] = self.name
+        return out
 
 
 #: seeds are int64 on the wire (OpenAI's API, vLLM)
@@ -104,6 +119,9 @@ class SamplingParams(SamplingFields):
     #: return this many most likely tokens, with log-probabilities, per position; asked by moa (the AlpacaEval
     #: judge), never by a request, and answered where the backend can (``Generation.logprobs``, else ``None``)
     logprobs: int | None = None
+    #: the request's tools (``moa.tools.ToolSpec``), set on every call of a request that offers them: a backend
+    #: sends them in its wire format or refuses them by name
+    tools: ToolSpec | None = None
 
     def merged(self, **overrides: Any) -> SamplingParams:
         """A copy with every override that is not ``None`` applied; a name that is not a field is a ``TypeError``."""
@@ -121,6 +139,8 @@ class Generation:
     #: when ``SamplingParams.logprobs`` asked and the backend answers: per generated position, the most likely
     #: tokens there as (token, logprob), most likely first
     logprobs: tuple[TopLogprobs, ...] | None = None
+    #: the calls the answer makes (``finish_reason`` then ``tool_calls``); its text may be empty
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +163,8 @@ class Delta:
     content: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
+    #: pieces of the answer's tool calls (``moa.tools.ToolCallDelta``), as OpenAI streams them
+    tool_calls: tuple[ToolCallDelta, ...] = ()
     trace: list[CallRecord] | None = None
     defense: list[DefenseRecord] | None = None
     template: str | None = None  # on a proposer's last delta: how it fitted the prompt to its chat template
@@ -154,8 +176,9 @@ class Proposal:
 
     layer: int
     agent: str
-    text: str
+    text: str  # with tool calls: their text form (``moa.tools.with_call_text``), which references and defenses read
     deceptive: bool = False  # red-team ground truth, for the record only: defenses never read it
+    tool_calls: tuple[ToolCall, ...] = ()  # the calls it makes, as made (``decide: vote`` counts them)
 
     def with_text(self, text: str) -> Proposal:
         return replace(self, text=text)
@@ -170,6 +193,12 @@ class ChatRequest:
     deadline_s: float | None = None
     deception_target: str | None = None  # red-teaming: the option deceptive agents argue for (multiple choice)
     max_cost_usd: float | None = None  # may lower the config's budget, never raise it
+
+    @property
+    def tools(self) -> ToolSpec | None:
+        """The tools the request offers: carried on its params, so the aggregator's call gets them as it gets
+        every field of the request's sampling (the engine also hands them to every proposer)."""
+        return self.params.tools
 
 
 # ---- JSON at the edges ---------------------------------------------------------------------------------
@@ -290,7 +319,8 @@ class DefenseRecord(_Model):
 
 class ChatMessage(_Model):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None = Field(default=None, description="OpenAI's tool_calls objects")
 
 
 class Choice(_Model):
@@ -319,7 +349,12 @@ class Completion(_Model):
 
     @property
     def text(self) -> str:
-        return self.choices[0].message.content
+        return self.choices[0].message.content or ""
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """The answer's tool calls, OpenAI's objects; empty when it makes none."""
+        return self.choices[0].message.tool_calls or []
 
     @property
     def extra_calls(self) -> int:

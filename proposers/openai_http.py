@@ -31,6 +31,7 @@ from moa.errors import (
     error_for_status,
 )
 from moa.redact import MIN_FREE_LENGTH, Redactor
+from moa.tools import ToolCall, ToolCallDelta, unique_ids
 from moa.types import Delta, GenerateResult, Generation, Message, SamplingParams, TopLogprobs, Usage
 from proposers.chat_template import TemplateRules
 from proposers.openai_schema import (
@@ -40,6 +41,8 @@ from proposers.openai_schema import (
     CreateEmbeddingResponse,
     EmbeddingResult,
     ErrorBody,
+    MessageToolCall,
+    ToolCallPiece,
     describe,
     parse_body,
 )
@@ -99,6 +102,8 @@ class OpenAIProposer:
         if n != 1:
             body["n"] = n
         body.update(self.fields.wire(params, self.name))  # each under its own name: OpenAI's, vLLM's extensions
+        if params.tools is not None:
+            body.update(params.tools.wire())
         if params.logprobs is not None:
             body["logprobs"] = True
             body["top_logprobs"] = params.logprobs
@@ -179,7 +184,12 @@ class OpenAIProposer:
             raise MalformedResponseError(f"{self.name}: malformed response: choices: empty", backend=self.name)
         choices = sorted(data.choices, key=lambda c: c.index)
         generations = [
-            Generation(text=c.message.content or "", finish_reason=c.finish_reason, logprobs=_top_logprobs(c.logprobs))
+            Generation(
+                text=c.message.content or "",
+                finish_reason=c.finish_reason,
+                logprobs=_top_logprobs(c.logprobs),
+                tool_calls=_tool_calls(c.message.tool_calls),
+            )
             for c in choices
         ]
         usage = data.usage.to_usage() if data.usage is not None else Usage.of(0, 0)
@@ -224,9 +234,10 @@ class OpenAIProposer:
                         usage = chunk.usage.to_usage()
                     for choice in chunk.choices or ():
                         content = choice.delta.content if choice.delta is not None else None
-                        if content:
+                        calls = _call_pieces(choice.delta.tool_calls if choice.delta is not None else None)
+                        if content or calls:
                             pieces += 1
-                            yield Delta(content=content)
+                            yield Delta(content=content or "", tool_calls=calls)
                         finish_reason = choice.finish_reason or finish_reason
                 else:
                     if finish_reason is None:
@@ -272,6 +283,24 @@ def _secrets(api_key: str | None, headers: Mapping[str, str]) -> list[str]:
         secrets.append(value)
         secrets.extend(word for word in value.split() if len(word) >= MIN_FREE_LENGTH)
     return secrets
+
+
+def _tool_calls(calls: list[MessageToolCall] | None) -> tuple[ToolCall, ...]:
+    """An answer's tool calls, each id unique in it (the upstream's kept, one made where it sent none)."""
+    return unique_ids(tuple(ToolCall(c.id or "", c.function.name, c.function.arguments) for c in calls or ()))
+
+
+def _call_pieces(pieces: list[ToolCallPiece] | None) -> tuple[ToolCallDelta, ...]:
+    """One chunk's pieces of tool calls, as sent."""
+    return tuple(
+        ToolCallDelta(
+            p.index,
+            p.id,
+            p.function.name if p.function is not None else None,
+            (p.function.arguments or "") if p.function is not None else "",
+        )
+        for p in pieces or ()
+    )
 
 
 def _top_logprobs(logprobs: ChoiceLogprobs | None) -> tuple[TopLogprobs, ...] | None:

@@ -62,8 +62,19 @@ class ChoiceLogprobs(_Body):
     content: list[TokenLogprob] | None = None
 
 
+class FunctionCall(_Body):
+    name: StrictStr
+    arguments: StrictStr = "{}"
+
+
+class MessageToolCall(_Body):
+    id: StrictStr | None = None  # some servers send none: moa makes one
+    function: FunctionCall
+
+
 class ChatCompletionMessage(_Body):
     content: StrictStr | None = None
+    tool_calls: list[MessageToolCall] | None = None
 
 
 class ChatCompletionChoice(_Body):
@@ -80,8 +91,20 @@ class ChatCompletion(_Body):
     usage: CompletionUsage | None = None
 
 
+class FunctionCallPiece(_Body):
+    name: StrictStr | None = None
+    arguments: StrictStr | None = None
+
+
+class ToolCallPiece(_Body):
+    index: Index = 0
+    id: StrictStr | None = None
+    function: FunctionCallPiece | None = None
+
+
 class ChoiceDelta(_Body):
     content: StrictStr | None = None
+    tool_calls: list[ToolCallPiece] | None = None
 
 
 class ChunkChoice(_Body):

@@ -11,6 +11,7 @@ from contextlib import aclosing
 from moa.calls.call import Call, CallState, Meter, Send, T
 from moa.errors import APITimeoutError, MalformedResponseError
 from moa.limits import Limits
+from moa.tools import ToolCallDelta, calls_of
 from moa.types import Delta, GenerateResult, Generation, Usage
 
 
@@ -92,13 +93,16 @@ def joined(inner: Send[Delta]) -> Send[GenerateResult]:
 
     async def send(state: CallState) -> AsyncGenerator[GenerateResult, None]:
         parts: list[str] = []
+        calls: list[ToolCallDelta] = []
         finish_reason: str | None = None
         usage: Usage | None = None
         async with aclosing(inner(state)) as pieces:
             async for delta in pieces:
                 parts.append(delta.content)
+                calls.extend(delta.tool_calls)
                 if delta.finish_reason is not None:
                     finish_reason, usage = delta.finish_reason, delta.usage
-        yield GenerateResult([Generation("".join(parts), finish_reason)], usage or Usage(), state.template)
+        answer = Generation("".join(parts), finish_reason, tool_calls=calls_of(calls))
+        yield GenerateResult([answer], usage or Usage(), state.template)
 
     return send

@@ -85,7 +85,7 @@ class DeltaMeter:
         return item.usage if item.finish_reason is not None else None
 
     def observe(self, state: CallState, item: Delta) -> None:
-        if item.content and (told := state.first_token) is not None:
+        if (item.content or item.tool_calls) and (told := state.first_token) is not None:
             state.first_token = None  # once a call, whichever attempt sends it
             told()
         if item.finish_reason is not None and item.usage is not None:

@@ -44,6 +44,10 @@ class BackendConfigBase(Strict):
     def field_support(self) -> FieldSupport:
         """The sampling fields its calls honour; a call that sets another is refused naming the field."""
 
+    def tools_refusal(self) -> str | None:
+        """Why its calls cannot be offered tools (``tools``, ``moa.tools``); ``None`` when they can."""
+        return None
+
     @property
     def in_process(self) -> bool:
         """It runs in this process: an engine started before the first call, whose tokens cost nothing."""
@@ -174,6 +178,9 @@ class VLLMBackendConfig(InProcessBackendConfig):
         """Every sampling field vLLM's ``SamplingParams`` takes."""
         return FieldSupport(VLLM_FIELDS)
 
+    def tools_refusal(self) -> str | None:
+        return "in-process vLLM does not take tools yet; serve the model with vLLM's server (type: openai)"
+
 
 class SpeculativeConfig(Strict):
     """Speculative decoding for a torch backend. Lossless: outputs are distributed as the target's own."""
@@ -218,6 +225,9 @@ class TorchBackendConfig(InProcessBackendConfig):
         """What ``proposers.specdec``'s decode loop implements."""
         fields = frozenset({"temperature", "top_p", "max_tokens", "stop", "seed"})
         return FieldSupport(fields, "moa's torch decode loop does not implement it")
+
+    def tools_refusal(self) -> str | None:
+        return "moa's torch decode loop cannot call tools"
 
 
 BackendConfig = Annotated[OpenAIBackendConfig | VLLMBackendConfig | TorchBackendConfig, Field(discriminator="type")]

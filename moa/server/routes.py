@@ -190,6 +190,12 @@ def usage_headers(usage: Usage) -> dict[str, str]:
     return headers
 
 
+def _message(completion: Completion) -> dict[str, Any]:
+    """The answer's message: ``content`` always (null when it only calls tools), ``tool_calls`` when it makes any."""
+    message = completion.choices[0].message
+    return {**message.model_dump(exclude_none=True), "content": message.content}
+
+
 def completion_body(parsed: ParsedChat, completions: list[Completion]) -> dict[str, Any]:
     """One ``chat.completion`` of ``n`` choices; usage sums every model call behind every choice."""
     calls = [r for c in completions for r in c.trace]
@@ -201,7 +207,7 @@ def completion_body(parsed: ParsedChat, completions: list[Completion]) -> dict[s
         "choices": [
             {
                 "index": i,
-                "message": {"role": "assistant", "content": c.text},
+                "message": _message(c),
                 "logprobs": None,
                 "finish_reason": c.choices[0].finish_reason,
             }

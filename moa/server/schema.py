@@ -10,24 +10,26 @@ calls behind the answer), ``moa_<name>`` for each of ``moa.sampling.RequestExten
 starts and ends).
 
 Ignored, because they cannot change the answer: ``user``, ``metadata``, ``store``, ``service_tier``,
-``parallel_tool_calls``, ``safety_identifier``, ``prompt_cache_key``.
+``safety_identifier``, ``prompt_cache_key``.
+
+Tools (``moa.tools``): ``tools``, ``tool_choice``, ``parallel_tool_calls`` and the legacy ``functions`` /
+``function_call`` (read as tools) reach every proposer and the aggregator. The conversation may hold assistant
+``tool_calls`` (or a legacy ``function_call``) and ``tool`` (or legacy ``function``) results; ``name`` is kept on
+every message.
 
 ``max_tokens`` (or ``max_completion_tokens``) above ``MAX_TOKENS`` (2**20 = 1,048,576 tokens, far more than
 any model writes in one answer) is refused: the server does not know each upstream model's context, and a
 larger value would only reach the upstream servers as an absurd number.
 
-Tool-call history (an assistant message with ``tool_calls`` or ``function_call``, a ``tool`` or ``function``
-message) is refused naming the message: an ensemble neither calls tools nor reads their results.
-
 Refused unless left at their neutral value (``_NEUTRAL``): OpenAI's fields that are not sampling fields moa
-declares (tools, logprobs, audio and the like), which an ensemble cannot honour. Any other field
+declares (logprobs, audio and the like), which an ensemble cannot honour. Any other field
 is refused as unknown. Every refusal is a ``ConfigError`` whose path names the field.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -43,6 +45,8 @@ from moa.sampling import (
     sampling_params,
     server_alias,
 )
+from moa.tool_requests import spec_of
+from moa.tools import FunctionDefinition, NamedFunction, Tool, ToolChoice
 from moa.types import ChatRequest
 
 #: ``n`` above this is refused: each choice is a whole ensemble run
@@ -56,10 +60,6 @@ _OPENAI_NEUTRAL: dict[str, tuple[Any, ...]] = {
     "logprobs": (False,),
     "top_logprobs": (0,),
     "logit_bias": ({},),
-    "tools": ([],),
-    "tool_choice": ("none", "auto"),
-    "functions": ([],),
-    "function_call": ("none", "auto"),
     "response_format": ({"type": "text"},),
     "modalities": (["text"],),
     "audio": (),
@@ -96,7 +96,12 @@ class ChatCompletionRequest(SamplingFields, RequestExtensions):
     metadata: dict[str, str] | None = None
     store: bool | None = None
     service_tier: str | None = None
+    # tools (moa.tools): every proposer and the aggregator get them
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    functions: list[FunctionDefinition] | None = None  # legacy: read as tools
+    function_call: Literal["none", "auto"] | NamedFunction | None = None  # legacy: read as tool_choice
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
 
@@ -132,8 +137,10 @@ def parse_chat_request(body: Any) -> ParsedChat:
     if req.stream_options is not None and not req.stream:
         raise ConfigError("only allowed when stream is true", "stream_options")
     max_tokens = _max_tokens(req)
-    messages = build_messages([_normalize_message(m, i) for i, m in enumerate(req.messages)])
-    request = ChatRequest(messages, sampling_params(req, max_tokens=max_tokens), **extensions(req))
+    messages = build_messages([_normalize_message(m, i) for i, m in enumerate(_legacy_calls(req.messages))])
+    tools = spec_of(req.tools, req.tool_choice, req.parallel_tool_calls, req.functions, req.function_call)
+    params = sampling_params(req, max_tokens=max_tokens, tools=tools)
+    request = ChatRequest(messages, params, **extensions(req))
     options = req.stream_options or StreamOptions()
     return ParsedChat(
         req.model, request, req.n, req.stream, options.include_usage, req.moa_trace, options.include_progress
@@ -158,23 +165,29 @@ def _max_tokens(req: ChatCompletionRequest) -> int | None:
     return b if b is not None else a
 
 
-#: roles of tool-call history, and the assistant fields that carry calls
-_TOOL_ROLES = ("tool", "function")
-_CALL_FIELDS = ("tool_calls", "function_call")
-_NO_TOOLS = "tools are not supported by moa ensembles, so a conversation with tool calls cannot be continued"
-
-
-def _refuse_tool_history(message: dict[str, Any], index: int) -> None:
-    if message.get("role") in _TOOL_ROLES:
-        raise ConfigError(_NO_TOOLS, f"messages[{index}]")
-    for name in _CALL_FIELDS:
-        if message.get(name) not in (None, []):
-            raise ConfigError(_NO_TOOLS, f"messages[{index}].{name}")
+def _legacy_calls(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The legacy function-calling turns as tool turns: an assistant's ``function_call`` is a tool call with the id
+    ``call_<index>``, and the ``function`` message after it that call's ``tool`` result (by that id)."""
+    out = []
+    last_id: str | None = None
+    for i, message in enumerate(messages):
+        call = message.get("function_call")
+        if message.get("role") == "assistant" and call is not None:
+            if not isinstance(call, dict):
+                raise ConfigError("must be an object {name, arguments}", f"messages[{i}].function_call")
+            last_id = f"call_{i}"
+            rest = {k: v for k, v in message.items() if k != "function_call"}
+            message = {**rest, "tool_calls": [{"id": last_id, "type": "function", "function": call}]}
+        elif message.get("role") == "function":
+            if last_id is None:
+                raise ConfigError("a function result must follow the assistant's function_call", f"messages[{i}]")
+            message = {**message, "role": "tool", "tool_call_id": last_id}
+        out.append(message)
+    return out
 
 
 def _normalize_message(message: dict[str, Any], index: int) -> dict[str, Any]:
     """OpenAI's newer spellings in the shape ``build_messages`` checks: text parts joined, developer as system."""
-    _refuse_tool_history(message, index)
     content = message.get("content")
     if isinstance(content, list):
         message = {**message, "content": _join_text_parts(content, index)}

@@ -2,7 +2,8 @@
 
 The response starts when the first token (or the end) of any choice arrives, so a request that fails before
 that still gets a proper HTTP status. The first chunk of each choice carries the role; then come its tokens,
-one chunk each; then one chunk with its ``finish_reason``. A last chunk with no choices carries ``usage`` when
+one chunk each (and its tool calls' pieces, a chunk each, in OpenAI's ``delta.tool_calls`` shape); then one chunk
+with its ``finish_reason``. A last chunk with no choices carries ``usage`` when
 ``stream_options.include_usage`` asked and ``moa_trace`` when the request asked. A failure after the response
 began is sent as an ``{"error": ...}`` event, and logged (the event may say the details are in the log).
 The stream always ends with ``data: [DONE]``, also when the server's drain timeout cuts it off (an error event
@@ -153,6 +154,10 @@ async def write_stream(
                 pending = _roles(fmt, n)
             if delta.content:
                 await send(request, response, pending + fmt.token(index, delta.content))
+                pending = b""
+            if delta.tool_calls:  # OpenAI's pieces: delta.tool_calls[i].index/id/type/function.name/arguments
+                calls = [piece.to_dict() for piece in delta.tool_calls]
+                await send(request, response, pending + fmt.chunk(index, {"tool_calls": calls}))
                 pending = b""
             if delta.finish_reason is not None:
                 finished[index] = delta

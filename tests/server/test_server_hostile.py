@@ -427,26 +427,47 @@ def test_a_refused_body_is_counted_under_its_ensemble(serve: ServeProcess) -> No
 CALL = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
 
 
-@pytest.mark.parametrize(
-    ("history", "param"),
+TOOL_HISTORY = [
     [
-        ([{"role": "assistant", "content": None, "tool_calls": [CALL]},
-          {"role": "tool", "tool_call_id": "call_1", "content": "42"}], "messages[1].tool_calls"),
-        ([{"role": "assistant", "content": "", "function_call": {"name": "f", "arguments": "{}"}}],
-         "messages[1].function_call"),
-        ([{"role": "tool", "tool_call_id": "call_1", "content": "42"}], "messages[1]"),
-        ([{"role": "function", "name": "f", "content": "42"}], "messages[1]"),
+        {"role": "assistant", "content": None, "tool_calls": [CALL]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "42"},
     ],
-)  # fmt: skip
-def test_tool_call_history_is_refused_naming_the_message(
-    serve: ServeProcess, upstream_thread: ScriptedServer, history: list, param: str
+    [
+        {"role": "assistant", "content": "", "function_call": {"name": "f", "arguments": "{}"}},
+        {"role": "function", "name": "f", "content": "42"},
+    ],
+]
+
+
+@pytest.mark.parametrize("history", TOOL_HISTORY)
+def test_tool_call_history_reaches_the_upstream_as_tool_turns(
+    serve: ServeProcess, upstream_thread: ScriptedServer, history: list
+) -> None:
+    messages = [USER[0], *history, {"role": "user", "content": "And?"}]
+    with serve.client() as client:
+        client.chat.completions.create(model="h", messages=messages)
+    sent = upstream_thread.requests[-1].messages
+    call = next(m for m in sent if m.get("tool_calls"))
+    result = next(m for m in sent if m["role"] == "tool")
+    assert result["tool_call_id"] == call["tool_calls"][0]["id"] and result["content"] == "42"
+
+
+@pytest.mark.parametrize(
+    ("history", "param", "says"),
+    [
+        ([{"role": "tool", "tool_call_id": "call_1", "content": "42"}], "messages[1].tool_call_id", "names no call"),
+        ([{"role": "function", "name": "f", "content": "42"}], "messages[1]", "must follow the assistant's"),
+    ],
+)
+def test_tool_results_without_their_call_are_refused_naming_the_message(
+    serve: ServeProcess, upstream_thread: ScriptedServer, history: list, param: str, says: str
 ) -> None:
     messages = [USER[0], *history, {"role": "user", "content": "And?"}]
     with serve.client() as client, pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="h", messages=messages)
     error = info.value.body
     assert isinstance(error, dict) and error["param"] == param
-    assert error["message"].startswith(f"{param}: tools are not supported by moa ensembles")
+    assert says in error["message"]
     assert upstream_thread.requests == []
 
 

@@ -7,6 +7,8 @@ any status, headers and body bytes, for upstreams that send the wrong shape), an
 likely first tokens with their log-probabilities, sent when a request asks for ``logprobs``. It records every
 request it got (body, start and end time, outcome, including ``cancelled`` when the client went away) and the
 peak number of requests in flight. ``/v1/embeddings`` answers with deterministic vectors from the text.
+An answer may be a ``Reply``: text and/or tool calls, sent whole or streamed in OpenAI's ``delta.tool_calls`` pieces
+(the id, type and name first, the arguments in two pieces after), with ``finish_reason: tool_calls``.
 A model scripted with a ``template`` (``tests/support/chat_templates.py``) renders each request's messages through it, as
 vLLM's server does, and answers a conversation the template refuses with vLLM's 400 (the template's own words).
 """
@@ -24,7 +26,38 @@ from typing import Any
 
 from aiohttp import web
 
-Answer = Callable[[str, list[dict[str, str]], int], str]
+
+@dataclass(frozen=True)
+class Call:
+    """One tool call of a scripted answer; ``id`` ``None`` sends the call without one."""
+
+    name: str
+    arguments: str = "{}"
+    id: str | None = "call_scripted"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A scripted answer with tool calls: ``content`` (``None`` sends null) and the calls."""
+
+    content: str | None = None
+    calls: tuple[Call, ...] = ()
+
+    def message(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.calls:
+            message["tool_calls"] = [_call_dict(c) for c in self.calls]
+        return message
+
+
+def _call_dict(call: Call) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+    if call.id is not None:
+        out["id"] = call.id
+    return out
+
+
+Answer = Callable[[str, list[dict[str, Any]], int], "str | Reply"]
 TopLogprobs = Callable[[list[dict[str, str]]], list[tuple[str, float]]]
 
 
@@ -73,7 +106,7 @@ class Recorded:
 
     @property
     def prompt_text(self) -> str:
-        return "\n".join(m["content"] for m in self.messages)
+        return "\n".join(m["content"] or "" for m in self.messages)
 
 
 class ScriptedServer:
@@ -87,10 +120,17 @@ class ScriptedServer:
 
     # ---- scripting -----------------------------------------------------------------------------------
 
-    def script(self, model: str, *, answer: Answer | str | None = None, latency_s: float = 0.0,
-               faults: list[Fault] | None = None, top_logprobs: TopLogprobs | None = None,
-               template: str | None = None) -> ModelScript:  # fmt: skip
-        fn = (lambda m, msgs, i, s=answer: s) if isinstance(answer, str) else (answer or default_answer)
+    def script(
+        self,
+        model: str,
+        *,
+        answer: Answer | str | Reply | None = None,
+        latency_s: float = 0.0,
+        faults: list[Fault] | None = None,
+        top_logprobs: TopLogprobs | None = None,
+        template: str | None = None,
+    ) -> ModelScript:
+        fn = (lambda m, msgs, i, s=answer: s) if isinstance(answer, (str, Reply)) else (answer or default_answer)
         self.scripts[model] = ModelScript(
             fn, latency_s, deque(faults or []), top_logprobs=top_logprobs, template=template
         )
@@ -200,7 +240,10 @@ class ScriptedServer:
                 return web.json_response(error, status=400)
         await asyncio.sleep(script.latency_s)
         n = int(body.get("n", 1))
-        texts = [script.answer(rec.model, body["messages"], i) for i in range(n)]
+        answers = [script.answer(rec.model, body["messages"], i) for i in range(n)]
+        if any(isinstance(a, Reply) for a in answers):
+            return await self._reply(request, rec.model, answers, body)
+        texts = [a for a in answers if isinstance(a, str)]
         max_tokens = body.get("max_tokens")
         if max_tokens is not None:
             texts = [" ".join(t.split(" ")[:max_tokens]) for t in texts]
@@ -230,6 +273,50 @@ class ScriptedServer:
                 "usage": usage,
             }
         )
+
+    async def _reply(self, request, model: str, answers: list[str | Reply], body: dict[str, Any]):
+        """Answers with tool calls, whole or streamed."""
+        replies = [a if isinstance(a, Reply) else Reply(a) for a in answers]
+        usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+        reason = ["tool_calls" if r.calls else "stop" for r in replies]
+        if not body.get("stream"):
+            choices = [{"index": i, "message": r.message(), "finish_reason": reason[i]} for i, r in enumerate(replies)]
+            return web.json_response(
+                {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": model,
+                    "choices": choices,
+                    "usage": usage,
+                }
+            )
+        reply = replies[0]
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        base = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": model}
+
+        async def send(delta: dict[str, Any], finish_reason: str | None = None) -> None:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+            await resp.write(f"data: {json.dumps({**base, 'choices': [choice]})}\n\n".encode())
+
+        await send({"role": "assistant"})
+        if reply.content:
+            await send({"content": reply.content})
+        for i, call in enumerate(reply.calls):
+            first = {"index": i, "type": "function", "function": {"name": call.name, "arguments": ""}}
+            if call.id is not None:
+                first["id"] = call.id
+            await send({"tool_calls": [first]})
+            half = len(call.arguments) // 2
+            for part in (call.arguments[:half], call.arguments[half:]):
+                await send({"tool_calls": [{"index": i, "function": {"arguments": part}}]})
+        await send({}, reason[0])
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await resp.write(f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n".encode())
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
 
     async def _stream(self, request, model: str, text: str, usage: dict[str, Any], body: dict[str, Any]):
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
