@@ -4,7 +4,9 @@
 In order: ``response.created``, ``response.in_progress``; with ``stream_options.include_progress`` (moa's
 extension) a ``moa.progress`` event as each model call starts and ends; then ``response.output_item.added``
 (the assistant's message), ``response.content_part.added``, one ``response.output_text.delta`` a token,
-``response.output_text.done``, ``response.content_part.done``, ``response.output_item.done`` and the end:
+``response.output_text.done``, ``response.content_part.done``, ``response.output_item.done``; for each tool call
+of the answer a ``function_call`` item: ``response.output_item.added``, ``response.function_call_arguments.delta``
+pieces, ``.done``, ``response.output_item.done``; and the end:
 ``response.completed`` (or ``response.incomplete`` at the token cap). The response starts, as a chat stream
 does, when the first token (or progress event) arrives, so a request refused before that gets its HTTP status
 and OpenAI's error body; a failure after it is a ``response.failed`` event whose response carries the error
@@ -25,59 +27,114 @@ from aiohttp import web
 
 from moa.progress import ProgressEvent
 from moa.server.errors import ClientClosed, ShuttingDown, error_for
+from moa.server.responses.items import Item
 from moa.server.responses.objects import ResponseDraft, output_text_part
+from moa.server.responses.tools import call_item
 from moa.server.state import STATE
 from moa.server.streaming import CUT_OFF, SSE_HEADERS, StreamResult, send, trace_entry, uncancel
+from moa.tools import ToolCall, ToolCallDelta, new_call_id
 from moa.types import CallRecord, Delta, Usage
 
 log = logging.getLogger(__name__)
 
 
 class EventFormat:
-    """The events of one response, numbered as they are made."""
+    """The events of one response, numbered as they are made, and the output items they open and close in order:
+    the message (``output_text`` deltas) and a ``function_call`` item a tool call (``function_call_arguments``
+    deltas); an item is done when the next one opens, or at the end."""
 
     def __init__(self, draft: ResponseDraft) -> None:
         self.draft = draft
         self.sequence = 0
-        self._where = {"item_id": draft.message_id, "output_index": 0, "content_index": 0}
+        self.items: list[Item] = []  # the output so far, in order
+        self._open: int | None = None  # the index of the item still open
+        self._text: list[str] = []
+        self._text_at: int | None = None
+        self._calls: dict[int, int] = {}  # the answer's call index -> its item's output index
 
     def event(self, kind: str, **fields: Any) -> bytes:
         data = json.dumps({"type": kind, "sequence_number": self.sequence, **fields})
         self.sequence += 1
         return f"event: {kind}\ndata: {data}\n\n".encode()
 
-    def text_delta(self, text: str) -> bytes:
-        return self.event("response.output_text.delta", **self._where, delta=text, logprobs=[])
-
     def opening(self) -> bytes:
         snapshot = self.draft.snapshot()
         return self.event("response.created", response=snapshot) + self.event("response.in_progress", response=snapshot)
 
-    def item_added(self) -> bytes:
-        d = self.draft
-        added = self.event("response.output_item.added", output_index=0, item=d.message("in_progress", []))
-        part = self.event(
-            "response.content_part.added",
-            item_id=d.message_id,
-            output_index=0,
-            content_index=0,
-            part=output_text_part(""),
-        )
-        return added + part
+    def text(self, piece: str) -> bytes:
+        out = b""
+        if self._text_at is None:
+            out += self._close()
+            self._text_at = self._add(self.draft.message("in_progress", []))
+            out += self.event("response.output_item.added", output_index=self._text_at, item=self.items[-1])
+            out += self.event("response.content_part.added", **self._where(), part=output_text_part(""))
+        self._text.append(piece)
+        return out + self.event("response.output_text.delta", **self._where(), delta=piece, logprobs=[])
 
-    def closing(self, response: dict[str, Any], text: str) -> bytes:
-        where = self._where
-        item = response["output"][0]
+    def call(self, piece: ToolCallDelta) -> bytes:
+        out = b""
+        at = self._calls.get(piece.index)
+        if at is None:
+            out += self._close()
+            call_id = piece.id or new_call_id()
+            at = self._add(call_item(self.draft.call_item_id(call_id), call_id, piece.name or "", "", "in_progress"))
+            self._calls[piece.index] = at
+            out += self.event("response.output_item.added", output_index=at, item=dict(self.items[at]))
+        item = self.items[at]
+        if piece.name and piece.id is None:
+            item["name"] += piece.name
+        if piece.arguments:
+            item["arguments"] += piece.arguments
+            delta = {"item_id": item["id"], "output_index": at, "delta": piece.arguments}
+            out += self.event("response.function_call_arguments.delta", **delta)
+        return out
+
+    def _add(self, item: Item) -> int:
+        self.items.append(item)
+        self._open = len(self.items) - 1
+        return self._open
+
+    def _where(self) -> dict[str, Any]:
+        return {"item_id": self.draft.message_id, "output_index": self._text_at, "content_index": 0}
+
+    def _close(self, status: str = "completed") -> bytes:
+        at, self._open = self._open, None
+        if at is None:
+            return b""
+        item = self.items[at]
+        out = b""
+        if item["type"] == "message":
+            text = "".join(self._text)
+            out += self.event("response.output_text.done", **self._where(), text=text, logprobs=[])
+            out += self.event("response.content_part.done", **self._where(), part=output_text_part(text))
+            item = self.items[at] = self.draft.message(status, [output_text_part(text)])
+        else:
+            done = {"item_id": item["id"], "output_index": at, "name": item["name"], "arguments": item["arguments"]}
+            out += self.event("response.function_call_arguments.done", **done)
+            item["status"] = "completed"
+        return out + self.event("response.output_item.done", output_index=at, item=item)
+
+    def closing(self, response: dict[str, Any]) -> bytes:
+        """The last events: the open item done, then the response; the response's output is the stream's."""
+        out = b""
+        if not self.items:  # an empty answer is an empty message
+            out += self.text("")
+        out += self._close(response["status"])
+        response["output"] = self.items
         kind = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
-        return (
-            self.event("response.output_text.done", **where, text=text, logprobs=[])
-            + self.event("response.content_part.done", **where, part=output_text_part(text))
-            + self.event("response.output_item.done", output_index=0, item=item)
-            + self.event(kind, response=response)
-        )
+        return out + self.event(kind, response=response)
 
     def failed(self, response: dict[str, Any]) -> bytes:
         return self.event("response.failed", response=response)
+
+    def answer(self) -> tuple[str, tuple[ToolCall, ...]]:
+        """The text and the calls streamed so far."""
+        calls = tuple(
+            ToolCall(i["call_id"], i["name"], i["arguments"] or "{}")
+            for i in self.items
+            if i["type"] == "function_call"
+        )
+        return "".join(self._text), calls
 
 
 async def write_events(
@@ -96,8 +153,6 @@ async def write_events(
     started = time.monotonic()
     response: web.StreamResponse | None = None
     pending = b""
-    item_open = False
-    pieces: list[str] = []
     last: Delta | None = None
     try:
         async for _, delta in deltas:
@@ -110,12 +165,12 @@ async def write_events(
                 continue
             if result.first_token_s is None:
                 result.first_token_s = time.monotonic() - started
-            if not item_open:
-                pending += fmt.item_added()
-                item_open = True
             if delta.content:
-                pieces.append(delta.content)
-                await send(request, response, pending + fmt.text_delta(delta.content))
+                pending += fmt.text(delta.content)
+            for piece in delta.tool_calls:
+                pending += fmt.call(piece)
+            if pending and (delta.content or delta.tool_calls):
+                await send(request, response, pending)
                 pending = b""
             if delta.finish_reason is not None:
                 last = delta
@@ -123,8 +178,9 @@ async def write_events(
         assert response is not None and last is not None, "an ensemble's stream always ends with a finish delta"
         result.usage = Usage.total(result.calls)
         trace = [trace_entry(0, last.trace or [], last.defense or [])] if want_trace else None
-        text = "".join(pieces)
-        finished = fmt.draft.finish(text, last.finish_reason, result.usage, trace)
+        text, calls = fmt.answer()
+        finished = fmt.draft.finish(text, calls, last.finish_reason, result.usage, trace)
+        closing = fmt.closing(finished)
         await on_finish(finished)
     except ClientClosed:
         raise
@@ -137,7 +193,7 @@ async def write_events(
         if response is None:
             raise
         return await _fail(request, response, fmt, pending, e, result, calls_so_far())
-    await send(request, response, pending + fmt.closing(finished, text))
+    await send(request, response, pending + closing)
     return response
 
 

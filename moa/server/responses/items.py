@@ -4,20 +4,23 @@
 ``type`` (``ITEM_TYPES``; a message may leave ``type`` out) and kept in the stored form, with an ``id``, so
 that ``input_items`` lists it and a later ``previous_response_id`` reads it back. ``to_messages`` turns the
 whole conversation into ``moa.types.Message``s: every item type has one translation (``_TRANSLATIONS``), a
-message's text parts joined by newlines, ``developer`` read as ``system``. Item types and parts moa reads
-nowhere yet (function calls, images, files) are refused naming the item, never dropped.
+message's text parts joined by newlines, ``developer`` read as ``system``, a ``function_call`` an assistant
+turn's tool call (consecutive calls one turn), a ``function_call_output`` the ``tool`` turn answering it. Item
+types and parts moa reads nowhere yet (reasoning, images, files) are refused naming the item, never dropped.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from moa.config import config_error
 from moa.errors import ConfigError
+from moa.tools import FUNCTION_NAME, ToolCall
 from moa.types import Message, Role
 
 Item = dict[str, Any]
@@ -81,13 +84,38 @@ class MessageItem(BaseModel):
     phase: str | None = None
 
 
+class FunctionCallItem(BaseModel):
+    """A call the model made (an earlier answer's ``output``, sent back or stored): an assistant turn's tool call."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str = Field(pattern=FUNCTION_NAME)
+    arguments: str
+    id: str | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
+class FunctionCallOutputItem(BaseModel):
+    """A call's result, as the client ran it: a ``tool`` turn answering ``call_id``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1)
+    output: str | list[Any]
+    id: str | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
 #: item type -> the model that checks it
-ITEM_TYPES: dict[str, type[BaseModel]] = {"message": MessageItem}
+ITEM_TYPES: dict[str, type[BaseModel]] = {
+    "message": MessageItem,
+    "function_call": FunctionCallItem,
+    "function_call_output": FunctionCallOutputItem,
+}
 #: OpenAI's other item types: known, not read by moa yet
 _NOT_READ = frozenset(
     {
-        "function_call",
-        "function_call_output",
         "reasoning",
         "item_reference",
         "file_search_call",
@@ -133,6 +161,8 @@ def _check_item(item: Any, where: str) -> Item:
         raise config_error(e, where) from None
     if isinstance(checked, MessageItem) and isinstance(checked.content, list):
         checked.content = [_check_part(part, f"{where}.content[{j}]") for j, part in enumerate(checked.content)]
+    if isinstance(checked, FunctionCallOutputItem) and isinstance(checked.output, list):
+        checked.output = [_check_part(part, f"{where}.output[{j}]") for j, part in enumerate(checked.output)]
     return _stored(checked)
 
 
@@ -159,21 +189,22 @@ def _stored(item: BaseModel) -> Item:
             if kind == "output_text":
                 part["annotations"] = []
             data["content"] = [part]
-        data.setdefault("status", "completed")
-    data.setdefault("id", new_id("msg"))
+    data.setdefault("status", "completed")
+    prefixes = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}
+    data.setdefault("id", new_id(prefixes.get(data["type"], "item")))
     return data
 
 
-def _message_text(item: Item, where: str) -> str:
+def _parts_text(parts: list[dict[str, Any]], where: str) -> str:
     texts = []
-    for j, part in enumerate(item["content"]):
+    for j, part in enumerate(parts):
         kind = part["type"]
         if kind in ("input_text", "output_text"):
             texts.append(part["text"])
         elif kind == "refusal":
             texts.append(part["refusal"])
         else:
-            raise ConfigError(f"{kind} parts are not supported by moa ensembles yet", f"{where}.content[{j}].type")
+            raise ConfigError(f"{kind} parts are not supported by moa ensembles yet", f"{where}[{j}].type")
     return "\n".join(texts)
 
 
@@ -181,22 +212,50 @@ _ROLES: dict[str, Role] = {"user": "user", "assistant": "assistant", "system": "
 
 
 def _message(item: Item, where: str) -> Message:
-    return Message(_ROLES[item["role"]], _message_text(item, where))
+    return Message(_ROLES[item["role"]], _parts_text(item["content"], f"{where}.content"))
+
+
+def _function_call(item: Item, where: str) -> Message:
+    return Message("assistant", "", (ToolCall(item["call_id"], item["name"], item["arguments"]),))
+
+
+def _function_call_output(item: Item, where: str) -> Message:
+    output = item["output"]
+    text = output if isinstance(output, str) else _parts_text(output, f"{where}.output")
+    return Message("tool", text, tool_call_id=item["call_id"])
 
 
 #: item type -> its chat message
-_TRANSLATIONS: dict[str, Callable[[Item, str], Message]] = {"message": _message}
+_TRANSLATIONS: dict[str, Callable[[Item, str], Message]] = {
+    "message": _message,
+    "function_call": _function_call,
+    "function_call_output": _function_call_output,
+}
+
+
+def _joined(messages: list[Message], message: Message) -> None:
+    """Append ``message``; a tool call right after an assistant turn joins it (parallel calls are one turn)."""
+    last = messages[-1] if messages else None
+    if message.tool_calls and last is not None and last.role == "assistant" and not message.content:
+        messages[-1] = replace(last, tool_calls=last.tool_calls + message.tool_calls)
+    else:
+        messages.append(message)
 
 
 def to_messages(instructions: str | None, history: list[Item], new: list[Item]) -> list[Message]:
     """The chat conversation of a request: its instructions as the system message, then the items of the
     response it continues (``history``), then its own ``input`` (``new``, whose paths name ``input[i]``)."""
     messages = [Message("system", instructions)] if instructions else []
-    for i, item in enumerate(history):
-        messages.append(_TRANSLATIONS[item["type"]](item, f"previous_response_id: item {i}"))
-    for i, item in enumerate(new):
-        messages.append(_TRANSLATIONS[item["type"]](item, f"input[{i}]"))
-    if messages[-1].role != "user":
-        where = f"input[{len(new) - 1}].role" if new else "input"
-        raise ConfigError("the last input item must be a user message", where)
+    calls: set[str] = set()
+    for i, item in enumerate([*history, *new]):
+        where = f"input[{i - len(history)}]" if i >= len(history) else f"previous_response_id: item {i}"
+        if item["type"] == "function_call_output" and item["call_id"] not in calls:
+            raise ConfigError("names no function_call before it", f"{where}.call_id")
+        if item["type"] == "function_call":
+            calls.add(item["call_id"])
+        _joined(messages, _TRANSLATIONS[item["type"]](item, where))
+    if messages[-1].role not in ("user", "tool"):
+        where = f"input[{len(new) - 1}]" if new else "input"
+        where += ".role" if new and new[-1]["type"] == "message" else ""
+        raise ConfigError("the last input item must be a user message or a function_call_output", where)
     return messages

@@ -16,6 +16,8 @@ from typing import Any
 from moa.server.responses.formats import echoed
 from moa.server.responses.items import Item, new_id
 from moa.server.responses.schema import ParsedResponses
+from moa.server.responses.tools import call_item, echoed_tools
+from moa.tools import ToolCall
 from moa.types import CallRecord, Usage
 
 #: chat finish reasons -> (status, incomplete_details.reason)
@@ -47,9 +49,15 @@ class ResponseDraft:
         self.id = new_id("resp")
         self.message_id = new_id("msg")
         self.created_at = int(time.time())
+        self._call_items: dict[str, str] = {}  # call id -> its output item's id (``fc_...``)
+
+    def call_item_id(self, call_id: str) -> str:
+        """The ``function_call`` item's id of a call: the same in the stream's events and the finished response."""
+        return self._call_items.setdefault(call_id, new_id("fc"))
 
     def _object(self, status: str, output: list[Item], **fields: Any) -> dict[str, Any]:
         req = self.parsed.body
+        tools, tool_choice, parallel = echoed_tools(self.parsed.tools)
         body: dict[str, Any] = {
             "id": self.id,
             "object": "response",
@@ -63,15 +71,15 @@ class ResponseDraft:
             "max_tool_calls": None,
             "model": req.model,
             "output": output,
-            "parallel_tool_calls": True,
+            "parallel_tool_calls": parallel,
             "previous_response_id": req.previous_response_id,
             "reasoning": {"effort": None, "summary": None},
             "service_tier": "default",
             "store": req.store is not False,
             "temperature": req.temperature,
             "text": echoed(req.text),
-            "tool_choice": "auto",
-            "tools": [],
+            "tool_choice": tool_choice,
+            "tools": tools,
             "top_logprobs": 0,
             "top_p": req.top_p,
             "truncation": "disabled",
@@ -90,8 +98,19 @@ class ResponseDraft:
         """The assistant's message item (``output[0]``)."""
         return {"id": self.message_id, "type": "message", "status": status, "role": "assistant", "content": content}
 
+    def output(self, text: str, calls: tuple[ToolCall, ...], status: str) -> list[Item]:
+        """The output items: the message (unless the answer only calls tools), then a ``function_call`` a call."""
+        items = [self.message(status, [output_text_part(text)])] if text or not calls else []
+        items += [call_item(self.call_item_id(c.id), c.id, c.name, c.arguments) for c in calls]
+        return items
+
     def finish(
-        self, text: str, finish_reason: str | None, usage: Usage, trace: list[dict[str, Any]] | None
+        self,
+        text: str,
+        calls: tuple[ToolCall, ...],
+        finish_reason: str | None,
+        usage: Usage,
+        trace: list[dict[str, Any]] | None,
     ) -> dict[str, Any]:
         """The finished response: ``completed``, or ``incomplete`` when the answer reached its token cap."""
         status, reason = _ENDS.get(finish_reason or "stop", ("completed", None))
@@ -100,7 +119,7 @@ class ResponseDraft:
             fields["incomplete_details"] = {"reason": reason}
         if trace is not None:
             fields["moa_trace"] = trace
-        return self._object(status, [self.message(status, [output_text_part(text)])], **fields)
+        return self._object(status, self.output(text, calls, status), **fields)
 
     def fail(self, error: dict[str, Any], calls: list[CallRecord]) -> dict[str, Any]:
         """The response that failed after it was created (a stream's ``response.failed``): the error's code

@@ -34,6 +34,7 @@ from moa.server.responses.schema import ParsedResponses, parse_responses_request
 from moa.server.responses.store import ResponseStore, StoredResponse, default_store_url, open_store
 from moa.server.state import STATE, ServerState
 from moa.server.streaming import StreamResult, trace_entry, uncancel
+from moa.tools import ToolCall
 from moa.types import CallRecord, Usage
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,11 @@ async def _run(
             entry = trace_entry(0, completion.trace, completion.defense)
             trace = [{**entry, "proposals": [p.model_dump() for p in completion.proposals]}]
         usage = Usage.total(completion.trace)
-        finished = await keep(draft.finish(completion.text, completion.choices[0].finish_reason, usage, trace))
+        calls = tuple(
+            ToolCall(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in completion.tool_calls
+        )
+        reason = completion.choices[0].finish_reason
+        finished = await keep(draft.finish(completion.text, calls, reason, usage, trace))
         return web.json_response(finished, headers=chat.usage_headers(usage)), 200
 
     result = StreamResult()

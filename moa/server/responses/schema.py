@@ -4,15 +4,16 @@ one request an ensemble runs (``moa.server.schema.ParsedChat``, the same object 
 Honoured: ``model`` (an ensemble's name), ``input`` (a string, or items: ``moa.server.responses.items``),
 ``instructions`` (the system message, not carried to a continuation, as OpenAI does), ``max_output_tokens``,
 ``temperature``, ``top_p``, ``text.format`` (``text``, ``json_object``, ``json_schema``: the chat request's
-``response_format``, ``formats.py``), ``metadata`` (kept and returned), ``store``, ``previous_response_id``, ``stream``,
+``response_format``, ``formats.py``), function ``tools``, ``tool_choice``, ``parallel_tool_calls`` (the chat
+request's tools, ``tools.py``), ``metadata`` (kept and returned), ``store``, ``previous_response_id``, ``stream``,
 and moa's extensions as on chat completions: ``moa_trace``, ``moa_<name>`` of ``RequestExtensions``,
 ``stream_options.include_progress``.
 
 Ignored, since they cannot change the answer: ``user``, ``service_tier``, ``safety_identifier``,
-``prompt_cache_key``, ``prompt_cache_retention``, ``parallel_tool_calls``, ``include``, ``truncation``,
+``prompt_cache_key``, ``prompt_cache_retention``, ``include``, ``truncation``,
 ``stream_options.include_obfuscation``.
 
-Refused unless neutral (``_NEUTRAL``): ``tools``, ``tool_choice``, ``reasoning``, ``top_logprobs``, ``background``, ``max_tool_calls``, ``prompt``,
+Refused unless neutral (``_NEUTRAL``): ``reasoning``, ``top_logprobs``, ``background``, ``max_tool_calls``, ``prompt``,
 ``conversation``. Any other field is refused as unknown. Every refusal is a ``ConfigError`` naming the field.
 """
 
@@ -30,7 +31,9 @@ from moa.response_format import JSONFormat
 from moa.sampling import MaxTokens, RequestExtensions, Temperature, TopP, extensions, server_alias
 from moa.server.responses.formats import TextConfig, chat_format
 from moa.server.responses.items import Item, input_items, to_messages
+from moa.server.responses.tools import tool_spec
 from moa.server.schema import ParsedChat
+from moa.tools import ToolSpec
 from moa.types import ChatRequest, SamplingParams
 
 #: OpenAI's metadata limits: 16 pairs, keys up to 64 characters, values up to 512
@@ -38,8 +41,6 @@ MAX_METADATA, MAX_KEY, MAX_VALUE = 16, 64, 512
 
 #: fields with the values that ask for nothing (``None`` always does); any other value is refused
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "tools": ([],),
-    "tool_choice": ("none", "auto"),
     "reasoning": ({},),
     "top_logprobs": (0,),
     "background": (False,),
@@ -73,6 +74,9 @@ class ResponsesRequest(RequestExtensions):
     stream: bool = False
     stream_options: StreamOptions | None = None
     text: TextConfig | None = None
+    tools: list[Any] | None = None  # function tools, checked by ``tools.tool_spec``
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     moa_trace: bool = False
     # accepted and ignored: they do not change the answer
     user: str | None = None
@@ -80,7 +84,6 @@ class ResponsesRequest(RequestExtensions):
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
     prompt_cache_retention: str | None = None
-    parallel_tool_calls: bool | None = None
     include: list[str] | None = None
     truncation: Literal["auto", "disabled"] | None = None
 
@@ -92,6 +95,7 @@ class ParsedResponses:
     body: ResponsesRequest
     input: list[Item]
     response_format: JSONFormat | None = None
+    tools: ToolSpec | None = None
 
     @property
     def include_progress(self) -> bool:
@@ -106,6 +110,7 @@ class ParsedResponses:
             top_p=req.top_p,
             max_tokens=req.max_output_tokens,
             response_format=self.response_format,
+            tools=self.tools,
         )
         request = ChatRequest(messages, params, **extensions(req))
         return ParsedChat(req.model, request, 1, req.stream, True, req.moa_trace, self.include_progress)
@@ -122,7 +127,8 @@ def parse_responses_request(body: Any) -> ParsedResponses:
     if req.stream_options is not None and not req.stream:
         raise ConfigError("only allowed when stream is true", "stream_options")
     _check_metadata(req.metadata)
-    return ParsedResponses(req, input_items(req.input), chat_format(req.text))
+    spec = tool_spec(req.tools, req.tool_choice, req.parallel_tool_calls)
+    return ParsedResponses(req, input_items(req.input), chat_format(req.text), spec)
 
 
 def _without_neutral(body: dict[str, Any]) -> dict[str, Any]:

@@ -158,15 +158,15 @@ def test_bad_fields_are_400_naming_the_field(serve: ServeProcess, body: dict[str
 def test_fields_moa_cannot_honour_yet_are_refused_by_name_unless_neutral(
     serve: ServeProcess, client: openai.OpenAI
 ) -> None:
-    tool = {"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}
-    for field, value in (("tools", [tool]), ("reasoning", {"effort": "high"}), ("background", True)):
+    refused = (("tools", [{"type": "web_search"}], "tools[0].type"), ("reasoning", {"effort": "high"}, "reasoning"))
+    for field, value, param in (*refused, ("background", True, "background")):
         status, answer = post(serve, {"model": "fast", "input": "hi", field: value})
-        assert status == 400 and answer["error"]["param"] == field, answer  # type: ignore[index]
+        assert status == 400 and answer["error"]["param"] == param, answer  # type: ignore[index]
     image = {"type": "input_image", "image_url": "data:image/png;base64,AA=="}
     status, answer = post(serve, {"model": "fast", "input": [{"role": "user", "content": [image]}]})
     assert status == 400 and answer["error"]["param"] == "input[0].content[0].type", answer  # type: ignore[index]
-    call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
-    status, answer = post(serve, {"model": "fast", "input": [call, {"role": "user", "content": "x"}]})
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": []}
+    status, answer = post(serve, {"model": "fast", "input": [reasoning, {"role": "user", "content": "x"}]})
     assert status == 400 and answer["error"]["param"] == "input[0].type", answer  # type: ignore[index]
     neutral = client.responses.create(
         model="fast", input="hi", tools=[], tool_choice="auto", text={"format": {"type": "text"}}
