@@ -84,6 +84,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="on SIGTERM, wait this long for running requests, then cancel them and exit (default: 60)",
     )
     p.add_argument(
+        "--response-store",
+        metavar="URL",
+        help="where /v1/responses keeps stored responses: sqlite:///PATH (an absolute path) or "
+        "redis://[:password@]host:port/db, shared by replicas (default: responses.sqlite3 under the user's "
+        "state directory, ~/.local/state/moa on Linux)",
+    )
+    p.add_argument(
+        "--response-ttl",
+        default="30d",
+        metavar="DURATION",
+        help="how long a stored response is kept: seconds, or a number with s, m, h or d (default: 30d)",
+    )
+    p.add_argument(
         "--loop",
         choices=["auto", "uvloop", "asyncio"],
         default="auto",
@@ -116,6 +129,7 @@ def _serve(args: argparse.Namespace) -> int:
     from moa.logs import configure_logging
     from moa.server.auth import load_keys
     from moa.server.ids import LOG_FORMAT, RequestIdFilter
+    from moa.server.responses.store import parse_ttl
     from moa.server.run import serve
     from moa.server.state import ServerSettings
 
@@ -130,6 +144,8 @@ def _serve(args: argparse.Namespace) -> int:
         read_timeout_s=args.read_timeout,
         keepalive_timeout_s=args.keepalive_timeout,
         lenient=args.lenient,
+        response_store=args.response_store,
+        response_ttl_s=parse_ttl(args.response_ttl),
     )
     ensembles: dict[str, Ensemble] = {}
     for source in served_configs(args):

@@ -26,6 +26,7 @@ from moa.server.errors import (
     Unauthorized,
     error_for,
 )
+from moa.server.responses import routes as responses
 from moa.server.state import STATE, ServerSettings, ServerState
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def _from_aiohttp(e: web.HTTPException, request: web.Request) -> Exception:
     """aiohttp's own refusals (no route, wrong method, body over the limit) in moa's terms."""
     if e.status == 404:
         return RouteNotFound(
-            f"no route {request.path}; see /v1/chat/completions, /v1/models, /health, /ready, /metrics"
+            f"no route {request.path}; see /v1/chat/completions, /v1/responses, /v1/models, /health, /ready, /metrics"
         )
     if e.status == 405:
         return MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
@@ -117,6 +118,7 @@ def create_app(ensembles: dict[str, Ensemble], settings: ServerSettings) -> web.
     app.router.add_get("/health", routes.health)
     app.router.add_get("/ready", limits_status.ready)
     app.router.add_get("/metrics", routes.metrics)
+    responses.register(app)
     app.on_response_prepare.append(ids.add_header)
     app.on_cleanup.append(_close_ensembles)
     app.on_cleanup.append(_close_metrics)

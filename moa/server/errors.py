@@ -77,6 +77,14 @@ class ExpectationFailed(Rejected):
     """An ``Expect`` header other than ``100-continue``."""
 
 
+class ResponseNotFound(Rejected):
+    """No stored response of that id for this key (``/v1/responses/{id}``, ``previous_response_id``)."""
+
+
+class StoreUnavailable(Rejected):
+    """The response store did not answer (a Redis server down, a SQLite file that cannot be written)."""
+
+
 class ClientClosed(ConnectionResetError):
     """The client closed its connection before its answer was complete: nothing more is written to it. Counted
     with status 499 (nginx's "client closed request"); aiohttp drops the connection quietly."""
@@ -91,6 +99,7 @@ STATUS_MAP: dict[type[BaseException], tuple[int, str, str | None]] = {
     BudgetExceededError: (402, "invalid_request_error", "budget_exceeded"),
     ModelNotFound: (404, "invalid_request_error", "model_not_found"),
     RouteNotFound: (404, "invalid_request_error", "not_found"),
+    ResponseNotFound: (404, "invalid_request_error", "response_not_found"),
     MethodNotAllowed: (405, "invalid_request_error", "method_not_allowed"),
     BodyReadTimeout: (408, "invalid_request_error", "request_timeout"),
     BodyTooLarge: (413, "invalid_request_error", "request_too_large"),
@@ -102,6 +111,7 @@ STATUS_MAP: dict[type[BaseException], tuple[int, str, str | None]] = {
     RateLimitError: (503, "upstream_error", "upstream_rate_limited"),
     InsufficientProposalsError: (503, "upstream_error", "insufficient_proposals"),
     ShuttingDown: (503, "server_error", "shutting_down"),
+    StoreUnavailable: (503, "server_error", "response_store_unavailable"),
     DeadlineExceededError: (504, "timeout_error", "deadline_exceeded"),
     InvalidAnswerError: (502, "upstream_error", "invalid_answer"),
     InvalidStructuredOutputError: (502, "upstream_error", "invalid_structured_output"),

@@ -12,6 +12,7 @@ from moa.ensemble import Ensemble
 from moa.errors import ConfigError
 from moa.server.auth import APIKeys
 from moa.server.metrics import ServerMetrics, check_multiproc_dir
+from moa.server.responses.store.base import DEFAULT_TTL_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,10 @@ class ServerSettings:
     keepalive_timeout_s: float = 15.0
     #: accept and ignore the fields an ensemble cannot honour (named in ``x-moa-ignored-fields``) instead of a 400
     lenient: bool = False
+    #: where stored responses live (``--response-store``); ``None``: one SQLite file under the user's state directory
+    response_store: str | None = None
+    #: seconds a stored response is kept (``--response-ttl``)
+    response_ttl_s: float = DEFAULT_TTL_S
 
     def __post_init__(self) -> None:
         if self.max_queue < 1:

@@ -101,3 +101,24 @@ def test_a_stream_without_traceparent_is_a_trace_of_its_own(
     assert [e["name"] for e in agg.events] == ["moa.retry"]
     assert agg.attributes["moa.retries"] == 1 and agg.status_code == "STATUS_CODE_UNSET"
     assert {r.headers["traceparent"].split("-")[1] for r in upstream_thread.requests} == {root.trace_id}
+
+
+def test_a_responses_request_joins_the_clients_trace_too(
+    tmp_path: Path, upstream_thread: ScriptedServer, receiver: OTLPReceiver
+) -> None:
+    trace_id, span_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    cfg = ensemble(upstream_thread.base_url, "responded", [["p1"]], "agg")
+    with moa_serve(tmp_path, [cfg], env=_env(receiver)) as server:
+        stream = server.client().responses.create(
+            model="responded",
+            input="What is 2 + 2?",
+            stream=True,
+            store=False,
+            extra_headers={"traceparent": f"00-{trace_id}-{span_id}-01"},
+        )
+        text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        assert text == "agg answer 0"
+        spans = _in_trace(receiver, trace_id, 5)  # workflow, layer 1, aggregate, 2 calls
+    [root] = [s for s in spans if s.name == "invoke_workflow responded"]
+    assert root.parent_span_id == span_id
+    assert {r.headers["traceparent"].split("-")[1] for r in upstream_thread.requests} == {trace_id}
