@@ -200,13 +200,14 @@ def _since(began: float) -> float:
     return round(time.perf_counter() - began, 2)
 
 
-def print_table(paths: list[Path]) -> None:
+def print_table(paths: list[Path], asked: set[int]) -> None:
+    """One row per ``--out`` file, over the instructions in ``asked`` (``--limit``/``--offset``) it answered."""
     print(
         "| variant | answers | fences | repeating 3+ | cut at cap | mean answer tokens | mean tokens, all calls | s | answers/min |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for path in paths:
-        s = summarize(path.stem, read_answers(path))
+        s = summarize(path.stem, [a for a in read_answers(path) if a.index in asked])
         print(
             f"| {s.label} | {s.answers} ({s.failed} failed) | {s.fences} | {s.repeating} | {s.cut_at_cap} | "
             f"{s.mean_tokens} | {s.mean_total_tokens} | {s.seconds} | {s.answers_per_minute} |"
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="let local engines print to the terminal")
     args = parser.parse_args(argv)
     if args.table:
-        print_table(args.table)
+        print_table(args.table, {i for i, _ in load_instructions(args.limit, args.offset)})
         return 0
     if args.limit < 1 or args.concurrency < 1 or args.timeout <= 0:
         parser.error("--limit and --concurrency must be >= 1, --timeout > 0")
