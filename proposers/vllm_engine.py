@@ -117,6 +117,7 @@ class VLLMProposer:
             ],
             usage=Usage.of(len(prompt), sum(len(s.token_ids) for s in samples), _cached(final, len(prompt))),
             template=note,
+            seed=sampling.seed,
         )
 
     async def stream(
@@ -138,7 +139,7 @@ class VLLMProposer:
                         yield Delta(content=piece.text)
         self._restarted = False
         usage = Usage.of(len(prompt), completion_tokens, cached)
-        yield Delta(finish_reason=finish_reason or "stop", usage=usage, template=note)
+        yield Delta(finish_reason=finish_reason or "stop", usage=usage, template=note, seed=sampling.seed)
 
     # ---- one phase each ------------------------------------------------------------------------------------
 

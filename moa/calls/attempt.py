@@ -99,6 +99,6 @@ def joined(inner: Send[Delta]) -> Send[GenerateResult]:
                 parts.append(delta.content)
                 if delta.finish_reason is not None:
                     finish_reason, usage = delta.finish_reason, delta.usage
-        yield GenerateResult([Generation("".join(parts), finish_reason)], usage or Usage(), state.template)
+        yield GenerateResult([Generation("".join(parts), finish_reason)], usage or Usage(), state.template, state.seed)
 
     return send
