@@ -261,7 +261,7 @@ class VLLMProposer:
         self.startup_s = {"conversion check": time.perf_counter() - began}
         args = vllm_args.engine_args(self.name, self.config, path)
         logger.info(
-            "starting vLLM engine for backend %r (%s) on %s (~25-35 s on 2 CPU cores)",
+            "starting vLLM engine for backend %r (%s) on %s (~20-35 s on 2 CPU cores)",
             self.name,
             self.config.model,
             vllm_args.vllm_device(),
