@@ -13,9 +13,12 @@
 
 4. ``--part cold``: cold ``moa run`` processes, per phase (first line, conversion, engine start, samples,
    aggregation, shutdown), before (``--before DIR``: a checkout of commit 344620d, e.g. ``git worktree add
-   /tmp/before 344620d``) and after, side by side; the very first run converts the model into a fresh cache
-   (``XDG_CACHE_HOME``), later runs find it converted. Then the warm path: ``moa run --server`` against a
-   ``moa serve`` of the default recipe started once. Run it under ``flock /tmp/moa-heavy.lock``.
+   /tmp/before 344620d``, the parent of issue 18's first change) and after, side by side; the very first run
+   converts the model into a fresh cache (``XDG_CACHE_HOME``; ``--no-first`` skips it), later runs find it
+   converted. Then the warm path, per phase as well: ``moa run --server`` against a ``moa serve`` of the default
+   recipe started once (``--warm`` runs), for each side whose ``moa run`` has ``--server`` (344620d's has not:
+   there every run was cold). Each side runs its own checkout's default recipe (its caps). Run it under
+   ``flock /tmp/moa-heavy.lock``.
 
     python -m benchmarks.bench_local [--part all|proposer|e2e|cold] [--rounds 4] [--requests 4] [--json PATH]
 """
@@ -299,63 +302,76 @@ def phases(lines: list[tuple[float, str]], exit_s: float) -> dict[str, float]:
     return out
 
 
-def cold_run(root: str, env: dict[str, str]) -> dict[str, float]:
+def moa_run(root: str, env: dict[str, str], *extra: str) -> dict[str, float]:
+    """The phases of one ``moa run`` of ``QUESTION`` in the checkout ``root`` (``extra``: more arguments)."""
     import os
     import sys
 
-    lines, exit_s = timed_lines(
-        [sys.executable, "-m", "moa.cli", "run", QUESTION], {**os.environ, **env, "PYTHONPATH": root}, root
-    )
+    command = [sys.executable, "-m", "moa.cli", "run", *extra, QUESTION]
+    lines, exit_s = timed_lines(command, {**os.environ, **env, "PYTHONPATH": root}, root)
     return phases(lines, exit_s)
 
 
-def warm_runs(root: str, runs: int = 2) -> list[float]:
-    """Seconds of ``moa run --server`` against a ``moa serve`` (default recipe) started once."""
+def has_server_option(root: str) -> bool:
+    """Whether the checkout's ``moa run`` takes ``--server`` (the warm path; not before commit d7c476a)."""
     import os
     import subprocess
     import sys
 
     env = {**os.environ, "PYTHONPATH": root}
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "moa.cli", "serve", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        text=True, env=env, cwd=root,
-    )  # fmt: skip
+    command = [sys.executable, "-m", "moa.cli", "run", "--help"]
+    shown = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, check=False)
+    return "--server" in shown.stdout
+
+
+def warm_runs(root: str, runs: int = 2) -> list[dict[str, float]]:
+    """The phases of ``moa run --server`` against a ``moa serve`` (default recipe) started once, ``runs`` times."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": root}
+    command = [sys.executable, "-m", "moa.cli", "serve", "--port", "0"]
+    serve = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=root)
     try:
         assert serve.stdout is not None
         url = next(x for x in serve.stdout if x.startswith("moa serve: listening on ")).split()[-1]
-        seconds = []
-        for _ in range(runs):
-            started = time.monotonic()
-            subprocess.run([sys.executable, "-m", "moa.cli", "run", "--server", url, QUESTION], env=env, cwd=root,
-                           capture_output=True, check=True)  # fmt: skip
-            seconds.append(time.monotonic() - started)
-        return seconds
+        return [moa_run(root, {}, "--server", url) for _ in range(runs)]
     finally:
         serve.terminate()
         serve.wait(timeout=120)
 
 
-def cold_figures(before: str | None) -> dict[str, float]:
+def cold_figures(before: str | None, first: bool, warm: int) -> dict[str, float]:
+    """Cold runs (the first into a fresh cache when ``first``) and ``warm`` warm runs of each side, per phase."""
     import tempfile
     from pathlib import Path
 
     after = str(Path(__file__).resolve().parents[1])
-    sides = {"after": after, **({"before": before} if before else {})}
+    sides = {**({"before": before} if before else {}), "after": after}
     figures: dict[str, float] = {}
     table: dict[str, dict[str, float]] = {}
+    notes: list[str] = []
     for side, root in sides.items():
-        with tempfile.TemporaryDirectory() as cache:
-            table[f"{side} first"] = cold_run(root, {"XDG_CACHE_HOME": cache})  # converts into a fresh cache
-        table[f"{side} cold"] = cold_run(root, {})
+        if first:
+            with tempfile.TemporaryDirectory() as cache:
+                table[f"{side} first"] = moa_run(root, {"XDG_CACHE_HOME": cache})  # converts into a fresh cache
+        table[f"{side} cold"] = moa_run(root, {})
+        if not has_server_option(root):
+            notes.append(f"{side}: moa run has no --server (every run is cold)")
+            continue
+        for i, run in enumerate(warm_runs(root, warm), 1):
+            table[f"{side} warm{i}"] = run
     columns = list(table)
-    print(f"{'phase (s)':<14}" + "".join(f"{c:>14}" for c in columns))
+    width = max(14, *(len(c) + 2 for c in columns))
+    print(f"{'phase (s)':<14}" + "".join(f"{c:>{width}}" for c in columns))
     for phase in [p for p, _ in PHASES] + ["shutdown", "total"]:
-        print(f"{phase:<14}" + "".join(f"{table[c][phase]:>14.1f}" for c in columns))
+        print(f"{phase:<14}" + "".join(f"{table[c][phase]:>{width}.1f}" for c in columns))
         for c in columns:
             figures[f"cold.{c.replace(' ', '_')}.{phase.replace(' ', '_')}_s"] = table[c][phase]
-    warm = warm_runs(after)
-    print(f"warm moa run --server (after): {', '.join(f'{s:.1f} s' for s in warm)} (goal <= 15 s)")
-    figures["warm.after_median_s"] = statistics.median(warm)
+    for note in notes:
+        print(note)
+    print("goals: cold total <= 100 s, warm total <= 15 s")
     return figures
 
 
@@ -372,6 +388,8 @@ if __name__ == "__main__":
         "--part", choices=["all", "proposer", "e2e", "cold"], default="all", help="which figures (see above)"
     )
     parser.add_argument("--before", metavar="DIR", help="cold: a checkout of the commit to compare with (344620d)")
+    parser.add_argument("--no-first", action="store_true", help="cold: skip the runs that convert into a fresh cache")
+    parser.add_argument("--warm", type=int, default=2, help="cold: warm runs per side that has moa run --server")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per comparison")
     parser.add_argument(
         "--requests",
@@ -382,6 +400,6 @@ if __name__ == "__main__":
     add_json_option(parser)
     args = parser.parse_args()
     if args.part == "cold":
-        write_figures(args.json, "bench_local", args, cold_figures(args.before))
+        write_figures(args.json, "bench_local", args, cold_figures(args.before, not args.no_first, args.warm))
     else:
         write_figures(args.json, "bench_local", args, asyncio.run(main(args.part, args.rounds, args.requests)))

@@ -170,6 +170,7 @@ class GenerateResult:
     generations: list[Generation]
     usage: Usage
     template: str | None = None  # how the backend fitted the prompt to its chat template, when it changed it
+    seed: int | None = None  # the seed a local engine sampled with (drawn when the call set none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +189,7 @@ class Delta:
     trace: list[CallRecord] | None = None
     defense: list[DefenseRecord] | None = None
     template: str | None = None  # on a proposer's last delta: how it fitted the prompt to its chat template
+    seed: int | None = None  # on a local proposer's last delta: the seed it sampled with
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +302,11 @@ class CallRecord(_Model):
         default=None,
         description="how the prompt was fitted to the backend's chat template (system folded, turns merged), when "
         "it was; a rule learned from the upstream's refusal says so",
+    )
+    seed: int | None = Field(
+        default=None,
+        description="the seed a local engine sampled with, drawn when the call set none: send it as seed to repeat "
+        "the call",
     )
 
 

@@ -119,6 +119,7 @@ class VLLMProposer:
             ],
             usage=Usage.of(len(prompt), sum(len(s.token_ids) for s in samples), _cached(final, len(prompt))),
             template=note,
+            seed=sampling.seed,
         )
 
     async def stream(
@@ -140,7 +141,7 @@ class VLLMProposer:
                         yield Delta(content=piece.text)
         self._restarted = False
         usage = Usage.of(len(prompt), completion_tokens, cached)
-        yield Delta(finish_reason=finish_reason or "stop", usage=usage, template=note)
+        yield Delta(finish_reason=finish_reason or "stop", usage=usage, template=note, seed=sampling.seed)
 
     # ---- one phase each ------------------------------------------------------------------------------------
 
@@ -269,7 +270,7 @@ class VLLMProposer:
         self.startup_s = {"conversion check": time.perf_counter() - began}
         args = vllm_args.engine_args(self.name, self.config, path)
         logger.info(
-            "starting vLLM engine for backend %r (%s) on %s (~25-35 s on 2 CPU cores)",
+            "starting vLLM engine for backend %r (%s) on %s (~20-35 s on 2 CPU cores)",
             self.name,
             self.config.model,
             vllm_args.vllm_device(),

@@ -108,6 +108,6 @@ def joined(inner: Send[Delta]) -> Send[GenerateResult]:
                 if delta.finish_reason is not None:
                     finish_reason, usage = delta.finish_reason, delta.usage
         answer = Generation("".join(parts), finish_reason, tool_calls=calls_of(calls))
-        yield GenerateResult([answer], usage or Usage(), state.template)
+        yield GenerateResult([answer], usage or Usage(), state.template, state.seed)
 
     return send

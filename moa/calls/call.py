@@ -39,6 +39,7 @@ class CallState:
     retries: int = 0
     usage: Usage | None = None  # a stream's usage (its last delta's)
     template: str | None = None  # how the proposer fitted the prompt to its chat template
+    seed: int | None = None  # the seed a local proposer sampled with (a stream's last delta says)
     reason: str | None = None  # why the call was cancelled, when the backend cancelled it ("hedge lost")
     first_token: Callable[[], None] | None = None  # told when the call's first piece arrives (a hedge's race)
     record: CallRecord | None = None  # the call's trace record, once made
@@ -94,6 +95,8 @@ class DeltaMeter:
             state.usage = item.usage
         if item.template is not None:
             state.template = item.template
+        if item.seed is not None:
+            state.seed = item.seed
 
     def used(self, usage: Usage | None, prompt_chars: int, completion_chars: int) -> int:
         return tokens_used(usage, prompt_chars, completion_chars)

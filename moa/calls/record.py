@@ -34,6 +34,7 @@ class Counted:
     usage: Usage
     generations: int | None = None
     template: str | None = None
+    seed: int | None = None  # the seed a local proposer sampled with
 
 
 class Answer(Protocol, Generic[T_contra]):
@@ -56,10 +57,10 @@ class StreamAnswer:
     relays = True
 
     def answered(self, call: Call, state: CallState, last: Sequence[Delta], pieces: list[str]) -> Counted:
-        return Counted(charged(state.usage or Usage(), call.worst, pieces), template=state.template)
+        return Counted(charged(state.usage or Usage(), call.worst, pieces), template=state.template, seed=state.seed)
 
     def unfinished(self, state: CallState) -> Counted:
-        return Counted(state.usage or Usage(), template=state.template)
+        return Counted(state.usage or Usage(), template=state.template, seed=state.seed)
 
 
 class WholeAnswer:
@@ -69,7 +70,7 @@ class WholeAnswer:
         [result] = last  # a whole call that answered has its answer
         came = len(result.generations)
         usage = charged(result.usage, call.worst, [g.text for g in result.generations])
-        return Counted(usage, came if came < call.n else None, result.template)
+        return Counted(usage, came if came < call.n else None, result.template, result.seed)
 
     def unfinished(self, state: CallState) -> Counted:
         return Counted(Usage())
@@ -137,6 +138,7 @@ def call_record(
         reason=reason or (state.reason if outcome == "cancelled" else None),
         hedge=state.hedge,
         template=counted.template,
+        seed=counted.seed,
     )
 
 

@@ -241,10 +241,10 @@ def test_estimate_states_time_and_costs_local_backends_nothing() -> None:
     from moa.alpaca_eval.estimate import LOCAL_TOKENS_PER_S, REMOTE_CALL_S, REMOTE_TOKENS_PER_S, estimate_job
     from moa.config import load_config
 
-    local = estimate_job(load_config("default"), ["q"] * 4)  # 4 x (6 x 256 + 384) completion tokens, all local
-    assert local.cost_usd == 0.0 and local.wall_s() == pytest.approx(4 * (6 * 256 + 384) / LOCAL_TOKENS_PER_S)
+    local = estimate_job(load_config("default"), ["q"] * 4)  # 4 x (4 x 128 + 192) completion tokens, all local
+    assert local.cost_usd == 0.0 and local.wall_s() == pytest.approx(4 * (4 * 128 + 192) / LOCAL_TOKENS_PER_S)
     assert "cost unknown" not in local.line() and "(local backends: $0)" in local.line()
-    assert "about 3m53s at worst (assumes local models at 33 tokens/s in all)" in local.line()
+    assert "about 1m25s at worst (assumes local models at 33 tokens/s in all)" in local.line()
 
     config = moa_config("http://127.0.0.1:9/v1", [["p1", "p2"], ["p3"]])  # remote, no prices, rps unset
     for agent in [a for layer in config["layers"] for a in layer["agents"]]:

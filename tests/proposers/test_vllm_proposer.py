@@ -83,6 +83,28 @@ async def test_unseeded_calls_differ_and_seeded_ones_repeat(local_proposer: VLLM
     assert again[0] == again[1] and len(set(again[0])) > 1  # repeatable, and the samples still differ
 
 
+async def test_the_seed_an_unseeded_call_drew_is_in_its_record_and_repeats_it(local_proposer: VLLMProposer) -> None:
+    from moa.backend import Backend
+    from moa.context import CallSite, RequestContext
+    from moa.shared_limits import limits_for
+
+    # the module's engine behind a backend (not closed here: the module's fixture closes the engine)
+    backend = Backend(
+        "local", local_proposer, limits_for("local", LOCAL.rate_limit, LOCAL.endpoint), retry=LOCAL.retry, timeout_s=120
+    )
+    ctx = RequestContext()
+    unseeded = SamplingParams(temperature=1.0, max_tokens=24)
+    site = CallSite(1, "proposer", "a")
+    whole = await backend.generate(SKY, unseeded, model=LOCAL.model, site=site, ctx=ctx, n=2)
+    streamed = "".join([d.content async for d in backend.stream(SKY, unseeded, model=LOCAL.model, site=site, ctx=ctx)])
+    seeds = [r.seed for r in ctx.trace]
+    assert all(isinstance(s, int) for s in seeds) and seeds[0] != seeds[1]  # a fresh seed a call, recorded
+    again = await local_proposer.generate(SKY, unseeded.merged(seed=seeds[0]), n=2)
+    assert [g.text for g in again.generations] == [g.text for g in whole.generations]
+    repeated = "".join([d.content async for d in local_proposer.stream(SKY, unseeded.merged(seed=seeds[1]))])
+    assert repeated == streamed
+
+
 async def test_seeded_sampling_of_a_long_prompt_keeps_the_engine(local_proposer: VLLMProposer) -> None:
     # ~2500 prompt tokens: more than vLLM's default step budget of 2048, which would prefill it in two chunks;
     # on CPU a seeded request prefilled in chunks killed vLLM 0.32's engine

@@ -15,7 +15,7 @@ QUESTION = [{"role": "user", "content": "Name one primary colour."}]
 def test_default_ensemble_answers_the_openai_client_and_shuts_down_clean(tmp_path) -> None:
     with moa_serve(tmp_path, ["default"], start_timeout=600) as server:  # converts the model once, starts vLLM
         assert server.wait_for("moa serve: serving default") == (
-            "moa serve: serving default: 1 layer(s), 6 proposal(s), aggregator synthesize"
+            "moa serve: serving default: 1 layer(s), 4 proposal(s), aggregator synthesize"
         )
         with server.client(timeout=600) as client:
             assert [m.id for m in client.models.list()] == ["default"]
