@@ -31,7 +31,7 @@ async def test_self_moa_through_the_sdk() -> None:
     proposer_calls = [c for c in result.trace if c.role == "proposer"]
     assert [(c.n, c.outcome) for c in proposer_calls] == [(4, "ok")]  # four samples in one request
     assert result.trace[-1].role == "aggregator" and result.trace[-1].outcome == "ok"
-    assert len(result.proposals) == 6 and all(p.text.strip() for p in result.proposals)
+    assert len(result.proposals) == 4 and all(p.text.strip() for p in result.proposals)
     assert result.usage.completion_tokens == sum(c.completion_tokens for c in result.trace)
 
     *pieces, last = streamed

@@ -36,7 +36,7 @@ def test_default_ensemble_answers_the_openai_client_and_shuts_down_clean(tmp_pat
     assert whole.choices[0].message.content.strip() and whole.choices[0].finish_reason in ("stop", "length")
     (trace,) = whole.model_extra["moa_trace"]
     first_runs = [(c["role"], c["n"], c["outcome"]) for c in trace["calls"] if c.get("step") is None]
-    assert first_runs == [("proposer", 6, "ok"), ("aggregator", 1, "ok")]  # besides the reruns of a blank answer
+    assert first_runs == [("proposer", 4, "ok"), ("aggregator", 1, "ok")]  # besides the reruns of a blank answer
     assert all(c.get("step") in (None, "rerun 1", "rerun 2") for c in trace["calls"])
     assert whole.usage.completion_tokens == sum(c["completion_tokens"] for c in trace["calls"])
     assert (
