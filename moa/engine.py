@@ -44,6 +44,7 @@ from moa.structured import json_format, schema_check
 from moa.tasks import cancel_and_wait
 from moa.telemetry import Span, in_span, opened, request_parent
 from moa.telemetry.genai import request_attributes, totals
+from moa.tool_check import tool_check
 from moa.tools import StreamedIds, as_pieces, unique_ids, with_call_text
 from moa.types import (
     CallRecord,
@@ -71,7 +72,7 @@ log = logging.getLogger(__name__)
 
 #: what a request may ask of its final answer (``moa.repair``): each builder makes its check, or none; a final answer
 #: failing one gets one repair call, then the check's error
-ANSWER_CHECKS: tuple[CheckFor, ...] = (schema_check,)
+ANSWER_CHECKS: tuple[CheckFor, ...] = (schema_check, tool_check)
 
 #: builds a deceptive agent's prompt from the request, the references, its instructions and its own system prompt
 #: (``defenses.deceptive.deceptive_messages``, handed in by whoever builds the engine)

@@ -20,7 +20,8 @@
     │   └── EngineError              a local engine failed (not retried)
     ├── InsufficientProposalsError   fewer agents of a layer survived than ``min_proposals``
     ├── InvalidAnswerError           the final answer breaks what the request asked of it, after one repair call
-    │   └── InvalidStructuredOutputError    its content is not the JSON that ``response_format`` asks for
+    │   ├── InvalidStructuredOutputError    its content is not the JSON that ``response_format`` asks for
+    │   └── InvalidToolCallError            its tool calls break ``tool_choice``, ``tools`` or their schemas
     ├── BudgetExceededError          the next call would take the request past its ``max_cost_usd``
     └── DeadlineExceededError        the request ran past its deadline
 
@@ -184,6 +185,14 @@ class InvalidStructuredOutputError(InvalidAnswerError):
     """The answer's content is not valid JSON, or breaks ``response_format``'s schema (the first violation)."""
 
     param = "response_format"
+
+
+class InvalidToolCallError(InvalidAnswerError):
+    """The answer's tool calls break the request: no call under ``tool_choice: required``, another function than
+    the named one, a call under ``none``, an unknown function, arguments that are not a JSON object, or arguments
+    failing a ``strict`` tool's schema."""
+
+    param = "tool_choice"
 
 
 _STATUS_ERRORS: dict[int, type[APIStatusError]] = {

@@ -20,6 +20,7 @@ from moa.errors import (
     InsufficientProposalsError,
     InvalidAnswerError,
     InvalidStructuredOutputError,
+    InvalidToolCallError,
     MoaError,
     RateLimitError,
 )
@@ -115,6 +116,7 @@ STATUS_MAP: dict[type[BaseException], tuple[int, str, str | None]] = {
     DeadlineExceededError: (504, "timeout_error", "deadline_exceeded"),
     InvalidAnswerError: (502, "upstream_error", "invalid_answer"),
     InvalidStructuredOutputError: (502, "upstream_error", "invalid_structured_output"),
+    InvalidToolCallError: (502, "upstream_error", "invalid_tool_call"),
 }
 
 _INTERNAL = (500, "server_error", "internal_error")

@@ -186,3 +186,18 @@ def test_openai_agents_runs_a_function_tool_over_the_chat_completions_model(
 
     assert asyncio.run(run()) == f"{FINAL} (sunny, 21C in Paris)"
     assert asked == ["Paris"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_call_breaking_a_named_tool_choice_after_its_repair_is_a_502_naming_it(
+    serve: ServeProcess, upstream_thread: ScriptedServer, stream: bool
+) -> None:
+    upstream_thread.script("tagg", answer="It is probably sunny.")  # text, though tool_choice names the function
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    with serve.client() as client, pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="tools", messages=USER, tools=[WEATHER], tool_choice=named, stream=stream)
+    assert info.value.status_code == 502
+    error = info.value.body
+    assert isinstance(error, dict) and error["code"] == "invalid_tool_call" and error["param"] == "tool_choice"
+    assert "tool_choice names 'get_weather', but the answer calls no tool (after one repair call)" in error["message"]
+    assert len(upstream_thread.for_model("tagg")) == 2  # the answer and one repair
