@@ -196,23 +196,52 @@ def _stored(item: BaseModel) -> Item:
 
 
 def _parts_text(parts: list[dict[str, Any]], where: str) -> str:
-    texts = []
+    """The text of parts that may only be text (a function call's output)."""
+    text, chat_parts = _chat_parts(parts, where)
+    if chat_parts is not None:
+        j = next(j for j, p in enumerate(parts) if p["type"] == "input_image")
+        raise ConfigError("a function_call_output takes text parts only", f"{where}[{j}].type")
+    return text
+
+
+def _chat_parts(parts: list[dict[str, Any]], where: str) -> tuple[str, tuple[dict[str, Any], ...] | None]:
+    """Responses content parts as a chat message's: its text (text parts joined by newlines), and its chat parts
+    (``text``, ``image_url``) when an image is among them, else ``None`` (``moa.content``'s shape)."""
+    chat: list[dict[str, Any]] = []
     for j, part in enumerate(parts):
         kind = part["type"]
         if kind in ("input_text", "output_text"):
-            texts.append(part["text"])
+            chat.append({"type": "text", "text": part["text"]})
         elif kind == "refusal":
-            texts.append(part["refusal"])
+            chat.append({"type": "text", "text": part["refusal"]})
+        elif kind == "input_image":
+            chat.append(_image(part, f"{where}[{j}]"))
         else:
             raise ConfigError(f"{kind} parts are not supported by moa ensembles yet", f"{where}[{j}].type")
-    return "\n".join(texts)
+    text = "\n".join(p["text"] for p in chat if p["type"] == "text")
+    return text, tuple(chat) if any(p["type"] != "text" for p in chat) else None
 
 
-_ROLES: dict[str, Role] = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
+def _image(part: dict[str, Any], where: str) -> dict[str, Any]:
+    """An ``input_image`` part as chat's ``image_url`` part; a ``file_id`` image needs the Files API moa lacks."""
+    url = part.get("image_url")
+    if not url:
+        field = "file_id" if part.get("file_id") else "image_url"
+        raise ConfigError(
+            "moa has no Files API: send the image as image_url (a URL or a data: URL)", f"{where}.{field}"
+        )
+    image: dict[str, Any] = {"url": url}
+    if part.get("detail") in ("low", "high"):  # "auto" is chat's default; "original" has no chat equivalent
+        image["detail"] = part["detail"]
+    return {"type": "image_url", "image_url": image}
+
+
+_ROLES: dict[str, Role] = {"user": "user", "assistant": "assistant", "system": "system", "developer": "developer"}
 
 
 def _message(item: Item, where: str) -> Message:
-    return Message(_ROLES[item["role"]], _parts_text(item["content"], f"{where}.content"))
+    text, parts = _chat_parts(item["content"], f"{where}.content")
+    return Message(_ROLES[item["role"]], text, parts=parts)
 
 
 def _function_call(item: Item, where: str) -> Message:

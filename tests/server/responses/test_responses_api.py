@@ -162,9 +162,10 @@ def test_fields_moa_cannot_honour_yet_are_refused_by_name_unless_neutral(
     for field, value, param in (*refused, ("background", True, "background")):
         status, answer = post(serve, {"model": "fast", "input": "hi", field: value})
         assert status == 400 and answer["error"]["param"] == param, answer  # type: ignore[index]
-    image = {"type": "input_image", "image_url": "data:image/png;base64,AA=="}
+    image = {"type": "input_image", "file_id": "file_1"}  # moa has no Files API
     status, answer = post(serve, {"model": "fast", "input": [{"role": "user", "content": [image]}]})
-    assert status == 400 and answer["error"]["param"] == "input[0].content[0].type", answer  # type: ignore[index]
+    assert status == 400 and answer["error"]["param"] == "input[0].content[0].file_id", answer  # type: ignore[index]
+    assert "image_url" in answer["error"]["message"]  # type: ignore[index]
     reasoning = {"type": "reasoning", "id": "rs_1", "summary": []}
     status, answer = post(serve, {"model": "fast", "input": [reasoning, {"role": "user", "content": "x"}]})
     assert status == 400 and answer["error"]["param"] == "input[0].type", answer  # type: ignore[index]
@@ -348,3 +349,26 @@ def read_all(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         data += chunk
     return data
+
+
+def test_an_input_image_reaches_the_upstream_as_a_chat_image_part(
+    client: openai.OpenAI, upstream_thread: ScriptedServer
+) -> None:
+    url = "data:image/png;base64,iVBORw0KGgo="
+    content = [
+        {"type": "input_text", "text": "What is in this picture?"},
+        {"type": "input_image", "image_url": url, "detail": "low"},
+    ]
+    answer = client.responses.create(
+        model="fast",
+        input=[{"role": "developer", "content": "Be brief."}, {"role": "user", "content": content}],  # type: ignore[list-item]
+        store=False,
+    )
+    assert answer.status == "completed"
+    for request in upstream_thread.requests:
+        user = next(m for m in request.messages if m["role"] == "user")
+        assert user["content"] == [
+            {"type": "text", "text": "What is in this picture?"},
+            {"type": "image_url", "image_url": {"url": url, "detail": "low"}},
+        ], request.model
+        assert any(m["role"] == "system" and "Be brief." in str(m["content"]) for m in request.messages)
