@@ -60,7 +60,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         label, ensemble = _ensemble_of(state, body)
         parsed = parse_chat_request(body, lenient=state.settings.lenient)
         if state.settings.lenient:
-            parsed = _lenient(parsed, ensemble)
+            parsed = lenient(parsed, ensemble)
         _admit(state)
         rid = ids.request_id(request)
         try:
@@ -101,7 +101,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 IGNORED_HEADER = "x-moa-ignored-fields"
 
 
-def _lenient(parsed: ParsedChat, ensemble: Ensemble) -> ParsedChat:
+def lenient(parsed: ParsedChat, ensemble: Ensemble) -> ParsedChat:
     """``parsed`` less the fields the ensemble's backends cannot honour, each added to what it ignores."""
     request, dropped = without_unsupported(ensemble.config, parsed.request)
     return replace(parsed, request=request, ignored=(*parsed.ignored, *dropped))

@@ -1,6 +1,6 @@
 """``moa serve --lenient``: fields an ensemble cannot honour are accepted, ignored and named in
 ``x-moa-ignored-fields`` (whole and streamed), as vLLM's server ignores what it does not take; litellm's requests
-(which carry ``reasoning_effort`` whatever ``drop_params`` says) go through."""
+(which carry ``reasoning_effort`` whatever ``drop_params`` says) go through. ``/v1/responses`` likewise."""
 
 from __future__ import annotations
 
@@ -84,3 +84,24 @@ def test_litellm_sends_reasoning_effort_and_gets_its_answer(
     assert reply.choices[0].message.content == "lagg answer 0"
     assert sent[0]["reasoning_effort"] == "low" and sent[0]["verbosity"] == "low"
     assert upstream_thread.for_model("lagg")[0].body["reasoning_effort"] == "low"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_responses_request_ignores_and_names_what_it_cannot_honour(
+    serve: ServeProcess, upstream_thread: ScriptedServer, stream: bool
+) -> None:
+    extra = {"reasoning": {"effort": "high"}, "store_as": "x", "background": False}
+    with serve.client() as client:
+        raw = client.responses.with_raw_response.create(
+            model="plain", input="Hello?", stream=stream, store=False, extra_body=extra
+        )
+        answer = raw.parse()
+        if stream:
+            text = "".join(e.delta for e in answer if e.type == "response.output_text.delta")
+        else:
+            text = answer.output_text
+    # reasoning: not honoured by moa; store_as: unknown; background false asks for nothing, so it is not named
+    assert raw.headers["x-moa-ignored-fields"] == "reasoning, store_as"
+    assert text == "lagg answer 0"
+    sent = upstream_thread.for_model("lagg")[0].body
+    assert not {"reasoning", "store_as"} & set(sent)

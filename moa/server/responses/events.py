@@ -20,7 +20,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -146,8 +146,9 @@ async def write_events(
     result: StreamResult,
     on_finish: Callable[[dict[str, Any]], Awaitable[None]],
     calls_so_far: Callable[[], list[CallRecord]],
+    headers: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
-    """Relay ``deltas`` as events; ``on_finish`` gets the finished response before its last event is sent (the
+    """Relay ``deltas`` as events (``headers`` beside the stream's own); ``on_finish`` gets the finished response before its last event is sent (the
     store writes it there), ``calls_so_far`` gives a failed response its usage. Raises (for an ordinary error
     response) only if nothing was sent yet."""
     started = time.monotonic()
@@ -157,7 +158,7 @@ async def write_events(
     try:
         async for _, delta in deltas:
             if response is None:
-                response = await _start(request)
+                response = await _start(request, headers)
                 pending = fmt.opening()
             if isinstance(delta, ProgressEvent):
                 await send(request, response, pending + fmt.event("moa.progress", progress=delta.to_dict()))
@@ -216,11 +217,11 @@ async def _fail(
     return response
 
 
-async def _start(request: web.Request) -> web.StreamResponse:
+async def _start(request: web.Request, headers: Mapping[str, str] | None) -> web.StreamResponse:
     transport = request.transport
     if transport is None or transport.is_closing():
         raise ClientClosed("the client closed the connection")
-    response = web.StreamResponse(headers=SSE_HEADERS)
+    response = web.StreamResponse(headers={**SSE_HEADERS, **(headers or {})})
     try:
         await response.prepare(request)
     except ConnectionError:

@@ -110,7 +110,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         chat._check_room(state)
         body = await chat._read_json(request, state.settings)
         label = _model_of(state, body)
-        parsed = parse_responses_request(body)
+        parsed = parse_responses_request(body, lenient=state.settings.lenient)
         history: list[Item] = []
         if parsed.body.previous_response_id is not None:
             previous = await _stored(request, parsed.body.previous_response_id, "previous_response_id")
@@ -165,6 +165,9 @@ async def _run(
     state = request.app[STATE]
     ensemble = state.ensembles[parsed.body.model]
     request_chat = parsed.chat(history)
+    if state.settings.lenient:
+        request_chat = chat.lenient(request_chat, ensemble)
+    headers = chat.ignored_headers(request_chat)
     draft = ResponseDraft(parsed)
     rid = ids.request_id(request)
 
@@ -194,7 +197,7 @@ async def _run(
         )
         reason = completion.choices[0].finish_reason
         finished = await keep(draft.finish(completion.text, calls, reason, usage, trace))
-        return web.json_response(finished, headers=chat.usage_headers(usage)), 200
+        return web.json_response(finished, headers={**chat.usage_headers(usage), **headers}), 200
 
     result = StreamResult()
     deltas = stream_choices(ensemble, request_chat, rid, runs, chat.trace_context(request))
@@ -213,6 +216,7 @@ async def _run(
                 result=result,
                 on_finish=on_finish,
                 calls_so_far=lambda: _calls(runs),
+                headers=headers,
             )
     finally:
         if result.first_token_s is not None:

@@ -96,6 +96,8 @@ class ParsedResponses:
     input: list[Item]
     response_format: JSONFormat | None = None
     tools: ToolSpec | None = None
+    #: ``--lenient``: the fields accepted but ignored, which the response names (``x-moa-ignored-fields``)
+    ignored: tuple[str, ...] = ()
 
     @property
     def include_progress(self) -> bool:
@@ -113,13 +115,23 @@ class ParsedResponses:
             tools=self.tools,
         )
         request = ChatRequest(messages, params, **extensions(req))
-        return ParsedChat(req.model, request, 1, req.stream, True, req.moa_trace, self.include_progress)
+        return ParsedChat(req.model, request, 1, req.stream, True, req.moa_trace, self.include_progress, self.ignored)
 
 
-def parse_responses_request(body: Any) -> ParsedResponses:
-    """Validate a decoded JSON body; every problem is a ``ConfigError`` naming the field."""
+#: every name the body may use for a field
+_KNOWN = frozenset(f.alias or name for name, f in ResponsesRequest.model_fields.items())
+
+
+def parse_responses_request(body: Any, *, lenient: bool = False) -> ParsedResponses:
+    """Validate a decoded JSON body; every problem is a ``ConfigError`` naming the field. ``lenient``
+    (``moa serve --lenient``): a field moa cannot honour (``reasoning``, ``background``, ...) or does not know is
+    dropped and listed in ``ignored`` instead of refused, as on chat completions."""
     if not isinstance(body, dict):
         raise ConfigError("the request body must be a JSON object", None)
+    ignored: tuple[str, ...] = ()
+    if lenient:
+        ignored = tuple(k for k, v in body.items() if k not in _KNOWN and not _asks_nothing(k, v))
+        body = {k: v for k, v in body.items() if k in _KNOWN}
     try:
         req = ResponsesRequest.model_validate(_without_neutral(body))
     except ValidationError as e:
@@ -128,7 +140,12 @@ def parse_responses_request(body: Any) -> ParsedResponses:
         raise ConfigError("only allowed when stream is true", "stream_options")
     _check_metadata(req.metadata)
     spec = tool_spec(req.tools, req.tool_choice, req.parallel_tool_calls)
-    return ParsedResponses(req, input_items(req.input), chat_format(req.text), spec)
+    return ParsedResponses(req, input_items(req.input), chat_format(req.text), spec, ignored)
+
+
+def _asks_nothing(name: str, value: Any) -> bool:
+    """A field moa cannot honour, left at a value that asks for nothing (not worth naming as ignored)."""
+    return value is None or (name in _NEUTRAL and value in _NEUTRAL[name])
 
 
 def _without_neutral(body: dict[str, Any]) -> dict[str, Any]:
