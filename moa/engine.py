@@ -185,6 +185,19 @@ class LayeredEngine:
     # ---- proposer layers ---------------------------------------------------------------------------------
 
     async def _propose(self, agent: Agent, layer: Layer, state: RequestState, references: list[str]) -> list[Proposal]:
+        """The agent's proposals; each is reported to a sink that asks for them (``moa_include_proposals``) as soon
+        as the agent's calls are done, before its layer is."""
+        proposals = await self._proposals(agent, layer, state, references)
+        sink = state.ctx.progress
+        if sink is not None and sink.proposals:
+            model = agent.model
+            for p in proposals:
+                sink.proposal(p, model)
+        return proposals
+
+    async def _proposals(
+        self, agent: Agent, layer: Layer, state: RequestState, references: list[str]
+    ) -> list[Proposal]:
         messages = agent.messages(state.request, references)
         site = CallSite(layer.index, "proposer", agent.name)
         deceptive = agent.deception is not None
@@ -504,7 +517,13 @@ class LayeredEngine:
             usage=Usage.total(state.trace),
             trace=state.trace,
             proposals=[
-                ProposalRecord(layer=p.layer, agent=p.agent, text=p.text, deceptive=p.deceptive)
+                ProposalRecord(
+                    layer=p.layer,
+                    agent=p.agent,
+                    text=p.text,
+                    deceptive=p.deceptive,
+                    tool_calls=[c.to_dict() for c in p.tool_calls],
+                )
                 for p in state.proposals
             ]
             + state.dropped,

@@ -321,19 +321,30 @@ class Ensemble:
 
     @overload
     def astream_request(
-        self, request: ChatRequest, *, progress: bool, context: RequestContext | None = None
+        self,
+        request: ChatRequest,
+        *,
+        progress: bool,
+        context: RequestContext | None = None,
+        proposals: bool = False,
     ) -> AsyncGenerator[Delta | ProgressEvent, None]: ...
 
     def astream_request(
-        self, request: ChatRequest, *, progress: bool = False, context: RequestContext | None = None
+        self,
+        request: ChatRequest,
+        *,
+        progress: bool = False,
+        context: RequestContext | None = None,
+        proposals: bool = False,
     ) -> AsyncGenerator[Delta, None] | AsyncGenerator[Delta | ProgressEvent, None]:
         """``astream`` of a request already validated (``build_request``'s, or ``moa serve``'s) under ``context``
         as ``arun`` takes it (by default a fresh one, made when the stream starts); with ``progress`` the events go
-        to a sink of the stream's own (set on ``context``)."""
+        to a sink of the stream's own (set on ``context``), and with ``proposals`` as well a ``proposal`` event for
+        each proposal as it arrives (the panel)."""
         refuse_unsupported(self.config, request)
         refuse_unread_parts(self.config, request)
         if progress:
-            return with_progress(lambda sink: self._stream(request, context, sink))
+            return with_progress(lambda sink: self._stream(request, context, sink), proposals=proposals)
         return self._stream(request, context)
 
     async def _stream(

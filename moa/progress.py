@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from moa.tasks import cancel_and_wait
-from moa.types import Delta
+from moa.types import Delta, Proposal
 
-ProgressKind = Literal["started", "first_token", "finished", "failed", "cancelled", "layer_done"]
+ProgressKind = Literal["started", "first_token", "finished", "failed", "cancelled", "layer_done", "proposal"]
 #: the events that end a call
 CALL_ENDS: tuple[ProgressKind, ...] = ("finished", "failed", "cancelled")
 
@@ -32,6 +32,9 @@ class ProgressEvent:
 
     ``call`` numbers the calls of one request from 1 (0 for ``layer_done``), so a call's events can be paired;
     ``elapsed_s`` is seconds since the request began; ``tokens`` the call's completion tokens so far.
+
+    A sink that asks for proposals (``ProgressSink.proposals``) also gets a ``proposal`` event for each proposal
+    as its agent's calls finish: ``text`` (tool calls written out) and ``tool_calls`` (OpenAI's shape) set.
     """
 
     kind: ProgressKind
@@ -44,9 +47,17 @@ class ProgressEvent:
     tokens: int = 0
     step: str | None = None
     error: str | None = None
+    text: str | None = None
+    tool_calls: tuple[dict[str, Any], ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The event as JSON; ``text`` and ``tool_calls`` only on a ``proposal`` event."""
+        out = asdict(self)
+        if self.kind != "proposal":
+            del out["text"], out["tool_calls"]
+        else:
+            out["tool_calls"] = list(self.tool_calls or ())
+        return out
 
 
 @dataclass(slots=True)
@@ -55,6 +66,8 @@ class ProgressSink:
 
     emit: Callable[[ProgressEvent], None]
     started: float = field(default_factory=time.monotonic)
+    #: report each proposal too (a ``proposal`` event with its text), for a client that shows the panel
+    proposals: bool = False
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def next_call(self) -> int:
@@ -62,6 +75,19 @@ class ProgressSink:
 
     def event(self, kind: ProgressKind, *, layer: int, role: str, agent: str, model: str, **fields: Any) -> None:
         self.emit(ProgressEvent(kind, layer, role, agent, model, elapsed_s=time.monotonic() - self.started, **fields))
+
+    def proposal(self, proposal: Proposal, model: str) -> None:
+        """Report one proposal (made with ``model``) as it arrives."""
+        calls = tuple(c.to_dict() for c in proposal.tool_calls)
+        self.event(
+            "proposal",
+            layer=proposal.layer,
+            role="proposer",
+            agent=proposal.agent,
+            model=model,
+            text=proposal.text,
+            tool_calls=calls,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +99,10 @@ _END = object()
 
 
 async def with_progress(
-    deltas: Callable[[ProgressSink], AsyncGenerator[Delta, None]],
+    deltas: Callable[[ProgressSink], AsyncGenerator[Delta, None]], *, proposals: bool = False
 ) -> AsyncGenerator[Delta | ProgressEvent, None]:
     """The stream ``deltas(sink)`` makes, with the progress events its calls report to ``sink`` interleaved as
-    they happen.
+    they happen (``proposal`` events too, with ``proposals``).
 
     The stream runs in its own task and hands each delta over only when the consumer asks
     for the next item, so a consumer that holds a delta holds the stream as before. Closing this closes the
@@ -87,7 +113,7 @@ async def with_progress(
 
     async def pump() -> None:
         try:
-            async with aclosing(deltas(ProgressSink(queue.put_nowait))) as stream:
+            async with aclosing(deltas(ProgressSink(queue.put_nowait, proposals=proposals))) as stream:
                 async for delta in stream:
                     taken.clear()
                     queue.put_nowait(delta)

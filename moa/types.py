@@ -317,6 +317,9 @@ class ProposalRecord(_Model):
     deceptive: bool = Field(default=False, description="made by an agent the config marked deceptive (red-teaming)")
     dropped: bool = Field(default=False, description="never arrived: the layer went on without it (text empty)")
     reason: str | None = Field(default=None, description="why it was dropped (straggler)")
+    tool_calls: list[dict[str, Any]] = Field(
+        default_factory=list, description="the calls it made, in OpenAI's tool_calls shape (its text writes them out)"
+    )
 
 
 class CandidateRecord(_Model):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Mapping
+from contextlib import aclosing
 from dataclasses import replace
 from typing import TypeVar
 
@@ -64,6 +65,16 @@ async def complete_choices(
     return await all_or_none([ensemble.arun(request_for_choice(parsed, i), c) for i, c in enumerate(contexts)])
 
 
+async def _asked(
+    stream: AsyncGenerator[Delta | ProgressEvent, None], progress: bool
+) -> AsyncGenerator[Delta | ProgressEvent, None]:
+    """``stream`` less the call events a request asked only for proposals would get (``proposal`` events pass)."""
+    async with aclosing(stream):
+        async for item in stream:
+            if progress or not isinstance(item, ProgressEvent) or item.kind == "proposal":
+                yield item
+
+
 async def stream_choices(
     ensemble: Ensemble,
     parsed: ParsedChat,
@@ -73,11 +84,16 @@ async def stream_choices(
 ) -> AsyncGenerator[tuple[int, Delta | ProgressEvent], None]:
     """``(choice index, delta)`` as each choice's tokens arrive (and its progress events, when the request asked
     for them); ``runs`` gets each choice's context. Closing this cancels every choice."""
-    progress = parsed.include_progress
+    progress, proposals = parsed.include_progress, parsed.include_proposals
     contexts = contexts_for(ensemble, parsed, request_id, trace_context)
     runs.extend(contexts)
     streams = [
-        ensemble.astream_request(request_for_choice(parsed, i), progress=progress, context=c)
+        _asked(
+            ensemble.astream_request(
+                request_for_choice(parsed, i), progress=progress or proposals, context=c, proposals=proposals
+            ),
+            progress,
+        )
         for i, c in enumerate(contexts)
     ]
     if len(streams) == 1:

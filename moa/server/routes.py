@@ -29,6 +29,7 @@ from moa.server.errors import (
     UnsupportedMediaType,
     error_for,
 )
+from moa.server.panel import streamed_entry, whole_panel
 from moa.server.protocol import describe
 from moa.server.schema import ParsedChat, parse_chat_request
 from moa.server.state import STATE, ServerSettings, ServerState
@@ -254,6 +255,8 @@ def completion_body(parsed: ParsedChat, completions: list[Completion]) -> dict[s
             {**trace_entry(i, c.trace, c.defense), "proposals": [p.model_dump() for p in c.proposals]}
             for i, c in enumerate(completions)
         ]
+    if parsed.include_proposals:
+        body["moa"] = {"proposals": whole_panel(completions)}
     return body
 
 
@@ -274,6 +277,7 @@ async def _stream(
                 want_trace=parsed.trace,
                 result=result,
                 headers=ignored_headers(parsed),
+                panel=(lambda i, event: streamed_entry(i, event, runs[i].trace)) if parsed.include_proposals else None,
             )
     finally:
         if result.first_token_s is not None:

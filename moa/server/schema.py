@@ -91,6 +91,7 @@ class ChatCompletionRequest(SamplingFields, RequestExtensions):
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
     max_completion_tokens: MaxTokens | None = None  # OpenAI's newer name of max_tokens
     moa_trace: bool = False
+    moa_include_proposals: bool = False  # the panel (moa.server.panel): each proposal with its call's figures
     # accepted and ignored: they do not change the answer
     user: str | None = None
     metadata: dict[str, str] | None = None
@@ -126,6 +127,8 @@ class ParsedChat:
     include_progress: bool = False
     #: ``--lenient``: the fields accepted but ignored, which the response names (``x-moa-ignored-fields``)
     ignored: tuple[str, ...] = ()
+    #: ``moa_include_proposals``: the panel, as ``moa.proposals`` (whole) or ``moa.proposal`` chunks (streamed)
+    include_proposals: bool = False
 
 
 #: every name the body may use for a field (``moa_deadline_s``, ``max_completion_tokens``, ...)
@@ -163,6 +166,7 @@ def parse_chat_request(body: Any, *, lenient: bool = False) -> ParsedChat:
         req.moa_trace,
         options.include_progress,
         tuple(ignored),
+        req.moa_include_proposals,
     )
 
 

@@ -22,7 +22,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
@@ -82,6 +82,11 @@ class ChunkFormat:
             {**self.base, "object": "moa.progress", "choices": [], "moa_progress": {"index": index, **event.to_dict()}}
         )
 
+    def proposal(self, entry: dict[str, Any]) -> bytes:
+        """A ``moa.proposal`` chunk: no choices (so OpenAI clients pass it by), the panel entry under
+        ``moa_proposal``."""
+        return self.event({**self.base, "object": "moa.proposal", "choices": [], "moa_proposal": entry})
+
     def last(self, usage: Usage | None, trace: list[dict[str, Any]] | None) -> bytes:
         extra: dict[str, Any] = {} if usage is None else {"usage": usage.model_dump(exclude_none=True)}
         if trace is not None:
@@ -130,8 +135,10 @@ async def write_stream(
     want_trace: bool,
     result: StreamResult,
     headers: dict[str, str] | None = None,
+    panel: Callable[[int, ProgressEvent], dict[str, Any]] | None = None,
 ) -> web.StreamResponse:
-    """Relay ``deltas`` as SSE. Raises (for an ordinary error response) only if nothing was sent yet.
+    """Relay ``deltas`` as SSE; a ``proposal`` event becomes a ``moa.proposal`` chunk holding ``panel``'s entry
+    for it. Raises (for an ordinary error response) only if nothing was sent yet.
 
     Chunks that need not go out alone (the roles, a finish) wait in ``pending`` and leave with the next
     token or the end, so a request costs one write a token plus one at the end.
@@ -146,7 +153,11 @@ async def write_stream(
                 if response is None:
                     response = await _start(request, headers)
                     pending = _roles(fmt, n)
-                await send(request, response, fmt.progress(index, delta))
+                if delta.kind == "proposal":
+                    if panel is not None:
+                        await send(request, response, fmt.proposal(panel(index, delta)))
+                else:
+                    await send(request, response, fmt.progress(index, delta))
                 continue
             if result.first_token_s is None:
                 result.first_token_s = time.monotonic() - started
