@@ -333,11 +333,18 @@ class LayeredEngine:
         return references, answer
 
     def _aggregate_for_defense(self, state: RequestState, layer: int) -> Aggregate:
-        """The trusted aggregator over proposals a defense picks; its calls are traced as ``defense`` at ``layer``."""
+        """The trusted aggregator over proposals a defense picks; its calls are traced as ``defense`` at ``layer``,
+        and a blank one is run again (then falls back) as the final aggregation is."""
 
         async def aggregate(references: list[Proposal], step: str) -> Generation:
-            caller = self._caller(state, CallSite(layer, "defense", "aggregator", step))
-            return await self.aggregator.aggregate(state.request, references, caller)
+            """Run again while blank, as the final aggregation is (``BLANK_RERUNS``; steps ``<step>, rerun k``)."""
+            for attempt in range(BLANK_RERUNS + 1):
+                name = f"{step}, rerun {attempt}" if attempt else step
+                caller = self._caller(state, CallSite(layer, "defense", "aggregator", name), attempt=attempt)
+                answer = await self.aggregator.aggregate(state.request, references, caller)
+                if answer.text.strip() or answer.tool_calls:
+                    return answer
+            return _fallback(references, answer)
 
         return aggregate
 

@@ -3,6 +3,8 @@ aggregator follows the deceiver whenever it sees it, and the subsets that leave 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from defenses.dropout import plan_subsets
@@ -101,3 +103,27 @@ async def test_streaming_gives_the_voted_answer_and_the_record(upstream: Scripte
         deltas = [d async for d in ens.astream(CAPITAL, deception_target="A")]
     assert "".join(d.content for d in deltas) == CANBERRA
     assert deltas[-1].finish_reason == "stop" and deltas[-1].defense[0].chosen == "candidate 5 (h1, h2)"
+
+
+async def test_a_blank_subset_aggregation_runs_again_and_never_becomes_the_answer(upstream: ScriptedServer) -> None:
+    """A subset aggregation that wrote nothing (a fence cut away) is rerun with the next seed, as the final one is;
+    blank every time, it falls back to the subset's first proposal rather than voting for a blank candidate."""
+    script_world(upstream, canberra)
+    seen: set[str] = set()
+    honest = upstream.scripts["agg"].answer
+
+    def blank_then_honest(model: str, messages: list[dict[str, str]], index: int) -> str:
+        prompt = json.dumps(messages)  # each subset's prompt is its own: blank the first time it is asked
+        if prompt not in seen:
+            seen.add(prompt)
+            return "<<reference 9 x>>"
+        return honest(model, messages, index)
+
+    upstream.script("agg", answer=blank_then_honest)
+    result = await ask_capital(world_config(upstream.base_url, {"type": "dropout-vote"}, deceived=False))
+    assert result.text == CANBERRA
+    steps = [c.step or "" for c in result.trace if c.role == "defense"]
+    reruns = [s for s in steps if s.endswith(", rerun 1")]
+    assert len(reruns) >= 5 and len(steps) == 10 + len(reruns)  # subsets that share a prompt answer the second time
+    assert {s.removesuffix(", rerun 1") for s in reruns} <= set(steps)
+    assert all(c.text for c in result.defense[0].candidates)
