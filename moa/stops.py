@@ -90,7 +90,8 @@ def _cut_reason(f: StopFilter, g: Generation) -> str | None:
 
 
 def cut_result(result: GenerateResult, stops: Sequence[str], markup: Sequence[str] = ()) -> GenerateResult:
-    """Every generation of ``result`` cut at its first stop string (its finish reason then ``stop``)."""
+    """Every generation of ``result`` cut at its first stop string (its finish reason then ``stop``); the rest of
+    the result (usage, template note, seed) as it was."""
     if not stops and not markup:
         return result
     generations = []
@@ -98,7 +99,7 @@ def cut_result(result: GenerateResult, stops: Sequence[str], markup: Sequence[st
         f = StopFilter(stops, markup)
         text = f.cut(g.text)
         generations.append(g if text == g.text else replace(g, text=text, finish_reason=_cut_reason(f, g)))
-    return GenerateResult(generations, result.usage)
+    return replace(result, generations=generations)
 
 
 async def cut_stream(
