@@ -34,6 +34,7 @@ from moa.errors import (
     MoaError,
 )
 from moa.interfaces import Aggregate, Aggregator, CallSite, Defense
+from moa.logprobs import openai_logprobs
 from moa.progress import ProgressSink
 from moa.prompts import REFERENCE_STOPS, SYNTHESIZE_INSTRUCTIONS, with_references, with_system_prompt
 from moa.quorum import wait_for_quorum
@@ -520,7 +521,7 @@ class LayeredEngine:
                     span.set(totals(state.trace))
         return Completion(
             model=self.config.name,
-            choices=[_choice(answer)],
+            choices=[_choice(answer, request.params.logprobs)],
             usage=Usage.total(state.trace),
             trace=state.trace,
             proposals=[
@@ -605,12 +606,14 @@ def _finish_reason(answer: Generation) -> str:
     return "tool_calls" if answer.tool_calls else answer.finish_reason or "stop"
 
 
-def _choice(answer: Generation) -> Choice:
+def _choice(answer: Generation, top_logprobs: int | None = None) -> Choice:
     """The answer as a ``chat.completion`` choice: its calls each with an id unique in it, ``content`` null when it
-    only calls tools."""
+    only calls tools; its logprobs when the request asked (``top_logprobs`` alternatives a position)."""
     calls = [c.to_dict() for c in unique_ids(answer.tool_calls)] or None
     content = answer.text if answer.text or calls is None else None
-    return Choice(message=ChatMessage(content=content, tool_calls=calls), finish_reason=_finish_reason(answer))
+    logprobs = openai_logprobs(answer, top_logprobs) if top_logprobs is not None else None
+    message = ChatMessage(content=content, tool_calls=calls)
+    return Choice(message=message, finish_reason=_finish_reason(answer), logprobs=logprobs)
 
 
 def _fallback(references: list[Proposal], blank: Generation) -> Generation:

@@ -129,7 +129,7 @@ def refuse_unsupported(config: EnsembleConfig, request: ChatRequest) -> None:
     """Refuse a sampling field a request sets that a backend it reaches cannot honour (``UnsupportedFieldError``,
     naming both): every field reaches the aggregator's backend; the seed also every agent's that sets none, and the
     response format every agent's with ``structured: {proposers: true}``; tools every backend the request reaches
-    (``tools_refusal``)."""
+    (``tools_refusal``); logprobs the aggregator's (``logprobs_refusal``)."""
     seeded = sorted({a.backend for layer in config.layers for a in layer.agents if a.seed is None})
     structured = sorted({a.backend for layer in config.layers for a in layer.agents if config.structured.proposers})
     also = {"seed": seeded, "response_format": structured}
@@ -139,6 +139,11 @@ def refuse_unsupported(config: EnsembleConfig, request: ChatRequest) -> None:
             reason = config.backends[name].tools_refusal()
             if reason is not None:
                 raise UnsupportedFieldError(f"backend {name!r}: {reason}", "tools", field="tools", backend=name)
+    if request.params.logprobs is not None:  # the final answer's: the aggregator's call
+        name = config.aggregator.backend
+        reason = config.backends[name].logprobs_refusal()
+        if reason is not None:
+            raise UnsupportedFieldError(f"backend {name!r}: {reason}", "logprobs", field="logprobs", backend=name)
     for field in set_fields(request.params):
         for name in [config.aggregator.backend, *also.get(field, [])]:
             reason = config.backends[name].field_support().refusal(field, name)

@@ -136,8 +136,9 @@ class SamplingParams(SamplingFields):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    #: return this many most likely tokens, with log-probabilities, per position; asked by moa (the AlpacaEval
-    #: judge), never by a request, and answered where the backend can (``Generation.logprobs``, else ``None``)
+    #: return the sampled tokens' log-probabilities and this many most likely tokens per position (0: none but the
+    #: sampled); asked by moa (the AlpacaEval judge) and by a request's ``logprobs`` / ``top_logprobs`` (the final
+    #: answer's), answered where the backend can (``Generation.sampled`` and ``.logprobs``, else ``None``)
     logprobs: int | None = None
     #: the request's tools (``moa.tools.ToolSpec``), set on every call of a request that offers them: a backend
     #: sends them in its wire format or refuses them by name
@@ -161,6 +162,9 @@ class Generation:
     logprobs: tuple[TopLogprobs, ...] | None = None
     #: the calls the answer makes (``finish_reason`` then ``tool_calls``); its text may be empty
     tool_calls: tuple[ToolCall, ...] = ()
+    #: when ``SamplingParams.logprobs`` asked and the backend answers: per generated position, the token sampled
+    #: there and its logprob (``logprobs`` holds the alternatives)
+    sampled: tuple[tuple[str, float], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +361,9 @@ class Choice(_Model):
     index: int = 0
     message: ChatMessage
     finish_reason: str | None = "stop"
+    #: OpenAI's ``choices[i].logprobs`` (``content``: token, logprob, bytes, top_logprobs per position) when the
+    #: request asked and the aggregator's backend answered; ``None`` otherwise (a vote's or a defense's answer too)
+    logprobs: dict[str, Any] | None = None
 
 
 class Completion(_Model):

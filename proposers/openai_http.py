@@ -202,6 +202,7 @@ class OpenAIProposer:
                 finish_reason=c.finish_reason,
                 logprobs=_top_logprobs(c.logprobs),
                 tool_calls=_tool_calls(c.message.tool_calls),
+                sampled=_sampled(c.logprobs),
             )
             for c in choices
         ]
@@ -335,6 +336,13 @@ def _top_logprobs(logprobs: ChoiceLogprobs | None) -> tuple[TopLogprobs, ...] | 
             top.append((position.token, float(position.logprob)))
         positions.append(tuple(sorted(top, key=lambda t: -t[1])))
     return tuple(positions)
+
+
+def _sampled(logprobs: ChoiceLogprobs | None) -> tuple[tuple[str, float], ...] | None:
+    """A choice's sampled token and its logprob per position; ``None`` when the server sent no logprobs."""
+    if logprobs is None or not logprobs.content:
+        return None
+    return tuple((p.token, float(p.logprob)) for p in logprobs.content)
 
 
 def retry_after_of(headers: Mapping[str, str]) -> float | None:

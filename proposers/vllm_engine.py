@@ -20,7 +20,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing, contextmanager
 from typing import Any
 
@@ -114,7 +114,12 @@ class VLLMProposer:
         samples = sorted(final.outputs, key=lambda o: o.index)  # samples: [n]
         return GenerateResult(
             generations=[
-                Generation(text=s.text, finish_reason=s.finish_reason, logprobs=_top_logprobs(s.logprobs))
+                Generation(
+                    text=s.text,
+                    finish_reason=s.finish_reason,
+                    logprobs=_top_logprobs(s.logprobs),
+                    sampled=_sampled(s.token_ids, s.logprobs),
+                )
                 for s in samples
             ],
             usage=Usage.of(len(prompt), sum(len(s.token_ids) for s in samples), _cached(final, len(prompt))),
@@ -330,6 +335,19 @@ def _top_logprobs(positions: SampleLogprobs | None) -> tuple[TopLogprobs, ...] |
         tuple(sorted(((lp.decoded_token or "", lp.logprob) for lp in (top or {}).values()), key=lambda t: -t[1]))
         for top in positions
     )
+
+
+def _sampled(token_ids: Sequence[int], positions: SampleLogprobs | None) -> tuple[tuple[str, float], ...] | None:
+    """The sampled token of each position (vLLM always includes it in the position's logprobs) and its logprob."""
+    if positions is None:
+        return None
+    out = []
+    for token_id, top in zip(token_ids, positions, strict=False):
+        chosen = (top or {}).get(token_id)
+        out.append(
+            (chosen.decoded_token or "", chosen.logprob) if chosen is not None else ("", -9999.0)
+        )  # as OpenAI writes "unlikely"
+    return tuple(out)
 
 
 __all__ = ["VLLMProposer"]

@@ -70,6 +70,10 @@ class BackendConfigBase(Strict):
         """Why its calls cannot be offered tools (``tools``, ``moa.tools``); ``None`` when they can."""
         return None
 
+    def logprobs_refusal(self) -> str | None:
+        """Why its calls cannot return log-probabilities (a request's ``logprobs``); ``None`` when they can."""
+        return None
+
     @property
     def in_process(self) -> bool:
         """It runs in this process: an engine started before the first call, whose tokens cost nothing."""
@@ -273,6 +277,9 @@ class TorchBackendConfig(InProcessBackendConfig):
 
     def tools_refusal(self) -> str | None:
         return "moa's torch decode loop cannot call tools"
+
+    def logprobs_refusal(self) -> str | None:
+        return "moa's torch decode loop does not return log-probabilities"
 
 
 BackendConfig = Annotated[OpenAIBackendConfig | VLLMBackendConfig | TorchBackendConfig, Field(discriminator="type")]

@@ -243,7 +243,7 @@ def completion_body(parsed: ParsedChat, completions: list[Completion]) -> dict[s
             {
                 "index": i,
                 "message": _message(c),
-                "logprobs": None,
+                "logprobs": c.choices[0].logprobs,
                 "finish_reason": c.choices[0].finish_reason,
             }
             for i, c in enumerate(completions)

@@ -57,8 +57,6 @@ MAX_STOP = 16
 #: OpenAI fields with the values that ask for nothing (``None`` always does): refused otherwise, unless moa declares
 #: the field (``SamplingFields``)
 _OPENAI_NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "logprobs": (False,),
-    "top_logprobs": (0,),
     "logit_bias": ({},),
     "response_format": ({"type": "text"},),
     "modalities": (["text"],),
@@ -91,6 +89,9 @@ class ChatCompletionRequest(SamplingFields, RequestExtensions):
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
     max_completion_tokens: MaxTokens | None = None  # OpenAI's newer name of max_tokens
     moa_trace: bool = False
+    # the final answer's log-probabilities (the aggregator's call), with top_logprobs alternatives a position
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     moa_include_proposals: bool = False  # the panel (moa.server.panel): each proposal with its call's figures
     # accepted and ignored: they do not change the answer
     user: str | None = None
@@ -151,10 +152,11 @@ def parse_chat_request(body: Any, *, lenient: bool = False) -> ParsedChat:
         raise config_error(e) from None
     if req.stream_options is not None and not req.stream:
         raise ConfigError("only allowed when stream is true", "stream_options")
+    logprobs = _logprobs(req)
     max_tokens = _max_tokens(req)
     messages = build_messages([_normalize_message(m, i) for i, m in enumerate(_legacy_calls(req.messages))])
     tools = spec_of(req.tools, req.tool_choice, req.parallel_tool_calls, req.functions, req.function_call)
-    params = sampling_params(req, max_tokens=max_tokens, tools=tools)
+    params = sampling_params(req, max_tokens=max_tokens, tools=tools).merged(logprobs=logprobs)
     request = ChatRequest(messages, params, **extensions(req))
     options = req.stream_options or StreamOptions()
     return ParsedChat(
@@ -168,6 +170,17 @@ def parse_chat_request(body: Any, *, lenient: bool = False) -> ParsedChat:
         tuple(ignored),
         req.moa_include_proposals,
     )
+
+
+def _logprobs(req: ChatCompletionRequest) -> int | None:
+    """``SamplingParams.logprobs`` of the request: its ``top_logprobs`` (0 by default) when it asks for logprobs."""
+    if not req.logprobs:
+        if req.top_logprobs:
+            raise ConfigError("only allowed when logprobs is true", "top_logprobs")
+        return None
+    if req.stream:
+        raise ConfigError("not supported with stream by moa yet: ask for the answer whole", "logprobs")
+    return req.top_logprobs or 0
 
 
 def _asks_nothing(name: str, value: Any) -> bool:

@@ -13,6 +13,7 @@ from moa import Ensemble
 from moa.config import load_config
 from moa.errors import ConfigError, InvalidStructuredOutputError, UnsupportedFieldError
 from moa.repair import REPAIR_PROMPT
+from moa.types import ChatRequest, Message, SamplingParams
 from tests.support.ensembles import moa_config
 from tests.support.scripted_server import ScriptedServer
 
@@ -150,3 +151,15 @@ async def test_the_torch_backend_refuses_a_response_format_naming_itself(upstrea
     async with Ensemble.from_config(proposers_too) as ens:
         with pytest.raises(UnsupportedFieldError, match="backend 'tiny'"):
             await ens.acomplete(USER, response_format={"type": "json_object"})
+
+
+async def test_the_torch_backend_refuses_logprobs_naming_itself(upstream: ScriptedServer) -> None:
+    config = moa_config(upstream.base_url, [["p1"]])
+    config["backends"]["tiny"] = {"type": "torch", "model": "embedded:smollm2-135m-instruct"}
+    config["aggregator"] = {"backend": "tiny"}
+    request = ChatRequest([Message("user", "hi")], SamplingParams(logprobs=0))
+    async with Ensemble.from_config(config) as ens:
+        with pytest.raises(UnsupportedFieldError) as info:
+            await ens.arun(request)
+    assert (info.value.field, info.value.backend) == ("logprobs", "tiny")
+    assert "does not return log-probabilities" in str(info.value) and upstream.requests == []

@@ -157,7 +157,10 @@ async def test_top_logprobs_per_generated_token(local_proposer: VLLMProposer) ->
         assert [lp for _, lp in top] == sorted((lp for _, lp in top), reverse=True)
         assert all(lp <= 0 for _, lp in top)
     assert "".join(top[0][0] for top in gen.logprobs) == gen.text  # greedy: the most likely token every time
-    assert (await local_proposer.generate(SKY, GREEDY)).generations[0].logprobs is None  # only when asked
+    assert gen.sampled is not None and "".join(t for t, _ in gen.sampled) == gen.text  # the sampled tokens
+    assert [lp for _, lp in gen.sampled] == [top[0][1] for top in gen.logprobs]
+    plain = (await local_proposer.generate(SKY, GREEDY)).generations[0]
+    assert plain.logprobs is None and plain.sampled is None  # only when asked
 
 
 async def test_stop_strings_end_the_answer(local_proposer: VLLMProposer) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import zlib
 from collections import deque
@@ -61,6 +62,18 @@ Answer = Callable[[str, list[dict[str, Any]], int], "str | Reply"]
 TopLogprobs = Callable[[list[dict[str, str]]], list[tuple[str, float]]]
 
 
+def word_logprobs(text: str, top: int) -> list[dict[str, Any]]:
+    """OpenAI's ``logprobs.content`` for ``text`` scripted as one token a word (with its leading space): word ``i``
+    has logprob ``-0.1 * i``, its ``top`` alternatives itself and then ``alt1``, ``alt2``, ... one lower each."""
+    content = []
+    for i, token in enumerate(re.findall(r"\s*\S+", text)):
+        lp = -0.1 * i
+        alternatives = [(token, lp)] + [(f"alt{k}", lp - k) for k in range(1, top)]
+        top_logprobs = [{"token": t, "logprob": v, "bytes": None} for t, v in alternatives[:top]]
+        content.append({"token": token, "logprob": lp, "bytes": None, "top_logprobs": top_logprobs})
+    return content
+
+
 def default_answer(model: str, messages: list[dict[str, str]], index: int) -> str:
     return f"{model} answer {index}"
 
@@ -86,6 +99,7 @@ class ModelScript:
     faults: deque[Fault] = field(default_factory=deque)
     usage_prompt: int = 10
     top_logprobs: TopLogprobs | None = None
+    word_logprobs: bool = False  # asked for logprobs: one token a word (``word_logprobs``)
     cached_tokens: int | None = None  # sent as usage.prompt_tokens_details.cached_tokens when set
     template: str | None = None  # a chat template the messages must pass, else a 400 as vLLM's server sends it
     refusals: int = 0  # the 400s its template caused
@@ -129,10 +143,16 @@ class ScriptedServer:
         faults: list[Fault] | None = None,
         top_logprobs: TopLogprobs | None = None,
         template: str | None = None,
+        word_logprobs: bool = False,
     ) -> ModelScript:
         fn = (lambda m, msgs, i, s=answer: s) if isinstance(answer, (str, Reply)) else (answer or default_answer)
         self.scripts[model] = ModelScript(
-            fn, latency_s, deque(faults or []), top_logprobs=top_logprobs, template=template
+            fn,
+            latency_s,
+            deque(faults or []),
+            top_logprobs=top_logprobs,
+            template=template,
+            word_logprobs=word_logprobs,
         )
         return self.scripts[model]
 
@@ -263,6 +283,11 @@ class ScriptedServer:
             first = {"token": top[0][0], "logprob": top[0][1], "top_logprobs": alternatives}
             for choice in choices:
                 choice["logprobs"] = {"content": [first]}
+        elif (
+            body.get("logprobs") and script.word_logprobs
+        ):  # one position a word: its logprob -0.1 x its place, alternatives below it
+            for choice, text in zip(choices, texts, strict=True):
+                choice["logprobs"] = {"content": word_logprobs(text, body.get("top_logprobs") or 0)}
         return web.json_response(
             {
                 "id": "x",

@@ -1,0 +1,38 @@
+"""The final answer's log-probabilities in OpenAI's shape (``choices[i].logprobs``).
+
+A backend answers ``SamplingParams.logprobs = k`` with the sampled token and its logprob per position
+(``Generation.sampled``) and the most likely tokens there (``Generation.logprobs``). OpenAI's ``content`` lists,
+per position, ``token``, ``logprob``, ``bytes`` (the token's UTF-8 bytes) and ``top_logprobs`` (the ``k`` most
+likely, each with the same three fields). moa may cut an answer short (at a fence the aggregator starts to write):
+only the positions that begin inside the text the client gets are kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moa.types import Generation
+
+
+def _token(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+
+def openai_logprobs(answer: Generation, top: int) -> dict[str, Any] | None:
+    """``answer``'s logprobs as OpenAI's ``{"content": [...], "refusal": None}`` with ``top`` alternatives a
+    position; ``None`` when the backend sent none."""
+    if answer.sampled is None:
+        return None
+    alternatives = answer.logprobs or ()
+    content = []
+    written = 0
+    for i, (token, logprob) in enumerate(answer.sampled):
+        if written >= len(answer.text) and i > 0:
+            break  # past the text moa kept
+        written += len(token)
+        ranked = alternatives[i] if i < len(alternatives) else ()
+        content.append({**_token(token, logprob), "top_logprobs": [_token(t, lp) for t, lp in ranked[:top]]})
+    return {"content": content, "refusal": None}
+
+
+__all__ = ["openai_logprobs"]
