@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import replace
 from functools import partial
-from typing import Any, Literal, overload
+from typing import Annotated, Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -27,6 +27,7 @@ from moa.context import RequestContext
 from moa.engine import Agent, Deception, Layer, LayeredEngine
 from moa.errors import ConfigError, InvalidStructuredOutputError, MoaError, UnsupportedFieldError
 from moa.interfaces import Aggregator, Defense
+from moa.logprobs import requested
 from moa.progress import ProgressEvent, ProgressSink, with_progress
 from moa.response_format import of_model
 from moa.sampling import RequestExtensions, SamplingFields, extensions, sampling_params, set_fields
@@ -83,6 +84,9 @@ class _Overrides(SamplingFields, RequestExtensions):
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    #: the final answer's log-probabilities (``result.choices[0].logprobs``), ``top_logprobs`` alternatives a token
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
 
 
 def build_messages(messages: Sequence[Message | dict[str, Any]]) -> list[Message]:
@@ -122,7 +126,8 @@ def build_request(messages: Sequence[Message | dict[str, Any]], overrides: dict[
     except ValidationError as e:
         raise config_error(e) from None
     spec = spec_of(o.tools, o.tool_choice, o.parallel_tool_calls)
-    return ChatRequest(parsed, sampling_params(o, tools=spec), deception_target=o.deception_target, **extensions(o))
+    params = sampling_params(o, tools=spec).merged(logprobs=requested(o.logprobs, o.top_logprobs))
+    return ChatRequest(parsed, params, deception_target=o.deception_target, **extensions(o))
 
 
 def refuse_unsupported(config: EnsembleConfig, request: ChatRequest) -> None:
@@ -348,6 +353,8 @@ class Ensemble:
         each proposal as it arrives (the panel)."""
         refuse_unsupported(self.config, request)
         refuse_unread_parts(self.config, request)
+        if request.params.logprobs is not None:  # a Delta carries no logprobs yet
+            raise ConfigError("not supported with a stream yet: use acomplete", "logprobs")
         if progress:
             return with_progress(lambda sink: self._stream(request, context, sink), proposals=proposals)
         return self._stream(request, context)

@@ -11,7 +11,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from moa.errors import ConfigError
 from moa.types import Generation
+
+
+def requested(logprobs: bool | None, top_logprobs: int | None) -> int | None:
+    """``SamplingParams.logprobs`` for a caller's ``logprobs`` and ``top_logprobs`` (0 by default): ``None`` when it
+    asks for none; ``top_logprobs`` without ``logprobs`` is a ``ConfigError`` naming it, as OpenAI refuses it."""
+    if not logprobs:
+        if top_logprobs:
+            raise ConfigError("only allowed when logprobs is true", "top_logprobs")
+        return None
+    return top_logprobs or 0
 
 
 def _token(token: str, logprob: float) -> dict[str, Any]:
@@ -35,4 +46,4 @@ def openai_logprobs(answer: Generation, top: int) -> dict[str, Any] | None:
     return {"content": content, "refusal": None}
 
 
-__all__ = ["openai_logprobs"]
+__all__ = ["openai_logprobs", "requested"]

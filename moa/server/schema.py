@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from moa.config import config_error
 from moa.ensemble import build_messages
 from moa.errors import ConfigError
+from moa.logprobs import requested
 from moa.sampling import MAX_TOKENS as MAX_TOKENS  # the ceiling of max_tokens, re-exported
 from moa.sampling import (
     MaxTokens,
@@ -173,14 +174,11 @@ def parse_chat_request(body: Any, *, lenient: bool = False) -> ParsedChat:
 
 
 def _logprobs(req: ChatCompletionRequest) -> int | None:
-    """``SamplingParams.logprobs`` of the request: its ``top_logprobs`` (0 by default) when it asks for logprobs."""
-    if not req.logprobs:
-        if req.top_logprobs:
-            raise ConfigError("only allowed when logprobs is true", "top_logprobs")
-        return None
-    if req.stream:
+    """``SamplingParams.logprobs`` of the request (``moa.logprobs.requested``); not with a stream yet."""
+    asked = requested(req.logprobs, req.top_logprobs)
+    if asked is not None and req.stream:
         raise ConfigError("not supported with stream by moa yet: ask for the answer whole", "logprobs")
-    return req.top_logprobs or 0
+    return asked
 
 
 def _asks_nothing(name: str, value: Any) -> bool:
