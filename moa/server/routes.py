@@ -2,100 +2,56 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-import time
 from contextlib import aclosing
 from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from moa.context import RequestContext
 from moa.ensemble import Ensemble, without_unsupported
 from moa.errors import ConfigError
 from moa.server import ids, limits_status
-from moa.server.access import ACCESS, Access
+from moa.server.admission import Book, admitted, bookkept, check_room, read_json
 from moa.server.choices import complete_choices, stream_choices
 from moa.server.errors import (
-    BodyReadTimeout,
-    BodyTooLarge,
-    MalformedRequest,
     ModelNotFound,
-    QueueFull,
-    ShuttingDown,
-    UnsupportedMediaType,
-    error_for,
 )
 from moa.server.panel import streamed_entry, whole_panel
-from moa.server.protocol import describe
 from moa.server.schema import ParsedChat, parse_chat_request
-from moa.server.state import STATE, ServerSettings, ServerState
-from moa.server.streaming import ChunkFormat, StreamResult, trace_entry, uncancel, write_stream
+from moa.server.state import STATE, ServerState
+from moa.server.streaming import ChunkFormat, StreamResult, trace_entry, write_stream
 from moa.types import Completion, Usage
 
 log = logging.getLogger(__name__)
 
-#: status recorded for a request whose client went away before the answer (nginx's convention)
-CLIENT_CLOSED = 499
-#: the metrics label of a request whose ensemble is not known (client-chosen names would be unbounded)
-UNKNOWN = "unknown"
-JSON = "application/json"
-
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """Refuse what cannot run (in this order: busy server, not JSON, unreadable body, unknown model, bad
-    fields) before taking a place in the queue; then run. Every model call is counted, whatever the end."""
-    state = request.app[STATE]
-    started = time.monotonic()
-    label, status = UNKNOWN, CLIENT_CLOSED
-    runs: list[RequestContext] = []  # every run of this request (a choice each), with the calls it made
-    task = asyncio.current_task()
-    if task is not None:
-        state.handlers.add(task)
-    try:
-        _check_room(state)
-        body = await _read_json(request, state.settings)
-        label, ensemble = _ensemble_of(state, body)
+    fields) before taking a place in the queue; then run. Every model call is counted, whatever the end
+    (``moa.server.admission.bookkept``)."""
+
+    async def handle(book: Book) -> web.StreamResponse:
+        state = request.app[STATE]
+        check_room(state)
+        body = await read_json(request, state.settings)
+        book.label, ensemble = _ensemble_of(state, body)
         parsed = parse_chat_request(body, lenient=state.settings.lenient)
         if state.settings.lenient:
             parsed = lenient(parsed, ensemble)
-        _admit(state)
-        rid = ids.request_id(request)
-        try:
+        async with admitted(state):
             if parsed.stream:
                 result = StreamResult()
-                response = await _stream(request, ensemble, parsed, result=result, runs=runs)
-                status = result.error_status or response.status
+                response = await _stream(request, ensemble, parsed, result=result, runs=book.runs)
+                book.status = result.error_status or response.status
             else:
-                response = await _complete(ensemble, parsed, rid, runs, trace_context(request))
-                status = response.status
-        finally:
-            state.admitted -= 1
-            state.metrics.in_flight.set(state.admitted)
+                rid = ids.request_id(request)
+                response = await _complete(ensemble, parsed, rid, book.runs, trace_context(request))
+                book.status = response.status
         return response
-    except asyncio.CancelledError:
-        if not state.cut_off:
-            raise  # the client went away (aiohttp cancels the handler of a closed connection): 499
-        uncancel()  # the drain timeout passed: this request still gets its answer, a 503
-        status = 503
-        raise ShuttingDown(
-            "the server shut down before the answer was ready (--drain-timeout); retry on another replica"
-        ) from None
-    except Exception as e:
-        status = error_for(e)[0]
-        raise
-    finally:
-        if task is not None:
-            state.handlers.discard(task)
-        if status == CLIENT_CLOSED:
-            log.info("the client closed the connection before the answer was complete (%d)", CLIENT_CLOSED)
-        calls = [r for run in runs for r in run.trace]
-        state.metrics.record_calls(label, calls)
-        state.metrics.record_request(label, status, time.monotonic() - started)
-        request[ACCESS] = Access(label, status, Usage.total(calls))
+
+    return await bookkept(request, handle)
 
 
 #: the header of a ``--lenient`` answer naming the request fields it ignored
@@ -124,64 +80,6 @@ def trace_context(request: web.Request) -> dict[str, str] | None:
     return {name: request.headers[name] for name in TRACE_HEADERS if name in request.headers}
 
 
-def _check_room(state: ServerState) -> None:
-    if state.draining:
-        raise ShuttingDown("the server is shutting down; send the request to another replica")
-    if state.admitted >= state.settings.max_queue:
-        raise QueueFull(f"the server already holds its limit of {state.settings.max_queue} requests; retry later")
-
-
-def _admit(state: ServerState) -> None:
-    _check_room(state)  # again: the body took a while, others may have come in meanwhile
-    state.admitted += 1
-    state.metrics.in_flight.set(state.admitted)
-
-
-async def _read_json(request: web.Request, settings: ServerSettings) -> Any:
-    """The decoded JSON body, read within ``read_timeout_s``; only ``application/json`` bodies are read.
-
-    A JSON content type is required so that a web page cannot start runs with a simple (unpreflighted)
-    cross-origin ``text/plain`` or form POST."""
-    if request.content_type != JSON:
-        sent = request.headers.get("Content-Type")
-        got = f"got {sent[:100]!r}" if sent else "none was sent"
-        raise UnsupportedMediaType(f"the request body must be sent with Content-Type: {JSON} ({got})")
-    _check_coding(request)
-    limit = settings.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge(f"the request body is larger than {limit} bytes")
-    try:
-        async with asyncio.timeout(settings.read_timeout_s):
-            raw = await request.read()
-    except TimeoutError:
-        raise BodyReadTimeout(f"the request body did not arrive within {settings.read_timeout_s:g} s") from None
-    except web.HTTPRequestEntityTooLarge:
-        raise BodyTooLarge(f"the request body is larger than {limit} bytes") from None
-    except (web.RequestPayloadError, HttpProcessingError) as e:  # bad chunks, undecodable Content-Encoding
-        raise MalformedRequest(f"the request body cannot be read: {describe(e)}") from None
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ConfigError(f"the request body is not valid JSON ({type(e).__name__})") from None
-
-
-#: the codings aiohttp decodes (``br`` and ``zstd`` need their packages; without them decoding fails with a 400)
-CODINGS = frozenset({"gzip", "deflate", "br", "zstd"})
-
-
-def _check_coding(request: web.Request) -> None:
-    """One coding aiohttp decodes, or none: anything else it would read as identity (``zz``, ``gzip, br``)."""
-    sent = request.headers.getall("Content-Encoding", [])
-    codings = [c.strip().lower() for value in sent for c in value.split(",") if c.strip()]
-    codings = [c for c in codings if c != "identity"]
-    if not codings or (len(codings) == 1 and codings[0] in CODINGS):
-        return
-    what = "more than one coding" if len(codings) > 1 else "a coding this server does not decode"
-    raise MalformedRequest(
-        f"Content-Encoding: {what}; send the body as gzip, deflate, br, zstd or identity", "Content-Encoding"
-    )
-
-
 def _ensemble_of(state: ServerState, body: Any) -> tuple[str, Ensemble]:
     """The requested ensemble and its name, checked before any other field: an unknown model is 404 however
     wrong the rest is. A missing or non-string ``model`` is left to the schema (a 400 naming it)."""
@@ -189,10 +87,10 @@ def _ensemble_of(state: ServerState, body: Any) -> tuple[str, Ensemble]:
     if not isinstance(model, str):
         parse_chat_request(body)  # raises, naming what is wrong
         raise ConfigError("must be a string", "model")  # not reached: the schema requires a string
-    return model, _ensemble(state, model)
+    return model, ensemble_named(state, model)
 
 
-def _ensemble(state: ServerState, model: str) -> Ensemble:
+def ensemble_named(state: ServerState, model: str) -> Ensemble:
     ensemble = state.ensembles.get(model)
     if ensemble is None:
         raise ModelNotFound(f"no ensemble named {model!r}; this server has: {', '.join(state.ensembles)}", "model")
@@ -296,7 +194,7 @@ async def list_models(request: web.Request) -> web.Response:
 async def retrieve_model(request: web.Request) -> web.Response:
     state = request.app[STATE]
     name = request.match_info["model"]
-    return web.json_response(_model_card(name, _ensemble(state, name)))
+    return web.json_response(_model_card(name, ensemble_named(state, name)))
 
 
 async def health(request: web.Request) -> web.Response:

@@ -11,10 +11,8 @@ id that never was.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
-import time
 from contextlib import aclosing
 from typing import Any
 
@@ -24,16 +22,16 @@ from moa.context import RequestContext
 from moa.errors import ConfigError
 from moa.server import ids
 from moa.server import routes as chat
-from moa.server.access import ACCESS, Access
+from moa.server.admission import Book, admitted, bookkept, check_room, read_json
 from moa.server.choices import complete_choices, stream_choices
-from moa.server.errors import ResponseNotFound, ShuttingDown, error_for
+from moa.server.errors import ResponseNotFound
 from moa.server.responses.events import EventFormat, write_events
 from moa.server.responses.items import Item
 from moa.server.responses.objects import ResponseDraft
 from moa.server.responses.schema import ParsedResponses, parse_responses_request
 from moa.server.responses.store import ResponseStore, StoredResponse, default_store_url, open_store
 from moa.server.state import STATE, ServerState
-from moa.server.streaming import StreamResult, trace_entry, uncancel
+from moa.server.streaming import StreamResult, trace_entry
 from moa.tools import ToolCall
 from moa.types import CallRecord, Usage
 
@@ -98,50 +96,24 @@ async def _stored(request: web.Request, response_id: str, param: str | None = No
 
 async def create_response(request: web.Request) -> web.StreamResponse:
     """Refuse what cannot run (busy server, not JSON, unreadable body, unknown model, bad fields, unknown
-    ``previous_response_id``) before taking a place in the queue; then run, as a chat completion does."""
-    state = request.app[STATE]
-    started = time.monotonic()
-    label, status = chat.UNKNOWN, chat.CLIENT_CLOSED
-    runs: list[RequestContext] = []
-    task = asyncio.current_task()
-    if task is not None:
-        state.handlers.add(task)
-    try:
-        chat._check_room(state)
-        body = await chat._read_json(request, state.settings)
-        label = _model_of(state, body)
+    ``previous_response_id``) before taking a place in the queue; then run, as a chat completion does (the same
+    admission and bookkeeping, ``moa.server.admission``)."""
+
+    async def handle(book: Book) -> web.StreamResponse:
+        state = request.app[STATE]
+        check_room(state)
+        body = await read_json(request, state.settings)
+        book.label = _model_of(state, body)
         parsed = parse_responses_request(body, lenient=state.settings.lenient)
         history: list[Item] = []
         if parsed.body.previous_response_id is not None:
             previous = await _stored(request, parsed.body.previous_response_id, "previous_response_id")
             history = previous.history
-        chat._admit(state)
-        try:
-            response, status = await _run(request, parsed, history, runs)
-        finally:
-            state.admitted -= 1
-            state.metrics.in_flight.set(state.admitted)
+        async with admitted(state):
+            response, book.status = await _run(request, parsed, history, book.runs)
         return response
-    except asyncio.CancelledError:
-        if not state.cut_off:
-            raise
-        uncancel()
-        status = 503
-        raise ShuttingDown(
-            "the server shut down before the answer was ready (--drain-timeout); retry on another replica"
-        ) from None
-    except Exception as e:
-        status = error_for(e)[0]
-        raise
-    finally:
-        if task is not None:
-            state.handlers.discard(task)
-        if status == chat.CLIENT_CLOSED:
-            log.info("the client closed the connection before the answer was complete (%d)", chat.CLIENT_CLOSED)
-        calls = _calls(runs)
-        state.metrics.record_calls(label, calls)
-        state.metrics.record_request(label, status, time.monotonic() - started)
-        request[ACCESS] = Access(label, status, Usage.total(calls))
+
+    return await bookkept(request, handle)
 
 
 def _model_of(state: ServerState, body: Any) -> str:
@@ -151,7 +123,7 @@ def _model_of(state: ServerState, body: Any) -> str:
     if not isinstance(model, str):
         parse_responses_request(body)  # raises, naming what is wrong
         raise ConfigError("must be a string", "model")
-    chat._ensemble(state, model)
+    chat.ensemble_named(state, model)
     return model
 
 
