@@ -141,7 +141,7 @@ def refuse_unsupported(config: EnsembleConfig, request: ChatRequest) -> None:
     if request.tools is not None:  # every agent and the aggregator are offered the tools
         reached = sorted({config.aggregator.backend, *(a.backend for layer in config.layers for a in layer.agents)})
         for name in reached:
-            reason = config.backends[name].tools_refusal()
+            reason = config.backends[name].tools_refusal(request.tools)
             if reason is not None:
                 raise UnsupportedFieldError(f"backend {name!r}: {reason}", "tools", field="tools", backend=name)
     if request.params.logprobs is not None:  # the final answer's: the aggregator's call

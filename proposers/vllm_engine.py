@@ -42,12 +42,14 @@ from moa.errors import (
     MoaError,
     NotFoundError,
 )
+from moa.tools import as_pieces
 from moa.types import Delta, GenerateResult, Generation, Message, SamplingParams, TopLogprobs, Usage
 from proposers.chat_template import TemplateRules, adapt
 from proposers.embedded import resolve_model
 from proposers.local_input import local_messages
 from proposers.local_template import chat_template_text, probe_tokenizer
 from proposers.main_module import MAIN_GUARD_HINT, importing_main_of_a_spawned_process, main_module_not_reimported
+from proposers.vllm_tools import call_schema, calls_from, forced
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +116,8 @@ class VLLMProposer:
         samples = sorted(final.outputs, key=lambda o: o.index)  # samples: [n]
         return GenerateResult(
             generations=[
-                Generation(
+                self._called(params, s.text)
+                or Generation(
                     text=s.text,
                     finish_reason=s.finish_reason,
                     logprobs=_top_logprobs(s.logprobs),
@@ -135,6 +138,8 @@ class VLLMProposer:
         room = engine.model_config.max_model_len - len(prompt)
         sampling = self.sampling_params(params, 1, room, RequestOutputKind.DELTA)
         completion_tokens, finish_reason, cached = 0, None, 0
+        calling = forced(params.tools)  # the answer is a call: sent whole once it is complete JSON
+        written: list[str] = []
         with self._mapped_errors():
             async with aclosing(engine.generate(tokens_input(prompt), sampling, self._request_id())) as outputs:
                 async for out in outputs:
@@ -142,9 +147,15 @@ class VLLMProposer:
                     piece = out.outputs[0]  # the tokens decoded since the previous output
                     completion_tokens += len(piece.token_ids)
                     finish_reason = piece.finish_reason or finish_reason
-                    if piece.text:
+                    if piece.text and calling:
+                        written.append(piece.text)
+                    elif piece.text:
                         yield Delta(content=piece.text)
         self._restarted = False
+        called = self._called(params, "".join(written)) if calling else None
+        if called is not None:
+            yield Delta(tool_calls=as_pieces(called.tool_calls))
+            finish_reason = "tool_calls"
         usage = Usage.of(len(prompt), completion_tokens, cached)
         yield Delta(finish_reason=finish_reason or "stop", usage=usage, template=note, seed=sampling.seed)
 
@@ -197,6 +208,8 @@ class VLLMProposer:
             chosen["logit_bias"] = {int(token): bias for token, bias in chosen["logit_bias"].items()}
         if "response_format" in chosen:  # OpenAI's field, enforced by vLLM's structured outputs (xgrammar)
             chosen["structured_outputs"] = structured_outputs(chosen.pop("response_format"))
+        if params.tools is not None and forced(params.tools):  # the answer is the call (proposers.vllm_tools)
+            chosen["structured_outputs"] = StructuredOutputsParams(json=call_schema(params.tools))
         if params.logprobs is not None:
             chosen["logprobs"] = params.logprobs
         if params.seed is None:  # a fresh seed: unseeded, every new engine would sample as its seed 0 says
@@ -206,6 +219,12 @@ class VLLMProposer:
             return VLLMSamplingParams(n=n, output_kind=kind, **chosen)
         except (VLLMValidationError, ValueError, TypeError) as e:
             raise BadRequestError(f"{self.name}: invalid sampling parameters: {e}", backend=self.name) from None
+
+    def _called(self, params: SamplingParams, text: str) -> Generation | None:
+        """The answer as the call it was forced to be (``proposers.vllm_tools``); ``None`` when it was free."""
+        if params.tools is None or not forced(params.tools):
+            return None
+        return Generation("", "tool_calls", tool_calls=calls_from(text, params.tools, self.name))
 
     def _request_id(self) -> str:
         return f"{self.name}-{uuid.uuid4().hex}"

@@ -15,6 +15,7 @@ from moa.content import InputKind
 from moa.defense_config import type_names
 from moa.pricing import Prices
 from moa.sampling import OPENAI_FIELDS, VLLM_FIELDS, FieldSupport
+from moa.tools import ToolSpec
 from moa.validation import PathError
 
 
@@ -66,8 +67,8 @@ class BackendConfigBase(Strict):
     def field_support(self) -> FieldSupport:
         """The sampling fields its calls honour; a call that sets another is refused naming the field."""
 
-    def tools_refusal(self) -> str | None:
-        """Why its calls cannot be offered tools (``tools``, ``moa.tools``); ``None`` when they can."""
+    def tools_refusal(self, spec: ToolSpec) -> str | None:
+        """Why its calls cannot be offered the tools of ``spec`` (``moa.tools``); ``None`` when they can."""
         return None
 
     def logprobs_refusal(self) -> str | None:
@@ -227,8 +228,14 @@ class VLLMBackendConfig(InProcessBackendConfig):
         """Every sampling field vLLM's ``SamplingParams`` takes."""
         return FieldSupport(VLLM_FIELDS)
 
-    def tools_refusal(self) -> str | None:
-        return "in-process vLLM does not take tools yet; serve the model with vLLM's server (type: openai)"
+    def tools_refusal(self, spec: ToolSpec) -> str | None:
+        if spec.named is not None or spec.tool_choice in ("required", "none"):
+            return None  # forced by vLLM's structured outputs (proposers.vllm_tools), or left out
+        return (
+            "in-process vLLM takes tools with tool_choice 'required' or a named function (its structured outputs "
+            "write the call); 'auto' needs a tool parser, not built: send one of those, or serve the model with "
+            "vLLM's server (type: openai)"
+        )
 
 
 class SpeculativeConfig(Strict):
@@ -275,7 +282,7 @@ class TorchBackendConfig(InProcessBackendConfig):
         fields = frozenset({"temperature", "top_p", "max_tokens", "stop", "seed"})
         return FieldSupport(fields, "moa's torch decode loop does not implement it")
 
-    def tools_refusal(self) -> str | None:
+    def tools_refusal(self, spec: ToolSpec) -> str | None:
         return "moa's torch decode loop cannot call tools"
 
     def logprobs_refusal(self) -> str | None:

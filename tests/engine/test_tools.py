@@ -162,3 +162,25 @@ async def test_the_torch_backend_refuses_tools_naming_itself(upstream: ScriptedS
         assert (info.value.field, info.value.backend) == ("tools", "tiny")
         assert "torch" in str(info.value)
         assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    ("choice", "refused"),
+    [
+        ("auto", True),
+        (None, True),
+        ("required", False),
+        ("none", False),
+        ({"type": "function", "function": {"name": "get_weather"}}, False),
+    ],
+)
+def test_in_process_vllm_takes_tools_only_where_the_choice_forces_a_call(choice: Any, refused: bool) -> None:
+    """vLLM's structured outputs write a forced call (proposers.vllm_tools); auto would need a tool parser."""
+    from moa.config import VLLMBackendConfig
+    from moa.tools import ToolSpec
+
+    spec = ToolSpec.model_validate({"tools": [WEATHER], "tool_choice": choice})
+    reason = VLLMBackendConfig(type="vllm", model="m").tools_refusal(spec)
+    assert (reason is not None) == refused
+    if refused:
+        assert reason is not None and "'required' or a named function" in reason

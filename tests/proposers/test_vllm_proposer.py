@@ -16,6 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from moa.errors import BadRequestError, ContextLengthError, EngineError, NotFoundError
+from moa.tools import FunctionDefinition, NamedFunction, NamedToolChoice, Tool, ToolSpec, calls_of
 from moa.types import Message, SamplingParams
 from proposers.base import Proposer
 from tests.support.vllm_engine import LOCAL, engine_processes
@@ -161,6 +162,42 @@ async def test_top_logprobs_per_generated_token(local_proposer: VLLMProposer) ->
     assert [lp for _, lp in gen.sampled] == [top[0][1] for top in gen.logprobs]
     plain = (await local_proposer.generate(SKY, GREEDY)).generations[0]
     assert plain.logprobs is None and plain.sampled is None  # only when asked
+
+
+CITY = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 20}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+WEATHER_TOOL = Tool(function=FunctionDefinition(name="get_weather", parameters=CITY))
+TIME_TOOL = Tool(function=FunctionDefinition(name="get_time"))
+
+
+async def test_a_named_tool_choice_yields_a_parseable_call_whole_and_streamed(local_proposer: VLLMProposer) -> None:
+    """In process, vLLM's structured outputs write the named function's arguments: a call whose arguments are valid
+    under its parameters, whole and streamed as OpenAI's tool-call pieces."""
+    named = NamedToolChoice(function=NamedFunction(name="get_weather"))
+    spec = ToolSpec(tools=(WEATHER_TOOL, TIME_TOOL), tool_choice=named)
+    params = SamplingParams(temperature=0.0, max_tokens=48, tools=spec)
+    prompt = user("What is the weather in Paris?")
+    (whole,) = (await local_proposer.generate(prompt, params)).generations
+    deltas = [d async for d in local_proposer.stream(prompt, params)]
+    streamed = calls_of([p for d in deltas for p in d.tool_calls])
+    assert whole.finish_reason == "tool_calls" and whole.text == ""
+    assert "".join(d.content for d in deltas) == "" and deltas[-1].finish_reason == "tool_calls"
+    for calls in (whole.tool_calls, streamed):
+        (call,) = calls
+        assert call.name == "get_weather"
+        jsonschema.validate(json.loads(call.arguments), CITY)
+
+
+async def test_required_tools_yield_calls_of_offered_tools(local_proposer: VLLMProposer) -> None:
+    spec = ToolSpec(tools=(WEATHER_TOOL, TIME_TOOL), tool_choice="required", parallel_tool_calls=False)
+    params = SamplingParams(temperature=0.0, max_tokens=64, tools=spec)
+    (gen,) = (await local_proposer.generate(user("What is the weather in Paris?"), params)).generations
+    (call,) = gen.tool_calls  # parallel_tool_calls false: one call
+    assert call.name in ("get_weather", "get_time") and isinstance(json.loads(call.arguments), dict)
 
 
 async def test_stop_strings_end_the_answer(local_proposer: VLLMProposer) -> None:
