@@ -193,7 +193,8 @@ class LayeredEngine:
         if sink is not None and sink.proposals:
             model = agent.model
             for p in proposals:
-                sink.proposal(p, model)
+                if p.text.strip():  # a blank one is not kept (the layer drops it), so not shown either
+                    sink.proposal(p, model)
         return proposals
 
     async def _proposals(

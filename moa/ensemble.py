@@ -265,6 +265,8 @@ class Ensemble:
         request = build_request(messages, overrides)
         result = await self.arun(request)
         fmt = overrides.get("response_format")
+        if result.tool_calls and not result.text.strip():  # a turn of tool calls: nothing to parse yet
+            return result
         try:
             if isinstance(fmt, type) and issubclass(fmt, BaseModel):
                 result.parsed = fmt.model_validate_json(result.text)

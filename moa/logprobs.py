@@ -4,7 +4,8 @@ A backend answers ``SamplingParams.logprobs = k`` with the sampled token and its
 (``Generation.sampled``) and the most likely tokens there (``Generation.logprobs``). OpenAI's ``content`` lists,
 per position, ``token``, ``logprob``, ``bytes`` (the token's UTF-8 bytes) and ``top_logprobs`` (the ``k`` most
 likely, each with the same three fields). moa may cut an answer short (at a fence the aggregator starts to write):
-only the positions that begin inside the text the client gets are kept.
+then only the positions that begin inside the text the client gets are kept (counted in characters of the tokens'
+text, which for a token that splits a character is approximate); an answer moa did not cut keeps every position.
 """
 
 from __future__ import annotations
@@ -35,12 +36,17 @@ def openai_logprobs(answer: Generation, top: int) -> dict[str, Any] | None:
     if answer.sampled is None:
         return None
     alternatives = answer.logprobs or ()
+    tokens = answer.sampled
+    if "".join(t for t, _ in tokens) != answer.text:  # moa cut the text: the positions that begin inside it
+        kept, written = [], 0
+        for token, logprob in tokens:
+            if written >= len(answer.text):
+                break
+            kept.append((token, logprob))
+            written += len(token)
+        tokens = tuple(kept)
     content = []
-    written = 0
-    for i, (token, logprob) in enumerate(answer.sampled):
-        if written >= len(answer.text) and i > 0:
-            break  # past the text moa kept
-        written += len(token)
+    for i, (token, logprob) in enumerate(tokens):
         ranked = alternatives[i] if i < len(alternatives) else ()
         content.append({**_token(token, logprob), "top_logprobs": [_token(t, lp) for t, lp in ranked[:top]]})
     return {"content": content, "refusal": None}

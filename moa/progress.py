@@ -49,12 +49,13 @@ class ProgressEvent:
     error: str | None = None
     text: str | None = None
     tool_calls: tuple[dict[str, Any], ...] | None = None
+    deceptive: bool | None = None  # a proposal's: its agent is marked deceptive (red-teaming)
 
     def to_dict(self) -> dict[str, Any]:
-        """The event as JSON; ``text`` and ``tool_calls`` only on a ``proposal`` event."""
+        """The event as JSON; ``text``, ``tool_calls`` and ``deceptive`` only on a ``proposal`` event."""
         out = asdict(self)
         if self.kind != "proposal":
-            del out["text"], out["tool_calls"]
+            del out["text"], out["tool_calls"], out["deceptive"]
         else:
             out["tool_calls"] = list(self.tool_calls or ())
         return out
@@ -87,6 +88,7 @@ class ProgressSink:
             model=model,
             text=proposal.text,
             tool_calls=calls,
+            deceptive=proposal.deceptive,
         )
 
 

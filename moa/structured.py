@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import jsonschema
+import referencing.exceptions
 from jsonschema.exceptions import best_match
 
 from moa.errors import InvalidStructuredOutputError
@@ -38,15 +39,20 @@ def schema_check(request: ChatRequest) -> AnswerCheck | None:
         validator, name = jsonschema.Draft202012Validator(fmt.json_schema.schema_), fmt.json_schema.name
 
     def check(answer: Generation) -> InvalidStructuredOutputError | None:
+        if answer.tool_calls and not answer.text.strip():  # a turn of tool calls: the format is for the answer
+            return None
         try:
             value = json.loads(answer.text)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             return InvalidStructuredOutputError(f"the answer is not valid JSON ({e}): {_quoted(answer.text)}")
         if validator is None:
             if not isinstance(value, dict):
                 return InvalidStructuredOutputError(f"the answer is JSON but not an object: {_quoted(answer.text)}")
             return None
-        error = best_match(validator.iter_errors(value))
+        try:
+            error = best_match(validator.iter_errors(value))
+        except (referencing.exceptions.Unresolvable, RecursionError) as e:
+            return InvalidStructuredOutputError(f"the schema {name!r} cannot be applied: {e}")
         if error is None:
             return None
         return InvalidStructuredOutputError(

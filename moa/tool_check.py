@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 
 import jsonschema
+import referencing.exceptions
 from jsonschema.exceptions import best_match
 
 from moa.errors import InvalidToolCallError
@@ -85,14 +86,17 @@ def _call_problem(
         )
     try:
         arguments = json.loads(call.arguments)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         return InvalidToolCallError(
             f"the arguments of {call.name!r} are not valid JSON ({e}): {_quoted(call)}", "tools"
         )
     if not isinstance(arguments, dict):
         return InvalidToolCallError(f"the arguments of {call.name!r} are not a JSON object: {_quoted(call)}", "tools")
     validator = validators.get(call.name)
-    error = None if validator is None else best_match(validator.iter_errors(arguments))
+    try:
+        error = None if validator is None else best_match(validator.iter_errors(arguments))
+    except (jsonschema.exceptions.SchemaError, referencing.exceptions.Unresolvable, RecursionError) as e:
+        return InvalidToolCallError(f"the parameters of {call.name!r} cannot be applied: {e}", "tools")
     if error is not None:
         return InvalidToolCallError(
             f"the arguments of {call.name!r} do not match its parameters: at {json_path(error.absolute_path)}: "

@@ -30,20 +30,24 @@ def call_schema(spec: ToolSpec) -> dict[str, Any]:
     if named is not None:
         tool = spec.by_name(named)
         return (tool.function.parameters if tool is not None else None) or ANY_OBJECT
-    items = {
-        "anyOf": [
+    defs: dict[str, Any] = {}
+    variants = []
+    for t in spec.tools:
+        arguments = dict(t.function.parameters or ANY_OBJECT)
+        defs.update(arguments.pop("$defs", {}))  # lifted to the root, where their "#/$defs/..." refs point
+        variants.append(
             {
                 "type": "object",
-                "properties": {"name": {"const": t.function.name}, "arguments": t.function.parameters or ANY_OBJECT},
+                "properties": {"name": {"const": t.function.name}, "arguments": arguments},
                 "required": ["name", "arguments"],
                 "additionalProperties": False,
             }
-            for t in spec.tools
-        ]
-    }
-    schema: dict[str, Any] = {"type": "array", "items": items, "minItems": 1}
+        )
+    schema: dict[str, Any] = {"type": "array", "items": {"anyOf": variants}, "minItems": 1}
     if spec.parallel_tool_calls is False:
         schema["maxItems"] = 1
+    if defs:
+        schema["$defs"] = defs
     return schema
 
 
@@ -53,12 +57,16 @@ def calls_from(text: str, spec: ToolSpec, backend: str) -> tuple[ToolCall, ...]:
     named = spec.named
     try:
         value = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise MalformedResponseError(
             f"{backend}: the forced tool call is not complete JSON ({e}); raise max_tokens", backend=backend
         ) from None
     if named is not None:
         return (ToolCall(new_call_id(), named, json.dumps(value)),)
+    if not isinstance(value, list) or not all(
+        isinstance(item, dict) and isinstance(item.get("name"), str) and "arguments" in item for item in value
+    ):
+        raise MalformedResponseError(f"{backend}: the forced tool calls are not a list of calls", backend=backend)
     return tuple(ToolCall(new_call_id(), item["name"], json.dumps(item["arguments"])) for item in value)
 
 

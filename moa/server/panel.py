@@ -54,7 +54,11 @@ def whole_panel(completions: Sequence[Completion]) -> list[dict[str, Any]]:
 def streamed_entry(index: int, event: ProgressEvent, trace: Sequence[CallRecord]) -> dict[str, Any]:
     """The entry of a ``proposal`` event of choice ``index``, its call looked up in the choice's trace so far."""
     record = ProposalRecord(
-        layer=event.layer, agent=event.agent, text=event.text or "", tool_calls=list(event.tool_calls or ())
+        layer=event.layer,
+        agent=event.agent,
+        text=event.text or "",
+        tool_calls=list(event.tool_calls or ()),
+        deceptive=bool(event.deceptive),
     )
     return entry(index, record, event.model, trace)
 

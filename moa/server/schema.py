@@ -153,6 +153,9 @@ def parse_chat_request(body: Any, *, lenient: bool = False) -> ParsedChat:
         raise config_error(e) from None
     if req.stream_options is not None and not req.stream:
         raise ConfigError("only allowed when stream is true", "stream_options")
+    if lenient and req.logprobs and req.stream:  # what moa refuses for what it is: ignored and named
+        ignored.append("logprobs")
+        req = req.model_copy(update={"logprobs": None, "top_logprobs": None})
     logprobs = _logprobs(req)
     max_tokens = _max_tokens(req)
     messages = build_messages([_normalize_message(m, i) for i, m in enumerate(_legacy_calls(req.messages))])

@@ -131,3 +131,51 @@ async def test_unconstrained_tools_are_not_checked(upstream: ScriptedServer) -> 
         result = await ens.acomplete(USER, tools=[WEATHER], tool_choice="auto")
     assert [c["function"]["name"] for c in result.tool_calls] == ["get_forecast"]
     assert len(upstream.for_model("agg")) == 1
+
+
+async def test_a_tool_call_turn_is_not_held_to_the_answers_response_format(upstream: ScriptedServer) -> None:
+    """openai-agents' output_type sends response_format beside tools: a turn that calls a tool is not the answer
+    the format is for (it used to get a repair call, then a 502 invalid_structured_output)."""
+    upstream.script("agg", answer=PARIS)
+    async with Ensemble.from_config(moa_config(upstream.base_url, [["p1"]])) as ens:
+        result = await ens.acomplete(
+            USER, tools=[WEATHER], tool_choice="required", response_format={"type": "json_object"}
+        )
+    assert [c["function"]["name"] for c in result.tool_calls] == ["get_weather"]
+    assert len(upstream.for_model("agg")) == 1
+
+
+async def test_arguments_nested_past_pythons_recursion_limit_are_a_problem_not_a_crash(
+    upstream: ScriptedServer,
+) -> None:
+    deep = Reply(None, (Call("get_weather", "[" * 100_000, "c1"),))
+    upstream.script("agg", answer=deep)
+    async with Ensemble.from_config(moa_config(upstream.base_url, [["p1"]])) as ens:
+        with pytest.raises(InvalidToolCallError, match="are not valid JSON"):
+            await ens.acomplete(USER, tools=[WEATHER], tool_choice="required")
+
+
+def test_a_required_call_schema_keeps_each_tools_definitions_reachable() -> None:
+    """``required``'s schema nests each tool's parameters; their ``$defs`` (pydantic writes them) go to the root,
+    where their ``#/$defs/...`` references point."""
+    import jsonschema
+
+    from moa.tools import ToolSpec
+    from proposers.vllm_tools import call_schema
+
+    parameters = {
+        "type": "object",
+        "properties": {"place": {"$ref": "#/$defs/Place"}},
+        "required": ["place"],
+        "$defs": {"Place": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}},
+    }
+    spec = ToolSpec.model_validate(
+        {
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": parameters}}],
+            "tool_choice": "required",
+        }
+    )
+    schema = call_schema(spec)
+    jsonschema.validate([{"name": "f", "arguments": {"place": {"city": "Paris"}}}], schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate([{"name": "f", "arguments": {"place": {"city": 7}}}], schema)

@@ -105,3 +105,12 @@ def test_a_responses_request_ignores_and_names_what_it_cannot_honour(
     assert text == "lagg answer 0"
     sent = upstream_thread.for_model("lagg")[0].body
     assert not {"reasoning", "store_as"} & set(sent)
+
+
+def test_lenient_streams_without_the_logprobs_it_cannot_stream_and_names_them(
+    serve: ServeProcess, upstream_thread: ScriptedServer
+) -> None:
+    with serve.client() as client:
+        raw = client.chat.completions.with_raw_response.create(model="plain", messages=USER, stream=True, logprobs=True)
+        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    assert raw.headers["x-moa-ignored-fields"] == "logprobs" and text == "lagg answer 0"

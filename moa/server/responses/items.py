@@ -4,9 +4,10 @@
 ``type`` (``ITEM_TYPES``; a message may leave ``type`` out) and kept in the stored form, with an ``id``, so
 that ``input_items`` lists it and a later ``previous_response_id`` reads it back. ``to_messages`` turns the
 whole conversation into ``moa.types.Message``s: every item type has one translation (``_TRANSLATIONS``), a
-message's text parts joined by newlines, ``developer`` read as ``system``, a ``function_call`` an assistant
-turn's tool call (consecutive calls one turn), a ``function_call_output`` the ``tool`` turn answering it. Item
-types and parts moa reads nowhere yet (reasoning, images, files) are refused naming the item, never dropped.
+message's text parts joined by newlines (its ``input_image`` parts as chat ``image_url`` parts), ``developer`` a
+``developer`` turn, a ``function_call`` an assistant turn's tool call (consecutive calls one turn), a
+``function_call_output`` the ``tool`` turn answering it. Item types and parts moa reads nowhere yet (reasoning,
+files, images by ``file_id``) are refused naming the item, never dropped.
 """
 
 from __future__ import annotations
