@@ -33,6 +33,7 @@ def serve(upstream_sync_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     configs = [
         ensemble(upstream_sync_url, "fast", [["p1", "p2"]], "agg"),
         ensemble(upstream_sync_url, "slow", [["s1"]], "sagg"),
+        ensemble(upstream_sync_url, "dev", [["dv1"]], "dvagg", backend={"developer_role": True}),
     ]
     store = f"sqlite:///{directory / 'responses.sqlite3'}"
     with moa_serve(directory, configs, "--response-store", store) as server:
@@ -372,3 +373,17 @@ def test_an_input_image_reaches_the_upstream_as_a_chat_image_part(
             {"type": "image_url", "image_url": {"url": url, "detail": "low"}},
         ], request.model
         assert any(m["role"] == "system" and "Be brief." in str(m["content"]) for m in request.messages)
+
+
+def test_a_developer_item_is_a_developer_turn_where_the_backend_keeps_them(
+    client: openai.OpenAI, upstream_thread: ScriptedServer
+) -> None:
+    """As on chat completions: a backend with developer_role true gets the turn as developer (others as system)."""
+    answer = client.responses.create(
+        model="dev",
+        input=[{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi?"}],
+        store=False,
+    )
+    assert answer.status == "completed"
+    for request in upstream_thread.requests:
+        assert {"role": "developer", "content": "Be brief."} in request.messages, request.model
