@@ -263,29 +263,40 @@ _TRANSLATIONS: dict[str, Callable[[Item, str], Message]] = {
 }
 
 
-def _joined(messages: list[Message], message: Message) -> None:
-    """Append ``message``; a tool call right after an assistant turn joins it (parallel calls are one turn)."""
+def _joined(messages: list[Message], message: Message) -> bool:
+    """Append ``message``; a tool call right after an assistant turn joins it (parallel calls are one turn).
+    Whether it was appended (not joined)."""
     last = messages[-1] if messages else None
     if message.tool_calls and last is not None and last.role == "assistant" and not message.content:
         messages[-1] = replace(last, tool_calls=last.tool_calls + message.tool_calls)
-    else:
-        messages.append(message)
+        return False
+    messages.append(message)
+    return True
 
 
 def to_messages(instructions: str | None, history: list[Item], new: list[Item]) -> list[Message]:
     """The chat conversation of a request: its instructions as the system message, then the items of the
     response it continues (``history``), then its own ``input`` (``new``, whose paths name ``input[i]``)."""
+    return translated(instructions, history, new)[0]
+
+
+def translated(instructions: str | None, history: list[Item], new: list[Item]) -> tuple[list[Message], list[str]]:
+    """``to_messages``'s conversation, and where each of its messages came from (``instructions``,
+    ``previous_response_id`` or ``input[i]``), so an error the chat request meets can name the request's field."""
     messages = [Message("system", instructions)] if instructions else []
+    origins = ["instructions"] if instructions else []
     calls: set[str] = set()
     for i, item in enumerate([*history, *new]):
-        where = f"input[{i - len(history)}]" if i >= len(history) else f"previous_response_id: item {i}"
+        own = i >= len(history)
+        where = f"input[{i - len(history)}]" if own else f"previous_response_id: item {i}"
         if item["type"] == "function_call_output" and item["call_id"] not in calls:
             raise ConfigError("names no function_call before it", f"{where}.call_id")
         if item["type"] == "function_call":
             calls.add(item["call_id"])
-        _joined(messages, _TRANSLATIONS[item["type"]](item, where))
+        if _joined(messages, _TRANSLATIONS[item["type"]](item, where)):
+            origins.append(where if own else "previous_response_id")
     if messages[-1].role not in ("user", "tool"):
         where = f"input[{len(new) - 1}]" if new else "input"
         where += ".role" if new and new[-1]["type"] == "message" else ""
         raise ConfigError("the last input item must be a user message or a function_call_output", where)
-    return messages
+    return messages, origins

@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from moa.context import RequestContext
+from moa.ensemble import refuse_unread_parts
 from moa.errors import ConfigError
 from moa.server import ids
 from moa.server import routes as chat
@@ -137,6 +138,11 @@ async def _run(
     state = request.app[STATE]
     ensemble = state.ensembles[parsed.body.model]
     request_chat = parsed.chat(history)
+    try:  # before the run (which checks it too): its error names the input part, not the chat message
+        refuse_unread_parts(ensemble.config, request_chat.request)
+    except ConfigError as e:
+        message = str(e).removeprefix(f"{e.path}: ") if e.path else str(e)
+        raise ConfigError(message, parsed.field_of(history, e.path)) from None
     if state.settings.lenient:
         request_chat = chat.lenient(request_chat, ensemble)
     headers = chat.ignored_headers(request_chat)

@@ -30,7 +30,7 @@ from moa.errors import ConfigError
 from moa.response_format import JSONFormat
 from moa.sampling import MaxTokens, RequestExtensions, Temperature, TopP, extensions, server_alias
 from moa.server.responses.formats import TextConfig, chat_format
-from moa.server.responses.items import Item, input_items, to_messages
+from moa.server.responses.items import Item, input_items, to_messages, translated
 from moa.server.responses.tools import tool_spec
 from moa.server.schema import ParsedChat
 from moa.tools import ToolSpec
@@ -102,6 +102,18 @@ class ParsedResponses:
     @property
     def include_progress(self) -> bool:
         return self.body.stream_options is not None and self.body.stream_options.include_progress
+
+    def field_of(self, history: list[Item], path: str | None) -> str | None:
+        """The request's field for a path into the chat request's messages (``messages[2].content[1]`` ->
+        ``input[1].content[1]``), so an error the ensemble raises names what the client sent."""
+        if path is None or not path.startswith("messages["):
+            return path
+        index, _, rest = path.removeprefix("messages[").partition("]")
+        origins = translated(self.body.instructions, history, self.input)[1]
+        if not index.isdigit() or int(index) >= len(origins):
+            return path
+        origin = origins[int(index)]
+        return origin + rest if origin.startswith("input[") else origin
 
     def chat(self, history: list[Item]) -> ParsedChat:
         """The one request the ensemble runs, continuing ``history`` (the items of the previous response)."""

@@ -34,6 +34,7 @@ def serve(upstream_sync_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
         ensemble(upstream_sync_url, "fast", [["p1", "p2"]], "agg"),
         ensemble(upstream_sync_url, "slow", [["s1"]], "sagg"),
         ensemble(upstream_sync_url, "dev", [["dv1"]], "dvagg", backend={"developer_role": True}),
+        ensemble(upstream_sync_url, "text-only", [["tx1"]], "txagg", backend={"input": ["text"]}),
     ]
     store = f"sqlite:///{directory / 'responses.sqlite3'}"
     with moa_serve(directory, configs, "--response-store", store) as server:
@@ -387,3 +388,24 @@ def test_a_developer_item_is_a_developer_turn_where_the_backend_keeps_them(
     assert answer.status == "completed"
     for request in upstream_thread.requests:
         assert {"role": "developer", "content": "Be brief."} in request.messages, request.model
+
+
+def test_an_image_no_proposer_reads_is_a_400_naming_the_input_part(
+    serve: ServeProcess, upstream_thread: ScriptedServer
+) -> None:
+    image = {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}
+    body = {
+        "model": "text-only",
+        "instructions": "Be brief.",  # the chat request's messages[0]: the path must still name input[1]
+        "input": [
+            {"role": "user", "content": "Hello."},
+            {"role": "user", "content": [{"type": "input_text", "text": "And this?"}, image]},
+        ],
+    }
+    status, answer = post(serve, body)
+    assert status == 400, answer
+    error = answer["error"]
+    assert isinstance(error, dict) and error["param"] == "input[1].content[1]", error
+    assert "no proposer of layer 1 reads this content part" in str(error["message"])
+    assert "messages[" not in str(error["message"])
+    assert upstream_thread.requests == []
