@@ -28,6 +28,7 @@ is refused as unknown. Every refusal is a ``ConfigError`` whose path names the f
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -145,10 +146,10 @@ def parse_chat_request(body: Any, *, lenient: bool = False) -> ParsedChat:
         raise ConfigError(f"the request body must be a JSON object, got {_json_type(body)}")
     ignored: list[str] = []
     if lenient:
-        ignored = [k for k, v in body.items() if k not in _KNOWN and not _asks_nothing(k, v)]
+        ignored = [k for k, v in body.items() if k not in _KNOWN and not asks_nothing(k, v)]
         body = {k: v for k, v in body.items() if k in _KNOWN}
     try:
-        req = ChatCompletionRequest.model_validate(_without_neutral(body))
+        req = ChatCompletionRequest.model_validate(without_neutral(body))
     except ValidationError as e:
         raise config_error(e) from None
     if req.stream_options is not None and not req.stream:
@@ -184,20 +185,23 @@ def _logprobs(req: ChatCompletionRequest) -> int | None:
     return asked
 
 
-def _asks_nothing(name: str, value: Any) -> bool:
-    """A field moa cannot honour, left at a value that asks for nothing (not worth naming as ignored)."""
-    return value is None or (name in _NEUTRAL and value in _NEUTRAL[name])
+def asks_nothing(name: str, value: Any, table: Mapping[str, tuple[Any, ...]] | None = None) -> bool:
+    """A field moa cannot honour (in ``table``, by default chat completions' ``_NEUTRAL``), left at a value that
+    asks for nothing (not worth naming as ignored)."""
+    table = _NEUTRAL if table is None else table
+    return value is None or (name in table and value in table[name])
 
 
-def _without_neutral(body: dict[str, Any]) -> dict[str, Any]:
-    """The body less the fields moa cannot honour, which must ask for nothing."""
-    for name, neutral in _NEUTRAL.items():
+def without_neutral(body: dict[str, Any], table: Mapping[str, tuple[Any, ...]] | None = None) -> dict[str, Any]:
+    """The body less the fields moa cannot honour (``table``, as ``asks_nothing``), which must ask for nothing."""
+    table = _NEUTRAL if table is None else table
+    for name, neutral in table.items():
         value = body.get(name)
         if value is not None and value not in neutral:
             allowed = " or ".join(repr(v) for v in neutral)
             hint = f" (only {allowed} is accepted)" if allowed else ""
             raise ConfigError(f"not supported by moa ensembles{hint}", name)
-    return {k: v for k, v in body.items() if k not in _NEUTRAL}
+    return {k: v for k, v in body.items() if k not in table}
 
 
 def _max_tokens(req: ChatCompletionRequest) -> int | None:

@@ -22,7 +22,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -151,7 +151,7 @@ async def write_stream(
         async for index, delta in deltas:
             if isinstance(delta, ProgressEvent):  # asked for: the response starts with the first event
                 if response is None:
-                    response = await _start(request, headers)
+                    response = await start_stream(request, headers)
                     pending = _roles(fmt, n)
                 if delta.kind == "proposal":
                     if panel is not None:
@@ -162,7 +162,7 @@ async def write_stream(
             if result.first_token_s is None:
                 result.first_token_s = time.monotonic() - started
             if response is None:
-                response = await _start(request, headers)
+                response = await start_stream(request, headers)
                 pending = _roles(fmt, n)
             if delta.content:
                 await send(request, response, pending + fmt.token(index, delta.content))
@@ -215,7 +215,8 @@ def uncancel() -> None:
         task.uncancel()
 
 
-async def _start(request: web.Request, headers: dict[str, str] | None = None) -> web.StreamResponse:
+async def start_stream(request: web.Request, headers: Mapping[str, str] | None = None) -> web.StreamResponse:
+    """An SSE response begun (its headers and ``headers`` sent); ``ClientClosed`` when the client already left."""
     transport = request.transport
     if transport is None or transport.is_closing():
         raise ClientClosed("the client closed the connection")

@@ -31,7 +31,7 @@ from moa.server.responses.items import Item
 from moa.server.responses.objects import ResponseDraft, output_text_part
 from moa.server.responses.tools import call_item
 from moa.server.state import STATE
-from moa.server.streaming import CUT_OFF, SSE_HEADERS, StreamResult, send, trace_entry, uncancel
+from moa.server.streaming import CUT_OFF, StreamResult, send, start_stream, trace_entry, uncancel
 from moa.tools import ToolCall, ToolCallDelta, new_call_id
 from moa.types import CallRecord, Delta, Usage
 
@@ -158,7 +158,7 @@ async def write_events(
     try:
         async for _, delta in deltas:
             if response is None:
-                response = await _start(request, headers)
+                response = await start_stream(request, headers)
                 pending = fmt.opening()
             if isinstance(delta, ProgressEvent):
                 await send(request, response, pending + fmt.event("moa.progress", progress=delta.to_dict()))
@@ -214,16 +214,4 @@ async def _fail(
     else:
         log.warning("the stream failed after the response began: %s (%s)", body["error"]["message"], status)
     await send(request, response, pending + fmt.failed(fmt.draft.fail(body["error"], calls)))
-    return response
-
-
-async def _start(request: web.Request, headers: Mapping[str, str] | None) -> web.StreamResponse:
-    transport = request.transport
-    if transport is None or transport.is_closing():
-        raise ClientClosed("the client closed the connection")
-    response = web.StreamResponse(headers={**SSE_HEADERS, **(headers or {})})
-    try:
-        await response.prepare(request)
-    except ConnectionError:
-        raise ClientClosed("the client closed the connection") from None
     return response

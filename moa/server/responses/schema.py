@@ -32,7 +32,7 @@ from moa.sampling import MaxTokens, RequestExtensions, Temperature, TopP, extens
 from moa.server.responses.formats import TextConfig, chat_format
 from moa.server.responses.items import Item, input_items, to_messages, translated
 from moa.server.responses.tools import tool_spec
-from moa.server.schema import ParsedChat
+from moa.server.schema import ParsedChat, asks_nothing, without_neutral
 from moa.tools import ToolSpec
 from moa.types import ChatRequest, SamplingParams
 
@@ -142,10 +142,10 @@ def parse_responses_request(body: Any, *, lenient: bool = False) -> ParsedRespon
         raise ConfigError("the request body must be a JSON object", None)
     ignored: tuple[str, ...] = ()
     if lenient:
-        ignored = tuple(k for k, v in body.items() if k not in _KNOWN and not _asks_nothing(k, v))
+        ignored = tuple(k for k, v in body.items() if k not in _KNOWN and not asks_nothing(k, v, _NEUTRAL))
         body = {k: v for k, v in body.items() if k in _KNOWN}
     try:
-        req = ResponsesRequest.model_validate(_without_neutral(body))
+        req = ResponsesRequest.model_validate(without_neutral(body, _NEUTRAL))
     except ValidationError as e:
         raise config_error(e) from None
     if req.stream_options is not None and not req.stream:
@@ -153,21 +153,6 @@ def parse_responses_request(body: Any, *, lenient: bool = False) -> ParsedRespon
     _check_metadata(req.metadata)
     spec = tool_spec(req.tools, req.tool_choice, req.parallel_tool_calls)
     return ParsedResponses(req, input_items(req.input), chat_format(req.text), spec, ignored)
-
-
-def _asks_nothing(name: str, value: Any) -> bool:
-    """A field moa cannot honour, left at a value that asks for nothing (not worth naming as ignored)."""
-    return value is None or (name in _NEUTRAL and value in _NEUTRAL[name])
-
-
-def _without_neutral(body: dict[str, Any]) -> dict[str, Any]:
-    for name, neutral in _NEUTRAL.items():
-        value = body.get(name)
-        if value is not None and value not in neutral:
-            allowed = " or ".join(repr(v) for v in neutral)
-            hint = f" (only {allowed} is accepted)" if allowed else ""
-            raise ConfigError(f"not supported by moa ensembles yet{hint}", name)
-    return {k: v for k, v in body.items() if k not in _NEUTRAL}
 
 
 def _check_metadata(metadata: dict[str, str] | None) -> None:
