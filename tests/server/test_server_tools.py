@@ -5,7 +5,6 @@ openai-agents with a ``function_tool`` over its chat-completions model."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import pytest
 
 from tests.support.scripted_server import Call, Reply, ScriptedServer
 from tests.support.server_harness import ServeProcess, ensemble, moa_serve
+from tests.support.weather_agent import run_weather_agent
 
 USER = [{"role": "user", "content": "What is the weather in Paris?", "name": "alice"}]
 WEATHER = {
@@ -163,28 +163,10 @@ def test_litellm_gets_the_call_whole_and_streamed(serve: ServeProcess, scripted:
 def test_openai_agents_runs_a_function_tool_over_the_chat_completions_model(
     serve: ServeProcess, scripted: ScriptedServer
 ) -> None:
-    from agents import Agent, OpenAIChatCompletionsModel, Runner, function_tool, set_tracing_disabled
+    from agents import OpenAIChatCompletionsModel
 
-    set_tracing_disabled(True)
-    asked: list[str] = []
-
-    @function_tool
-    def get_weather(city: str) -> str:
-        """The weather in a city."""
-        asked.append(city)
-        return f"sunny, 21C in {city}"
-
-    async def run() -> str:
-        client = openai.AsyncOpenAI(base_url=serve.base_url, api_key="unused", max_retries=0)
-        model = OpenAIChatCompletionsModel(model="tools", openai_client=client)
-        agent = Agent(name="weather", instructions="Answer with the weather.", tools=[get_weather], model=model)
-        try:
-            result = await Runner.run(agent, "What is the weather in Paris?")
-        finally:
-            await client.close()
-        return str(result.final_output)
-
-    assert asyncio.run(run()) == f"{FINAL} (sunny, 21C in Paris)"
+    final, asked = run_weather_agent(serve.base_url, OpenAIChatCompletionsModel)
+    assert final == f"{FINAL} (sunny, 21C in Paris)"
     assert asked == ["Paris"]
 
 

@@ -6,7 +6,6 @@ under ``previous_response_id``) continue the conversation; openai-agents' defaul
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 
 from tests.support.scripted_server import Call, Reply, ScriptedServer
 from tests.support.server_harness import ServeProcess, ensemble, moa_serve
+from tests.support.weather_agent import run_weather_agent
 
 WEATHER = {
     "type": "function",
@@ -142,27 +142,9 @@ def test_bad_tools_are_400_naming_them_in_the_responses_terms(
 def test_openai_agents_runs_a_function_tool_on_its_default_responses_model(
     serve: ServeProcess, upstream_thread: ScriptedServer
 ) -> None:
-    from agents import Agent, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+    from agents import OpenAIResponsesModel
 
-    set_tracing_disabled(True)
     upstream_thread.script("tagg", answer=weather_agent)
-    asked: list[str] = []
-
-    @function_tool
-    def get_weather(city: str) -> str:
-        """The weather in a city."""
-        asked.append(city)
-        return f"sunny, 21C in {city}"
-
-    async def run() -> str:
-        client = openai.AsyncOpenAI(base_url=serve.base_url, api_key="unused", max_retries=0)
-        model = OpenAIResponsesModel(model="tools", openai_client=client)
-        agent = Agent(name="weather", instructions="Answer with the weather.", tools=[get_weather], model=model)
-        try:
-            result = await Runner.run(agent, "What is the weather in Paris?")
-        finally:
-            await client.close()
-        return str(result.final_output)
-
-    assert asyncio.run(run()) == f"{FINAL} (sunny, 21C in Paris)"
+    final, asked = run_weather_agent(serve.base_url, OpenAIResponsesModel)
+    assert final == f"{FINAL} (sunny, 21C in Paris)"
     assert asked == ["Paris"]
