@@ -109,6 +109,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "x-moa-ignored-fields response header, instead of a 400",
     )
     p.add_argument(
+        "--ui",
+        action="store_true",
+        help="also serve the playground page at /ui: chat with an ensemble and watch each proposer's answer, the "
+        "aggregator's, a timeline of the calls and their cost (the page needs no key; its API calls do)",
+    )
+    p.add_argument(
         "--verbose",
         action="store_true",
         help="let local engines' output (vLLM, torch, Triton) through to stderr; else it goes to "
@@ -146,6 +152,7 @@ def _serve(args: argparse.Namespace) -> int:
         lenient=args.lenient,
         response_store=args.response_store,
         response_ttl_s=parse_ttl(args.response_ttl),
+        ui=args.ui,
     )
     ensembles: dict[str, Ensemble] = {}
     for source in served_configs(args):

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from moa.ensemble import Ensemble
 from moa.errors import ConfigError
-from moa.server import ids, limits_status, routes
+from moa.server import ids, limits_status, routes, ui
 from moa.server.access import access_log
 from moa.server.errors import (
     CLOSES_CONNECTION,
@@ -94,8 +94,10 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
 
 @web.middleware
 async def api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
-    keys = request.app[STATE].settings.api_keys
-    if keys is not None and request.path not in OPEN_PATHS and not keys.check(request.headers.get("Authorization")):
+    settings = request.app[STATE].settings
+    keys = settings.api_keys
+    open_path = request.path in OPEN_PATHS or (settings.ui and request.path in ui.UI_PATHS)
+    if keys is not None and not open_path and not keys.check(request.headers.get("Authorization")):
         raise Unauthorized("missing or invalid API key; send 'Authorization: Bearer <key>'")
     return await handler(request)
 
@@ -119,6 +121,8 @@ def create_app(ensembles: dict[str, Ensemble], settings: ServerSettings) -> web.
     app.router.add_get("/ready", limits_status.ready)
     app.router.add_get("/metrics", routes.metrics)
     responses.register(app)
+    if settings.ui:
+        ui.register(app)
     app.on_response_prepare.append(ids.add_header)
     app.on_cleanup.append(_close_ensembles)
     app.on_cleanup.append(_close_metrics)

@@ -57,6 +57,8 @@ async def serve(
         print(f"moa serve: listening on http://{shown}:{bound}/v1", file=out)
         for ensemble in ensembles.values():
             print(f"moa serve: serving {describe_config(ensemble.config)}", file=out)
+        if settings.ui:
+            print(f"moa serve: playground at http://{shown}:{bound}/ui", file=out)
         out.flush()
         await stop.wait()
         state = app[STATE]

@@ -30,6 +30,8 @@ class ServerSettings:
     response_store: str | None = None
     #: seconds a stored response is kept (``--response-ttl``)
     response_ttl_s: float = DEFAULT_TTL_S
+    #: serve the playground page at /ui (``--ui``; moa.server.ui)
+    ui: bool = False
 
     def __post_init__(self) -> None:
         if self.max_queue < 1:
