@@ -7,6 +7,7 @@ Content-Security-Policy, no inline script and no outside URL. A screenshot of th
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -200,7 +201,7 @@ def test_a_wrong_key_shows_the_servers_error_and_the_right_one_is_kept_for_the_t
     WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "key-form").is_displayed())
     status, _, body = keyed.request("GET", "/v1/models")
     assert status == 401
-    server_says = __import__("json").loads(body)["error"]["message"]
+    server_says = json.loads(body)["error"]["message"]
     assert browser.find_element(By.ID, "error").text == f"401: {server_says}"
     browser.find_element(By.ID, "key").send_keys("not-the-key")
     browser.find_element(By.ID, "use-key").click()

@@ -228,6 +228,12 @@
 
   // ---- the answer -------------------------------------------------------------------------------------
 
+  // the answer so far: its text, then each tool call written out
+  function answerText() {
+    const calls = turn.toolCalls.map((c) => `${c.name}(${c.arguments})`);
+    return [turn.answer, ...calls].filter(Boolean).join("\n");
+  }
+
   function onChunk(chunk) {
     for (const choice of chunk.choices || []) {
       if (choice.index !== 0) continue;
@@ -238,8 +244,7 @@
         if (piece.function && piece.function.name) call.name += piece.function.name;
         if (piece.function && piece.function.arguments) call.arguments += piece.function.arguments;
       }
-      const calls = turn.toolCalls.map((c) => `${c.name}(${c.arguments})`);
-      $("answer-text").textContent = [turn.answer, ...calls].filter(Boolean).join("\n");
+      $("answer-text").textContent = answerText();
       if (choice.finish_reason) turn.finish = choice.finish_reason;
     }
     if (chunk.moa_trace) onTrace(chunk.moa_trace);
@@ -341,7 +346,7 @@
       setStatus(`failed after ${took}`);
       return;
     }
-    conversation.push({ role: "assistant", content: [turn.answer, ...turn.toolCalls.map((c) => `${c.name}(${c.arguments})`)].filter(Boolean).join("\n") });
+    conversation.push({ role: "assistant", content: answerText() });
     renderConversation();
     setStatus(`answered in ${took}`);
   }
