@@ -44,9 +44,17 @@ def serve(upstream_sync_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     configs = [
         ensemble(upstream_sync_url, "panel", [["fast1", "slow1"]], "pagg", backend={"prices": PRICES}),
         ensemble(upstream_sync_url, "solo", [["fast1"]], "pagg", description="one proposer"),
+        sampled(upstream_sync_url),
     ]
     with moa_serve(tmp_path_factory.mktemp("serve-ui"), configs, "--ui") as server:
         yield server
+
+
+def sampled(base_url: str) -> dict[str, Any]:
+    """Two layers, the first one agent sampled 3 times in one call (its proposals come as ``fast1#1`` .. ``#3``)."""
+    cfg = ensemble(base_url, "sampled", [["fast1"], ["slow1"]], "pagg")
+    cfg["layers"][0]["agents"][0]["n"] = 3
+    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +165,27 @@ def test_a_question_fills_a_card_per_proposer_then_the_answer_a_bar_per_call_and
     assert console_errors(browser) == []
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(ARTIFACTS / "playground.png"))
+
+
+def test_an_agents_samples_get_a_card_each_and_later_layers_follow_theirs(
+    serve: ServeProcess, scripted: ScriptedServer, browser: Any
+) -> None:
+    scripted.script("fast1", answer=lambda model, messages, i: f"sample {i}")
+    open_page(browser, serve)
+    ask(browser, "What is 2 + 2?", "sampled")
+    cards = browser.find_elements(By.CSS_SELECTOR, "#cards .card")
+    who = [c.find_element(By.CSS_SELECTOR, ".who").text for c in cards]
+    assert who == ["L1 fast1#1", "L1 fast1#2", "L1 fast1#3", "L2 slow1"]  # layer by layer, no card left waiting
+    assert sorted(c.find_element(By.CSS_SELECTOR, ".text").text for c in cards[:3]) == [
+        "sample 0",
+        "sample 1",
+        "sample 2",
+    ]
+    assert all("one of 3 samples" in c.find_element(By.CSS_SELECTOR, ".meta").text for c in cards[:3])
+    assert browser.find_elements(By.CSS_SELECTOR, "#cards .card.running") == []
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#timeline .row")) == 3  # one call of 3 samples, slow1, pagg
+    assert browser.find_element(By.ID, "answer-text").text == "2 + 2 = 4."
+    assert console_errors(browser) == []
 
 
 def test_the_chat_is_multi_turn_and_a_new_chat_starts_over(
