@@ -16,12 +16,14 @@ if the restarted engine dies before it has served a request, it stays down.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import aclosing, contextmanager
+from dataclasses import replace
 from typing import Any
 
 from proposers import vllm_args  # first: it quiets vLLM's log before vLLM loads  # isort: skip
@@ -42,13 +44,14 @@ from moa.errors import (
     MoaError,
     NotFoundError,
 )
-from moa.tools import as_pieces
+from moa.tools import ToolSpec, as_pieces
 from moa.types import Delta, GenerateResult, Generation, Message, SamplingParams, TopLogprobs, Usage
 from proposers.chat_template import TemplateRules, adapt
 from proposers.embedded import resolve_model
 from proposers.local_input import local_messages
 from proposers.local_template import chat_template_text, probe_tokenizer
 from proposers.main_module import MAIN_GUARD_HINT, importing_main_of_a_spawned_process, main_module_not_reimported
+from proposers.vllm_tool_parser import AutoCalls, parser_class, parses
 from proposers.vllm_tools import call_schema, calls_from, forced
 
 logger = logging.getLogger(__name__)
@@ -74,6 +77,8 @@ class VLLMProposer:
         self._starting: asyncio.Task[AsyncLLM] | None = None
         self._restarted = False  # the engine was restarted and the new one has not served a request yet
         self._chat_template = chat_template_text(config.chat_template, f"backends.{name}.chat_template")
+        #: vLLM's tool parser reading the model's own calls under tool_choice auto (proposers.vllm_tool_parser)
+        self._tool_parser = parser_class(config.tool_parser, name) if config.tool_parser is not None else None
         self.fields = config.field_support()  # every sampling field vLLM's SamplingParams takes
         self.template_rules: TemplateRules | None = None  # probed from the template on the engine's first prompt
         #: seconds of each start-up step of the last start (``conversion``, ``engine start``), for ``--trace``
@@ -102,9 +107,10 @@ class VLLMProposer:
         self, messages: list[Message], params: SamplingParams, n: int = 1, *, model: str | None = None
     ) -> GenerateResult:
         engine = await self._ready(model)
-        prompt, note = self._prompt_ids(engine, messages)  # prompt: [P]
+        prompt, note = self._prompt_ids(engine, messages, params.tools)  # prompt: [P]
         room = engine.model_config.max_model_len - len(prompt)
-        sampling = self.sampling_params(params, n, room, RequestOutputKind.FINAL_ONLY)
+        auto = self._auto_calls(engine, params.tools)
+        sampling = self.sampling_params(params, n, room, RequestOutputKind.FINAL_ONLY, auto=auto)
         final = None
         with self._mapped_errors():
             async with aclosing(engine.generate(tokens_input(prompt), sampling, self._request_id())) as outputs:
@@ -117,11 +123,14 @@ class VLLMProposer:
         return GenerateResult(
             generations=[
                 self._called(params, s.text)
-                or Generation(
-                    text=s.text,
-                    finish_reason=s.finish_reason,
-                    logprobs=_top_logprobs(s.logprobs),
-                    sampled=_sampled(s.token_ids, s.logprobs),
+                or _with_calls(
+                    Generation(
+                        text=s.text,
+                        finish_reason=s.finish_reason,
+                        logprobs=_top_logprobs(s.logprobs),
+                        sampled=_sampled(s.token_ids, s.logprobs),
+                    ),
+                    auto,
                 )
                 for s in samples
             ],
@@ -134,9 +143,10 @@ class VLLMProposer:
         self, messages: list[Message], params: SamplingParams, *, model: str | None = None
     ) -> AsyncIterator[Delta]:
         engine = await self._ready(model)
-        prompt, note = self._prompt_ids(engine, messages)
+        prompt, note = self._prompt_ids(engine, messages, params.tools)
         room = engine.model_config.max_model_len - len(prompt)
-        sampling = self.sampling_params(params, 1, room, RequestOutputKind.DELTA)
+        auto = self._auto_calls(engine, params.tools)  # the model may call: its calls read as they come
+        sampling = self.sampling_params(params, 1, room, RequestOutputKind.DELTA, auto=auto)
         completion_tokens, finish_reason, cached = 0, None, 0
         calling = forced(params.tools)  # the answer is a call: sent whole once it is complete JSON
         written: list[str] = []
@@ -149,6 +159,10 @@ class VLLMProposer:
                     finish_reason = piece.finish_reason or finish_reason
                     if piece.text and calling:
                         written.append(piece.text)
+                    elif auto is not None and (piece.text or piece.token_ids):
+                        text, calls = auto.piece(piece.text, piece.token_ids)
+                        if text or calls:
+                            yield Delta(content=text, tool_calls=calls)
                     elif piece.text:
                         yield Delta(content=piece.text)
         self._restarted = False
@@ -156,14 +170,22 @@ class VLLMProposer:
         if called is not None:
             yield Delta(tool_calls=as_pieces(called.tool_calls))
             finish_reason = "tool_calls"
+        if auto is not None and auto.called:
+            rest = auto.rest()
+            if rest:
+                yield Delta(tool_calls=rest)
+            finish_reason = "tool_calls"
         usage = Usage.of(len(prompt), completion_tokens, cached)
         yield Delta(finish_reason=finish_reason or "stop", usage=usage, template=note, seed=sampling.seed)
 
     # ---- one phase each ------------------------------------------------------------------------------------
 
-    def _prompt_ids(self, engine: AsyncLLM, messages: list[Message]) -> tuple[list[int], str | None]:
+    def _prompt_ids(
+        self, engine: AsyncLLM, messages: list[Message], tools: ToolSpec | None = None
+    ) -> tuple[list[int], str | None]:
         """Token ids of the conversation fitted to the chat template's rules plus the assistant's opening, the way
-        vLLM's chat API renders it; and how the conversation was fitted (``None``: unchanged)."""
+        vLLM's chat API renders it (the offered ``tools`` passed to the template, unless ``tool_choice`` is
+        ``none``); and how the conversation was fitted (``None``: unchanged)."""
         tokenizer = engine.tokenizer
         if tokenizer is None:  # an engine started with skip_tokenizer_init, which moa's engine args never set
             raise EngineError(f"{self.name}: the vLLM engine has no tokenizer", backend=self.name)
@@ -174,9 +196,13 @@ class VLLMProposer:
         messages, note = adapt(messages, self.template_rules)
         note = "; ".join(n for n in (fitted, note) if n) or None
         template = self._chat_template
+        offered = (
+            [t.model_dump(exclude_none=True) for t in tools.tools] if tools and tools.tool_choice != "none" else None
+        )
         try:
             ids = tokenizer.apply_chat_template(
-                [m.to_dict() for m in messages],
+                [_template_turn(m) for m in messages],
+                tools=offered,
                 add_generation_prompt=True,
                 tokenize=True,
                 return_dict=False,
@@ -199,11 +225,20 @@ class VLLMProposer:
         return list(ids), note
 
     def sampling_params(
-        self, params: SamplingParams, n: int, room: int, kind: RequestOutputKind = RequestOutputKind.FINAL_ONLY
+        self,
+        params: SamplingParams,
+        n: int,
+        room: int,
+        kind: RequestOutputKind = RequestOutputKind.FINAL_ONLY,
+        *,
+        auto: AutoCalls | None = None,
     ) -> VLLMSamplingParams:
         """vLLM's sampling params of one call: every field ``params`` sets under its own name (one vLLM does not
-        take is refused, naming it); ``max_tokens`` capped to the ``room`` the prompt leaves in the context."""
+        take is refused, naming it); ``max_tokens`` capped to the ``room`` the prompt leaves in the context;
+        special tokens kept in the text where the tool parser reading it (``auto``) asks for them."""
         chosen = self.fields.wire(params, self.name)
+        if auto is not None and not auto.skip_special_tokens:
+            chosen.setdefault("skip_special_tokens", False)
         if "logit_bias" in chosen:  # OpenAI keys token ids as strings, vLLM as ints
             chosen["logit_bias"] = {int(token): bias for token, bias in chosen["logit_bias"].items()}
         if "response_format" in chosen:  # OpenAI's field, enforced by vLLM's structured outputs (xgrammar)
@@ -219,6 +254,15 @@ class VLLMProposer:
             return VLLMSamplingParams(n=n, output_kind=kind, **chosen)
         except (VLLMValidationError, ValueError, TypeError) as e:
             raise BadRequestError(f"{self.name}: invalid sampling parameters: {e}", backend=self.name) from None
+
+    def _auto_calls(self, engine: AsyncLLM, tools: ToolSpec | None) -> AutoCalls | None:
+        """The parsing of one answer that may call a tool (``tool_choice`` auto); ``None`` when it may not."""
+        if not parses(tools):
+            return None
+        assert tools is not None
+        if self._tool_parser is None:
+            raise BadRequestError(f"{self.name}: {self.config.tools_refusal(tools)}", backend=self.name, status=400)
+        return AutoCalls.start(self._tool_parser, engine.tokenizer, tools, self.config.model)
 
     def _called(self, params: SamplingParams, text: str) -> Generation | None:
         """The answer as the call it was forced to be (``proposers.vllm_tools``); ``None`` when it was free."""
@@ -343,6 +387,29 @@ def structured_outputs(response_format: dict[str, Any]) -> StructuredOutputsPara
     if response_format["type"] == "json_schema":
         return StructuredOutputsParams(json=response_format["json_schema"]["schema"])
     return StructuredOutputsParams(json_object=True)
+
+
+def _template_turn(message: Message) -> dict[str, Any]:
+    """A turn as chat templates read it: as on OpenAI's wire, but a tool call's arguments as the object they
+    encode (what tool-aware templates expect, as vLLM's chat API hands them)."""
+    turn = message.to_dict()
+    for call in turn.get("tool_calls") or ():
+        arguments = call["function"]["arguments"]
+        try:
+            call["function"]["arguments"] = json.loads(arguments)
+        except (ValueError, RecursionError):
+            pass  # not JSON: the template gets the text as written
+    return turn
+
+
+def _with_calls(generation: Generation, auto: AutoCalls | None) -> Generation:
+    """``generation`` with the calls the tool parser read in its text (``auto``), which then holds the rest."""
+    if auto is None:
+        return generation
+    parsed = auto.whole(generation.text)
+    if not parsed.calls:
+        return generation
+    return replace(generation, text=parsed.text, finish_reason="tool_calls", tool_calls=parsed.calls)
 
 
 def _top_logprobs(positions: SampleLogprobs | None) -> tuple[TopLogprobs, ...] | None:

@@ -221,7 +221,13 @@ class VLLMBackendConfig(InProcessBackendConfig):
     )
     chat_template: str | None = Field(
         default=None,
-        description="a Jinja chat template used instead of the model's own: a file path, or the template itself",
+        description="a Jinja chat template used instead of the model's own: a file path, or the template itself "
+        "(one that renders `tools` for a model whose own template does not)",
+    )
+    tool_parser: str | None = Field(
+        default=None,
+        description="vLLM's tool parser reading the calls the model writes under tool_choice auto (any name vLLM's "
+        "ToolParserManager knows: hermes, llama3_json, mistral, ...); unset: auto is refused",
     )
 
     def field_support(self) -> FieldSupport:
@@ -231,10 +237,12 @@ class VLLMBackendConfig(InProcessBackendConfig):
     def tools_refusal(self, spec: ToolSpec) -> str | None:
         if spec.named is not None or spec.tool_choice in ("required", "none"):
             return None  # forced by vLLM's structured outputs (proposers.vllm_tools), or left out
+        if self.tool_parser is not None:
+            return None  # the model decides; vLLM's tool parser reads its calls (proposers.vllm_tool_parser)
         return (
-            "in-process vLLM takes tools with tool_choice 'required' or a named function (its structured outputs "
-            "write the call); 'auto' needs a tool parser, not built: send one of those, or serve the model with "
-            "vLLM's server (type: openai)"
+            "in-process vLLM needs a tool parser for tool_choice 'auto': set tool_parser (e.g. hermes, with a "
+            "chat_template that renders tools), or send tool_choice 'required' or a named function (vLLM's "
+            "structured outputs write the call)"
         )
 
 

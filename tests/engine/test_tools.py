@@ -174,8 +174,9 @@ async def test_the_torch_backend_refuses_tools_naming_itself(upstream: ScriptedS
         ({"type": "function", "function": {"name": "get_weather"}}, False),
     ],
 )
-def test_in_process_vllm_takes_tools_only_where_the_choice_forces_a_call(choice: Any, refused: bool) -> None:
-    """vLLM's structured outputs write a forced call (proposers.vllm_tools); auto would need a tool parser."""
+def test_in_process_vllm_takes_auto_tools_only_with_a_tool_parser(choice: Any, refused: bool) -> None:
+    """vLLM's structured outputs write a forced call (proposers.vllm_tools); under auto the model decides and a
+    vLLM tool parser reads its calls (proposers.vllm_tool_parser): without one, auto is refused saying so."""
     from moa.config import VLLMBackendConfig
     from moa.tools import ToolSpec
 
@@ -183,4 +184,5 @@ def test_in_process_vllm_takes_tools_only_where_the_choice_forces_a_call(choice:
     reason = VLLMBackendConfig(type="vllm", model="m").tools_refusal(spec)
     assert (reason is not None) == refused
     if refused:
-        assert reason is not None and "'required' or a named function" in reason
+        assert reason is not None and "set tool_parser" in reason and "'required' or a named function" in reason
+    assert VLLMBackendConfig(type="vllm", model="m", tool_parser="hermes").tools_refusal(spec) is None
