@@ -34,7 +34,7 @@ from moa.errors import (
     MoaError,
 )
 from moa.interfaces import Aggregate, Aggregator, CallSite, Defense
-from moa.logprobs import openai_logprobs
+from moa.logprobs import kept_positions, openai_logprobs
 from moa.progress import ProgressSink
 from moa.prompts import REFERENCE_STOPS, SYNTHESIZE_INSTRUCTIONS, with_references, with_system_prompt
 from moa.quorum import wait_for_quorum
@@ -577,12 +577,17 @@ class LayeredEngine:
                         finish_reason = delta.finish_reason
                     if delta.tool_calls:
                         finish_reason = "tool_calls"
-                    if delta.content or delta.tool_calls:
+                    if delta.content or delta.tool_calls or delta.sampled:
                         # no timer runs while the consumer holds a piece (it would cancel the consumer's own work);
                         # a deadline that passed meanwhile is raised here when the consumer asks for more
                         when = timer.when()
                         timer.reschedule(None)
-                        yield Delta(content=delta.content, tool_calls=ids.pieces(delta.tool_calls))
+                        yield Delta(
+                            content=delta.content,
+                            tool_calls=ids.pieces(delta.tool_calls),
+                            sampled=delta.sampled,
+                            logprobs=delta.logprobs,
+                        )
                         if when is not None and asyncio.get_running_loop().time() >= when:
                             raise DeadlineExceededError(ctx.deadline_s or 0.0)
                         timer.reschedule(when)
@@ -598,8 +603,16 @@ def _as_overrides(params: SamplingParams) -> dict[str, Any]:
 
 
 async def _as_stream(answer: Generation) -> AsyncGenerator[Delta, None]:
-    """A finished answer as a stream of one delta (a defense's answer, where the aggregator would stream)."""
-    yield Delta(content=answer.text, finish_reason=_finish_reason(answer), tool_calls=as_pieces(answer.tool_calls))
+    """A finished answer as a stream of one delta (a defense's answer, where the aggregator would stream), with
+    its log-probabilities where it has them."""
+    sampled, alternatives = kept_positions(answer)
+    yield Delta(
+        content=answer.text,
+        finish_reason=_finish_reason(answer),
+        tool_calls=as_pieces(answer.tool_calls),
+        sampled=sampled,
+        logprobs=alternatives,
+    )
 
 
 def _finish_reason(answer: Generation) -> str:

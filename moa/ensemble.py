@@ -355,8 +355,6 @@ class Ensemble:
         each proposal as it arrives (the panel)."""
         refuse_unsupported(self.config, request)
         refuse_unread_parts(self.config, request)
-        if request.params.logprobs is not None:  # a Delta carries no logprobs yet
-            raise ConfigError("not supported with a stream yet: use acomplete", "logprobs")
         if progress:
             return with_progress(lambda sink: self._stream(request, context, sink), proposals=proposals)
         return self._stream(request, context)

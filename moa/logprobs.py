@@ -6,14 +6,17 @@ per position, ``token``, ``logprob``, ``bytes`` (the token's UTF-8 bytes) and ``
 likely, each with the same three fields). moa may cut an answer short (at a fence the aggregator starts to write):
 then only the positions that begin inside the text the client gets are kept (counted in characters of the tokens'
 text, which for a token that splits a character is approximate); an answer moa did not cut keeps every position.
+A stream sends each position with the piece of text it begins in (``StreamedPositions``), cut the same way.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 from moa.errors import ConfigError
-from moa.types import Generation
+from moa.types import Generation, TopLogprobs
 
 
 def requested(logprobs: bool | None, top_logprobs: int | None) -> int | None:
@@ -30,13 +33,13 @@ def _token(token: str, logprob: float) -> dict[str, Any]:
     return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
 
 
-def openai_logprobs(answer: Generation, top: int) -> dict[str, Any] | None:
-    """``answer``'s logprobs as OpenAI's ``{"content": [...], "refusal": None}`` with ``top`` alternatives a
-    position; ``None`` when the backend sent none."""
-    if answer.sampled is None:
-        return None
-    alternatives = answer.logprobs or ()
-    tokens = answer.sampled
+Positions = tuple[tuple[tuple[str, float], ...], tuple[TopLogprobs, ...]]
+
+
+def kept_positions(answer: Generation) -> Positions:
+    """The sampled tokens of ``answer`` and their alternatives, cut to the positions that begin inside its text
+    (all of them when moa did not cut it)."""
+    tokens = answer.sampled or ()
     if "".join(t for t, _ in tokens) != answer.text:  # moa cut the text: the positions that begin inside it
         kept, written = [], 0
         for token, logprob in tokens:
@@ -45,11 +48,51 @@ def openai_logprobs(answer: Generation, top: int) -> dict[str, Any] | None:
             kept.append((token, logprob))
             written += len(token)
         tokens = tuple(kept)
+    return tokens, (answer.logprobs or ())[: len(tokens)]
+
+
+def openai_content(
+    sampled: tuple[tuple[str, float], ...], alternatives: tuple[TopLogprobs, ...], top: int
+) -> dict[str, Any]:
+    """Positions as OpenAI's ``{"content": [...], "refusal": None}`` with ``top`` alternatives a position (whole
+    answers and stream chunks alike)."""
     content = []
-    for i, (token, logprob) in enumerate(tokens):
+    for i, (token, logprob) in enumerate(sampled):
         ranked = alternatives[i] if i < len(alternatives) else ()
         content.append({**_token(token, logprob), "top_logprobs": [_token(t, lp) for t, lp in ranked[:top]]})
     return {"content": content, "refusal": None}
 
 
-__all__ = ["openai_logprobs", "requested"]
+def openai_logprobs(answer: Generation, top: int) -> dict[str, Any] | None:
+    """``answer``'s logprobs as OpenAI's ``{"content": [...], "refusal": None}`` with ``top`` alternatives a
+    position; ``None`` when the backend sent none."""
+    if answer.sampled is None:
+        return None
+    return openai_content(*kept_positions(answer), top)
+
+
+@dataclass
+class StreamedPositions:
+    """A stream's positions held until the text each begins in is given out: a stream cut at a stop string
+    keeps the positions a whole answer cut there would (``kept_positions``), an uncut one every position."""
+
+    pending: deque[tuple[int, str, float, TopLogprobs]] = field(default_factory=deque)
+    received: int = 0  # characters of token text received
+    released: int = 0  # characters of text given out
+
+    def add(self, sampled: tuple[tuple[str, float], ...], alternatives: tuple[TopLogprobs, ...]) -> None:
+        for i, (token, logprob) in enumerate(sampled):
+            self.pending.append((self.received, token, logprob, alternatives[i] if i < len(alternatives) else ()))
+            self.received += len(token)
+
+    def given_out(self, chars: int, *, whole: bool = False) -> Positions:
+        """The positions to send with ``chars`` more characters of text; ``whole``: the text has ended uncut, every
+        position left goes."""
+        self.released += chars
+        out = []
+        while self.pending and (whole or self.pending[0][0] < self.released):
+            out.append(self.pending.popleft())
+        return tuple((t, lp) for _, t, lp, _ in out), tuple(top for _, _, _, top in out)
+
+
+__all__ = ["StreamedPositions", "kept_positions", "openai_content", "openai_logprobs", "requested"]

@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import replace
 
+from moa.logprobs import StreamedPositions
 from moa.types import Delta, GenerateResult, Generation, SamplingParams
 
 #: OpenAI's API takes at most 4 stop sequences; extra ones are not sent past that (they are still enforced here)
@@ -106,19 +107,33 @@ async def cut_stream(
     deltas: AsyncGenerator[Delta, None], stops: Sequence[str], markup: Sequence[str] = ()
 ) -> AsyncGenerator[Delta, None]:
     """``deltas`` with no text past the first stop string; the stream is still read to its end (its last delta
-    carries the call's usage), its finish reason ``stop`` once a stop string was cut. Closing it closes
-    ``deltas``."""
+    carries the call's usage), its finish reason ``stop`` once a stop string was cut. Log-probability positions
+    go out with the text they begin in (``moa.logprobs.StreamedPositions``). Closing it closes ``deltas``."""
     f = StopFilter(stops, markup)
+    positions = StreamedPositions()
+    received = given = 0  # characters of text in and out: equal at the end when nothing was cut
+
+    def piece_of(text: str, *, ended: bool = False) -> Delta:
+        nonlocal given
+        given += len(text)
+        sampled, alternatives = positions.given_out(len(text), whole=ended and given == received)
+        return Delta(content=text, sampled=sampled, logprobs=alternatives)
+
     async with aclosing(deltas):
         async for delta in deltas:
+            received += len(delta.content)
+            positions.add(delta.sampled, delta.logprobs)
             piece = f.push(delta.content) if delta.content else ""
-            if delta.finish_reason is not None:
+            ended = delta.finish_reason is not None
+            if ended:
                 piece += f.finish()
-            if piece or delta.tool_calls:
-                yield Delta(content=piece, tool_calls=delta.tool_calls)
+            out = piece_of(piece, ended=ended)
+            if piece or delta.tool_calls or out.sampled:
+                yield replace(out, tool_calls=delta.tool_calls)
             if delta.finish_reason is not None or delta.usage is not None:
                 reason = "stop" if f.stopped and delta.finish_reason is not None else delta.finish_reason
                 yield Delta(finish_reason=reason, usage=delta.usage, trace=delta.trace, defense=delta.defense)
     rest = f.finish()
-    if rest:
-        yield Delta(content=rest)
+    out = piece_of(rest, ended=True)
+    if rest or out.sampled:
+        yield out

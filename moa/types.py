@@ -194,6 +194,10 @@ class Delta:
     defense: list[DefenseRecord] | None = None
     template: str | None = None  # on a proposer's last delta: how it fitted the prompt to its chat template
     seed: int | None = None  # on a local proposer's last delta: the seed it sampled with
+    #: when ``SamplingParams.logprobs`` asked and the backend answers: the positions this piece's text begins, as
+    #: ``Generation.sampled`` and ``Generation.logprobs`` hold them for a whole answer
+    sampled: tuple[tuple[str, float], ...] = ()
+    logprobs: tuple[TopLogprobs, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

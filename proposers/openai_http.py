@@ -252,9 +252,11 @@ class OpenAIProposer:
                     for choice in chunk.choices or ():
                         content = choice.delta.content if choice.delta is not None else None
                         calls = _call_pieces(choice.delta.tool_calls if choice.delta is not None else None)
-                        if content or calls:
+                        sampled = _sampled(choice.logprobs) or ()
+                        if content or calls or sampled:
                             pieces += 1
-                            yield Delta(content=content or "", tool_calls=calls)
+                            alternatives = _top_logprobs(choice.logprobs) or ()
+                            yield Delta(content=content or "", tool_calls=calls, sampled=sampled, logprobs=alternatives)
                         finish_reason = choice.finish_reason or finish_reason
                 else:
                     if finish_reason is None:

@@ -113,6 +113,7 @@ class ChunkChoice(_Body):
     index: Index = 0
     delta: ChoiceDelta | None = None
     finish_reason: StrictStr | None = None
+    logprobs: ChoiceLogprobs | None = None  # the positions this chunk's text begins
 
 
 class ErrorObject(_Body):

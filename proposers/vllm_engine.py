@@ -163,8 +163,12 @@ class VLLMProposer:
                         text, calls = auto.piece(piece.text, piece.token_ids)
                         if text or calls:
                             yield Delta(content=text, tool_calls=calls)
-                    elif piece.text:
-                        yield Delta(content=piece.text)
+                    elif piece.text or piece.logprobs:
+                        yield Delta(
+                            content=piece.text,
+                            sampled=_sampled(piece.token_ids, piece.logprobs) or (),
+                            logprobs=_top_logprobs(piece.logprobs) or (),
+                        )
         self._restarted = False
         called = self._called(params, "".join(written)) if calling else None
         if called is not None:
@@ -175,6 +179,8 @@ class VLLMProposer:
             if rest:
                 yield Delta(tool_calls=rest)
             finish_reason = "tool_calls"
+        elif auto is not None and (held := auto.unsent_text()):
+            yield Delta(content=held)
         usage = Usage.of(len(prompt), completion_tokens, cached)
         yield Delta(finish_reason=finish_reason or "stop", usage=usage, template=note, seed=sampling.seed)
 

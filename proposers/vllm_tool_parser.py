@@ -58,6 +58,7 @@ class AutoCalls:
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     sent: dict[int, str | None] = field(default_factory=dict)
+    written: str = ""  # the text given out
 
     @classmethod
     def start(cls, parser: type[ToolParser], tokenizer: Any, spec: ToolSpec, model: str) -> AutoCalls:
@@ -113,7 +114,15 @@ class AutoCalls:
             name = function.name if function is not None else None
             arguments = (function.arguments if function is not None else None) or ""
             pieces.append(ToolCallDelta(call.index, first_id, name, arguments))
+        self.written += message.content or ""
         return message.content or "", tuple(pieces)
+
+    def unsent_text(self) -> str:
+        """At the end of a stream that made no call: the text the parser held back (the start of a call marker
+        that never came, e.g. ``<tool``)."""
+        if self.sent or not self.text.startswith(self.written):
+            return ""
+        return self.text[len(self.written) :]
 
     def rest(self) -> tuple[ToolCallDelta, ...]:
         """At the stream's end: the last call's arguments the parser read but had not sent yet."""

@@ -162,7 +162,7 @@ async def _stream(
     request: web.Request, ensemble: Ensemble, parsed: ParsedChat, *, result: StreamResult, runs: list[RequestContext]
 ) -> web.StreamResponse:
     state = request.app[STATE]
-    fmt = ChunkFormat(parsed.model, parsed.include_usage)
+    fmt = ChunkFormat(parsed.model, parsed.include_usage, parsed.request.params.logprobs)
     deltas = stream_choices(ensemble, parsed, ids.request_id(request), runs, trace_context(request))
     try:
         async with aclosing(deltas):

@@ -154,10 +154,7 @@ def parse_chat_request(body: Any, *, lenient: bool = False) -> ParsedChat:
         raise config_error(e) from None
     if req.stream_options is not None and not req.stream:
         raise ConfigError("only allowed when stream is true", "stream_options")
-    if lenient and req.logprobs and req.stream:  # what moa refuses for what it is: ignored and named
-        ignored.append("logprobs")
-        req = req.model_copy(update={"logprobs": None, "top_logprobs": None})
-    logprobs = _logprobs(req)
+    logprobs = requested(req.logprobs, req.top_logprobs)
     max_tokens = _max_tokens(req)
     messages = build_messages([_normalize_message(m, i) for i, m in enumerate(_legacy_calls(req.messages))])
     tools = spec_of(req.tools, req.tool_choice, req.parallel_tool_calls, req.functions, req.function_call)
@@ -175,14 +172,6 @@ def parse_chat_request(body: Any, *, lenient: bool = False) -> ParsedChat:
         tuple(ignored),
         req.moa_include_proposals,
     )
-
-
-def _logprobs(req: ChatCompletionRequest) -> int | None:
-    """``SamplingParams.logprobs`` of the request (``moa.logprobs.requested``); not with a stream yet."""
-    asked = requested(req.logprobs, req.top_logprobs)
-    if asked is not None and req.stream:
-        raise ConfigError("not supported with stream by moa yet: ask for the answer whole", "logprobs")
-    return asked
 
 
 def asks_nothing(name: str, value: Any, table: Mapping[str, tuple[Any, ...]] | None = None) -> bool:

@@ -2,7 +2,8 @@
 
 The response starts when the first token (or the end) of any choice arrives, so a request that fails before
 that still gets a proper HTTP status. The first chunk of each choice carries the role; then come its tokens,
-one chunk each (and its tool calls' pieces, a chunk each, in OpenAI's ``delta.tool_calls`` shape); then one chunk
+one chunk each (with ``logprobs`` when the request asked: the positions each chunk's text begins), and its tool
+calls' pieces, a chunk each, in OpenAI's ``delta.tool_calls`` shape; then one chunk
 with its ``finish_reason``. A last chunk with no choices carries ``usage`` when
 ``stream_options.include_usage`` asked and ``moa_trace`` when the request asked. A failure after the response
 began is sent as an ``{"error": ...}`` event, and logged (the event may say the details are in the log).
@@ -27,6 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
+from moa.logprobs import openai_content
 from moa.progress import ProgressEvent
 from moa.server.errors import ClientClosed, ShuttingDown, error_for
 from moa.server.state import STATE
@@ -41,7 +43,8 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
 class ChunkFormat:
     """Chunks of one response. Token chunks are the hot path: a prebuilt frame around one ``json.dumps``."""
 
-    def __init__(self, model: str, include_usage: bool) -> None:
+    def __init__(self, model: str, include_usage: bool, top_logprobs: int | None = None) -> None:
+        self.top_logprobs = top_logprobs  # the request asked for logprobs: this many alternatives a position
         self.base: dict[str, Any] = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion.chunk",
@@ -56,10 +59,16 @@ class ChunkFormat:
         middle, tail = rest.split('"\\u0000"', 1)
         self._frame = (head + '"index": ', middle, tail)
 
-    def chunk_dict(self, index: int, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    def chunk_dict(
+        self,
+        index: int,
+        delta: dict[str, Any],
+        finish_reason: str | None = None,
+        logprobs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         return {
             **self.base,
-            "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
         }
 
     @staticmethod
@@ -75,6 +84,11 @@ class ChunkFormat:
     def token(self, index: int, content: str) -> bytes:
         head, middle, tail = self._frame
         return f"{head}{index}{middle}{json.dumps(content)}{tail}".encode()
+
+    def token_with_logprobs(self, index: int, delta: Delta) -> bytes:
+        """A token chunk carrying the positions its text begins (``choices[i].logprobs``, as OpenAI streams them)."""
+        logprobs = openai_content(delta.sampled, delta.logprobs, self.top_logprobs or 0)
+        return self.event(self.chunk_dict(index, {"content": delta.content}, logprobs=logprobs))
 
     def progress(self, index: int, event: ProgressEvent) -> bytes:
         """A ``moa.progress`` chunk: no choices (so OpenAI clients pass it by), the event under ``moa_progress``."""
@@ -164,7 +178,10 @@ async def write_stream(
             if response is None:
                 response = await start_stream(request, headers)
                 pending = _roles(fmt, n)
-            if delta.content:
+            if delta.sampled and fmt.top_logprobs is not None:
+                await send(request, response, pending + fmt.token_with_logprobs(index, delta))
+                pending = b""
+            elif delta.content:
                 await send(request, response, pending + fmt.token(index, delta.content))
                 pending = b""
             if delta.tool_calls:  # OpenAI's pieces: delta.tool_calls[i].index/id/type/function.name/arguments

@@ -164,6 +164,22 @@ async def test_top_logprobs_per_generated_token(local_proposer: VLLMProposer) ->
     assert plain.logprobs is None and plain.sampled is None  # only when asked
 
 
+async def test_a_stream_carries_each_pieces_logprobs_as_the_whole_answer_has_them(
+    local_proposer: VLLMProposer,
+) -> None:
+    params = SamplingParams(temperature=0.0, max_tokens=12, logprobs=2)
+    (whole,) = (await local_proposer.generate(SKY, params)).generations
+    deltas = [d async for d in local_proposer.stream(SKY, params)]
+    assert "".join(d.content for d in deltas) == whole.text
+    assert [t for d in deltas for t, _ in d.sampled] == [t for t, _ in whole.sampled or ()]
+    assert [lp for d in deltas for _, lp in d.sampled] == pytest.approx([lp for _, lp in whole.sampled or ()], abs=1e-3)
+    assert [[t for t, _ in top] for d in deltas for top in d.logprobs] == [
+        [t for t, _ in top] for top in whole.logprobs or ()
+    ]
+    plain = [d async for d in local_proposer.stream(SKY, GREEDY)]
+    assert all(d.sampled == () and d.logprobs == () for d in plain)  # only when asked
+
+
 CITY = {
     "type": "object",
     "properties": {"city": {"type": "string", "maxLength": 20}},

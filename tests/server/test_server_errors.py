@@ -65,7 +65,6 @@ def _error(exc: openai.APIStatusError) -> dict:
         ),
         ({"tools": [{"type": "function", "function": {"name": "f f"}}]}, "tools[0].function.name", "should match"),
         ({"tool_choice": "required"}, "tool_choice", "only allowed when tools are given"),
-        ({"logprobs": True, "stream": True}, "logprobs", "not supported with stream"),
         ({"modalities": ["audio"]}, "modalities", "not supported"),
         ({"repetition_penalty": 1.2}, "repetition_penalty", "backend 'up' cannot honour this field"),
         ({"frequency_penalty": 3}, "frequency_penalty", "must be <= 2"),

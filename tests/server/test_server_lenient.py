@@ -107,10 +107,15 @@ def test_a_responses_request_ignores_and_names_what_it_cannot_honour(
     assert not {"reasoning", "store_as"} & set(sent)
 
 
-def test_lenient_streams_without_the_logprobs_it_cannot_stream_and_names_them(
+def test_lenient_streams_logprobs_it_can_honour_and_names_nothing(
     serve: ServeProcess, upstream_thread: ScriptedServer
 ) -> None:
+    """Before streamed logprobs were built, ``--lenient`` dropped them from a stream and named them ignored."""
+    upstream_thread.script("lagg", word_logprobs=True)
     with serve.client() as client:
         raw = client.chat.completions.with_raw_response.create(model="plain", messages=USER, stream=True, logprobs=True)
-        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
-    assert raw.headers["x-moa-ignored-fields"] == "logprobs" and text == "lagg answer 0"
+        chunks = [c.choices[0] for c in raw.parse() if c.choices]
+    assert "x-moa-ignored-fields" not in raw.headers
+    assert "".join(c.delta.content or "" for c in chunks) == "lagg answer 0"
+    tokens = [t.token for c in chunks if c.logprobs is not None for t in c.logprobs.content or ()]
+    assert tokens == ["lagg", " answer", " 0"]

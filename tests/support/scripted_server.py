@@ -272,7 +272,7 @@ class ScriptedServer:
         if script.cached_tokens is not None:
             usage["prompt_tokens_details"] = {"cached_tokens": script.cached_tokens}
         if body.get("stream"):
-            return await self._stream(request, rec.model, texts[0], usage, body)
+            return await self._stream(request, rec.model, texts[0], usage, body, script)
         choices = [
             {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
             for i, t in enumerate(texts)
@@ -343,7 +343,9 @@ class ScriptedServer:
         await resp.write_eof()
         return resp
 
-    async def _stream(self, request, model: str, text: str, usage: dict[str, Any], body: dict[str, Any]):
+    async def _stream(
+        self, request, model: str, text: str, usage: dict[str, Any], body: dict[str, Any], script: ModelScript
+    ):
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
 
@@ -353,9 +355,15 @@ class ScriptedServer:
         base = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": model}
         await send({**base, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
         words = text.split(" ")
+        # asked for logprobs with word_logprobs scripted: each word's chunk carries its position, as OpenAI streams
+        positions = word_logprobs(text, body.get("top_logprobs") or 0) if body.get("logprobs") else []
+        streams_logprobs = script.word_logprobs and len(positions) == len(words)
         for i, word in enumerate(words):
             piece = word if i == 0 else " " + word
-            await send({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+            choice: dict[str, Any] = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+            if streams_logprobs:
+                choice["logprobs"] = {"content": [positions[i]]}
+            await send({**base, "choices": [choice]})
             await asyncio.sleep(self.scripts.get(model, ModelScript()).latency_s / 10)
         await send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         if (body.get("stream_options") or {}).get("include_usage"):
