@@ -73,22 +73,32 @@ def openai_logprobs(answer: Generation, top: int) -> dict[str, Any] | None:
 
 @dataclass
 class StreamedPositions:
-    """A stream's positions held until the text each begins in is given out: a stream cut at a stop string
-    keeps the positions a whole answer cut there would (``kept_positions``), an uncut one every position."""
+    """A stream's positions held until the text each begins in is given out. A position is placed in the text of
+    the piece it came with (at its tokens' offset there, clipped to the piece: a token that splits a character
+    decodes longer than its share of the text), so the positions of text given out go with it whatever moa holds
+    back or cuts. At the end, an uncut stream whose tokens spell its text keeps every position (an end-of-text
+    token's too); otherwise only those that begin inside the text given out, as ``kept_positions`` keeps them."""
 
     pending: deque[tuple[int, str, float, TopLogprobs]] = field(default_factory=deque)
-    received: int = 0  # characters of token text received
+    received: int = 0  # characters of text received
+    spelled: int = 0  # characters of token text received
     released: int = 0  # characters of text given out
 
-    def add(self, sampled: tuple[tuple[str, float], ...], alternatives: tuple[TopLogprobs, ...]) -> None:
+    def add(self, text: str, sampled: tuple[tuple[str, float], ...], alternatives: tuple[TopLogprobs, ...]) -> None:
+        """The positions that came with ``text``, one piece of the stream (call it for every piece, in order)."""
+        offset = 0
         for i, (token, logprob) in enumerate(sampled):
-            self.pending.append((self.received, token, logprob, alternatives[i] if i < len(alternatives) else ()))
-            self.received += len(token)
+            start = self.received + min(offset, max(len(text) - 1, 0)) if text else self.received
+            self.pending.append((start, token, logprob, alternatives[i] if i < len(alternatives) else ()))
+            offset += len(token)
+            self.spelled += len(token)
+        self.received += len(text)
 
-    def given_out(self, chars: int, *, whole: bool = False) -> Positions:
-        """The positions to send with ``chars`` more characters of text; ``whole``: the text has ended uncut, every
-        position left goes."""
+    def given_out(self, chars: int, *, ended: bool = False) -> Positions:
+        """The positions to send with ``chars`` more characters of text; ``ended``: the text has ended, and when
+        nothing was cut (and the tokens spell the text) every position left goes."""
         self.released += chars
+        whole = ended and self.released == self.received == self.spelled
         out = []
         while self.pending and (whole or self.pending[0][0] < self.released):
             out.append(self.pending.popleft())

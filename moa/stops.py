@@ -111,18 +111,14 @@ async def cut_stream(
     go out with the text they begin in (``moa.logprobs.StreamedPositions``). Closing it closes ``deltas``."""
     f = StopFilter(stops, markup)
     positions = StreamedPositions()
-    received = given = 0  # characters of text in and out: equal at the end when nothing was cut
 
     def piece_of(text: str, *, ended: bool = False) -> Delta:
-        nonlocal given
-        given += len(text)
-        sampled, alternatives = positions.given_out(len(text), whole=ended and given == received)
+        sampled, alternatives = positions.given_out(len(text), ended=ended)
         return Delta(content=text, sampled=sampled, logprobs=alternatives)
 
     async with aclosing(deltas):
         async for delta in deltas:
-            received += len(delta.content)
-            positions.add(delta.sampled, delta.logprobs)
+            positions.add(delta.content, delta.sampled, delta.logprobs)
             piece = f.push(delta.content) if delta.content else ""
             ended = delta.finish_reason is not None
             if ended:

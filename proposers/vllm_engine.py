@@ -109,7 +109,7 @@ class VLLMProposer:
         engine = await self._ready(model)
         prompt, note = self._prompt_ids(engine, messages, params.tools)  # prompt: [P]
         room = engine.model_config.max_model_len - len(prompt)
-        auto = self._auto_calls(engine, params.tools)
+        auto = self._auto_calls(engine, params.tools)  # its sampling needs; each sample gets a parser of its own
         sampling = self.sampling_params(params, n, room, RequestOutputKind.FINAL_ONLY, auto=auto)
         final = None
         with self._mapped_errors():
@@ -130,7 +130,7 @@ class VLLMProposer:
                         logprobs=_top_logprobs(s.logprobs),
                         sampled=_sampled(s.token_ids, s.logprobs),
                     ),
-                    auto,
+                    self._auto_calls(engine, params.tools),
                 )
                 for s in samples
             ],
@@ -150,6 +150,7 @@ class VLLMProposer:
         completion_tokens, finish_reason, cached = 0, None, 0
         calling = forced(params.tools)  # the answer is a call: sent whole once it is complete JSON
         written: list[str] = []
+        held = _HeldPositions()  # under auto: logprob positions until the parser gives their text out
         with self._mapped_errors():
             async with aclosing(engine.generate(tokens_input(prompt), sampling, self._request_id())) as outputs:
                 async for out in outputs:
@@ -157,12 +158,14 @@ class VLLMProposer:
                     piece = out.outputs[0]  # the tokens decoded since the previous output
                     completion_tokens += len(piece.token_ids)
                     finish_reason = piece.finish_reason or finish_reason
-                    if piece.text and calling:
+                    if calling:  # no text, nor its logprobs, until the call is complete
                         written.append(piece.text)
                     elif auto is not None and (piece.text or piece.token_ids):
+                        held.add(_sampled(piece.token_ids, piece.logprobs), _top_logprobs(piece.logprobs))
                         text, calls = auto.piece(piece.text, piece.token_ids)
-                        if text or calls:
-                            yield Delta(content=text, tool_calls=calls)
+                        if text or calls:  # text takes the positions held since the last; a call's are dropped
+                            sampled, alternatives = held.take(keep=bool(text))
+                            yield Delta(content=text, tool_calls=calls, sampled=sampled, logprobs=alternatives)
                     elif piece.text or piece.logprobs:
                         yield Delta(
                             content=piece.text,
@@ -178,9 +181,10 @@ class VLLMProposer:
             rest = auto.rest()
             if rest:
                 yield Delta(tool_calls=rest)
-            finish_reason = "tool_calls"
-        elif auto is not None and (held := auto.unsent_text()):
-            yield Delta(content=held)
+            finish_reason = "length" if finish_reason == "length" else "tool_calls"  # a cut call says so, as vLLM
+        elif auto is not None and (unsent := auto.unsent_text()):
+            sampled, alternatives = held.take(keep=True)
+            yield Delta(content=unsent, sampled=sampled, logprobs=alternatives)
         usage = Usage.of(len(prompt), completion_tokens, cached)
         yield Delta(finish_reason=finish_reason or "stop", usage=usage, template=note, seed=sampling.seed)
 
@@ -395,6 +399,24 @@ def structured_outputs(response_format: dict[str, Any]) -> StructuredOutputsPara
     return StructuredOutputsParams(json_object=True)
 
 
+class _HeldPositions:
+    """Logprob positions of streamed pieces the tool parser has not given out as text yet."""
+
+    def __init__(self) -> None:
+        self.sampled: list[tuple[str, float]] = []
+        self.alternatives: list[TopLogprobs] = []
+
+    def add(self, sampled: tuple[tuple[str, float], ...] | None, alternatives: tuple[TopLogprobs, ...] | None) -> None:
+        self.sampled += sampled or ()
+        self.alternatives += alternatives or ()
+
+    def take(self, *, keep: bool) -> tuple[tuple[tuple[str, float], ...], tuple[TopLogprobs, ...]]:
+        """The held positions (``keep``), or none (they were a call's), and nothing held after."""
+        out = (tuple(self.sampled), tuple(self.alternatives)) if keep else ((), ())
+        self.sampled, self.alternatives = [], []
+        return out
+
+
 def _template_turn(message: Message) -> dict[str, Any]:
     """A turn as chat templates read it: as on OpenAI's wire, but a tool call's arguments as the object they
     encode (what tool-aware templates expect, as vLLM's chat API hands them)."""
@@ -402,9 +424,11 @@ def _template_turn(message: Message) -> dict[str, Any]:
     for call in turn.get("tool_calls") or ():
         arguments = call["function"]["arguments"]
         try:
-            call["function"]["arguments"] = json.loads(arguments)
+            parsed = json.loads(arguments)
         except (ValueError, RecursionError):
-            pass  # not JSON: the template gets the text as written
+            continue  # not JSON: the template gets the text as written
+        if isinstance(parsed, dict):  # arguments are an object; anything else stays text
+            call["function"]["arguments"] = parsed
     return turn
 
 

@@ -49,7 +49,7 @@ class Parsed:
 
 @dataclass
 class AutoCalls:
-    """One answer's parsing (a stream's parser keeps state: one ``AutoCalls`` an answer)."""
+    """One answer's parsing: parsers keep state (as vLLM's server does, one an answer, whole or streamed)."""
 
     parser: ToolParser
     request: ChatCompletionRequest
@@ -125,14 +125,13 @@ class AutoCalls:
         return self.text[len(self.written) :]
 
     def rest(self) -> tuple[ToolCallDelta, ...]:
-        """At the stream's end: the last call's arguments the parser read but had not sent yet."""
-        if not self.sent:
+        """At the stream's end: the arguments the parser read for its last call but had not sent yet (none when
+        that call's first piece, its name, was never sent: e.g. the token cap cut it)."""
+        last = len(self.parser.prev_tool_call_arr) - 1
+        if last not in self.sent:
             return ()
         remaining = self.parser.get_remaining_unstreamed_args()
-        last = max(self.sent)
-        if not remaining or (self.single and last > 0):
-            return ()
-        return (ToolCallDelta(last, None, None, remaining),)
+        return (ToolCallDelta(last, None, None, remaining),) if remaining else ()
 
     @property
     def called(self) -> bool:

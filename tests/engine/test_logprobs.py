@@ -3,10 +3,14 @@ aggregator's call only; bad combinations name the field. The scripted upstream s
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
+
 import pytest
 
 from moa import Ensemble
 from moa.errors import ConfigError
+from moa.stops import cut_stream
+from moa.types import Delta
 from tests.support.ensembles import moa_config
 from tests.support.scripted_server import ScriptedServer
 
@@ -56,3 +60,32 @@ async def test_astream_sends_each_position_with_the_text_it_begins_in(upstream: 
     ]
     assert whole.choices[0].logprobs is not None
     assert [p["token"] for p in whole.choices[0].logprobs["content"]] == texts
+
+
+async def _pieces(*deltas: Delta) -> AsyncGenerator[Delta, None]:
+    for delta in deltas:
+        yield delta
+
+
+def _split_character_stream() -> AsyncGenerator[Delta, None]:
+    """A stream as vLLM sends one: "é" decoded from two tokens shown as U+FFFD each; the end-of-text token last,
+    with no text."""
+    return _pieces(
+        Delta("Caf", sampled=(("Caf", -0.1),)),
+        Delta("é", sampled=(("\ufffd", -0.2), ("\ufffd", -0.3))),
+        Delta(" is ok", sampled=((" is", -0.4), (" ok", -0.5))),
+        Delta("", finish_reason="stop", sampled=(("<|im_end|>", -0.6),)),
+    )
+
+
+async def test_a_streams_positions_go_with_the_text_they_came_with() -> None:
+    """Positions are placed by the piece they came with, so tokens that decode longer than their text (a split
+    character) do not push later positions past their text; the end-of-text token is dropped, as a whole answer
+    whose tokens do not spell its text drops it."""
+    out = [d async for d in cut_stream(_split_character_stream(), ())]
+    assert [(d.content, [t for t, _ in d.sampled]) for d in out if d.content or d.sampled] == [
+        ("Caf", ["Caf"]), ("é", ["\ufffd", "\ufffd"]), (" is ok", [" is", " ok"])
+    ]  # fmt: skip
+    cut = [d async for d in cut_stream(_split_character_stream(), (" ok",))]
+    assert "".join(d.content for d in cut) == "Café is"
+    assert [t for d in cut for t, _ in d.sampled] == ["Caf", "\ufffd", "\ufffd", " is"]  # " ok" began past the cut
