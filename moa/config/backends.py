@@ -284,10 +284,22 @@ class TorchBackendConfig(InProcessBackendConfig):
 
     type: Literal["torch"]
     speculative: SpeculativeConfig | None = None
+    quantization: Literal["int8"] | None = Field(
+        default=None,
+        description="int8: the linear layers' weights stored as int8 and their activations quantized on the fly "
+        "(torch's dynamic quantization), CPU only: decoding reads a quarter of the weight bytes, and the answers "
+        "differ from the float model's",
+    )
+
+    @model_validator(mode="after")
+    def _quantized_on_cpu(self) -> TorchBackendConfig:
+        if self.quantization is not None and self.device == "cuda":
+            raise PathError("quantization", "int8 dynamic quantization runs on the CPU only (device: cpu or auto)")
+        return self
 
     def field_support(self) -> FieldSupport:
         """What ``proposers.specdec``'s decode loop implements."""
-        fields = frozenset({"temperature", "top_p", "max_tokens", "stop", "seed"})
+        fields = frozenset({"temperature", "top_p", "max_tokens", "stop", "seed", "repetition_penalty"})
         return FieldSupport(fields, "moa's torch decode loop does not implement it")
 
     def tools_refusal(self, spec: ToolSpec) -> str | None:

@@ -87,10 +87,13 @@ def prefill(model: CausalLM, prompt: list[int], cache: DynamicCache) -> Tensor:
     return forward(model, ids, cache)[0, -1]
 
 
-def decode_one_token(model: CausalLM, cache: DynamicCache, tokens: Tensor, sampler: Sampler) -> Tensor:
-    """tokens: [B] (each row's newest token) -> the next tokens [B]."""
+def decode_one_token(
+    model: CausalLM, cache: DynamicCache, tokens: Tensor, sampler: Sampler, seen: list[list[int]] | None = None
+) -> Tensor:
+    """tokens: [B] (each row's newest token) -> the next tokens [B]; ``seen``: each row's tokens so far, for the
+    sampler's ``repetition_penalty``."""
     logits = forward(model, tokens[:, None], cache)[:, -1]  # [B, V]
-    return sampler.pick(logits)
+    return sampler.pick(sampler.penalized(logits, seen) if seen is not None else logits)
 
 
 def speculative_decode(
@@ -110,6 +113,8 @@ def speculative_decode(
     k = len(draft)
     ids = torch.tensor([[tokens[-1], *draft.tokens]], device=model.device)  # [1, K+1]
     logits = forward(model, ids, cache, keep=k + 1)[0]  # [K+1, V]
+    if sampler.repetition_penalty != 1.0:  # position j follows the tokens and the first j draft tokens
+        logits = sampler.penalized(logits, [tokens + draft.tokens[:j] for j in range(k + 1)])
     verdict = verifier(draft, logits, sampler)
     crop_cache(cache, len(tokens) + verdict.accepted)  # the newest token and the kept draft tokens
     if k:
@@ -130,8 +135,10 @@ def generate(
     stats = DecodeStats(prompt_tokens=len(prompt))
     cache = new_cache(model)
     started = time.perf_counter()
+    penalty = sampler.repetition_penalty != 1.0
     with torch.inference_mode():
-        first = int(sampler.pick(prefill(model, prompt, cache)))
+        logits = prefill(model, prompt, cache)[None]  # [1, V]
+        first = int(sampler.pick(sampler.penalized(logits, [prompt]))[0])
     stats.prefill_s = time.perf_counter() - started
     stats.target_forwards, stats.generated = 1, 1
     tokens = [*prompt, first]
@@ -140,7 +147,8 @@ def generate(
         started = time.perf_counter()
         with torch.inference_mode():
             if drafter is None:
-                new = decode_one_token(model, cache, torch.tensor([tokens[-1]], device=model.device), sampler).tolist()
+                newest = torch.tensor([tokens[-1]], device=model.device)
+                new = decode_one_token(model, cache, newest, sampler, [tokens] if penalty else None).tolist()
             else:
                 room = max_new_tokens - stats.generated - 1  # the target's own token always comes too
                 new, draft, verdict = speculative_decode(model, cache, drafter, tokens, room, sampler, verifier)
@@ -174,8 +182,9 @@ def generate_batch(
     stats = DecodeStats(prompt_tokens=len(prompt))
     cache = new_cache(model)
     started = time.perf_counter()
+    penalty = sampler.repetition_penalty != 1.0
     with torch.inference_mode():
-        logits = prefill(model, prompt, cache)[None].expand(n, -1)  # [n, V]
+        logits = sampler.penalized(prefill(model, prompt, cache)[None], [prompt]).expand(n, -1)  # [n, V]
         cache.batch_repeat_interleave(n)
         cur = sampler.pick(logits)  # [n]
         stats.prefill_s = time.perf_counter() - started
@@ -184,7 +193,7 @@ def generate_batch(
         stats.target_forwards = 1
         started = time.perf_counter()
         while not all(done) and stats.target_forwards < max_new_tokens and not should_stop():
-            cur = decode_one_token(model, cache, cur, sampler)  # [n]
+            cur = decode_one_token(model, cache, cur, sampler, [prompt + r for r in rows] if penalty else None)
             stats.target_forwards += 1
             for i, token in enumerate(cur.tolist()):
                 if not done[i]:

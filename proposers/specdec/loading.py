@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,12 @@ from proposers.specdec.identity import model_hash
 
 if TYPE_CHECKING:
     from proposers.specdec.causal_lm import CausalLM
+
+
+#: one model load at a time in this process: transformers builds a model on the meta device under a context it
+#: sets process-wide, so two backends loading at once (``moa serve`` starts every backend together) raced, one
+#: failing with "Cannot copy out of meta tensor"
+LOADING = threading.Lock()
 
 
 def pick_device(device: str) -> torch.device:
@@ -49,9 +56,10 @@ def load_target(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = model_folder(spec, field)
-    # transformers wraps `to` so that mypy takes its first argument for `self`
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval().requires_grad_(False)  # type: ignore[arg-type]
-    return model, AutoTokenizer.from_pretrained(folder), model_hash(folder)
+    with LOADING:
+        # transformers wraps `to` so that mypy takes its first argument for `self`
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval().requires_grad_(False)  # type: ignore[arg-type]
+        return model, AutoTokenizer.from_pretrained(folder), model_hash(folder)
 
 
 def load_draft(
@@ -68,7 +76,8 @@ def load_draft(
     folder = model_folder(spec, field)
     if AutoTokenizer.from_pretrained(folder).get_vocab() != tokenizer.get_vocab():
         raise ConfigError(f"the draft {spec} does not share the target's tokenizer", field)
-    draft = AutoModelForCausalLM.from_pretrained(folder, dtype=target.dtype).to(target.device).eval()  # type: ignore[arg-type]
+    with LOADING:
+        draft = AutoModelForCausalLM.from_pretrained(folder, dtype=target.dtype).to(target.device).eval()  # type: ignore[arg-type]
     if draft.get_output_embeddings().out_features > target.get_output_embeddings().out_features:
         raise ConfigError(f"the draft {spec} has more output rows than the target", field)
     return draft.requires_grad_(False), None, model_hash(folder)

@@ -1,7 +1,8 @@
 """The distribution one request samples from, and drawing from it.
 
 Temperature 0 is greedy (argmax). Otherwise logits are divided by the temperature and cut to the nucleus
-(the fewest most likely tokens whose mass reaches ``top_p``). Speculative decoding is lossless with respect
+(the fewest most likely tokens whose mass reaches ``top_p``). ``repetition_penalty`` comes first: the decode loop
+applies it to the logits of each position with the tokens before that position (``Sampler.penalized``). Speculative decoding is lossless with respect
 to exactly this processed distribution: the draft samples from its own processed distribution and the
 target's processed distribution decides acceptance.
 """
@@ -19,6 +20,23 @@ class Sampler:
     temperature: float = 1.0
     top_p: float = 1.0
     generator: torch.Generator | None = None
+    #: vLLM's (and Hugging Face's) ``repetition_penalty``: the logit of every token already in the prompt or the
+    #: output is divided by it when positive and multiplied by it when negative, before anything else (1: none)
+    repetition_penalty: float = 1.0
+
+    def penalized(self, logits: Tensor, seen: list[list[int]]) -> Tensor:
+        """logits: [R, V], one row per token history in ``seen`` -> the rows with ``repetition_penalty`` applied
+        (the same tensor when there is none)."""
+        if self.repetition_penalty == 1.0:
+            return logits
+        logits = logits.float().clone()
+        for row, history in enumerate(seen):
+            ids = torch.tensor(sorted(set(history)), dtype=torch.long, device=logits.device)
+            values = logits[row, ids]
+            logits[row, ids] = torch.where(
+                values > 0, values / self.repetition_penalty, values * self.repetition_penalty
+            )
+        return logits
 
     @property
     def greedy(self) -> bool:

@@ -22,6 +22,7 @@ from moa.sampling import OPENAI_FIELDS, VLLM_FIELDS
 from moa.server.schema import parse_chat_request
 from moa.types import Message, SamplingFields, SamplingParams
 from proposers.embedded import resolve_model
+from proposers.specdec.decode import run
 from proposers.specdec.runner import Runner, sampler_of
 from proposers.torch_local import TorchProposer
 from tests.support.ensembles import moa_config
@@ -204,6 +205,18 @@ async def _torch_reaches(proposer: TorchProposer, field: str, value: Any) -> Non
         whole = await _torch_text(proposer, max_tokens=12)
         stop = whole[3:5]
         assert await _torch_text(proposer, max_tokens=12, stop=(stop,)) == whole[: whole.index(stop)]
+    elif field == "repetition_penalty":
+        assert sampler_of(params, "cpu").repetition_penalty == value
+        runner = Runner.load("tiny", proposer.config)
+        prompt = runner.encode([Message("user", "Hi")])
+        plain, _ = run(runner.tokens(prompt, SamplingParams(temperature=0.0, max_tokens=64)))
+
+        def repeats(out: list[int]) -> int:
+            return sum(t in prompt or t in out[:i] for i, t in enumerate(out))
+
+        assert repeats(plain) > 0  # unpenalized, the tiny model writes tokens it has seen
+        forbidding = SamplingParams(temperature=0.0, max_tokens=64, repetition_penalty=1e6)
+        assert repeats(run(runner.tokens(prompt, forbidding))[0]) == 0
     else:
         raise AssertionError(f"the torch backend declares {field}: add how it reaches the decode loop here")
 

@@ -158,3 +158,56 @@ async def test_self_moa_with_a_speculative_torch_aggregator() -> None:
     ]
     assert result.text.strip() and len(result.proposals) == 2
     assert result.usage.completion_tokens == sum(c.completion_tokens for c in result.trace)
+
+
+PENALIZED = SamplingParams(temperature=0.0, max_tokens=32, repetition_penalty=1.1)
+
+
+def test_repetition_penalty_is_applied_alike_plain_batched_and_speculative(loaded, plain) -> None:
+    """Greedy with vLLM's repetition_penalty: plain decoding, a batch of samples and reference drafting give the
+    same tokens (the drafting is still lossless: each verified position is penalized by the tokens before it),
+    and the penalty changes the answer. Before: the torch backend refused the field."""
+    model, tokenizer, _ = loaded
+    prompt = Runner("t", model, tokenizer).encode(MESSAGES)
+    penalized, _ = run(Runner("t", model, tokenizer).tokens(prompt, PENALIZED))
+    drafting = Runner("t", model, tokenizer, SpeculativeConfig(policy="reference", max_k=6, min_match=2))
+    drafted, stats = run(drafting.tokens(prompt, PENALIZED))
+    rows = Runner("t", model, tokenizer).samples(prompt, PENALIZED, n=2)
+    assert drafted == penalized and rows == [penalized, penalized]
+    assert stats.drafted > 0
+    assert penalized != plain[: len(penalized)]  # the references' words are in the prompt: copying them costs
+    assert (
+        TorchBackendConfig(type="torch", model=EMBEDDED).field_support().wire(PENALIZED, "t")["repetition_penalty"]
+        == 1.1
+    )
+
+
+async def test_int8_quantization_loads_the_linear_layers_as_int8_and_answers() -> None:
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    config = TorchBackendConfig(type="torch", model=EMBEDDED, device="cpu", quantization="int8")
+    runner = Runner.load("q", config)
+    layers = [m for m in runner.model.modules() if isinstance(m, DynamicInt8Linear)]
+    assert len(layers) >= 7 * runner.model.config.num_hidden_layers  # q, k, v, o, gate, up, down in every block
+    assert not any(type(m) is torch.nn.Linear for m in runner.model.modules())
+    tokens, _ = run(runner.tokens(runner.encode(QUESTION), GREEDY))
+    assert runner.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+    with pytest.raises(Exception) as info:
+        TorchBackendConfig(type="torch", model=EMBEDDED, device="cuda", quantization="int8")
+    assert "quantization" in str(info.value) and "CPU" in str(info.value)
+
+
+async def test_two_torch_backends_start_together() -> None:
+    """``moa serve`` starts every backend at once: two torch backends loading in two worker threads raced in
+    transformers ("Cannot copy out of meta tensor") before loads were serialized."""
+    backend = {"type": "torch", "model": EMBEDDED, "device": "cpu"}
+    cfg = {
+        "name": "two-torch",
+        "backends": {"a": backend, "b": {**backend, "quantization": "int8"}},
+        "layers": [{"agents": [{"backend": "a", "max_tokens": 4, "temperature": 0.0}]}],
+        "aggregator": {"backend": "b", "max_tokens": 4, "temperature": 0.0},
+    }
+    async with Ensemble.from_config(cfg) as ens:
+        await ens.astart()
+        result = await ens.acomplete([{"role": "user", "content": "Hi"}])
+    assert [c.outcome for c in result.trace] == ["ok", "ok"]
