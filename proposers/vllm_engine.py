@@ -109,8 +109,8 @@ class VLLMProposer:
         engine = await self._ready(model)
         prompt, note = self._prompt_ids(engine, messages, params.tools)  # prompt: [P]
         room = engine.model_config.max_model_len - len(prompt)
-        auto = self._auto_calls(engine, params.tools)  # its sampling needs; each sample gets a parser of its own
-        sampling = self.sampling_params(params, n, room, RequestOutputKind.FINAL_ONLY, auto=auto)
+        parsers = [self._auto_calls(engine, params.tools) for _ in range(n)]  # parsers keep state: one a sample
+        sampling = self.sampling_params(params, n, room, RequestOutputKind.FINAL_ONLY, auto=parsers[0])
         final = None
         with self._mapped_errors():
             async with aclosing(engine.generate(tokens_input(prompt), sampling, self._request_id())) as outputs:
@@ -130,7 +130,7 @@ class VLLMProposer:
                         logprobs=_top_logprobs(s.logprobs),
                         sampled=_sampled(s.token_ids, s.logprobs),
                     ),
-                    self._auto_calls(engine, params.tools),
+                    parsers[s.index] if s.index < n else None,
                 )
                 for s in samples
             ],

@@ -54,10 +54,10 @@ class AutoCalls:
     parser: ToolParser
     request: ChatCompletionRequest
     single: bool  # parallel_tool_calls: false
-    #: a stream: the text and token ids read so far, and the calls' pieces sent (index -> id)
+    #: a stream: the text and token ids read so far, and the calls whose first piece (id, name) was sent
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
-    sent: dict[int, str | None] = field(default_factory=dict)
+    sent: set[int] = field(default_factory=set)
     written: str = ""  # the text given out
 
     @classmethod
@@ -106,11 +106,10 @@ class AutoCalls:
             if self.single and call.index > 0:
                 continue
             function = call.function
+            first_id = None
             if call.index not in self.sent:
-                self.sent[call.index] = call.id or new_call_id()
-                first_id: str | None = self.sent[call.index]
-            else:
-                first_id = None
+                self.sent.add(call.index)
+                first_id = call.id or new_call_id()
             name = function.name if function is not None else None
             arguments = (function.arguments if function is not None else None) or ""
             pieces.append(ToolCallDelta(call.index, first_id, name, arguments))

@@ -114,7 +114,10 @@ def speculative_decode(
     ids = torch.tensor([[tokens[-1], *draft.tokens]], device=model.device)  # [1, K+1]
     logits = forward(model, ids, cache, keep=k + 1)[0]  # [K+1, V]
     if sampler.repetition_penalty != 1.0:  # position j follows the tokens and the first j draft tokens
-        logits = sampler.penalized(logits, [tokens + draft.tokens[:j] for j in range(k + 1)])
+        seen = [set(tokens)]
+        for token in draft.tokens:
+            seen.append(seen[-1] | {token})
+        logits = sampler.penalized(logits, seen)
     verdict = verifier(draft, logits, sampler)
     crop_cache(cache, len(tokens) + verdict.accepted)  # the newest token and the kept draft tokens
     if k:

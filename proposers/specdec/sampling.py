@@ -9,6 +9,7 @@ target's processed distribution decides acceptance.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,14 +25,14 @@ class Sampler:
     #: output is divided by it when positive and multiplied by it when negative, before anything else (1: none)
     repetition_penalty: float = 1.0
 
-    def penalized(self, logits: Tensor, seen: list[list[int]]) -> Tensor:
-        """logits: [R, V], one row per token history in ``seen`` -> the rows with ``repetition_penalty`` applied
-        (the same tensor when there is none)."""
+    def penalized(self, logits: Tensor, seen: Sequence[Collection[int]]) -> Tensor:
+        """logits: [R, V], one row per collection of token ids already seen (a history, or its set) -> the rows
+        with ``repetition_penalty`` applied (the same tensor when there is none)."""
         if self.repetition_penalty == 1.0:
             return logits
-        logits = logits.float().clone()
+        logits = logits.to(torch.float32, copy=True)
         for row, history in enumerate(seen):
-            ids = torch.tensor(sorted(set(history)), dtype=torch.long, device=logits.device)
+            ids = torch.tensor(list(set(history)), dtype=torch.long, device=logits.device)
             values = logits[row, ids]
             logits[row, ids] = torch.where(
                 values > 0, values / self.repetition_penalty, values * self.repetition_penalty

@@ -58,8 +58,8 @@ class Phoenix:
             "PHOENIX_WORKING_DIR": str(self.directory),
             "PHOENIX_TELEMETRY_ENABLED": "false",
         }
-        log = open(self.directory / "phoenix.log", "wb")  # noqa: SIM115 - the process keeps it
-        self.proc = subprocess.Popen([str(self.binary), "serve"], stdout=log, stderr=subprocess.STDOUT, env=env)
+        with open(self.directory / "phoenix.log", "wb") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen([str(self.binary), "serve"], stdout=log, stderr=subprocess.STDOUT, env=env)
         until = time.monotonic() + timeout
         while time.monotonic() < until:
             if self.proc.poll() is not None:
